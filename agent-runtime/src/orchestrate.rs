@@ -1,0 +1,223 @@
+//! One governed step: ask the control plane, then dispatch, then record. The runtime asks before
+//! every dispatch, including a step resumed after approval.
+
+use control_plane::{
+    ApprovalError, ApprovalRequest, ControlPlane, Decision, NewApproval, Principal, StepContext, StoreError, TraceContext,
+    Verdict,
+};
+use plugin_abi::{EnvelopeError, InvokeRequest};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::{DispatchReport, DispatchRequest, Runtime};
+
+/// How a step ended. Verdicts are values: a denial is an outcome, not an error.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// Governance allowed it and it ran.
+    Dispatched {
+        /// The step.
+        context: StepContext,
+        /// The verdict it ran under.
+        decision: Decision,
+        /// What happened.
+        report: DispatchReport,
+    },
+    /// Governance denied it.
+    Denied {
+        /// The step.
+        context: StepContext,
+        /// The verdict.
+        decision: Decision,
+    },
+    /// It waits for a reviewer.
+    AwaitingApproval {
+        /// The step.
+        context: StepContext,
+        /// The verdict.
+        decision: Decision,
+        /// The stored request.
+        approval: ApprovalRequest,
+    },
+}
+
+/// Why a step could not be carried through. Each says whether a retry can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The control plane's store failed; the step did not run (fail closed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An approval could not be used.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// A stored request no longer parses.
+    #[error("the stored request of approval {id} is invalid: {source}")]
+    StoredRequest {
+        /// Approval id.
+        id: i64,
+        /// What is wrong.
+        source: EnvelopeError,
+    },
+    /// The approved component is no longer loaded.
+    #[error("approval {id} was granted for {skill} with digest {digest}, which is no longer loaded")]
+    SkillChanged {
+        /// Approval id.
+        id: i64,
+        /// Skill id.
+        skill: String,
+        /// The approved digest.
+        digest: String,
+    },
+}
+
+impl StepError {
+    /// Whether retrying can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Store(error) => error.is_retryable(),
+            StepError::Approval(error) => error.is_retryable(),
+            StepError::StoredRequest { .. } | StepError::SkillChanged { .. } => false,
+        }
+    }
+}
+
+/// `sha256:<hex>` of the input JSON text.
+pub fn input_digest(input_json: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(input_json.as_bytes())))
+}
+
+/// Governs and, if allowed, dispatches one step of a new run.
+///
+/// # Errors
+///
+/// [`StepError::Store`] when the control plane could not record the decision; nothing ran.
+pub async fn run_step(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    skill_id: &str,
+    request: &InvokeRequest,
+) -> Result<StepOutcome, StepError> {
+    let context = StepContext {
+        run_id: control_plane::trace::random_id("run"),
+        step_id: "step-1".to_owned(),
+        traceparent: TraceContext::new_root().to_string(),
+    };
+    let skill = runtime.lookup(skill_id);
+    let input_json = request.input_json();
+    let digest = input_digest(&input_json);
+    let decision = control_plane
+        .govern(principal, &context, skill_id, skill.as_ref().map(|s| &s.summary), &digest)
+        .await?;
+    let grants = match (&decision.verdict, skill) {
+        (Verdict::Allow { grants }, Some(skill)) => (grants.clone(), skill),
+        (Verdict::RequireApproval { reviewer_role, .. }, Some(skill)) => {
+            let approval = control_plane
+                .request_approval(&NewApproval {
+                    requester: principal.clone(),
+                    run_id: context.run_id.clone(),
+                    step_id: context.step_id.clone(),
+                    traceparent: context.traceparent.clone(),
+                    skill_id: skill.summary.id.clone(),
+                    skill_version: skill.summary.version.to_string(),
+                    skill_digest: skill.summary.digest.clone(),
+                    input_digest: digest,
+                    request_json: serde_json::to_string(request).unwrap_or_default(),
+                    policy_version: decision.policy_version.clone(),
+                    reviewer_role: *reviewer_role,
+                })
+                .await?;
+            return Ok(StepOutcome::AwaitingApproval { context, decision, approval });
+        }
+        _ => return Ok(StepOutcome::Denied { context, decision }),
+    };
+    let (grants, skill) = grants;
+    dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json, grants).await
+}
+
+/// Resumes the step an approved request was waiting on: governs it again as the requester,
+/// consumes the approval (bound to tenant, component digest, input digest and policy version)
+/// and dispatches.
+///
+/// # Errors
+///
+/// [`StepError::Approval`] when the request is missing, not approved, already consumed, or no
+/// longer matches; [`StepError::SkillChanged`] when the approved component is gone.
+pub async fn resume_approved(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    tenant: &str,
+    approval_id: i64,
+) -> Result<StepOutcome, StepError> {
+    let approval = control_plane
+        .store()
+        .approval(tenant, approval_id)
+        .await?
+        .ok_or(ApprovalError::NotFound { id: approval_id })?;
+    let request = InvokeRequest::parse(&approval.request_json).map_err(|source| StepError::StoredRequest { id: approval_id, source })?;
+    let skill = runtime
+        .lookup_digest(&approval.skill_id, &approval.skill_digest)
+        .ok_or_else(|| StepError::SkillChanged {
+            id: approval_id,
+            skill: approval.skill_id.clone(),
+            digest: approval.skill_digest.clone(),
+        })?;
+    let principal = approval.requester_principal();
+    let parent: Option<TraceContext> = approval.traceparent.parse().ok();
+    let context = StepContext {
+        run_id: approval.run_id.clone(),
+        step_id: approval.step_id.clone(),
+        traceparent: parent.map_or_else(TraceContext::new_root, |parent| parent.child()).to_string(),
+    };
+    let input_json = request.input_json();
+    let digest = input_digest(&input_json);
+    let decision = control_plane
+        .govern(&principal, &context, &approval.skill_id, Some(&skill.summary), &digest)
+        .await?;
+    let grants = match &decision.verdict {
+        Verdict::RequireApproval { grants, .. } | Verdict::Allow { grants } => grants.clone(),
+        Verdict::Deny { .. } => return Ok(StepOutcome::Denied { context, decision }),
+    };
+    control_plane
+        .store()
+        .consume_approval(approval_id, tenant, &skill.summary.digest, &digest, &decision.policy_version)
+        .await?;
+    dispatch_and_record(runtime, control_plane, &principal, context, decision, &skill, input_json, grants).await
+}
+
+#[expect(clippy::too_many_arguments, reason = "one private call site per public entry point")]
+async fn dispatch_and_record(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: StepContext,
+    decision: Decision,
+    skill: &crate::runtime::LoadedSkill,
+    input_json: String,
+    grants: Vec<plugin_abi::Capability>,
+) -> Result<StepOutcome, StepError> {
+    let request = DispatchRequest {
+        run_id: context.run_id.clone(),
+        step_id: context.step_id.clone(),
+        traceparent: context.traceparent.clone(),
+        idempotency_key: format!("{}/{}/{}", principal.tenant, context.run_id, context.step_id),
+        input_json,
+        tenant: principal.tenant.clone(),
+        grants,
+    };
+    let report = runtime.dispatch(skill, &request).await;
+    let audited = serde_json::json!({
+        "skill_id": report.skill_id,
+        "skill_version": report.skill_version,
+        "digest": report.digest,
+        "outcome": report.outcome.name(),
+        "retryable": report.outcome.is_retryable(),
+        "detail": match &report.outcome {
+            crate::runtime::Outcome::Completed { output } => serde_json::json!({ "output_digest": input_digest(&serde_json::Value::Object(output.clone()).to_string()) }),
+            other => serde_json::to_value(other).unwrap_or_default(),
+        },
+        "metrics": report.metrics,
+    });
+    control_plane.record_dispatch(principal, &context, &audited).await?;
+    Ok(StepOutcome::Dispatched { context, decision, report })
+}

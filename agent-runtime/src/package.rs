@@ -1,0 +1,290 @@
+//! Skill packages: a directory holding `skill.toml` (the manifest) and the component it names,
+//! verified by SHA-256 before a single byte is compiled.
+
+use std::path::{Path, PathBuf};
+
+use plugin_abi::{ABI_VERSION, Capability, SideEffect};
+use sha2::{Digest, Sha256};
+
+/// The manifest file name inside a package directory.
+pub const MANIFEST_FILE: &str = "skill.toml";
+
+/// Hard ceilings a manifest may not exceed, whatever it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitCeilings {
+    /// Largest linear memory, bytes.
+    pub memory_bytes: u64,
+    /// Largest fuel budget.
+    pub fuel: u64,
+    /// Longest deadline, ms.
+    pub deadline_ms: u64,
+}
+
+impl Default for LimitCeilings {
+    fn default() -> Self {
+        LimitCeilings {
+            memory_bytes: 512 * 1024 * 1024,
+            fuel: 10_000_000_000_000,
+            deadline_ms: 600_000,
+        }
+    }
+}
+
+/// Per-invocation limits from the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory ceiling per memory, bytes.
+    pub memory_bytes: u64,
+    /// Fuel budget (about one unit per wasm instruction).
+    pub fuel: u64,
+    /// Wall-clock deadline, ms, enforced as an epoch deadline.
+    pub deadline_ms: u64,
+}
+
+/// A parsed `skill.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// ABI version; must equal [`plugin_abi::ABI_VERSION`].
+    pub abi: u32,
+    /// Skill id.
+    pub id: String,
+    /// Semantic version.
+    pub version: semver::Version,
+    /// Side-effect class.
+    pub side_effect: SideEffect,
+    /// Requested capabilities.
+    pub capabilities: Vec<Capability>,
+    /// Component file name inside the package; `skill.wasm` when absent.
+    #[serde(default = "default_component")]
+    pub component: String,
+    /// `sha256:<hex>` of the component, written by the packager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Limits per invocation.
+    pub limits: Limits,
+}
+
+fn default_component() -> String {
+    "skill.wasm".to_owned()
+}
+
+/// Why a package was refused. None of these is retryable except a read error.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid TOML or has the wrong shape.
+    #[error("invalid manifest {path}: {message}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The manifest's `abi` is not this build's.
+    #[error("{path} declares abi = {found}; this agentd runs abi = {ABI_VERSION}")]
+    UnsupportedAbi {
+        /// The manifest file.
+        path: PathBuf,
+        /// The declared ABI.
+        found: u32,
+    },
+    /// The manifest has no `sha256`: it is a source manifest, not a package.
+    #[error("{path} has no `sha256`; build the package with `cargo xtask build-plugins`")]
+    MissingDigest {
+        /// The manifest file.
+        path: PathBuf,
+    },
+    /// The component's digest differs from the manifest's.
+    #[error("digest mismatch for {path}: the manifest says {expected}, the file is {actual}")]
+    DigestMismatch {
+        /// The component file.
+        path: PathBuf,
+        /// Digest in the manifest.
+        expected: String,
+        /// Digest of the bytes.
+        actual: String,
+    },
+    /// The file is not WebAssembly at all.
+    #[error("{path} is not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm {
+        /// The component file.
+        path: PathBuf,
+    },
+    /// The file is a core module, not a component.
+    #[error("{path} is a core WebAssembly module, not a component; build for wasm32-wasip2")]
+    CoreModule {
+        /// The component file.
+        path: PathBuf,
+    },
+    /// The component does not compile (corrupt or unsupported).
+    #[error("{path} does not compile: {message}")]
+    Compile {
+        /// The component file.
+        path: PathBuf,
+        /// wasmtime's diagnosis.
+        message: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error("{path} cannot be linked: {message}")]
+    Link {
+        /// The component file.
+        path: PathBuf,
+        /// wasmtime's diagnosis.
+        message: String,
+    },
+    /// The component does not export the `agentd:skill/skill` world.
+    #[error("{path} does not implement the `agentd:skill` world: {message}")]
+    WrongWorld {
+        /// The component file.
+        path: PathBuf,
+        /// wasmtime's diagnosis.
+        message: String,
+    },
+    /// `describe` failed.
+    #[error("{path}: `describe` failed: {message}")]
+    Describe {
+        /// The component file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// `describe` disagrees with the manifest.
+    #[error("{path}: the component describes {field} `{component}` but the manifest says `{manifest}`")]
+    DescriptorMismatch {
+        /// The component file.
+        path: PathBuf,
+        /// The field that differs.
+        field: &'static str,
+        /// The manifest's value.
+        manifest: String,
+        /// The component's value.
+        component: String,
+    },
+    /// The same id and version is already loaded.
+    #[error("{id} {version} is already loaded")]
+    Duplicate {
+        /// Skill id.
+        id: String,
+        /// Version.
+        version: semver::Version,
+    },
+}
+
+impl PackageError {
+    /// Whether retrying can help: only a read error might clear.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PackageError::Read { .. })
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl Manifest {
+    /// Parses and validates manifest text; `path` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`PackageError::Manifest`] for bad TOML, unknown fields, an id that is not kebab-case,
+    /// limits of zero or above `ceilings`; [`PackageError::UnsupportedAbi`].
+    pub fn parse(text: &str, path: &Path, ceilings: &LimitCeilings) -> Result<Self, PackageError> {
+        let invalid = |message: String| PackageError::Manifest { path: path.to_owned(), message };
+        let manifest: Manifest = toml::from_str(text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
+        if manifest.abi != ABI_VERSION {
+            return Err(PackageError::UnsupportedAbi { path: path.to_owned(), found: manifest.abi });
+        }
+        let kebab = !manifest.id.is_empty()
+            && manifest.id.len() <= 64
+            && manifest.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !manifest.id.starts_with('-');
+        if !kebab {
+            return Err(invalid(format!("id `{}` must be 1 to 64 characters of a-z, 0-9 and `-`", manifest.id)));
+        }
+        if manifest.component.contains(['/', '\\']) || manifest.component.starts_with('.') {
+            return Err(invalid(format!("component `{}` must be a plain file name in the package", manifest.component)));
+        }
+        for (name, value, ceiling) in [
+            ("limits.memory_bytes", manifest.limits.memory_bytes, ceilings.memory_bytes),
+            ("limits.fuel", manifest.limits.fuel, ceilings.fuel),
+            ("limits.deadline_ms", manifest.limits.deadline_ms, ceilings.deadline_ms),
+        ] {
+            if value == 0 || value > ceiling {
+                return Err(invalid(format!("{name} = {value} must be between 1 and {ceiling}")));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// Checks the WebAssembly header: a component has layer 1 (`0d 00 01 00`), a core module
+/// version 1 (`01 00 00 00`).
+///
+/// # Errors
+///
+/// [`PackageError::NotWasm`] or [`PackageError::CoreModule`].
+pub fn check_component_header(bytes: &[u8], path: &Path) -> Result<(), PackageError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PackageError::NotWasm { path: path.to_owned() });
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(PackageError::CoreModule { path: path.to_owned() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+abi = 1
+id = "pii-redact"
+version = "0.1.0"
+side_effect = "pure"
+capabilities = ["fs.write:reports/"]
+sha256 = "sha256:00"
+[limits]
+memory_bytes = 1048576
+fuel = 1000
+deadline_ms = 100
+"#;
+
+    #[track_caller]
+    fn check_error(text: &str, expected: &str) {
+        let error = Manifest::parse(text, Path::new("skill.toml"), &LimitCeilings::default()).unwrap_err();
+        assert!(error.to_string().contains(expected), "`{error}` lacks `{expected}`");
+    }
+
+    #[test]
+    fn manifests_parse_and_validate() {
+        let manifest = Manifest::parse(GOOD, Path::new("skill.toml"), &LimitCeilings::default()).unwrap();
+        assert_eq!(manifest.component, "skill.wasm");
+        assert_eq!(manifest.capabilities[0].to_string(), "fs.write:reports/");
+
+        check_error(&GOOD.replace("abi = 1", "abi = 7"), "declares abi = 7; this agentd runs abi = 1");
+        check_error(&GOOD.replace("id = \"pii-redact\"", "id = \"PII\""), "id `PII` must be");
+        check_error(&GOOD.replace("fuel = 1000", "fuel = 0"), "limits.fuel = 0 must be between 1 and");
+        check_error(&GOOD.replace("version = \"0.1.0\"", "version = \"one\""), "invalid manifest skill.toml");
+        check_error(&format!("{GOOD}\nextra = 1"), "unknown field `extra`");
+        check_error(&GOOD.replace("fs.write:reports/", "net.any:x"), "unknown kind `net.any`");
+    }
+
+    #[test]
+    fn header_tells_modules_from_components() {
+        let path = Path::new("x.wasm");
+        assert!(matches!(check_component_header(b"garbage!", path), Err(PackageError::NotWasm { .. })));
+        assert!(matches!(check_component_header(b"\0asm\x01\0\0\0", path), Err(PackageError::CoreModule { .. })));
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0", path).is_ok());
+    }
+}

@@ -1,0 +1,624 @@
+//! The wasmtime host: one [`Engine`] per process (pooling allocator, fuel, epoch interruption),
+//! one [`SkillPre`] per loaded component, one fresh [`Store`] per invocation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use plugin_abi::{Capability, OutputEnvelope, SideEffect, SkillSummary, WorkspacePath};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::bindings::agentd::skill::types::{Invocation, SideEffect as WitSideEffect, SkillError};
+use crate::bindings::{Skill, SkillPre};
+use crate::host::HostState;
+use crate::package::{LimitCeilings, MANIFEST_FILE, Manifest, PackageError, check_component_header, digest};
+
+/// How often the epoch advances, ms. Deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK_MS: u64 = 5;
+
+/// Limits and paths of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Ceilings no manifest may exceed.
+    pub ceilings: LimitCeilings,
+    /// Root of the tenants' workspaces (`<root>/<tenant>/...`); `None` disables `workspace-write`.
+    pub workspace_root: Option<PathBuf>,
+    /// Concurrent instances the pooling allocator reserves slots for.
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            ceilings: LimitCeilings::default(),
+            workspace_root: None,
+            max_instances: 64,
+        }
+    }
+}
+
+/// Why the runtime itself could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the wasmtime engine: {0}")]
+pub struct EngineError(String);
+
+/// A verified, compiled, linked skill package.
+pub struct LoadedSkill {
+    /// The package manifest.
+    pub manifest: Manifest,
+    /// What governance sees.
+    pub summary: SkillSummary,
+    /// The package directory.
+    pub package_dir: PathBuf,
+    /// JSON Schema of the input object, from `describe`.
+    pub input_schema: String,
+    /// JSON Schema of the output object, from `describe`.
+    pub output_schema: String,
+    pre: SkillPre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedSkill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSkill").field("summary", &self.summary).finish_non_exhaustive()
+    }
+}
+
+/// The invocation to dispatch.
+#[derive(Debug, Clone)]
+pub struct DispatchRequest {
+    /// Run id.
+    pub run_id: String,
+    /// Step id.
+    pub step_id: String,
+    /// W3C `traceparent`.
+    pub traceparent: String,
+    /// Idempotency key, stable across retries of this step.
+    pub idempotency_key: String,
+    /// The input object as JSON text.
+    pub input_json: String,
+    /// Tenant whose workspace the skill may touch.
+    pub tenant: String,
+    /// Capabilities the control plane granted.
+    pub grants: Vec<Capability>,
+}
+
+/// A runtime failure: the skill did not produce a result of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "failure", rename_all = "kebab-case")]
+pub enum RuntimeFailure {
+    /// The epoch deadline passed. Retryable.
+    Timeout {
+        /// The deadline, ms.
+        deadline_ms: u64,
+    },
+    /// The fuel budget ran out. Not retryable: the same input burns the same fuel.
+    FuelExhausted {
+        /// The budget.
+        fuel: u64,
+    },
+    /// Linear memory would have grown past the limit. Not retryable.
+    MemoryLimit {
+        /// The limit, bytes.
+        limit_bytes: u64,
+    },
+    /// The guest trapped. Not retryable.
+    Trap {
+        /// The trap and its backtrace.
+        message: String,
+    },
+    /// The guest needed a capability that was not granted. Not retryable.
+    CapabilityDenied {
+        /// The capability that was missing.
+        capability: String,
+        /// What the skill reported.
+        message: String,
+    },
+    /// The guest's output is not a valid envelope. Not retryable.
+    InvalidOutput {
+        /// What is wrong.
+        message: String,
+    },
+    /// The host failed around the guest (instantiation, I/O). Retryable.
+    Host {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl RuntimeFailure {
+    /// Whether a retry can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RuntimeFailure::Timeout { .. } | RuntimeFailure::Host { .. })
+    }
+}
+
+/// A skill's own error, as classified by the skill.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+pub enum SkillFailure {
+    /// Bad input; not retryable.
+    InvalidInput(String),
+    /// Passing fault; retryable.
+    Transient(String),
+    /// Will fail again; not retryable.
+    Permanent(String),
+    /// A human must decide; not retryable.
+    NeedsHuman(String),
+}
+
+impl SkillFailure {
+    /// Whether a retry can help: only `transient`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SkillFailure::Transient(_))
+    }
+}
+
+impl From<SkillError> for SkillFailure {
+    fn from(error: SkillError) -> Self {
+        match error {
+            SkillError::InvalidInput(message) => SkillFailure::InvalidInput(message),
+            SkillError::Transient(message) => SkillFailure::Transient(message),
+            SkillError::Permanent(message) => SkillFailure::Permanent(message),
+            SkillError::NeedsHuman(message) => SkillFailure::NeedsHuman(message),
+        }
+    }
+}
+
+/// How an invocation ended. A value, never an error.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The skill returned an output object.
+    Completed {
+        /// The output object.
+        output: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The skill returned its own error.
+    SkillFailed {
+        /// The classified error.
+        error: SkillFailure,
+    },
+    /// The runtime stopped or rejected the invocation.
+    Failed {
+        /// The classified failure.
+        failure: RuntimeFailure,
+    },
+}
+
+impl Outcome {
+    /// Whether a retry of the same invocation can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Outcome::Completed { .. } => false,
+            Outcome::SkillFailed { error } => error.is_retryable(),
+            Outcome::Failed { failure } => failure.is_retryable(),
+        }
+    }
+
+    /// A short kebab-case name: `completed`, `invalid-input`, `timeout`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "completed",
+            Outcome::SkillFailed { error } => match error {
+                SkillFailure::InvalidInput(_) => "invalid-input",
+                SkillFailure::Transient(_) => "transient",
+                SkillFailure::Permanent(_) => "permanent",
+                SkillFailure::NeedsHuman(_) => "needs-human",
+            },
+            Outcome::Failed { failure } => match failure {
+                RuntimeFailure::Timeout { .. } => "timeout",
+                RuntimeFailure::FuelExhausted { .. } => "fuel-exhausted",
+                RuntimeFailure::MemoryLimit { .. } => "memory-limit",
+                RuntimeFailure::Trap { .. } => "trap",
+                RuntimeFailure::CapabilityDenied { .. } => "capability-denied",
+                RuntimeFailure::InvalidOutput { .. } => "invalid-output",
+                RuntimeFailure::Host { .. } => "host-error",
+            },
+        }
+    }
+}
+
+/// Measurements of one invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metrics {
+    /// Time to instantiate from the `InstancePre`, µs.
+    pub instantiate_us: u64,
+    /// Time inside `invoke`, µs.
+    pub execute_us: u64,
+    /// Fuel consumed.
+    pub fuel_consumed: u64,
+    /// Largest linear memory reached, bytes.
+    pub peak_memory_bytes: u64,
+    /// Host function calls made by the guest.
+    pub host_calls: u64,
+    /// Capability denials.
+    pub denials: u64,
+}
+
+/// The result of [`Runtime::dispatch`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DispatchReport {
+    /// Skill id.
+    pub skill_id: String,
+    /// Skill version.
+    pub skill_version: String,
+    /// Component digest.
+    pub digest: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What it cost.
+    pub metrics: Metrics,
+}
+
+/// Stops the epoch ticker thread when the runtime is dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The skill host. `Send + Sync`; share it behind an `Arc`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    skills: BTreeMap<String, Vec<Arc<LoadedSkill>>>,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("config", &self.config).field("skills", &self.skills.keys()).finish_non_exhaustive()
+    }
+}
+
+fn wit_side_effect(class: WitSideEffect) -> SideEffect {
+    match class {
+        WitSideEffect::Pure => SideEffect::Pure,
+        WitSideEffect::ReadOnly => SideEffect::ReadOnly,
+        WitSideEffect::Effectful => SideEffect::Effectful,
+    }
+}
+
+impl Runtime {
+    /// Creates the engine (pooling allocator sized by `config`, fuel, epoch interruption), links
+    /// WASI p2 and the `agentd:skill/host` interface, and starts the epoch ticker.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError`] when wasmtime refuses the configuration (e.g. the pool cannot be reserved).
+    pub fn new(config: RuntimeConfig) -> Result<Self, EngineError> {
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(usize::try_from(config.ceilings.memory_bytes).unwrap_or(usize::MAX));
+        let mut wasm_config = Config::new();
+        wasm_config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&wasm_config).map_err(|error| EngineError(format!("{error:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| EngineError(format!("{error:#}")))?;
+        Skill::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|error| EngineError(format!("{error:#}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("agentd-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|error| EngineError(format!("cannot start the epoch thread: {error}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            skills: BTreeMap::new(),
+            _ticker: Ticker { stop },
+        })
+    }
+
+    /// The runtime's configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Loads every package directory directly under `dir` (those holding a `skill.toml`), in
+    /// name order. Returns what loaded and, separately, what was refused and why, so one bad
+    /// package does not hide the good ones.
+    ///
+    /// # Errors
+    ///
+    /// [`PackageError::Read`] when `dir` itself cannot be listed.
+    pub async fn load_dir(&mut self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
+        let read_error = |source| PackageError::Read { path: dir.to_owned(), source };
+        let mut package_dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_error)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.join(MANIFEST_FILE).is_file())
+            .collect();
+        package_dirs.sort();
+        let mut loaded = Vec::new();
+        let mut refused = Vec::new();
+        for package_dir in package_dirs {
+            match self.load_package(&package_dir).await {
+                Ok(summary) => loaded.push(summary),
+                Err(error) => refused.push(error),
+            }
+        }
+        Ok((loaded, refused))
+    }
+
+    /// Loads one package: parses the manifest, verifies the component's SHA-256, checks it is
+    /// a component, compiles and links it, and checks its `describe` against the manifest.
+    ///
+    /// # Errors
+    ///
+    /// A [`PackageError`] naming the first check that failed; nothing is loaded then.
+    pub async fn load_package(&mut self, package_dir: &Path) -> Result<SkillSummary, PackageError> {
+        let manifest_path = package_dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| PackageError::Read {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest = Manifest::parse(&text, &manifest_path, &self.config.ceilings)?;
+        let Some(expected) = manifest.sha256.clone() else {
+            return Err(PackageError::MissingDigest { path: manifest_path });
+        };
+        let component_path = package_dir.join(&manifest.component);
+        let bytes = std::fs::read(&component_path).map_err(|source| PackageError::Read {
+            path: component_path.clone(),
+            source,
+        })?;
+        let actual = digest(&bytes);
+        if actual != expected {
+            return Err(PackageError::DigestMismatch {
+                path: component_path,
+                expected,
+                actual,
+            });
+        }
+        check_component_header(&bytes, &component_path)?;
+        let component = Component::new(&self.engine, &bytes).map_err(|error| PackageError::Compile {
+            path: component_path.clone(),
+            message: format!("{error:#}"),
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| PackageError::Link {
+            path: component_path.clone(),
+            message: format!("{error:#}"),
+        })?;
+        let pre = SkillPre::new(instance_pre).map_err(|error| PackageError::WrongWorld {
+            path: component_path.clone(),
+            message: format!("{error:#}"),
+        })?;
+
+        let descriptor = {
+            let mut store = self.new_store(&manifest, "describe", Vec::new(), None);
+            let describe_error = |error: wasmtime::Error| PackageError::Describe {
+                path: component_path.clone(),
+                message: format!("{error:#}"),
+            };
+            let skill = pre.instantiate_async(&mut store).await.map_err(describe_error)?;
+            skill.call_describe(&mut store).await.map_err(describe_error)?
+        };
+        let component_capabilities = descriptor
+            .capabilities
+            .iter()
+            .map(|text| text.parse::<Capability>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| PackageError::Describe {
+                path: component_path.clone(),
+                message: error.to_string(),
+            })?;
+        let mismatch = |field, manifest: String, component: String| PackageError::DescriptorMismatch {
+            path: component_path.clone(),
+            field,
+            manifest,
+            component,
+        };
+        if descriptor.id != manifest.id {
+            return Err(mismatch("id", manifest.id.clone(), descriptor.id));
+        }
+        if descriptor.version != manifest.version.to_string() {
+            return Err(mismatch("version", manifest.version.to_string(), descriptor.version));
+        }
+        if wit_side_effect(descriptor.side_effect) != manifest.side_effect {
+            return Err(mismatch(
+                "side-effect",
+                manifest.side_effect.to_string(),
+                wit_side_effect(descriptor.side_effect).to_string(),
+            ));
+        }
+        let mut sorted_component = component_capabilities.clone();
+        sorted_component.sort();
+        let mut sorted_manifest = manifest.capabilities.clone();
+        sorted_manifest.sort();
+        if sorted_component != sorted_manifest {
+            let render = |list: &[Capability]| list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            return Err(mismatch("capabilities", render(&sorted_manifest), render(&sorted_component)));
+        }
+
+        let summary = SkillSummary {
+            id: manifest.id.clone(),
+            version: manifest.version.clone(),
+            side_effect: manifest.side_effect,
+            capabilities: manifest.capabilities.clone(),
+            digest: actual,
+        };
+        let versions = self.skills.entry(manifest.id.clone()).or_default();
+        if versions.iter().any(|loaded| loaded.manifest.version == manifest.version) {
+            return Err(PackageError::Duplicate {
+                id: manifest.id.clone(),
+                version: manifest.version.clone(),
+            });
+        }
+        tracing::info!(skill = %summary.id, version = %summary.version, digest = %summary.digest, "skill package loaded");
+        versions.push(Arc::new(LoadedSkill {
+            manifest,
+            summary: summary.clone(),
+            package_dir: package_dir.to_owned(),
+            input_schema: descriptor.input_schema,
+            output_schema: descriptor.output_schema,
+            pre,
+        }));
+        versions.sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));
+        Ok(summary)
+    }
+
+    /// The highest loaded version of skill `id`.
+    pub fn lookup(&self, id: &str) -> Option<Arc<LoadedSkill>> {
+        self.skills.get(id).and_then(|versions| versions.last()).cloned()
+    }
+
+    /// The loaded skill `id` whose component has `digest`.
+    pub fn lookup_digest(&self, id: &str, digest: &str) -> Option<Arc<LoadedSkill>> {
+        self.skills.get(id)?.iter().find(|loaded| loaded.summary.digest == digest).cloned()
+    }
+
+    /// Every loaded skill, by id then version.
+    pub fn skills(&self) -> impl Iterator<Item = &Arc<LoadedSkill>> {
+        self.skills.values().flatten()
+    }
+
+    fn new_store(&self, manifest: &Manifest, traceparent: &str, grants: Vec<Capability>, workspace: Option<PathBuf>) -> Store<HostState> {
+        let state = HostState::new(&manifest.id, traceparent, manifest.limits.memory_bytes, grants, workspace);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Cannot fail: fuel consumption is enabled on this engine.
+        let _ = store.set_fuel(manifest.limits.fuel);
+        store.set_epoch_deadline(manifest.limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Runs one invocation of `skill` in a fresh store under the manifest's limits, with
+    /// `request.grants` as the only capabilities.
+    ///
+    /// Never fails: every way an invocation can end is an [`Outcome`].
+    pub async fn dispatch(&self, skill: &LoadedSkill, request: &DispatchRequest) -> DispatchReport {
+        let limits = skill.manifest.limits;
+        let workspace = match (&self.config.workspace_root, WorkspacePath::parse(&request.tenant)) {
+            (Some(root), Ok(tenant)) if tenant.segments().count() == 1 => Some(root.join(tenant.as_str())),
+            _ => None,
+        };
+        let mut store = self.new_store(&skill.manifest, &request.traceparent, request.grants.clone(), workspace);
+        let mut metrics = Metrics::default();
+        let invocation = Invocation {
+            schema_version: plugin_abi::INVOKE_SCHEMA_V1.to_owned(),
+            run_id: request.run_id.clone(),
+            step_id: request.step_id.clone(),
+            traceparent: request.traceparent.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            input: request.input_json.clone(),
+        };
+
+        // The epoch deadline stops guest code; this timeout also covers time spent in host calls.
+        let wall_clock = Duration::from_millis(limits.deadline_ms) + Duration::from_millis(4 * EPOCH_TICK_MS);
+        let started = Instant::now();
+        let result = tokio::time::timeout(wall_clock, async {
+            let instance = skill.pre.instantiate_async(&mut store).await;
+            metrics.instantiate_us = micros(started.elapsed());
+            let instance = instance.map_err(|error| (error, true))?;
+            let executing = Instant::now();
+            let result = instance.call_invoke(&mut store, &invocation).await;
+            metrics.execute_us = micros(executing.elapsed());
+            result.map_err(|error| (error, false))
+        })
+        .await;
+
+        metrics.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data();
+        metrics.peak_memory_bytes = state.limiter.peak_bytes;
+        metrics.host_calls = state.host_calls;
+        metrics.denials = state.denials.len() as u64;
+
+        let outcome = match result {
+            Err(_elapsed) => Outcome::Failed {
+                failure: RuntimeFailure::Timeout { deadline_ms: limits.deadline_ms },
+            },
+            Ok(Err((error, during_instantiation))) => Outcome::Failed {
+                failure: classify_trap(&error, state, &limits, during_instantiation),
+            },
+            Ok(Ok(Ok(output))) => match OutputEnvelope::parse(&output.schema_version, &output.output) {
+                Ok(output) => Outcome::Completed { output },
+                Err(error) => Outcome::Failed {
+                    failure: RuntimeFailure::InvalidOutput { message: error.to_string() },
+                },
+            },
+            Ok(Ok(Err(skill_error))) => match state.denials.first() {
+                Some(capability) => Outcome::Failed {
+                    failure: RuntimeFailure::CapabilityDenied {
+                        capability: capability.clone(),
+                        message: SkillFailure::from(skill_error.clone()).message().to_owned(),
+                    },
+                },
+                None => Outcome::SkillFailed { error: skill_error.into() },
+            },
+        };
+        tracing::info!(
+            skill = %skill.summary.id, version = %skill.summary.version, digest = %skill.summary.digest,
+            traceparent = %request.traceparent, outcome = outcome.name(),
+            instantiate_us = metrics.instantiate_us, execute_us = metrics.execute_us,
+            fuel = metrics.fuel_consumed, peak_memory_bytes = metrics.peak_memory_bytes,
+            host_calls = metrics.host_calls, denials = metrics.denials, "skill invocation"
+        );
+        DispatchReport {
+            skill_id: skill.summary.id.clone(),
+            skill_version: skill.summary.version.to_string(),
+            digest: skill.summary.digest.clone(),
+            outcome,
+            metrics,
+        }
+    }
+}
+
+impl SkillFailure {
+    /// The skill's message.
+    pub fn message(&self) -> &str {
+        match self {
+            SkillFailure::InvalidInput(message)
+            | SkillFailure::Transient(message)
+            | SkillFailure::Permanent(message)
+            | SkillFailure::NeedsHuman(message) => message,
+        }
+    }
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn classify_trap(error: &wasmtime::Error, state: &HostState, limits: &crate::package::Limits, during_instantiation: bool) -> RuntimeFailure {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => RuntimeFailure::FuelExhausted { fuel: limits.fuel },
+        Some(Trap::Interrupt) => RuntimeFailure::Timeout { deadline_ms: limits.deadline_ms },
+        _ if state.limiter.limit_hit => RuntimeFailure::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+        },
+        Some(_) => RuntimeFailure::Trap { message: format!("{error:#}") },
+        None if during_instantiation => RuntimeFailure::Host {
+            message: format!("instantiation failed: {error:#}"),
+        },
+        None => RuntimeFailure::Trap { message: format!("{error:#}") },
+    }
+}

@@ -1,0 +1,213 @@
+//! Opening agentd's state (state directory, policy, plugin packages) and running steps.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use agent_runtime::{Outcome, Runtime, RuntimeConfig, StepOutcome};
+use anyhow::{Context, Result};
+use control_plane::{ApprovalRequest, ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal, Store, Verdict};
+use plugin_abi::InvokeRequest;
+
+/// Where agentd keeps and finds things.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub plugins: PathBuf,
+    pub policy: PathBuf,
+}
+
+impl Paths {
+    pub fn key_file(&self) -> PathBuf {
+        self.state_dir.join("jwt-hs256.key")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    pub fn workspace_root(&self) -> PathBuf {
+        self.state_dir.join("workspace")
+    }
+}
+
+fn ensure_state_dir(paths: &Paths) -> Result<()> {
+    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))
+}
+
+pub fn open_identity(paths: &Paths) -> Result<Identity> {
+    ensure_state_dir(paths)?;
+    Ok(Identity::load_or_create(&paths.key_file(), IdentityConfig::default())?)
+}
+
+/// Reads `path`, or standard input for `-`.
+pub fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read input file {}", path.display()))
+}
+
+pub struct ControlPlaneApp {
+    pub control_plane: ControlPlane,
+}
+
+impl ControlPlaneApp {
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        self.control_plane.authenticate(token).context("authentication failed")
+    }
+}
+
+pub struct App {
+    pub control_plane: ControlPlane,
+    pub runtime: Runtime,
+}
+
+impl App {
+    /// Opens the control plane only: enough for approvals lists, denials and audit checks.
+    pub async fn open_control_plane(paths: &Paths) -> Result<ControlPlaneApp> {
+        let identity = open_identity(paths)?;
+        let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
+        let store = Store::open(&paths.state_file()).await?;
+        Ok(ControlPlaneApp {
+            control_plane: ControlPlane::new(identity, policy, store),
+        })
+    }
+
+    /// Opens the control plane and the runtime, loading every package under `paths.plugins`.
+    pub async fn open(paths: &Paths) -> Result<Self> {
+        let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
+        let mut runtime = Runtime::new(RuntimeConfig {
+            workspace_root: Some(paths.workspace_root()),
+            ..RuntimeConfig::default()
+        })?;
+        let (loaded, refused) = runtime.load_dir(&paths.plugins).await.with_context(|| {
+            format!(
+                "no plugin packages at {}; build them with `cargo xtask build-plugins` or pass --plugins",
+                paths.plugins.display()
+            )
+        })?;
+        for error in &refused {
+            eprintln!("warning: skill package refused: {error}");
+        }
+        tracing::debug!(loaded = loaded.len(), refused = refused.len(), "plugin packages");
+        Ok(App { control_plane, runtime })
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        self.control_plane.authenticate(token).context("authentication failed")
+    }
+
+    pub async fn run(&self, principal: &Principal, skill: &str, request: &InvokeRequest) -> Result<StepReport> {
+        let outcome = agent_runtime::run_step(&self.runtime, &self.control_plane, principal, skill, request).await?;
+        Ok(StepReport::from(outcome))
+    }
+
+    /// Records the approval, then resumes the waiting step.
+    pub async fn approve(&self, reviewer: &Principal, id: i64, reason: Option<&str>) -> Result<(ApprovalRequest, StepReport)> {
+        let decided = self.control_plane.store().decide_approval(id, reviewer, true, reason).await?;
+        let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &reviewer.tenant, id)
+            .await
+            .with_context(|| format!("approval #{id} was recorded, but the step could not resume"))?;
+        Ok((decided, StepReport::from(outcome)))
+    }
+}
+
+/// A step as the CLI shows it.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum StepReport {
+    Completed {
+        run_id: String,
+        traceparent: String,
+        report: agent_runtime::DispatchReport,
+    },
+    Failed {
+        run_id: String,
+        traceparent: String,
+        retryable: bool,
+        report: agent_runtime::DispatchReport,
+    },
+    Denied {
+        run_id: String,
+        decision: control_plane::Decision,
+    },
+    AwaitingApproval {
+        run_id: String,
+        approval_id: i64,
+        reviewer_role: String,
+    },
+}
+
+impl From<StepOutcome> for StepReport {
+    fn from(outcome: StepOutcome) -> Self {
+        match outcome {
+            StepOutcome::Dispatched { context, report, .. } => match report.outcome {
+                Outcome::Completed { .. } => StepReport::Completed {
+                    run_id: context.run_id,
+                    traceparent: context.traceparent,
+                    report,
+                },
+                _ => StepReport::Failed {
+                    run_id: context.run_id,
+                    traceparent: context.traceparent,
+                    retryable: report.outcome.is_retryable(),
+                    report,
+                },
+            },
+            StepOutcome::Denied { context, decision } => StepReport::Denied {
+                run_id: context.run_id,
+                decision,
+            },
+            StepOutcome::AwaitingApproval { context, approval, .. } => StepReport::AwaitingApproval {
+                run_id: context.run_id,
+                approval_id: approval.id,
+                reviewer_role: approval.reviewer_role.to_string(),
+            },
+        }
+    }
+}
+
+pub fn print_step(report: &StepReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        return;
+    }
+    match report {
+        StepReport::Completed { run_id, report, .. } => {
+            let Outcome::Completed { output } = &report.outcome else { return };
+            println!(
+                "{} {} completed (run {run_id}): instantiate {} µs, execute {} µs, fuel {}, peak memory {} KiB",
+                report.skill_id,
+                report.skill_version,
+                report.metrics.instantiate_us,
+                report.metrics.execute_us,
+                report.metrics.fuel_consumed,
+                report.metrics.peak_memory_bytes / 1024
+            );
+            println!("{}", serde_json::to_string_pretty(output).unwrap_or_default());
+        }
+        StepReport::Failed { run_id, retryable, report, .. } => {
+            let detail = serde_json::to_string(&report.outcome).unwrap_or_default();
+            println!(
+                "{} {} failed (run {run_id}): {} ({}) {detail}",
+                report.skill_id,
+                report.skill_version,
+                report.outcome.name(),
+                if *retryable { "retryable" } else { "not retryable" }
+            );
+        }
+        StepReport::Denied { run_id, decision } => {
+            if let Verdict::Deny { kind, reasons } = &decision.verdict {
+                println!("denied (run {run_id}, {kind:?}): {}", reasons.join("; "));
+            }
+        }
+        StepReport::AwaitingApproval { run_id, approval_id, reviewer_role } => {
+            println!(
+                "awaiting approval (run {run_id}): request #{approval_id} needs a {reviewer_role}; \
+                 a {reviewer_role} runs `agentd hitl approve {approval_id}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! `agentd`: the command line that wires the control plane and the agent runtime together.
+//!
+//! `main` is the one place that maps errors to exit codes: 0 success, 1 error, 2 usage,
+//! 3 denied by governance, 4 waiting for approval, 5 the skill or runtime failed.
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a CLI talks on stdout and stderr")]
+
+mod app;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use control_plane::{ApprovalStatus, ChainVerification, Role};
+
+use crate::app::{App, Paths, StepReport, print_step};
+
+/// agentd: run AI-agent skills as WebAssembly components, governed by policy and audited.
+#[derive(Debug, Parser)]
+#[command(name = "agentd", version, about)]
+struct Cli {
+    #[command(flatten)]
+    paths: PathArgs,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct PathArgs {
+    /// Directory holding the state file, signing key and workspaces.
+    #[arg(long, global = true, env = "AGENTD_STATE_DIR", default_value = ".agentd")]
+    state_dir: PathBuf,
+    /// Directory of skill packages (built by `cargo xtask build-plugins`).
+    #[arg(long, global = true, env = "AGENTD_PLUGINS", default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// Cedar policy file.
+    #[arg(long, global = true, env = "AGENTD_POLICY", default_value = "policies/default.cedar")]
+    policy: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct TokenArg {
+    /// Bearer token (JWT); `agentd token issue` makes one.
+    #[arg(long, env = "AGENTD_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Issue local tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run a skill: governance decides, then the runtime dispatches.
+    Run {
+        /// Skill id, e.g. `pii-redact`.
+        skill: String,
+        /// File holding an `agentd.invoke.v1` envelope, or `-` for standard input.
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Human-in-the-loop approvals.
+    #[command(subcommand)]
+    Hitl(HitlCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Skill packages.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Run the end-to-end demo on this machine's Debian changelogs.
+    Demo {
+        /// A text file to use instead of (or when there are no) changelogs.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Process at most this many changelogs.
+        #[arg(long)]
+        max_files: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a token with the state directory's key (created on first use).
+    Issue {
+        /// Subject (the caller's name).
+        #[arg(long)]
+        sub: String,
+        /// Role: agent, reviewer or admin; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HitlCommand {
+    /// List approval requests in your tenant.
+    List {
+        /// Only requests in this status (pending, approved, denied, consumed).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Approve a request; the waiting step then runs.
+    Approve {
+        /// Request id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and name the first broken entry.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List the verified skill packages.
+    List,
+}
+
+/// What a command asks `main` to exit with.
+enum Exit {
+    Success,
+    Denied,
+    AwaitingApproval,
+    Failed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(Exit::Success) => ExitCode::SUCCESS,
+        Ok(Exit::Denied) => ExitCode::from(3),
+        Ok(Exit::AwaitingApproval) => ExitCode::from(4),
+        Ok(Exit::Failed) => ExitCode::from(5),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step_exit(report: &StepReport) -> Exit {
+    match report {
+        StepReport::Completed { .. } => Exit::Success,
+        StepReport::Failed { .. } => Exit::Failed,
+        StepReport::Denied { .. } => Exit::Denied,
+        StepReport::AwaitingApproval { .. } => Exit::AwaitingApproval,
+    }
+}
+
+async fn execute(cli: Cli) -> Result<Exit> {
+    let paths = Paths {
+        state_dir: cli.paths.state_dir,
+        plugins: cli.paths.plugins,
+        policy: cli.paths.policy,
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Token(TokenCommand::Issue { sub, roles, tenant, ttl_secs }) => {
+            let identity = app::open_identity(&paths)?;
+            let roles = roles
+                .iter()
+                .map(|role| role.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("--role")?;
+            let token = identity.issue(&sub, &tenant, &roles, Duration::from_secs(ttl_secs))?;
+            if json {
+                println!("{}", serde_json::json!({ "token": token, "expires_in_secs": ttl_secs }));
+            } else {
+                println!("{token}");
+            }
+            Ok(Exit::Success)
+        }
+        Command::Run { skill, input, token } => {
+            let text = app::read_input(&input)?;
+            let request = plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            let app = App::open(&paths).await?;
+            let principal = app.authenticate(&token.token)?;
+            let report = app.run(&principal, &skill, &request).await?;
+            print_step(&report, json);
+            Ok(step_exit(&report))
+        }
+        Command::Hitl(HitlCommand::List { status, token }) => {
+            let status = status
+                .map(|text| text.parse::<ApprovalStatus>())
+                .transpose()
+                .context("--status")?;
+            let app = App::open_control_plane(&paths).await?;
+            let principal = app.authenticate(&token.token)?;
+            let requests = app.control_plane.store().list_approvals(&principal.tenant, status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else if requests.is_empty() {
+                println!("no approval requests in tenant `{}`", principal.tenant);
+            } else {
+                for request in requests {
+                    println!(
+                        "#{:<4} {:<9} {} {} requested by {} (run {}, input {}), needs {}",
+                        request.id,
+                        request.status,
+                        request.skill_id,
+                        request.skill_version,
+                        request.requester,
+                        request.run_id,
+                        &request.input_digest[..19.min(request.input_digest.len())],
+                        request.reviewer_role
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Hitl(HitlCommand::Approve { id, reason, token }) => {
+            let app = App::open(&paths).await?;
+            let reviewer = app.authenticate(&token.token)?;
+            let (decided, step) = app.approve(&reviewer, id, reason.as_deref()).await?;
+            if !json {
+                println!("approval request #{} approved by {}", decided.id, reviewer.subject);
+            }
+            print_step(&step, json);
+            Ok(step_exit(&step))
+        }
+        Command::Hitl(HitlCommand::Deny { id, reason, token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let reviewer = app.authenticate(&token.token)?;
+            let decided = app.control_plane.store().decide_approval(id, &reviewer, false, reason.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decided)?);
+            } else {
+                println!("approval request #{} denied by {}; the step will not run", decided.id, reviewer.subject);
+            }
+            Ok(Exit::Success)
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let app = App::open_control_plane(&paths).await?;
+            let verification = app.control_plane.store().verify_audit().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verification)?);
+            }
+            match verification {
+                ChainVerification::Intact { entries, head } => {
+                    if !json {
+                        println!("audit chain intact: {entries} entries, head {head}");
+                    }
+                    Ok(Exit::Success)
+                }
+                ChainVerification::Broken { seq, reason, verified_before } => {
+                    bail!("audit chain broken at entry {seq} ({verified_before} entries before it verify): {reason}")
+                }
+            }
+        }
+        Command::Plugins(PluginsCommand::List) => {
+            let app = App::open(&paths).await?;
+            if json {
+                let skills: Vec<_> = app.runtime.skills().map(|skill| (&skill.summary, &skill.manifest.limits)).collect();
+                println!("{}", serde_json::to_string_pretty(&skills)?);
+            } else {
+                for skill in app.runtime.skills() {
+                    let capabilities: Vec<String> = skill.summary.capabilities.iter().map(ToString::to_string).collect();
+                    println!(
+                        "{:<16} {:<8} {:<10} caps [{}]  memory {} MiB, fuel {}, deadline {} ms  {}",
+                        skill.summary.id,
+                        skill.summary.version,
+                        skill.summary.side_effect,
+                        capabilities.join(", "),
+                        skill.manifest.limits.memory_bytes / (1024 * 1024),
+                        skill.manifest.limits.fuel,
+                        skill.manifest.limits.deadline_ms,
+                        skill.summary.digest
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Demo { input, max_files } => {
+            demo::run(&paths, input.as_deref(), max_files, json).await?;
+            Ok(Exit::Success)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Project automation (the cargo-xtask pattern): `cargo xtask <command>`.
+//!
+//! - `build-plugins`: installs the `wasm32-wasip2` target if missing, builds every plugin in
+//!   `plugins/` as a component and packages it into `target/plugins/<id>/` with its manifest and
+//!   the component's SHA-256.
+//! - `demo [ARGS..]`: `build-plugins`, then `agentd demo ARGS..`.
+//! - `test`: `build-plugins`, then the whole test suite.
+//! - `ci`: formatting, clippy with `-D warnings`, then `test`.
+
+#![allow(clippy::print_stderr, reason = "xtask reports progress on stderr")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    match command.as_str() {
+        "build-plugins" => build_plugins(&root).map(drop),
+        "demo" => {
+            build_plugins(&root)?;
+            let mut demo = cargo(&root);
+            demo.args(["run", "--quiet", "--package", "agentd", "--", "demo"]).args(&rest);
+            run(demo)
+        }
+        "test" => {
+            build_plugins(&root)?;
+            let mut test = cargo(&root);
+            test.args(["test", "--workspace"]).args(&rest);
+            run(test)
+        }
+        "ci" => {
+            let mut fmt = cargo(&root);
+            fmt.args(["fmt", "--all", "--check"]);
+            run(fmt)?;
+            build_plugins(&root)?;
+            let mut clippy = cargo(&root);
+            clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            run(clippy)?;
+            let mut test = cargo(&root);
+            test.args(["test", "--workspace"]);
+            run(test)
+        }
+        _ => bail!("usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | ci>"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_owned()
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    command.current_dir(root);
+    command
+}
+
+fn run(mut command: Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm target through rustup when the toolchain lacks it.
+fn ensure_wasm_target() -> Result<()> {
+    let output = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .context("could not run rustc")?;
+    let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if output.status.success() && libdir.is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {WASM_TARGET} target with rustup");
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", WASM_TARGET]);
+    run(rustup).context("the wasm32-wasip2 target is missing and rustup could not install it")
+}
+
+/// The plugin crates: every directory under `plugins/` holding a `skill.toml`.
+fn plugin_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("plugins"))
+        .context("cannot list plugins/")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.join("skill.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// Builds and packages every plugin; returns the packages directory.
+fn build_plugins(root: &Path) -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let dirs = plugin_dirs(root)?;
+    let mut build = cargo(root);
+    build.args(["build", "--quiet", "--release", "--target", WASM_TARGET]);
+    let mut crates = Vec::new();
+    for dir in &dirs {
+        let manifest: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml"))?)?;
+        let name = manifest["package"]["name"].as_str().context("plugin Cargo.toml lacks package.name")?.to_owned();
+        build.args(["--package", &name]);
+        crates.push((dir.clone(), name));
+    }
+    run(build)?;
+
+    let packages = root.join("target").join("plugins");
+    for (dir, crate_name) in crates {
+        let skill_toml = std::fs::read_to_string(dir.join("skill.toml"))?;
+        let mut manifest: toml::Table = toml::from_str(&skill_toml).with_context(|| format!("{}/skill.toml", dir.display()))?;
+        let id = manifest["id"].as_str().context("skill.toml lacks id")?.to_owned();
+        let wasm = root
+            .join("target")
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", crate_name.replace('-', "_")));
+        let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let package = packages.join(&id);
+        std::fs::create_dir_all(&package)?;
+        std::fs::write(package.join("skill.wasm"), &bytes)?;
+        manifest.insert("component".into(), "skill.wasm".into());
+        manifest.insert("sha256".into(), digest.into());
+        std::fs::write(
+            package.join("skill.toml"),
+            format!("# Generated by `cargo xtask build-plugins` from plugins/{}/skill.toml.\n{}", dir.file_name().unwrap_or_default().to_string_lossy(), toml::to_string(&manifest)?),
+        )?;
+    }
+    Ok(packages)
+}
