@@ -89,10 +89,13 @@ pub struct DispatchRequest {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "failure", rename_all = "kebab-case")]
 pub enum RuntimeFailure {
-    /// The epoch deadline passed. Retryable.
+    /// The deadline passed. Retryable.
     Timeout {
         /// The deadline, ms.
         deadline_ms: u64,
+        /// `true` when the epoch deadline interrupted guest code; `false` when the wall-clock
+        /// backstop fired (the guest was waiting on the host).
+        in_guest: bool,
     },
     /// The fuel budget ran out. Not retryable: the same input burns the same fuel.
     FuelExhausted {
@@ -228,7 +231,9 @@ pub struct Metrics {
     pub instantiate_us: u64,
     /// Time inside `invoke`, µs.
     pub execute_us: u64,
-    /// Fuel consumed.
+    /// Fuel consumed. When an epoch deadline interrupts the guest this is a lower bound:
+    /// compiled code keeps its fuel counter in a register and flushes it to the store at calls
+    /// and returns, not at the interruption.
     pub fuel_consumed: u64,
     /// Largest linear memory reached, bytes.
     pub peak_memory_bytes: u64,
@@ -532,8 +537,9 @@ impl Runtime {
             input: request.input_json.clone(),
         };
 
-        // The epoch deadline stops guest code; this timeout also covers time spent in host calls.
-        let wall_clock = Duration::from_millis(limits.deadline_ms) + Duration::from_millis(4 * EPOCH_TICK_MS);
+        // The epoch deadline stops guest code; this wall-clock backstop, a little later, also
+        // covers time spent in host calls.
+        let wall_clock = Duration::from_millis(limits.deadline_ms + (limits.deadline_ms / 10).max(100));
         let started = Instant::now();
         let result = tokio::time::timeout(wall_clock, async {
             let instance = skill.pre.instantiate_async(&mut store).await;
@@ -554,7 +560,10 @@ impl Runtime {
 
         let outcome = match result {
             Err(_elapsed) => Outcome::Failed {
-                failure: RuntimeFailure::Timeout { deadline_ms: limits.deadline_ms },
+                failure: RuntimeFailure::Timeout {
+                    deadline_ms: limits.deadline_ms,
+                    in_guest: false,
+                },
             },
             Ok(Err((error, during_instantiation))) => Outcome::Failed {
                 failure: classify_trap(&error, state, &limits, during_instantiation),
@@ -611,7 +620,10 @@ fn micros(elapsed: Duration) -> u64 {
 fn classify_trap(error: &wasmtime::Error, state: &HostState, limits: &crate::package::Limits, during_instantiation: bool) -> RuntimeFailure {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RuntimeFailure::FuelExhausted { fuel: limits.fuel },
-        Some(Trap::Interrupt) => RuntimeFailure::Timeout { deadline_ms: limits.deadline_ms },
+        Some(Trap::Interrupt) => RuntimeFailure::Timeout {
+            deadline_ms: limits.deadline_ms,
+            in_guest: true,
+        },
         _ if state.limiter.limit_hit => RuntimeFailure::MemoryLimit {
             limit_bytes: limits.memory_bytes,
         },

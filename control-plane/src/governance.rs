@@ -171,7 +171,7 @@ impl PolicyEngine {
                 if let Some(message) = problem {
                     return Err(PolicyError::Annotation {
                         origin: origin.to_owned(),
-                        policy: policy.id().to_string(),
+                        policy: policy.annotation("id").map_or_else(|| policy.id().to_string(), str::to_owned),
                         message,
                     });
                 }
@@ -183,6 +183,11 @@ impl PolicyEngine {
             version,
             authorizer: Authorizer::new(),
         })
+    }
+
+    /// A policy's name: its `@id("...")` annotation, else Cedar's positional id (`policy0`, ...).
+    fn policy_name(&self, id: &PolicyId) -> String {
+        self.policies.annotation(id, "id").map_or_else(|| id.to_string(), str::to_owned)
     }
 
     /// `sha256:<hex>` of the policy text.
@@ -211,7 +216,7 @@ impl PolicyEngine {
             Ok(outcome) => outcome,
             Err(reason) => return fail_closed(reason),
         };
-        let determining_policies: Vec<String> = invoke.policies.iter().map(ToString::to_string).collect();
+        let determining_policies: Vec<String> = invoke.policies.iter().map(|id| self.policy_name(id)).collect();
         if invoke.decision == CedarDecision::Deny {
             let (kind, reasons) = if determining_policies.is_empty() {
                 (

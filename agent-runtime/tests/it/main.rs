@@ -1,0 +1,53 @@
+//! agent-runtime integration tests against the real plugin packages built by
+//! `cargo xtask build-plugins` (which `cargo xtask test` runs first).
+
+mod dispatch;
+mod packages;
+
+use std::path::{Path, PathBuf};
+
+use agent_runtime::{DispatchRequest, LoadedSkill, Runtime, RuntimeConfig};
+use plugin_abi::Capability;
+
+/// `target/plugins`, where `cargo xtask build-plugins` puts the packages.
+pub fn packages_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(
+        dir.join("pii-redact/skill.toml").is_file(),
+        "plugin packages are missing at {}: run the tests with `cargo xtask test` (it builds them)",
+        dir.display()
+    );
+    dir
+}
+
+/// A runtime with every real package loaded and a workspace under `workspace`.
+pub async fn runtime_with_packages(workspace: Option<&Path>) -> Runtime {
+    let mut runtime = Runtime::new(RuntimeConfig {
+        workspace_root: workspace.map(Path::to_owned),
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let (loaded, refused) = runtime.load_dir(&packages_dir()).await.unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(loaded.len(), 3);
+    runtime
+}
+
+/// A dispatch request for tenant `acme` with `input` and `grants`.
+pub fn request(input: serde_json::Value, grants: &[&str]) -> DispatchRequest {
+    DispatchRequest {
+        run_id: "run-test".into(),
+        step_id: "step-1".into(),
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        idempotency_key: "acme/run-test/step-1".into(),
+        input_json: input.to_string(),
+        tenant: "acme".into(),
+        grants: grants.iter().map(|g| g.parse::<Capability>().unwrap()).collect(),
+    }
+}
+
+/// The loaded skill `id`.
+pub fn skill(runtime: &Runtime, id: &str) -> std::sync::Arc<LoadedSkill> {
+    runtime.lookup(id).unwrap_or_else(|| panic!("{id} is not loaded"))
+}
