@@ -1,6 +1,8 @@
 //! agent-runtime integration tests against the real plugin packages built by
 //! `cargo xtask build-plugins` (which `cargo xtask test` runs first).
 
+#![allow(missing_docs, reason = "test helpers are not public API")]
+
 mod dispatch;
 mod packages;
 

@@ -1,5 +1,7 @@
 //! control-plane integration tests: the SQLite store, approvals and the audit chain.
 
+#![allow(missing_docs, reason = "test helpers are not public API")]
+
 mod approvals;
 mod audit;
 
