@@ -61,7 +61,13 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(skill_id: &str, traceparent: &str, memory_limit_bytes: u64, grants: Vec<Capability>, workspace: Option<PathBuf>) -> Self {
+    pub(crate) fn new(
+        skill_id: &str,
+        traceparent: &str,
+        memory_limit_bytes: u64,
+        grants: Vec<Capability>,
+        workspace: Option<PathBuf>,
+    ) -> Self {
         HostState {
             // Nothing is granted through WASI: no preopened directories, no environment, no
             // arguments, no network; stdin is empty and stdout/stderr are discarded.
@@ -131,15 +137,22 @@ impl Host for HostState {
 
     async fn workspace_write(&mut self, path: String, contents: Vec<u8>) -> Result<(), CapabilityError> {
         self.host_calls += 1;
-        let path = WorkspacePath::parse(&path).map_err(|error| CapabilityError::Invalid(format!("path `{path}`: {error}")))?;
+        let path =
+            WorkspacePath::parse(&path).map_err(|error| CapabilityError::Invalid(format!("path `{path}`: {error}")))?;
         if !self.grants.iter().any(|grant| grant.permits_write(&path)) {
             let needed = format!("fs.write:{path}");
             self.denials.push(needed.clone());
             tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
-            return Err(CapabilityError::Denied(format!("{needed} (granted: {})", describe_grants(&self.grants))));
+            return Err(CapabilityError::Denied(format!(
+                "{needed} (granted: {})",
+                describe_grants(&self.grants)
+            )));
         }
         if contents.len() > MAX_WRITE_BYTES {
-            return Err(CapabilityError::Invalid(format!("{} bytes exceed the {MAX_WRITE_BYTES}-byte write limit", contents.len())));
+            return Err(CapabilityError::Invalid(format!(
+                "{} bytes exceed the {MAX_WRITE_BYTES}-byte write limit",
+                contents.len()
+            )));
         }
         let Some(root) = &self.workspace else {
             return Err(CapabilityError::Io("this invocation has no workspace".to_owned()));

@@ -16,7 +16,10 @@ pub mod runtime;
 
 pub use orchestrate::{StepError, StepOutcome, resume_approved, run_step};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
-pub use runtime::{DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailure};
+pub use runtime::{
+    DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Runtime, RuntimeConfig,
+    RuntimeFailure, SkillFailure,
+};
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.
 #[allow(missing_docs)]

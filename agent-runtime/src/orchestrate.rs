@@ -2,8 +2,8 @@
 //! every dispatch, including a step resumed after approval.
 
 use control_plane::{
-    ApprovalError, ApprovalRequest, ControlPlane, Decision, NewApproval, Principal, StepContext, StoreError, TraceContext,
-    Verdict,
+    ApprovalError, ApprovalRequest, ControlPlane, Decision, NewApproval, Principal, StepContext, StoreError,
+    TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
@@ -107,7 +107,13 @@ pub async fn run_step(
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
     let decision = control_plane
-        .govern(principal, &context, skill_id, skill.as_ref().map(|s| &s.summary), &digest)
+        .govern(
+            principal,
+            &context,
+            skill_id,
+            skill.as_ref().map(|s| &s.summary),
+            &digest,
+        )
         .await?;
     let grants = match (&decision.verdict, skill) {
         (Verdict::Allow { grants }, Some(skill)) => (grants.clone(), skill),
@@ -127,12 +133,26 @@ pub async fn run_step(
                     reviewer_role: *reviewer_role,
                 })
                 .await?;
-            return Ok(StepOutcome::AwaitingApproval { context, decision, approval });
+            return Ok(StepOutcome::AwaitingApproval {
+                context,
+                decision,
+                approval,
+            });
         }
         _ => return Ok(StepOutcome::Denied { context, decision }),
     };
     let (grants, skill) = grants;
-    dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json, grants).await
+    dispatch_and_record(
+        runtime,
+        control_plane,
+        principal,
+        context,
+        decision,
+        &skill,
+        input_json,
+        grants,
+    )
+    .await
 }
 
 /// Resumes the step an approved request was waiting on: governs it again as the requester,
@@ -154,7 +174,10 @@ pub async fn resume_approved(
         .approval(tenant, approval_id)
         .await?
         .ok_or(ApprovalError::NotFound { id: approval_id })?;
-    let request = InvokeRequest::parse(&approval.request_json).map_err(|source| StepError::StoredRequest { id: approval_id, source })?;
+    let request = InvokeRequest::parse(&approval.request_json).map_err(|source| StepError::StoredRequest {
+        id: approval_id,
+        source,
+    })?;
     let skill = runtime
         .lookup_digest(&approval.skill_id, &approval.skill_digest)
         .ok_or_else(|| StepError::SkillChanged {
@@ -167,7 +190,9 @@ pub async fn resume_approved(
     let context = StepContext {
         run_id: approval.run_id.clone(),
         step_id: approval.step_id.clone(),
-        traceparent: parent.map_or_else(TraceContext::new_root, |parent| parent.child()).to_string(),
+        traceparent: parent
+            .map_or_else(TraceContext::new_root, |parent| parent.child())
+            .to_string(),
     };
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
@@ -180,9 +205,25 @@ pub async fn resume_approved(
     };
     control_plane
         .store()
-        .consume_approval(approval_id, tenant, &skill.summary.digest, &digest, &decision.policy_version)
+        .consume_approval(
+            approval_id,
+            tenant,
+            &skill.summary.digest,
+            &digest,
+            &decision.policy_version,
+        )
         .await?;
-    dispatch_and_record(runtime, control_plane, &principal, context, decision, &skill, input_json, grants).await
+    dispatch_and_record(
+        runtime,
+        control_plane,
+        &principal,
+        context,
+        decision,
+        &skill,
+        input_json,
+        grants,
+    )
+    .await
 }
 
 #[expect(clippy::too_many_arguments, reason = "one private call site per public entry point")]
@@ -219,5 +260,9 @@ async fn dispatch_and_record(
         "metrics": report.metrics,
     });
     control_plane.record_dispatch(principal, &context, &audited).await?;
-    Ok(StepOutcome::Dispatched { context, decision, report })
+    Ok(StepOutcome::Dispatched {
+        context,
+        decision,
+        report,
+    })
 }

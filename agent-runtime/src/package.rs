@@ -199,23 +199,43 @@ impl Manifest {
     /// [`PackageError::Manifest`] for bad TOML, unknown fields, an id that is not kebab-case,
     /// limits of zero or above `ceilings`; [`PackageError::UnsupportedAbi`].
     pub fn parse(text: &str, path: &Path, ceilings: &LimitCeilings) -> Result<Self, PackageError> {
-        let invalid = |message: String| PackageError::Manifest { path: path.to_owned(), message };
-        let manifest: Manifest = toml::from_str(text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
+        let invalid = |message: String| PackageError::Manifest {
+            path: path.to_owned(),
+            message,
+        };
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
         if manifest.abi != ABI_VERSION {
-            return Err(PackageError::UnsupportedAbi { path: path.to_owned(), found: manifest.abi });
+            return Err(PackageError::UnsupportedAbi {
+                path: path.to_owned(),
+                found: manifest.abi,
+            });
         }
         let kebab = !manifest.id.is_empty()
             && manifest.id.len() <= 64
-            && manifest.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && manifest
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !manifest.id.starts_with('-');
         if !kebab {
-            return Err(invalid(format!("id `{}` must be 1 to 64 characters of a-z, 0-9 and `-`", manifest.id)));
+            return Err(invalid(format!(
+                "id `{}` must be 1 to 64 characters of a-z, 0-9 and `-`",
+                manifest.id
+            )));
         }
         if manifest.component.contains(['/', '\\']) || manifest.component.starts_with('.') {
-            return Err(invalid(format!("component `{}` must be a plain file name in the package", manifest.component)));
+            return Err(invalid(format!(
+                "component `{}` must be a plain file name in the package",
+                manifest.component
+            )));
         }
         for (name, value, ceiling) in [
-            ("limits.memory_bytes", manifest.limits.memory_bytes, ceilings.memory_bytes),
+            (
+                "limits.memory_bytes",
+                manifest.limits.memory_bytes,
+                ceilings.memory_bytes,
+            ),
             ("limits.fuel", manifest.limits.fuel, ceilings.fuel),
             ("limits.deadline_ms", manifest.limits.deadline_ms, ceilings.deadline_ms),
         ] {
@@ -272,19 +292,37 @@ deadline_ms = 100
         assert_eq!(manifest.component, "skill.wasm");
         assert_eq!(manifest.capabilities[0].to_string(), "fs.write:reports/");
 
-        check_error(&GOOD.replace("abi = 1", "abi = 7"), "declares abi = 7; this agentd runs abi = 1");
+        check_error(
+            &GOOD.replace("abi = 1", "abi = 7"),
+            "declares abi = 7; this agentd runs abi = 1",
+        );
         check_error(&GOOD.replace("id = \"pii-redact\"", "id = \"PII\""), "id `PII` must be");
-        check_error(&GOOD.replace("fuel = 1000", "fuel = 0"), "limits.fuel = 0 must be between 1 and");
-        check_error(&GOOD.replace("version = \"0.1.0\"", "version = \"one\""), "invalid manifest skill.toml");
+        check_error(
+            &GOOD.replace("fuel = 1000", "fuel = 0"),
+            "limits.fuel = 0 must be between 1 and",
+        );
+        check_error(
+            &GOOD.replace("version = \"0.1.0\"", "version = \"one\""),
+            "invalid manifest skill.toml",
+        );
         check_error(&format!("{GOOD}\nextra = 1"), "unknown field `extra`");
-        check_error(&GOOD.replace("fs.write:reports/", "net.any:x"), "unknown kind `net.any`");
+        check_error(
+            &GOOD.replace("fs.write:reports/", "net.any:x"),
+            "unknown kind `net.any`",
+        );
     }
 
     #[test]
     fn header_tells_modules_from_components() {
         let path = Path::new("x.wasm");
-        assert!(matches!(check_component_header(b"garbage!", path), Err(PackageError::NotWasm { .. })));
-        assert!(matches!(check_component_header(b"\0asm\x01\0\0\0", path), Err(PackageError::CoreModule { .. })));
+        assert!(matches!(
+            check_component_header(b"garbage!", path),
+            Err(PackageError::NotWasm { .. })
+        ));
+        assert!(matches!(
+            check_component_header(b"\0asm\x01\0\0\0", path),
+            Err(PackageError::CoreModule { .. })
+        ));
         assert!(check_component_header(b"\0asm\x0d\0\x01\0", path).is_ok());
     }
 }

@@ -62,7 +62,9 @@ pub struct LoadedSkill {
 
 impl std::fmt::Debug for LoadedSkill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedSkill").field("summary", &self.summary).finish_non_exhaustive()
+        f.debug_struct("LoadedSkill")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,7 +282,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).field("skills", &self.skills.keys()).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("skills", &self.skills.keys())
+            .finish_non_exhaustive()
     }
 }
 
@@ -355,7 +360,10 @@ impl Runtime {
     ///
     /// [`PackageError::Read`] when `dir` itself cannot be listed.
     pub async fn load_dir(&mut self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
-        let read_error = |source| PackageError::Read { path: dir.to_owned(), source };
+        let read_error = |source| PackageError::Read {
+            path: dir.to_owned(),
+            source,
+        };
         let mut package_dirs: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_error)?
             .filter_map(Result::ok)
@@ -408,10 +416,13 @@ impl Runtime {
             path: component_path.clone(),
             message: format!("{error:#}"),
         })?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| PackageError::Link {
-            path: component_path.clone(),
-            message: format!("{error:#}"),
-        })?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|error| PackageError::Link {
+                path: component_path.clone(),
+                message: format!("{error:#}"),
+            })?;
         let pre = SkillPre::new(instance_pre).map_err(|error| PackageError::WrongWorld {
             path: component_path.clone(),
             message: format!("{error:#}"),
@@ -460,7 +471,11 @@ impl Runtime {
         sorted_manifest.sort();
         if sorted_component != sorted_manifest {
             let render = |list: &[Capability]| list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            return Err(mismatch("capabilities", render(&sorted_manifest), render(&sorted_component)));
+            return Err(mismatch(
+                "capabilities",
+                render(&sorted_manifest),
+                render(&sorted_component),
+            ));
         }
 
         let summary = SkillSummary {
@@ -471,7 +486,10 @@ impl Runtime {
             digest: actual,
         };
         let versions = self.skills.entry(manifest.id.clone()).or_default();
-        if versions.iter().any(|loaded| loaded.manifest.version == manifest.version) {
+        if versions
+            .iter()
+            .any(|loaded| loaded.manifest.version == manifest.version)
+        {
             return Err(PackageError::Duplicate {
                 id: manifest.id.clone(),
                 version: manifest.version.clone(),
@@ -497,7 +515,11 @@ impl Runtime {
 
     /// The loaded skill `id` whose component has `digest`.
     pub fn lookup_digest(&self, id: &str, digest: &str) -> Option<Arc<LoadedSkill>> {
-        self.skills.get(id)?.iter().find(|loaded| loaded.summary.digest == digest).cloned()
+        self.skills
+            .get(id)?
+            .iter()
+            .find(|loaded| loaded.summary.digest == digest)
+            .cloned()
     }
 
     /// Every loaded skill, by id then version.
@@ -505,8 +527,20 @@ impl Runtime {
         self.skills.values().flatten()
     }
 
-    fn new_store(&self, manifest: &Manifest, traceparent: &str, grants: Vec<Capability>, workspace: Option<PathBuf>) -> Store<HostState> {
-        let state = HostState::new(&manifest.id, traceparent, manifest.limits.memory_bytes, grants, workspace);
+    fn new_store(
+        &self,
+        manifest: &Manifest,
+        traceparent: &str,
+        grants: Vec<Capability>,
+        workspace: Option<PathBuf>,
+    ) -> Store<HostState> {
+        let state = HostState::new(
+            &manifest.id,
+            traceparent,
+            manifest.limits.memory_bytes,
+            grants,
+            workspace,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Cannot fail: fuel consumption is enabled on this engine.
@@ -571,7 +605,9 @@ impl Runtime {
             Ok(Ok(Ok(output))) => match OutputEnvelope::parse(&output.schema_version, &output.output) {
                 Ok(output) => Outcome::Completed { output },
                 Err(error) => Outcome::Failed {
-                    failure: RuntimeFailure::InvalidOutput { message: error.to_string() },
+                    failure: RuntimeFailure::InvalidOutput {
+                        message: error.to_string(),
+                    },
                 },
             },
             Ok(Ok(Err(skill_error))) => match state.denials.first() {
@@ -581,7 +617,9 @@ impl Runtime {
                         message: SkillFailure::from(skill_error.clone()).message().to_owned(),
                     },
                 },
-                None => Outcome::SkillFailed { error: skill_error.into() },
+                None => Outcome::SkillFailed {
+                    error: skill_error.into(),
+                },
             },
         };
         tracing::info!(
@@ -617,7 +655,12 @@ fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn classify_trap(error: &wasmtime::Error, state: &HostState, limits: &crate::package::Limits, during_instantiation: bool) -> RuntimeFailure {
+fn classify_trap(
+    error: &wasmtime::Error,
+    state: &HostState,
+    limits: &crate::package::Limits,
+    during_instantiation: bool,
+) -> RuntimeFailure {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RuntimeFailure::FuelExhausted { fuel: limits.fuel },
         Some(Trap::Interrupt) => RuntimeFailure::Timeout {
@@ -627,10 +670,14 @@ fn classify_trap(error: &wasmtime::Error, state: &HostState, limits: &crate::pac
         _ if state.limiter.limit_hit => RuntimeFailure::MemoryLimit {
             limit_bytes: limits.memory_bytes,
         },
-        Some(_) => RuntimeFailure::Trap { message: format!("{error:#}") },
+        Some(_) => RuntimeFailure::Trap {
+            message: format!("{error:#}"),
+        },
         None if during_instantiation => RuntimeFailure::Host {
             message: format!("instantiation failed: {error:#}"),
         },
-        None => RuntimeFailure::Trap { message: format!("{error:#}") },
+        None => RuntimeFailure::Trap {
+            message: format!("{error:#}"),
+        },
     }
 }

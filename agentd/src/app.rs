@@ -31,7 +31,8 @@ impl Paths {
 }
 
 fn ensure_state_dir(paths: &Paths) -> Result<()> {
-    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))
+    std::fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))
 }
 
 pub fn open_identity(paths: &Paths) -> Result<Identity> {
@@ -43,7 +44,9 @@ pub fn open_identity(paths: &Paths) -> Result<Identity> {
 pub fn read_input(path: &Path) -> Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
         return Ok(text);
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read input file {}", path.display()))
@@ -105,8 +108,17 @@ impl App {
     }
 
     /// Records the approval, then resumes the waiting step.
-    pub async fn approve(&self, reviewer: &Principal, id: i64, reason: Option<&str>) -> Result<(ApprovalRequest, StepReport)> {
-        let decided = self.control_plane.store().decide_approval(id, reviewer, true, reason).await?;
+    pub async fn approve(
+        &self,
+        reviewer: &Principal,
+        id: i64,
+        reason: Option<&str>,
+    ) -> Result<(ApprovalRequest, StepReport)> {
+        let decided = self
+            .control_plane
+            .store()
+            .decide_approval(id, reviewer, true, reason)
+            .await?;
         let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &reviewer.tenant, id)
             .await
             .with_context(|| format!("approval #{id} was recorded, but the step could not resume"))?;
@@ -176,7 +188,9 @@ pub fn print_step(report: &StepReport, json: bool) {
     }
     match report {
         StepReport::Completed { run_id, report, .. } => {
-            let Outcome::Completed { output } = &report.outcome else { return };
+            let Outcome::Completed { output } = &report.outcome else {
+                return;
+            };
             println!(
                 "{} {} completed (run {run_id}): instantiate {} µs, execute {} µs, fuel {}, peak memory {} KiB",
                 report.skill_id,
@@ -188,7 +202,12 @@ pub fn print_step(report: &StepReport, json: bool) {
             );
             println!("{}", serde_json::to_string_pretty(output).unwrap_or_default());
         }
-        StepReport::Failed { run_id, retryable, report, .. } => {
+        StepReport::Failed {
+            run_id,
+            retryable,
+            report,
+            ..
+        } => {
             let detail = serde_json::to_string(&report.outcome).unwrap_or_default();
             println!(
                 "{} {} failed (run {run_id}): {} ({}) {detail}",
@@ -203,7 +222,11 @@ pub fn print_step(report: &StepReport, json: bool) {
                 println!("denied (run {run_id}, {kind:?}): {}", reasons.join("; "));
             }
         }
-        StepReport::AwaitingApproval { run_id, approval_id, reviewer_role } => {
+        StepReport::AwaitingApproval {
+            run_id,
+            approval_id,
+            reviewer_role,
+        } => {
             println!(
                 "awaiting approval (run {run_id}): request #{approval_id} needs a {reviewer_role}; \
                  a {reviewer_role} runs `agentd hitl approve {approval_id}`"

@@ -64,7 +64,10 @@ fn text_request(text: &str) -> InvokeRequest {
 }
 
 fn token_for(app: &App, subject: &str, role: Role) -> Result<Principal> {
-    let token = app.control_plane.identity().issue(subject, TENANT, &[role], Duration::from_secs(600))?;
+    let token = app
+        .control_plane
+        .identity()
+        .issue(subject, TENANT, &[role], Duration::from_secs(600))?;
     app.authenticate(&token)
 }
 
@@ -100,14 +103,17 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     // 1. pii-redact over real text.
     let mut documents = changelogs(max_files)?;
     let source = if let Some(input) = input {
-        let text = std::fs::read_to_string(input).with_context(|| format!("cannot read --input {}", input.display()))?;
+        let text =
+            std::fs::read_to_string(input).with_context(|| format!("cannot read --input {}", input.display()))?;
         documents = vec![Document {
             name: input.display().to_string(),
             text,
         }];
         format!("--input {}", input.display())
     } else if documents.is_empty() {
-        bail!("no Debian changelogs under {CHANGELOG_DIR}/*/changelog.Debian.gz on this machine; give a text file with `agentd demo --input FILE`");
+        bail!(
+            "no Debian changelogs under {CHANGELOG_DIR}/*/changelog.Debian.gz on this machine; give a text file with `agentd demo --input FILE`"
+        );
     } else {
         format!("{} Debian changelogs under {CHANGELOG_DIR}", documents.len())
     };
@@ -121,7 +127,9 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
             totals.failures += 1;
             continue;
         };
-        let Outcome::Completed { output } = &report.outcome else { continue };
+        let Outcome::Completed { output } = &report.outcome else {
+            continue;
+        };
         totals.files += 1;
         totals.bytes += document.text.len() as u64;
         totals.instantiate_us += report.metrics.instantiate_us;
@@ -141,11 +149,19 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     let wall = started.elapsed();
     let mib = totals.bytes as f64 / (1024.0 * 1024.0);
     let files = totals.files.max(1) as f64;
-    say(format!("  files processed   {} ({} failed)", totals.files, totals.failures));
+    say(format!(
+        "  files processed   {} ({} failed)",
+        totals.files, totals.failures
+    ));
     say(format!("  bytes scanned     {} ({mib:.1} MiB)", totals.bytes));
     say(format!(
         "  matches           {}",
-        KINDS.iter().zip(totals.counts).map(|(kind, count)| format!("{kind} {count}")).collect::<Vec<_>>().join(", ")
+        KINDS
+            .iter()
+            .zip(totals.counts)
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     say(format!(
         "  wall time         {:.2} s end to end (JWT-authenticated, governed, audited per file): {:.1} MiB/s",
@@ -169,7 +185,12 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         "Scanned {} files, {} bytes.\n\n| kind | matches |\n|---|---|\n{}",
         totals.files,
         totals.bytes,
-        KINDS.iter().zip(totals.counts).map(|(kind, count)| format!("| {kind} | {count} |")).collect::<Vec<_>>().join("\n")
+        KINDS
+            .iter()
+            .zip(totals.counts)
+            .map(|(kind, count)| format!("| {kind} | {count} |"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let mut input = serde_json::Map::new();
     input.insert("title".into(), "PII redaction summary".into());
@@ -179,17 +200,27 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     let StepReport::AwaitingApproval { approval_id, .. } = submitted else {
         bail!("publish-report should wait for approval under the default policy, got {submitted:?}");
     };
-    say(format!("  submitted by demo-agent: waiting for approval, request #{approval_id}"));
-    match app.control_plane.store().decide_approval(approval_id, &agent, true, None).await {
+    say(format!(
+        "  submitted by demo-agent: waiting for approval, request #{approval_id}"
+    ));
+    match app
+        .control_plane
+        .store()
+        .decide_approval(approval_id, &agent, true, None)
+        .await
+    {
         Err(error) => say(format!("  demo-agent tries to approve it: refused ({error})")),
         Ok(_) => bail!("the requester was able to approve its own request"),
     }
-    let (_, resumed) = app.approve(&reviewer, approval_id, Some("demo: summary contains counts only")).await?;
+    let (_, resumed) = app
+        .approve(&reviewer, approval_id, Some("demo: summary contains counts only"))
+        .await?;
     let StepReport::Completed { report, .. } = &resumed else {
         bail!("publish-report did not complete after approval: {resumed:?}");
     };
     let report_path = paths.workspace_root().join(TENANT).join("reports/pii-summary.md");
-    let written = std::fs::metadata(&report_path).with_context(|| format!("the report {} was not written", report_path.display()))?;
+    let written = std::fs::metadata(&report_path)
+        .with_context(|| format!("the report {} was not written", report_path.display()))?;
     say(format!(
         "  approved by demo-reviewer; report written: {} ({} bytes, {} host calls)",
         report_path.display(),
@@ -200,7 +231,9 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     // 3. spin-forever: the deadline holds and the host survives.
     say("\n[3/4] spin-forever (hostile: loops forever)".into());
     let started = Instant::now();
-    let spun = app.run(&agent, "spin-forever", &InvokeRequest::new(serde_json::Map::new())).await?;
+    let spun = app
+        .run(&agent, "spin-forever", &InvokeRequest::new(serde_json::Map::new()))
+        .await?;
     let elapsed = started.elapsed();
     let StepReport::Failed { report, retryable, .. } = &spun else {
         bail!("spin-forever should have been stopped, got {spun:?}");
@@ -212,18 +245,27 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         if *retryable { "retryable" } else { "not retryable" },
         report.metrics.fuel_consumed
     ));
-    let after = app.run(&agent, "pii-redact", &text_request("host still fine: ops@example.org")).await?;
+    let after = app
+        .run(&agent, "pii-redact", &text_request("host still fine: ops@example.org"))
+        .await?;
     let StepReport::Completed { report, .. } = &after else {
         bail!("the host did not survive spin-forever: {after:?}");
     };
-    let Outcome::Completed { output } = &report.outcome else { bail!("unexpected outcome") };
-    say(format!("  host unharmed: pii-redact right after -> {}", output["redacted"]));
+    let Outcome::Completed { output } = &report.outcome else {
+        bail!("unexpected outcome")
+    };
+    say(format!(
+        "  host unharmed: pii-redact right after -> {}",
+        output["redacted"]
+    ));
 
     // 4. The audit chain.
     say("\n[4/4] audit verify".into());
     let verification = app.control_plane.store().verify_audit().await?;
     match &verification {
-        ChainVerification::Intact { entries, head } => say(format!("  audit chain intact: {entries} entries, head {}", &head[..16])),
+        ChainVerification::Intact { entries, head } => {
+            say(format!("  audit chain intact: {entries} entries, head {}", &head[..16]))
+        }
         ChainVerification::Broken { seq, reason, .. } => bail!("audit chain broken at entry {seq}: {reason}"),
     }
     if json {

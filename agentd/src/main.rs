@@ -3,7 +3,11 @@
 //! `main` is the one place that maps errors to exit codes: 0 success, 1 error, 2 usage,
 //! 3 denied by governance, 4 waiting for approval, 5 the skill or runtime failed.
 
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a CLI talks on stdout and stderr")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a CLI talks on stdout and stderr"
+)]
 
 mod app;
 mod demo;
@@ -199,7 +203,12 @@ async fn execute(cli: Cli) -> Result<Exit> {
     };
     let json = cli.json;
     match cli.command {
-        Command::Token(TokenCommand::Issue { sub, roles, tenant, ttl_secs }) => {
+        Command::Token(TokenCommand::Issue {
+            sub,
+            roles,
+            tenant,
+            ttl_secs,
+        }) => {
             let identity = app::open_identity(&paths)?;
             let roles = roles
                 .iter()
@@ -216,7 +225,8 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Run { skill, input, token } => {
             let text = app::read_input(&input)?;
-            let request = plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            let request =
+                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
             let app = App::open(&paths).await?;
             let principal = app.authenticate(&token.token)?;
             let report = app.run(&principal, &skill, &request).await?;
@@ -230,7 +240,11 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .context("--status")?;
             let app = App::open_control_plane(&paths).await?;
             let principal = app.authenticate(&token.token)?;
-            let requests = app.control_plane.store().list_approvals(&principal.tenant, status).await?;
+            let requests = app
+                .control_plane
+                .store()
+                .list_approvals(&principal.tenant, status)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&requests)?);
             } else if requests.is_empty() {
@@ -265,11 +279,18 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Hitl(HitlCommand::Deny { id, reason, token }) => {
             let app = App::open_control_plane(&paths).await?;
             let reviewer = app.authenticate(&token.token)?;
-            let decided = app.control_plane.store().decide_approval(id, &reviewer, false, reason.as_deref()).await?;
+            let decided = app
+                .control_plane
+                .store()
+                .decide_approval(id, &reviewer, false, reason.as_deref())
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&decided)?);
             } else {
-                println!("approval request #{} denied by {}; the step will not run", decided.id, reviewer.subject);
+                println!(
+                    "approval request #{} denied by {}; the step will not run",
+                    decided.id, reviewer.subject
+                );
             }
             Ok(Exit::Success)
         }
@@ -286,7 +307,11 @@ async fn execute(cli: Cli) -> Result<Exit> {
                     }
                     Ok(Exit::Success)
                 }
-                ChainVerification::Broken { seq, reason, verified_before } => {
+                ChainVerification::Broken {
+                    seq,
+                    reason,
+                    verified_before,
+                } => {
                     bail!("audit chain broken at entry {seq} ({verified_before} entries before it verify): {reason}")
                 }
             }
@@ -294,11 +319,16 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Plugins(PluginsCommand::List) => {
             let app = App::open(&paths).await?;
             if json {
-                let skills: Vec<_> = app.runtime.skills().map(|skill| (&skill.summary, &skill.manifest.limits)).collect();
+                let skills: Vec<_> = app
+                    .runtime
+                    .skills()
+                    .map(|skill| (&skill.summary, &skill.manifest.limits))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&skills)?);
             } else {
                 for skill in app.runtime.skills() {
-                    let capabilities: Vec<String> = skill.summary.capabilities.iter().map(ToString::to_string).collect();
+                    let capabilities: Vec<String> =
+                        skill.summary.capabilities.iter().map(ToString::to_string).collect();
                     println!(
                         "{:<16} {:<8} {:<10} caps [{}]  memory {} MiB, fuel {}, deadline {} ms  {}",
                         skill.summary.id,

@@ -164,14 +164,18 @@ impl PolicyEngine {
         for policy in policies.policies() {
             if let Some(role) = policy.annotation(REQUIRE_APPROVAL_ANNOTATION) {
                 let problem = if policy.effect() == cedar_policy::Effect::Forbid {
-                    Some(format!("`@{REQUIRE_APPROVAL_ANNOTATION}` only applies to `permit` policies"))
+                    Some(format!(
+                        "`@{REQUIRE_APPROVAL_ANNOTATION}` only applies to `permit` policies"
+                    ))
                 } else {
                     role.parse::<Role>().err().map(|error| error.to_string())
                 };
                 if let Some(message) = problem {
                     return Err(PolicyError::Annotation {
                         origin: origin.to_owned(),
-                        policy: policy.annotation("id").map_or_else(|| policy.id().to_string(), str::to_owned),
+                        policy: policy
+                            .annotation("id")
+                            .map_or_else(|| policy.id().to_string(), str::to_owned),
                         message,
                     });
                 }
@@ -187,7 +191,9 @@ impl PolicyEngine {
 
     /// A policy's name: its `@id("...")` annotation, else Cedar's positional id (`policy0`, ...).
     fn policy_name(&self, id: &PolicyId) -> String {
-        self.policies.annotation(id, "id").map_or_else(|| id.to_string(), str::to_owned)
+        self.policies
+            .annotation(id, "id")
+            .map_or_else(|| id.to_string(), str::to_owned)
     }
 
     /// `sha256:<hex>` of the policy text.
@@ -210,7 +216,9 @@ impl PolicyEngine {
             policy_version: self.version.clone(),
         };
         let Some(skill) = skill else {
-            return fail_closed(format!("unknown skill `{requested_skill}`: no verified package provides it"));
+            return fail_closed(format!(
+                "unknown skill `{requested_skill}`: no verified package provides it"
+            ));
         };
         let invoke = match self.evaluate(principal, "invoke", &skill_resource(skill), json!({})) {
             Ok(outcome) => outcome,
@@ -229,7 +237,10 @@ impl PolicyEngine {
             } else {
                 (
                     DenyKind::Forbidden,
-                    determining_policies.iter().map(|id| format!("forbidden by policy `{id}`")).collect(),
+                    determining_policies
+                        .iter()
+                        .map(|id| format!("forbidden by policy `{id}`"))
+                        .collect(),
                 )
             };
             return Decision {
@@ -388,7 +399,11 @@ mod tests {
         let pure = engine.decide(&agent, "demo", Some(&skill(SideEffect::Pure, &[])));
         assert_eq!(pure.verdict, Verdict::Allow { grants: vec![] });
 
-        let effectful = engine.decide(&agent, "demo", Some(&skill(SideEffect::Effectful, &["fs.write:reports/", "fs.write:etc/"])));
+        let effectful = engine.decide(
+            &agent,
+            "demo",
+            Some(&skill(SideEffect::Effectful, &["fs.write:reports/", "fs.write:etc/"])),
+        );
         assert_eq!(
             effectful.verdict,
             Verdict::RequireApproval {
@@ -396,10 +411,23 @@ mod tests {
                 grants: vec!["fs.write:reports/".parse().unwrap()],
             }
         );
-        assert_eq!(effectful.withheld_capabilities, vec!["fs.write:etc/".parse::<Capability>().unwrap()]);
+        assert_eq!(
+            effectful.withheld_capabilities,
+            vec!["fs.write:etc/".parse::<Capability>().unwrap()]
+        );
 
-        let reviewer_only = engine.decide(&principal(&[Role::Reviewer]), "demo", Some(&skill(SideEffect::Pure, &[])));
-        assert!(matches!(reviewer_only.verdict, Verdict::Deny { kind: DenyKind::NotPermitted, .. }));
+        let reviewer_only = engine.decide(
+            &principal(&[Role::Reviewer]),
+            "demo",
+            Some(&skill(SideEffect::Pure, &[])),
+        );
+        assert!(matches!(
+            reviewer_only.verdict,
+            Verdict::Deny {
+                kind: DenyKind::NotPermitted,
+                ..
+            }
+        ));
 
         let unknown = engine.decide(&agent, "ghost", None);
         assert_eq!(
@@ -414,18 +442,33 @@ mod tests {
     #[test]
     fn empty_policy_set_denies_everything() {
         let engine = PolicyEngine::from_text("", "empty").unwrap();
-        let decision = engine.decide(&principal(&[Role::Agent, Role::Admin]), "demo", Some(&skill(SideEffect::Pure, &[])));
-        assert!(matches!(decision.verdict, Verdict::Deny { kind: DenyKind::NotPermitted, .. }));
+        let decision = engine.decide(
+            &principal(&[Role::Agent, Role::Admin]),
+            "demo",
+            Some(&skill(SideEffect::Pure, &[])),
+        );
+        assert!(matches!(
+            decision.verdict,
+            Verdict::Deny {
+                kind: DenyKind::NotPermitted,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn forbid_wins_and_is_named() {
-        let text = format!("{DEFAULT_POLICY}\n@id(\"no-demo\")\nforbid(principal, action, resource == Agentd::Skill::\"demo\");");
+        let text = format!(
+            "{DEFAULT_POLICY}\n@id(\"no-demo\")\nforbid(principal, action, resource == Agentd::Skill::\"demo\");"
+        );
         let engine = PolicyEngine::from_text(&text, "test").unwrap();
         let decision = engine.decide(&principal(&[Role::Agent]), "demo", Some(&skill(SideEffect::Pure, &[])));
         assert_eq!(
             decision.verdict,
-            Verdict::Deny { kind: DenyKind::Forbidden, reasons: vec!["forbidden by policy `no-demo`".into()] }
+            Verdict::Deny {
+                kind: DenyKind::Forbidden,
+                reasons: vec!["forbidden by policy `no-demo`".into()]
+            }
         );
     }
 
@@ -435,14 +478,30 @@ mod tests {
         let text = "@id(\"broken\")\npermit(principal, action, resource) when { resource.missing == 1 };";
         let engine = PolicyEngine::from_text(text, "test").unwrap();
         let decision = engine.decide(&principal(&[Role::Agent]), "demo", Some(&skill(SideEffect::Pure, &[])));
-        assert!(matches!(decision.verdict, Verdict::Deny { kind: DenyKind::FailedClosed, .. }), "{decision:?}");
+        assert!(
+            matches!(
+                decision.verdict,
+                Verdict::Deny {
+                    kind: DenyKind::FailedClosed,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
     }
 
     #[test]
     fn bad_policy_text_refuses_to_load() {
         let error = PolicyEngine::from_text("permit(principal, action, resource", "bad.cedar").unwrap_err();
-        assert!(error.to_string().starts_with("policy set bad.cedar does not parse: "), "{error}");
-        let error = PolicyEngine::from_text("@require_approval(\"boss\")\npermit(principal, action, resource);", "x").unwrap_err();
-        assert_eq!(error.to_string(), "policy `policy0` in x: unknown role `boss`: expected `agent`, `reviewer` or `admin`");
+        assert!(
+            error.to_string().starts_with("policy set bad.cedar does not parse: "),
+            "{error}"
+        );
+        let error = PolicyEngine::from_text("@require_approval(\"boss\")\npermit(principal, action, resource);", "x")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "policy `policy0` in x: unknown role `boss`: expected `agent`, `reviewer` or `admin`"
+        );
     }
 }

@@ -191,7 +191,9 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -223,7 +225,10 @@ impl Identity {
     ///
     /// [`IdentityError::KeyFile`] on I/O failure, [`IdentityError::WeakKey`] for a short key file.
     pub fn load_or_create(path: &Path, config: IdentityConfig) -> Result<Self, IdentityError> {
-        let key_file_error = |source| IdentityError::KeyFile { path: path.to_owned(), source };
+        let key_file_error = |source| IdentityError::KeyFile {
+            path: path.to_owned(),
+            source,
+        };
         match std::fs::read(path) {
             Ok(secret) => Self::from_secret(&secret, config),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -235,7 +240,9 @@ impl Identity {
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
                 let mut file = options.open(path).map_err(key_file_error)?;
-                file.write_all(&secret).and_then(|()| file.sync_all()).map_err(key_file_error)?;
+                file.write_all(&secret)
+                    .and_then(|()| file.sync_all())
+                    .map_err(key_file_error)?;
                 Self::from_secret(&secret, config)
             }
             Err(error) => Err(key_file_error(error)),
@@ -299,20 +306,22 @@ impl Identity {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding_key, &validation)
-            .map_err(|error| match error.kind() {
-                ErrorKind::ExpiredSignature => IdentityError::Expired,
-                ErrorKind::InvalidSignature => IdentityError::BadSignature,
-                ErrorKind::InvalidAudience => IdentityError::WrongAudience {
-                    expected: self.config.audience.clone(),
+        let data =
+            jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding_key, &validation).map_err(
+                |error| match error.kind() {
+                    ErrorKind::ExpiredSignature => IdentityError::Expired,
+                    ErrorKind::InvalidSignature => IdentityError::BadSignature,
+                    ErrorKind::InvalidAudience => IdentityError::WrongAudience {
+                        expected: self.config.audience.clone(),
+                    },
+                    ErrorKind::InvalidIssuer => IdentityError::WrongIssuer {
+                        expected: self.config.issuer.clone(),
+                    },
+                    ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm,
+                    _ => IdentityError::Malformed(error.to_string()),
                 },
-                ErrorKind::InvalidIssuer => IdentityError::WrongIssuer {
-                    expected: self.config.issuer.clone(),
-                },
-                ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm,
-                _ => IdentityError::Malformed(error.to_string()),
-            })?;
+            )?;
         let claims = data.claims;
         let roles = claims
             .roles
@@ -347,28 +356,44 @@ mod tests {
         assert_eq!(principal.to_string(), "alice@acme");
         assert!(principal.has_role(Role::Agent) && !principal.has_role(Role::Reviewer));
 
-        let expired = id.issue_at("alice", "acme", &[Role::Agent], now_secs() - 7200, hour).unwrap();
+        let expired = id
+            .issue_at("alice", "acme", &[Role::Agent], now_secs() - 7200, hour)
+            .unwrap();
         assert!(matches!(id.verify(&expired), Err(IdentityError::Expired)));
 
         assert!(matches!(identity(2).verify(&token), Err(IdentityError::BadSignature)));
 
         let other_audience = Identity::from_secret(
             &[1; 32],
-            IdentityConfig { audience: "someone-else".into(), ..IdentityConfig::default() },
+            IdentityConfig {
+                audience: "someone-else".into(),
+                ..IdentityConfig::default()
+            },
         )
         .unwrap();
         let foreign = other_audience.issue("alice", "acme", &[Role::Agent], hour).unwrap();
         assert!(matches!(id.verify(&foreign), Err(IdentityError::WrongAudience { .. })));
 
         assert!(matches!(id.verify("not-a-jwt"), Err(IdentityError::Malformed(_))));
-        assert!(matches!(Identity::from_secret(b"short", IdentityConfig::default()), Err(IdentityError::WeakKey(5))));
+        assert!(matches!(
+            Identity::from_secret(b"short", IdentityConfig::default()),
+            Err(IdentityError::WeakKey(5))
+        ));
     }
 
     #[test]
     fn leeway_is_honoured() {
         let id = identity(1);
         // Expired two seconds ago: within the default 5 s leeway.
-        let token = id.issue_at("alice", "acme", &[Role::Agent], now_secs() - 12, Duration::from_secs(10)).unwrap();
+        let token = id
+            .issue_at(
+                "alice",
+                "acme",
+                &[Role::Agent],
+                now_secs() - 12,
+                Duration::from_secs(10),
+            )
+            .unwrap();
         assert!(id.verify(&token).is_ok());
     }
 
@@ -377,7 +402,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         let first = Identity::load_or_create(&path, IdentityConfig::default()).unwrap();
-        let token = first.issue("bob", "acme", &[Role::Reviewer], Duration::from_secs(60)).unwrap();
+        let token = first
+            .issue("bob", "acme", &[Role::Reviewer], Duration::from_secs(60))
+            .unwrap();
         let second = Identity::load_or_create(&path, IdentityConfig::default()).unwrap();
         assert_eq!(second.verify(&token).unwrap().subject, "bob");
         #[cfg(unix)]

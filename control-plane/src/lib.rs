@@ -48,7 +48,11 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Assembles a control plane.
     pub fn new(identity: Identity, policy: PolicyEngine, store: Store) -> Self {
-        ControlPlane { identity, policy, store }
+        ControlPlane {
+            identity,
+            policy,
+            store,
+        }
     }
 
     /// The token issuer and verifier.
@@ -130,7 +134,12 @@ impl ControlPlane {
     /// # Errors
     ///
     /// [`StoreError`] when the entry could not be written.
-    pub async fn record_dispatch(&self, principal: &Principal, step: &StepContext, outcome: &serde_json::Value) -> Result<AuditEntry, StoreError> {
+    pub async fn record_dispatch(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        outcome: &serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
         let payload = serde_json::json!({ "step": step, "outcome": outcome });
         self.store.append_audit("dispatch", principal, &payload).await
     }

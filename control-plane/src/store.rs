@@ -149,9 +149,25 @@ pub enum ChainVerification {
 /// SHA-256 (hex) of an audit entry: every field length-prefixed (`<len>:<bytes>`), in order
 /// `prev_hash, seq, recorded_at_ms, kind, tenant, principal, payload`, so no two different
 /// entries share an encoding.
-pub fn entry_hash(prev_hash: &str, seq: i64, recorded_at_ms: i64, kind: &str, tenant: &str, principal: &str, payload: &str) -> String {
+pub fn entry_hash(
+    prev_hash: &str,
+    seq: i64,
+    recorded_at_ms: i64,
+    kind: &str,
+    tenant: &str,
+    principal: &str,
+    payload: &str,
+) -> String {
     let mut hasher = Sha256::new();
-    for field in [prev_hash, &seq.to_string(), &recorded_at_ms.to_string(), kind, tenant, principal, payload] {
+    for field in [
+        prev_hash,
+        &seq.to_string(),
+        &recorded_at_ms.to_string(),
+        kind,
+        tenant,
+        principal,
+        payload,
+    ] {
         hasher.update(field.len().to_string().as_bytes());
         hasher.update(b":");
         hasher.update(field.as_bytes());
@@ -182,7 +198,10 @@ impl Store {
     /// [`StoreError::Open`] when the file cannot be opened, [`StoreError::NewerSchema`] when a
     /// newer agentd wrote it.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open { path: path.to_owned(), source };
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -195,16 +214,25 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_error)?;
-        let found: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await.map_err(open_error)?;
+        let found: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await
+            .map_err(open_error)?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema { path: path.to_owned(), found });
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+            });
         }
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .execute(&pool)
             .await
             .map_err(open_error)?;
-        Ok(Store { pool, path: path.to_owned() })
+        Ok(Store {
+            pool,
+            path: path.to_owned(),
+        })
     }
 
     /// The SQLite file.
@@ -217,7 +245,12 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError`] when the write fails; nothing is appended then.
-    pub async fn append_audit(&self, kind: &str, principal: &Principal, payload: &serde_json::Value) -> Result<AuditEntry, StoreError> {
+    pub async fn append_audit(
+        &self,
+        kind: &str,
+        principal: &Principal,
+        payload: &serde_json::Value,
+    ) -> Result<AuditEntry, StoreError> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let entry = append_in(&mut transaction, kind, principal, payload).await?;
         transaction.commit().await?;
@@ -230,9 +263,11 @@ impl Store {
     ///
     /// [`StoreError`] when the read fails.
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query("SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(AuditEntry {
@@ -266,7 +301,11 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError`]; nothing is stored then.
-    pub async fn create_approval(&self, request: &NewApproval, audit_payload: &serde_json::Value) -> Result<ApprovalRequest, StoreError> {
+    pub async fn create_approval(
+        &self,
+        request: &NewApproval,
+        audit_payload: &serde_json::Value,
+    ) -> Result<ApprovalRequest, StoreError> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO approvals (created_at_ms, tenant, requester, requester_roles, run_id, step_id, traceparent, skill_id, skill_version,
@@ -292,7 +331,9 @@ impl Store {
         let mut payload = audit_payload.clone();
         payload["approval_id"] = id.into();
         append_in(&mut transaction, "approval-requested", &request.requester, &payload).await?;
-        let stored = fetch_approval(&mut transaction, id).await?.ok_or_else(|| StoreError::Corrupt(format!("approval {id} vanished")))?;
+        let stored = fetch_approval(&mut transaction, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("approval {id} vanished")))?;
         transaction.commit().await?;
         Ok(stored)
     }
@@ -302,14 +343,20 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError`] when the read fails.
-    pub async fn list_approvals(&self, tenant: &str, status: Option<ApprovalStatus>) -> Result<Vec<ApprovalRequest>, StoreError> {
+    pub async fn list_approvals(
+        &self,
+        tenant: &str,
+        status: Option<ApprovalStatus>,
+    ) -> Result<Vec<ApprovalRequest>, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        let rows = sqlx::query(&format!("{APPROVAL_COLUMNS} WHERE tenant = ? AND (? IS NULL OR status = ?) ORDER BY id DESC"))
-            .bind(tenant)
-            .bind(status.map(ApprovalStatus::as_str))
-            .bind(status.map(ApprovalStatus::as_str))
-            .fetch_all(&mut *connection)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{APPROVAL_COLUMNS} WHERE tenant = ? AND (? IS NULL OR status = ?) ORDER BY id DESC"
+        ))
+        .bind(tenant)
+        .bind(status.map(ApprovalStatus::as_str))
+        .bind(status.map(ApprovalStatus::as_str))
+        .fetch_all(&mut *connection)
+        .await?;
         rows.iter().map(approval_from_row).collect()
     }
 
@@ -320,7 +367,9 @@ impl Store {
     /// [`StoreError`] when the read fails.
     pub async fn approval(&self, tenant: &str, id: i64) -> Result<Option<ApprovalRequest>, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        Ok(fetch_approval(&mut connection, id).await?.filter(|request| request.tenant == tenant))
+        Ok(fetch_approval(&mut connection, id)
+            .await?
+            .filter(|request| request.tenant == tenant))
     }
 
     /// Records a reviewer's decision on a pending request, exactly once, with its audit entry.
@@ -339,7 +388,11 @@ impl Store {
         approve: bool,
         reason: Option<&str>,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let request = fetch_approval(&mut transaction, id)
             .await?
             .filter(|request| request.tenant == reviewer.tenant)
@@ -353,7 +406,11 @@ impl Store {
         if reviewer.subject == request.requester {
             return Err(ApprovalError::SelfApproval { id });
         }
-        let status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
+        let status = if approve {
+            ApprovalStatus::Approved
+        } else {
+            ApprovalStatus::Denied
+        };
         let updated = sqlx::query(
             "UPDATE approvals SET status = ?, decided_by = ?, decided_at_ms = ?, decision_reason = ? WHERE id = ? AND status = 'pending'",
         )
@@ -388,7 +445,9 @@ impl Store {
             "policy_version": request.policy_version,
         });
         append_in(&mut transaction, "approval-decision", reviewer, &payload).await?;
-        let decided = fetch_approval(&mut transaction, id).await?.ok_or(ApprovalError::NotFound { id })?;
+        let decided = fetch_approval(&mut transaction, id)
+            .await?
+            .ok_or(ApprovalError::NotFound { id })?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(decided)
     }
@@ -410,13 +469,20 @@ impl Store {
         input_digest: &str,
         policy_version: &str,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let request = fetch_approval(&mut transaction, id)
             .await?
             .filter(|request| request.tenant == tenant)
             .ok_or(ApprovalError::NotFound { id })?;
         if request.status != ApprovalStatus::Approved {
-            return Err(ApprovalError::NotApproved { id, status: request.status });
+            return Err(ApprovalError::NotApproved {
+                id,
+                status: request.status,
+            });
         }
         for (what, bound, offered) in [
             ("skill digest", &request.skill_digest, skill_digest),
@@ -432,16 +498,23 @@ impl Store {
                 });
             }
         }
-        let updated = sqlx::query("UPDATE approvals SET status = 'consumed', consumed_at_ms = ? WHERE id = ? AND status = 'approved'")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        let updated = sqlx::query(
+            "UPDATE approvals SET status = 'consumed', consumed_at_ms = ? WHERE id = ? AND status = 'approved'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
         if updated.rows_affected() != 1 {
-            return Err(ApprovalError::NotApproved { id, status: ApprovalStatus::Consumed });
+            return Err(ApprovalError::NotApproved {
+                id,
+                status: ApprovalStatus::Consumed,
+            });
         }
-        let consumed = fetch_approval(&mut transaction, id).await?.ok_or(ApprovalError::NotFound { id })?;
+        let consumed = fetch_approval(&mut transaction, id)
+            .await?
+            .ok_or(ApprovalError::NotFound { id })?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(consumed)
     }
@@ -467,7 +540,8 @@ fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, S
         created_at_ms: row.try_get("created_at_ms")?,
         tenant: row.try_get("tenant")?,
         requester: row.try_get("requester")?,
-        requester_roles: serde_json::from_str(&requester_roles).map_err(|_| StoreError::Corrupt(format!("requester roles `{requester_roles}`")))?,
+        requester_roles: serde_json::from_str(&requester_roles)
+            .map_err(|_| StoreError::Corrupt(format!("requester roles `{requester_roles}`")))?,
         run_id: row.try_get("run_id")?,
         step_id: row.try_get("step_id")?,
         traceparent: row.try_get("traceparent")?,
@@ -477,8 +551,12 @@ fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, S
         input_digest: row.try_get("input_digest")?,
         request_json: row.try_get("request_json")?,
         policy_version: row.try_get("policy_version")?,
-        reviewer_role: reviewer_role.parse().map_err(|_| StoreError::Corrupt(format!("reviewer role `{reviewer_role}`")))?,
-        status: status.parse().map_err(|_| StoreError::Corrupt(format!("approval status `{status}`")))?,
+        reviewer_role: reviewer_role
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("reviewer role `{reviewer_role}`")))?,
+        status: status
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("approval status `{status}`")))?,
         decided_by: row.try_get("decided_by")?,
         decided_at_ms: row.try_get("decided_at_ms")?,
         decision_reason: row.try_get("decision_reason")?,
@@ -487,7 +565,12 @@ fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, S
 }
 
 /// Appends an entry inside an open `BEGIN IMMEDIATE` transaction: reads the head, links to it.
-async fn append_in(connection: &mut SqliteConnection, kind: &str, principal: &Principal, payload: &serde_json::Value) -> Result<AuditEntry, StoreError> {
+async fn append_in(
+    connection: &mut SqliteConnection,
+    kind: &str,
+    principal: &Principal,
+    payload: &serde_json::Value,
+) -> Result<AuditEntry, StoreError> {
     let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *connection)
         .await?;
@@ -498,7 +581,15 @@ async fn append_in(connection: &mut SqliteConnection, kind: &str, principal: &Pr
     let recorded_at_ms = now_ms();
     let payload = payload.to_string();
     let principal_text = principal.to_string();
-    let hash = entry_hash(&prev_hash, seq, recorded_at_ms, kind, &principal.tenant, &principal_text, &payload);
+    let hash = entry_hash(
+        &prev_hash,
+        seq,
+        recorded_at_ms,
+        kind,
+        &principal.tenant,
+        &principal_text,
+        &payload,
+    );
     sqlx::query("INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(seq)
         .bind(recorded_at_ms)
@@ -533,14 +624,31 @@ pub fn verify_chain(entries: &[AuditEntry]) -> ChainVerification {
             verified_before: index as u64,
         };
         if entry.seq != expected_seq {
-            return broken(format!("sequence gap: expected entry {expected_seq}, found {}", entry.seq));
+            return broken(format!(
+                "sequence gap: expected entry {expected_seq}, found {}",
+                entry.seq
+            ));
         }
         if entry.prev_hash != head {
-            return broken(format!("prev_hash {} does not match the previous entry's hash {head}", entry.prev_hash));
+            return broken(format!(
+                "prev_hash {} does not match the previous entry's hash {head}",
+                entry.prev_hash
+            ));
         }
-        let recomputed = entry_hash(&entry.prev_hash, entry.seq, entry.recorded_at_ms, &entry.kind, &entry.tenant, &entry.principal, &entry.payload);
+        let recomputed = entry_hash(
+            &entry.prev_hash,
+            entry.seq,
+            entry.recorded_at_ms,
+            &entry.kind,
+            &entry.tenant,
+            &entry.principal,
+            &entry.payload,
+        );
         if recomputed != entry.hash {
-            return broken(format!("content does not hash to the stored hash (stored {}, computed {recomputed})", entry.hash));
+            return broken(format!(
+                "content does not hash to the stored hash (stored {}, computed {recomputed})",
+                entry.hash
+            ));
         }
         head.clone_from(&entry.hash);
     }

@@ -56,7 +56,13 @@ impl TraceContext {
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.span_id), self.flags)
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            self.flags
+        )
     }
 }
 
@@ -82,7 +88,11 @@ impl FromStr for TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return Err(error());
         }
-        Ok(TraceContext { trace_id, span_id, flags: flag_byte[0] })
+        Ok(TraceContext {
+            trace_id,
+            span_id,
+            flags: flag_byte[0],
+        })
     }
 }
 

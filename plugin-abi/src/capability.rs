@@ -81,11 +81,12 @@ impl FromStr for Capability {
         };
         match kind {
             "fs.write" => {
-                let prefix = WorkspacePath::parse(scope.strip_suffix('/').unwrap_or(scope))
-                    .map_err(|source| CapabilityParseError::InvalidScope {
+                let prefix = WorkspacePath::parse(scope.strip_suffix('/').unwrap_or(scope)).map_err(|source| {
+                    CapabilityParseError::InvalidScope {
                         text: text.to_owned(),
                         source,
-                    })?;
+                    }
+                })?;
                 Ok(Capability::FsWrite { prefix })
             }
             _ => Err(CapabilityParseError::UnknownKind {
@@ -205,7 +206,10 @@ mod tests {
         for (text, expected) in [
             ("", WorkspacePathError::Empty),
             ("/etc/passwd", WorkspacePathError::Absolute("/etc/passwd".into())),
-            ("reports/../../x", WorkspacePathError::BadSegment("reports/../../x".into())),
+            (
+                "reports/../../x",
+                WorkspacePathError::BadSegment("reports/../../x".into()),
+            ),
             ("reports//x", WorkspacePathError::BadSegment("reports//x".into())),
             ("./x", WorkspacePathError::BadSegment("./x".into())),
             ("a\\b", WorkspacePathError::BadSegment("a\\b".into())),
@@ -222,9 +226,18 @@ mod tests {
     #[test]
     fn capability_parse_errors_name_the_problem() {
         let cases = [
-            ("fs.write", "capability `fs.write` is not of the form `kind:scope` (e.g. `fs.write:reports/`)"),
-            ("net.any:x", "capability `net.any:x` has unknown kind `net.any`: the known kind is `fs.write`"),
-            ("fs.write:../x/", "capability `fs.write:../x/` has an invalid scope: `../x` has an empty, `.` or `..` segment, a backslash or a NUL byte"),
+            (
+                "fs.write",
+                "capability `fs.write` is not of the form `kind:scope` (e.g. `fs.write:reports/`)",
+            ),
+            (
+                "net.any:x",
+                "capability `net.any:x` has unknown kind `net.any`: the known kind is `fs.write`",
+            ),
+            (
+                "fs.write:../x/",
+                "capability `fs.write:../x/` has an invalid scope: `../x` has an empty, `.` or `..` segment, a backslash or a NUL byte",
+            ),
         ];
         for (text, message) in cases {
             assert_eq!(text.parse::<Capability>().unwrap_err().to_string(), message);

@@ -158,8 +158,14 @@ mod tests {
         let check = |text: &str, expected: &str| {
             assert_eq!(InvokeRequest::parse(text).unwrap_err().to_string(), expected, "{text}");
         };
-        check("{", "not valid JSON at line 1, column 1: EOF while parsing an object at line 1 column 1");
-        check(r#"{"input": {}}"#, "the envelope has no `schema_version` string; expected `agentd.invoke.v1`");
+        check(
+            "{",
+            "not valid JSON at line 1, column 1: EOF while parsing an object at line 1 column 1",
+        );
+        check(
+            r#"{"input": {}}"#,
+            "the envelope has no `schema_version` string; expected `agentd.invoke.v1`",
+        );
         check(
             r#"{"schema_version": "agentd.invoke.v2", "input": {}}"#,
             "unsupported schema version `agentd.invoke.v2`; this agentd reads `agentd.invoke.v1`",

@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use agent_runtime::{DispatchRequest, LoadedSkill, Runtime, RuntimeConfig};
 use plugin_abi::Capability;
 
-/// `target/plugins`, where `cargo xtask build-plugins` puts the packages.
+/// Where `cargo xtask build-plugins` put the packages: `$AGENTD_PLUGINS` (set by
+/// `cargo xtask test`), else `target/plugins`.
 pub fn packages_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let dir = std::env::var_os("AGENTD_PLUGINS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"),
+        PathBuf::from,
+    );
     assert!(
         dir.join("pii-redact/skill.toml").is_file(),
         "plugin packages are missing at {}: run the tests with `cargo xtask test` (it builds them)",

@@ -9,7 +9,13 @@ use serde_json::json;
 use crate::{packages_dir, request};
 
 /// Copies the real `id` package into `into/<name>`, letting `edit` change manifest and bytes.
-fn copy_package(id: &str, into: &Path, name: &str, edit: impl FnOnce(&mut String, &mut Vec<u8>), fix_digest: bool) -> PathBuf {
+fn copy_package(
+    id: &str,
+    into: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut String, &mut Vec<u8>),
+    fix_digest: bool,
+) -> PathBuf {
     let source = packages_dir().join(id);
     let mut manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
     let mut bytes = std::fs::read(source.join("skill.wasm")).unwrap();
@@ -18,7 +24,13 @@ fn copy_package(id: &str, into: &Path, name: &str, edit: impl FnOnce(&mut String
         let digest = agent_runtime::package::digest(&bytes);
         manifest = manifest
             .lines()
-            .map(|line| if line.starts_with("sha256") { format!("sha256 = \"{digest}\"") } else { line.to_owned() })
+            .map(|line| {
+                if line.starts_with("sha256") {
+                    format!("sha256 = \"{digest}\"")
+                } else {
+                    line.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
     }
@@ -30,7 +42,11 @@ fn copy_package(id: &str, into: &Path, name: &str, edit: impl FnOnce(&mut String
 }
 
 async fn load(dir: &Path) -> Result<plugin_abi::SkillSummary, PackageError> {
-    let mut runtime = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).unwrap();
+    let mut runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     runtime.load_package(dir).await
 }
 
@@ -39,65 +55,154 @@ async fn each_bad_package_gets_its_own_error() {
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();
 
-    let corrupt = copy_package("pii-redact", root, "corrupt", |_, bytes| bytes.truncate(bytes.len() / 2), true);
-    assert!(matches!(load(&corrupt).await, Err(PackageError::Compile { .. })), "{:?}", load(&corrupt).await);
+    let corrupt = copy_package(
+        "pii-redact",
+        root,
+        "corrupt",
+        |_, bytes| bytes.truncate(bytes.len() / 2),
+        true,
+    );
+    assert!(
+        matches!(load(&corrupt).await, Err(PackageError::Compile { .. })),
+        "{:?}",
+        load(&corrupt).await
+    );
 
-    let tampered = copy_package("pii-redact", root, "tampered", |_, bytes| *bytes.last_mut().unwrap() ^= 1, false);
-    let Err(PackageError::DigestMismatch { expected, actual, .. }) = load(&tampered).await else { panic!() };
+    let tampered = copy_package(
+        "pii-redact",
+        root,
+        "tampered",
+        |_, bytes| *bytes.last_mut().unwrap() ^= 1,
+        false,
+    );
+    let Err(PackageError::DigestMismatch { expected, actual, .. }) = load(&tampered).await else {
+        panic!()
+    };
     assert_ne!(expected, actual);
 
-    let module = copy_package("pii-redact", root, "module", |_, bytes| *bytes = wat::parse_str("(module)").unwrap(), true);
+    let module = copy_package(
+        "pii-redact",
+        root,
+        "module",
+        |_, bytes| *bytes = wat::parse_str("(module)").unwrap(),
+        true,
+    );
     let error = load(&module).await.unwrap_err();
     assert!(matches!(error, PackageError::CoreModule { .. }), "{error}");
-    assert!(error.to_string().ends_with("is a core WebAssembly module, not a component; build for wasm32-wasip2"));
+    assert!(
+        error
+            .to_string()
+            .ends_with("is a core WebAssembly module, not a component; build for wasm32-wasip2")
+    );
 
-    let wrong_world = copy_package("pii-redact", root, "wrong-world", |_, bytes| *bytes = wat::parse_str("(component)").unwrap(), true);
+    let wrong_world = copy_package(
+        "pii-redact",
+        root,
+        "wrong-world",
+        |_, bytes| *bytes = wat::parse_str("(component)").unwrap(),
+        true,
+    );
     let error = load(&wrong_world).await.unwrap_err();
     assert!(matches!(error, PackageError::WrongWorld { .. }), "{error}");
 
-    let not_wasm = copy_package("pii-redact", root, "not-wasm", |_, bytes| *bytes = b"#!/bin/sh\necho hi\n".to_vec(), true);
+    let not_wasm = copy_package(
+        "pii-redact",
+        root,
+        "not-wasm",
+        |_, bytes| *bytes = b"#!/bin/sh\necho hi\n".to_vec(),
+        true,
+    );
     assert!(matches!(load(&not_wasm).await, Err(PackageError::NotWasm { .. })));
 
-    let unsigned = copy_package("pii-redact", root, "unsigned", |manifest, _| {
-        *manifest = manifest.lines().filter(|line| !line.starts_with("sha256")).collect::<Vec<_>>().join("\n");
-    }, false);
+    let unsigned = copy_package(
+        "pii-redact",
+        root,
+        "unsigned",
+        |manifest, _| {
+            *manifest = manifest
+                .lines()
+                .filter(|line| !line.starts_with("sha256"))
+                .collect::<Vec<_>>()
+                .join("\n");
+        },
+        false,
+    );
     assert!(matches!(load(&unsigned).await, Err(PackageError::MissingDigest { .. })));
 
-    let lying = copy_package("pii-redact", root, "lying", |manifest, _| *manifest = manifest.replace("side_effect = \"pure\"", "side_effect = \"read-only\""), true);
+    let lying = copy_package(
+        "pii-redact",
+        root,
+        "lying",
+        |manifest, _| *manifest = manifest.replace("side_effect = \"pure\"", "side_effect = \"read-only\""),
+        true,
+    );
     let error = load(&lying).await.unwrap_err();
     assert_eq!(
         error.to_string(),
-        format!("{}: the component describes side-effect `pure` but the manifest says `read-only`", lying.join("skill.wasm").display())
+        format!(
+            "{}: the component describes side-effect `pure` but the manifest says `read-only`",
+            lying.join("skill.wasm").display()
+        )
     );
 
     // The directory as a whole: the good package loads, every bad one is reported.
     copy_package("publish-report", root, "good", |_, _| {}, false);
-    let mut runtime = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).unwrap();
+    let mut runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let (loaded, refused) = runtime.load_dir(root).await.unwrap();
-    assert_eq!(loaded.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["publish-report"]);
+    assert_eq!(
+        loaded.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["publish-report"]
+    );
     assert_eq!(refused.len(), 7);
 }
 
 #[tokio::test]
 async fn memory_and_fuel_limits_map_to_their_outcomes() {
     let temp = tempfile::tempdir().unwrap();
-    let small_memory = copy_package("pii-redact", temp.path(), "small-memory", |manifest, _| {
-        *manifest = manifest.replace("memory_bytes = 67108864", "memory_bytes = 2097152");
-    }, false);
-    let small_fuel = copy_package("pii-redact", temp.path(), "small-fuel", |manifest, _| {
-        *manifest = manifest.replace("fuel = 20000000000", "fuel = 200000");
-    }, false);
+    let small_memory = copy_package(
+        "pii-redact",
+        temp.path(),
+        "small-memory",
+        |manifest, _| {
+            *manifest = manifest.replace("memory_bytes = 67108864", "memory_bytes = 2097152");
+        },
+        false,
+    );
+    let small_fuel = copy_package(
+        "pii-redact",
+        temp.path(),
+        "small-fuel",
+        |manifest, _| {
+            *manifest = manifest.replace("fuel = 20000000000", "fuel = 200000");
+        },
+        false,
+    );
     let big_text = "mail someone@example.org now. ".repeat(200_000);
 
     for (dir, expected) in [
         (small_memory, RuntimeFailure::MemoryLimit { limit_bytes: 2_097_152 }),
         (small_fuel, RuntimeFailure::FuelExhausted { fuel: 200_000 }),
     ] {
-        let mut runtime = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).unwrap();
+        let mut runtime = Runtime::new(RuntimeConfig {
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
         runtime.load_package(&dir).await.unwrap();
         let skill = runtime.lookup("pii-redact").unwrap();
-        let report = runtime.dispatch(&skill, &request(json!({ "text": big_text }), &[])).await;
-        assert_eq!(report.outcome, Outcome::Failed { failure: expected.clone() });
+        let report = runtime
+            .dispatch(&skill, &request(json!({ "text": big_text }), &[]))
+            .await;
+        assert_eq!(
+            report.outcome,
+            Outcome::Failed {
+                failure: expected.clone()
+            }
+        );
         assert!(!report.outcome.is_retryable());
         // The same runtime still serves a small input.
         let small = runtime.dispatch(&skill, &request(json!({ "text": "x" }), &[])).await;

@@ -11,7 +11,11 @@ use crate::{Env, envelope, stderr};
 fn check_refused(env: &Env, args: &[&str], message: &str, entries: u64) {
     let output = env.agentd(args, None);
     assert_eq!(output.status.code(), Some(1), "{args:?}: {}", stderr(&output));
-    assert!(stderr(&output).contains(message), "{args:?}: `{}` lacks `{message}`", stderr(&output));
+    assert!(
+        stderr(&output).contains(message),
+        "{args:?}: `{}` lacks `{message}`",
+        stderr(&output)
+    );
     assert_eq!(env.audit_entries(), entries, "{args:?} changed the audit log");
 }
 
@@ -20,37 +24,106 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
     let env = Env::new();
     let agent = env.token("alice", "agent");
     let good = env.file("good.json", &envelope(json!({ "text": "a@b.org" })));
-    let output = env.agentd(&["run", "pii-redact", "--input", good.to_str().unwrap(), "--token", &agent], None);
+    let output = env.agentd(
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            good.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(env.audit_entries(), 2);
 
     let not_json = env.file("bad.json", "{ \"schema_version\": ");
-    check_refused(&env, &["run", "pii-redact", "--input", not_json.to_str().unwrap(), "--token", &agent], "not valid JSON at line 1", 2);
+    check_refused(
+        &env,
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            not_json.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        "not valid JSON at line 1",
+        2,
+    );
 
     let wrong_version = env.file("v2.json", r#"{"schema_version": "agentd.invoke.v2", "input": {}}"#);
     check_refused(
         &env,
-        &["run", "pii-redact", "--input", wrong_version.to_str().unwrap(), "--token", &agent],
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            wrong_version.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
         "unsupported schema version `agentd.invoke.v2`; this agentd reads `agentd.invoke.v1`",
         2,
     );
 
-    check_refused(&env, &["run", "pii-redact", "--input", "/nonexistent/x.json", "--token", &agent], "cannot read input file /nonexistent/x.json", 2);
+    check_refused(
+        &env,
+        &["run", "pii-redact", "--input", "/nonexistent/x.json", "--token", &agent],
+        "cannot read input file /nonexistent/x.json",
+        2,
+    );
 
     let good = good.to_str().unwrap();
-    check_refused(&env, &["run", "pii-redact", "--input", good, "--token", &env.expired_token()], "the token has expired", 2);
+    check_refused(
+        &env,
+        &["run", "pii-redact", "--input", good, "--token", &env.expired_token()],
+        "the token has expired",
+        2,
+    );
 
     let stranger = control_plane::Identity::from_secret(&[7; 32], IdentityConfig::default()).unwrap();
-    let forged = stranger.issue("alice", "acme", &[control_plane::Role::Agent], std::time::Duration::from_secs(60)).unwrap();
-    check_refused(&env, &["run", "pii-redact", "--input", good, "--token", &forged], "signature does not verify", 2);
+    let forged = stranger
+        .issue(
+            "alice",
+            "acme",
+            &[control_plane::Role::Agent],
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    check_refused(
+        &env,
+        &["run", "pii-redact", "--input", good, "--token", &forged],
+        "signature does not verify",
+        2,
+    );
 
     let foreign = env
-        .identity(IdentityConfig { audience: "another-service".into(), ..IdentityConfig::default() })
-        .issue("alice", "acme", &[control_plane::Role::Agent], std::time::Duration::from_secs(60))
+        .identity(IdentityConfig {
+            audience: "another-service".into(),
+            ..IdentityConfig::default()
+        })
+        .issue(
+            "alice",
+            "acme",
+            &[control_plane::Role::Agent],
+            std::time::Duration::from_secs(60),
+        )
         .unwrap();
-    check_refused(&env, &["run", "pii-redact", "--input", good, "--token", &foreign], "the token's audience is wrong; expected `agentd`", 2);
+    check_refused(
+        &env,
+        &["run", "pii-redact", "--input", good, "--token", &foreign],
+        "the token's audience is wrong; expected `agentd`",
+        2,
+    );
 
-    check_refused(&env, &["token", "issue", "--sub", "x", "--role", "root", "--tenant", "acme"], "unknown role `root`", 2);
+    check_refused(
+        &env,
+        &["token", "issue", "--sub", "x", "--role", "root", "--tenant", "acme"],
+        "unknown role `root`",
+        2,
+    );
 }
 
 #[test]
@@ -60,20 +133,61 @@ fn self_approval_and_missing_requests_are_refused() {
     // alice also holds the reviewer role in a second token: still the requester.
     let alice_reviewer = env.token("alice", "reviewer");
     let reviewer = env.token("bob", "reviewer");
-    let input = env.file("report.json", &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })));
-    let output = env.agentd(&["run", "publish-report", "--input", input.to_str().unwrap(), "--token", &agent_and_reviewer], None);
+    let input = env.file(
+        "report.json",
+        &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
+    );
+    let output = env.agentd(
+        &[
+            "run",
+            "publish-report",
+            "--input",
+            input.to_str().unwrap(),
+            "--token",
+            &agent_and_reviewer,
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert_eq!(env.audit_entries(), 2);
 
-    check_refused(&env, &["hitl", "approve", "1", "--token", &alice_reviewer], "was requested by you; another reviewer must decide it", 2);
-    check_refused(&env, &["hitl", "approve", "1", "--token", &agent_and_reviewer], "needs a principal with the `reviewer` role", 2);
-    check_refused(&env, &["hitl", "deny", "42", "--token", &reviewer], "approval request 42 does not exist in your tenant", 2);
-    check_refused(&env, &["hitl", "list", "--status", "maybe", "--token", &reviewer], "unknown approval status `maybe`", 2);
+    check_refused(
+        &env,
+        &["hitl", "approve", "1", "--token", &alice_reviewer],
+        "was requested by you; another reviewer must decide it",
+        2,
+    );
+    check_refused(
+        &env,
+        &["hitl", "approve", "1", "--token", &agent_and_reviewer],
+        "needs a principal with the `reviewer` role",
+        2,
+    );
+    check_refused(
+        &env,
+        &["hitl", "deny", "42", "--token", &reviewer],
+        "approval request 42 does not exist in your tenant",
+        2,
+    );
+    check_refused(
+        &env,
+        &["hitl", "list", "--status", "maybe", "--token", &reviewer],
+        "unknown approval status `maybe`",
+        2,
+    );
 
-    let output = env.agentd(&["hitl", "deny", "1", "--reason", "not today", "--token", &reviewer], None);
+    let output = env.agentd(
+        &["hitl", "deny", "1", "--reason", "not today", "--token", &reviewer],
+        None,
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(env.audit_entries(), 3);
-    check_refused(&env, &["hitl", "approve", "1", "--token", &reviewer], "was already decided (denied by `bob`)", 3);
+    check_refused(
+        &env,
+        &["hitl", "approve", "1", "--token", &reviewer],
+        "was already decided (denied by `bob`)",
+        3,
+    );
     assert!(!env.state_dir().join("workspace/acme/reports/t.md").exists());
 }
 
@@ -83,13 +197,32 @@ fn a_tampered_state_file_fails_audit_verify_by_name() {
     let agent = env.token("alice", "agent");
     let input = env.file("in.json", &envelope(json!({ "text": "x" })));
     for _ in 0..2 {
-        assert!(env.agentd(&["run", "pii-redact", "--input", input.to_str().unwrap(), "--token", &agent], None).status.success());
+        assert!(
+            env.agentd(
+                &[
+                    "run",
+                    "pii-redact",
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--token",
+                    &agent
+                ],
+                None
+            )
+            .status
+            .success()
+        );
     }
     // Someone with write access to the file drops the guard trigger and rewrites entry 2's principal.
     let db = env.state_dir().join("state.db");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
         sqlx::raw_sql("DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'mallory@acme' WHERE seq = 2")
             .execute(&pool)
             .await
@@ -98,5 +231,9 @@ fn a_tampered_state_file_fails_audit_verify_by_name() {
     });
     let output = env.agentd(&["audit", "verify"], None);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("audit chain broken at entry 2 (1 entries before it verify)"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("audit chain broken at entry 2 (1 entries before it verify)"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -12,47 +12,104 @@ fn run_approve_and_audit_through_the_cli() {
 
     // A pure skill runs at once.
     let input = env.file("pii.json", &envelope(json!({ "text": "write to jane@example.org" })));
-    let output = env.agentd(&["--json", "run", "pii-redact", "--input", input.to_str().unwrap(), "--token", &agent], None);
+    let output = env.agentd(
+        &[
+            "--json",
+            "run",
+            "pii-redact",
+            "--input",
+            input.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(report["status"], "completed");
     assert_eq!(report["report"]["outcome"]["output"]["redacted"], "write to [EMAIL]");
 
     // Input from standard input works too.
-    let output = env.agentd(&["run", "pii-redact", "--input", "-", "--token", &agent], Some(&envelope(json!({ "text": "10.1.2.3" }))));
+    let output = env.agentd(
+        &["run", "pii-redact", "--input", "-", "--token", &agent],
+        Some(&envelope(json!({ "text": "10.1.2.3" }))),
+    );
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("\"redacted\": \"[IPV4]\""), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("\"redacted\": \"[IPV4]\""),
+        "{}",
+        stdout(&output)
+    );
 
     // An effectful skill waits for a reviewer (exit code 4).
-    let report_input = env.file("report.json", &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })));
-    let output = env.agentd(&["--json", "run", "publish-report", "--input", report_input.to_str().unwrap(), "--token", &agent], None);
+    let report_input = env.file(
+        "report.json",
+        &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
+    );
+    let output = env.agentd(
+        &[
+            "--json",
+            "run",
+            "publish-report",
+            "--input",
+            report_input.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     let waiting: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     let id = waiting["approval_id"].as_i64().unwrap().to_string();
 
     let output = env.agentd(&["hitl", "list", "--status", "pending", "--token", &reviewer], None);
-    assert!(stdout(&output).contains(&format!("#{id:<4} pending   publish-report 0.1.0 requested by alice")), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains(&format!("#{id:<4} pending   publish-report 0.1.0 requested by alice")),
+        "{}",
+        stdout(&output)
+    );
 
     let output = env.agentd(&["hitl", "approve", &id, "--token", &reviewer], None);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
-    assert!(stdout(&output).contains("publish-report 0.1.0 completed"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("publish-report 0.1.0 completed"),
+        "{}",
+        stdout(&output)
+    );
     let written = std::fs::read_to_string(env.state_dir().join("workspace/acme/reports/t.md")).unwrap();
     assert!(written.starts_with("# T\n\nB\n"));
 
     // Approving again is refused; the approval was consumed.
     let output = env.agentd(&["hitl", "approve", &id, "--token", &reviewer], None);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("was already decided (consumed by `bob`)"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("was already decided (consumed by `bob`)"),
+        "{}",
+        stderr(&output)
+    );
 
     // A runaway skill is stopped (exit code 5) and recorded.
     let empty = env.file("empty.json", &envelope(json!({})));
-    let output = env.agentd(&["run", "spin-forever", "--input", empty.to_str().unwrap(), "--token", &agent], None);
+    let output = env.agentd(
+        &[
+            "run",
+            "spin-forever",
+            "--input",
+            empty.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
     assert!(stdout(&output).contains("failed (run run-"), "{}", stdout(&output));
     assert!(stdout(&output).contains("timeout (retryable)"), "{}", stdout(&output));
 
     // An unknown skill is denied, failing closed (exit code 3).
-    let output = env.agentd(&["run", "ghost", "--input", empty.to_str().unwrap(), "--token", &agent], None);
+    let output = env.agentd(
+        &["run", "ghost", "--input", empty.to_str().unwrap(), "--token", &agent],
+        None,
+    );
     assert_eq!(output.status.code(), Some(3));
     assert!(stdout(&output).contains("unknown skill `ghost`"), "{}", stdout(&output));
 
@@ -61,13 +118,20 @@ fn run_approve_and_audit_through_the_cli() {
     assert_eq!(env.audit_entries(), 12);
 
     let output = env.agentd(&["plugins", "list"], None);
-    assert!(stdout(&output).contains("publish-report   0.1.0    effectful  caps [fs.write:reports/]"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("publish-report   0.1.0    effectful  caps [fs.write:reports/]"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
 fn demo_runs_end_to_end_on_a_given_file() {
     let env = Env::new();
-    let text = env.file("mail.txt", "From: Jane <jane@example.org>\nCall +44 20 7946 0958, IBAN GB82 WEST 1234 5698 7654 32\n");
+    let text = env.file(
+        "mail.txt",
+        "From: Jane <jane@example.org>\nCall +44 20 7946 0958, IBAN GB82 WEST 1234 5698 7654 32\n",
+    );
     let output = env.agentd(&["demo", "--input", text.to_str().unwrap()], None);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     let transcript = stdout(&output);

@@ -21,15 +21,27 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where `cargo xtask build-plugins` put the packages: `$AGENTD_PLUGINS` (set by
+/// `cargo xtask test`), else `target/plugins`.
+fn packages_dir() -> PathBuf {
+    std::env::var_os("AGENTD_PLUGINS").map_or_else(|| repo_root().join("target/plugins"), PathBuf::from)
+}
+
+#[expect(
+    clippy::new_without_default,
+    reason = "creating an Env makes a temporary directory; not a default value"
+)]
 impl Env {
     pub fn new() -> Self {
-        let plugins = repo_root().join("target/plugins");
+        let plugins = packages_dir();
         assert!(
             plugins.join("pii-redact/skill.toml").is_file(),
             "plugin packages are missing at {}: run the tests with `cargo xtask test`",
             plugins.display()
         );
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -41,7 +53,7 @@ impl Env {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentd"));
         command
             .args(["--state-dir", self.state_dir().to_str().unwrap()])
-            .args(["--plugins", repo_root().join("target/plugins").to_str().unwrap()])
+            .args(["--plugins", packages_dir().to_str().unwrap()])
             .args(["--policy", repo_root().join("policies/default.cedar").to_str().unwrap()])
             .args(args)
             .env_remove("AGENTD_TOKEN")
@@ -58,7 +70,10 @@ impl Env {
 
     /// A token issued through the CLI.
     pub fn token(&self, subject: &str, role: &str) -> String {
-        let output = self.agentd(&["token", "issue", "--sub", subject, "--role", role, "--tenant", "acme"], None);
+        let output = self.agentd(
+            &["token", "issue", "--sub", subject, "--role", role, "--tenant", "acme"],
+            None,
+        );
         assert!(output.status.success(), "{}", stderr(&output));
         stdout(&output).trim().to_owned()
     }
@@ -71,8 +86,13 @@ impl Env {
 
     pub fn expired_token(&self) -> String {
         let identity = self.identity(IdentityConfig::default());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        identity.issue_at("alice", "acme", &[Role::Agent], now - 7200, Duration::from_secs(60)).unwrap()
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        identity
+            .issue_at("alice", "acme", &[Role::Agent], now - 7200, Duration::from_secs(60))
+            .unwrap()
     }
 
     /// Writes `text` into a file in the scratch directory.
@@ -85,7 +105,12 @@ impl Env {
     /// `agentd audit verify --json`: the number of entries, asserting the chain is intact.
     pub fn audit_entries(&self) -> u64 {
         let output = self.agentd(&["--json", "audit", "verify"], None);
-        assert!(output.status.success(), "audit verify failed: {}{}", stdout(&output), stderr(&output));
+        assert!(
+            output.status.success(),
+            "audit verify failed: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
         let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
         assert_eq!(value["status"], "intact");
         value["entries"].as_u64().unwrap()

@@ -133,7 +133,11 @@ pub fn iban_is_valid(candidate: &str) -> bool {
             b'A'..=b'Z' => u32::from(byte - b'A') + 10,
             _ => return false,
         };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
     }
     remainder == 1
 }
@@ -157,7 +161,7 @@ pub fn luhn_is_valid(candidate: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The regex already bounds each octet to 0..=255 without leading zeros.
@@ -245,23 +249,42 @@ mod tests {
         check(
             "Maintainer: Jane Doe <jane.doe@debian.org>  Mon, 01 Jan 2024",
             "Maintainer: Jane Doe <[EMAIL]>  Mon, 01 Jan 2024",
-            Counts { email: 1, ..Counts::default() },
+            Counts {
+                email: 1,
+                ..Counts::default()
+            },
         );
         check(
             "pay to DE89 3704 0044 0532 0130 00 or GB82WEST12345698765432",
             "pay to [IBAN] or [IBAN]",
-            Counts { iban: 2, ..Counts::default() },
+            Counts {
+                iban: 2,
+                ..Counts::default()
+            },
         );
         check(
             "card 4111 1111 1111 1111, or 5500-0000-0000-0004",
             "card [CARD], or [CARD]",
-            Counts { card: 2, ..Counts::default() },
+            Counts {
+                card: 2,
+                ..Counts::default()
+            },
         );
-        check("host 192.168.1.20 and 10.0.0.1.", "host [IPV4] and [IPV4].", Counts { ipv4: 2, ..Counts::default() });
+        check(
+            "host 192.168.1.20 and 10.0.0.1.",
+            "host [IPV4] and [IPV4].",
+            Counts {
+                ipv4: 2,
+                ..Counts::default()
+            },
+        );
         check(
             "call +49 30 1234567 or (555) 123-4567",
             "call [PHONE] or [PHONE]",
-            Counts { phone: 2, ..Counts::default() },
+            Counts {
+                phone: 2,
+                ..Counts::default()
+            },
         );
     }
 
@@ -269,10 +292,18 @@ mod tests {
     fn checksums_reject_look_alikes() {
         // Luhn fails, mod-97 fails, octet over 255: left alone.
         check("4111 1111 1111 1112", "4111 1111 1111 1112", Counts::default());
-        check("DE89 3704 0044 0532 0130 01", "DE89 3704 0044 0532 0130 01", Counts::default());
+        check(
+            "DE89 3704 0044 0532 0130 01",
+            "DE89 3704 0044 0532 0130 01",
+            Counts::default(),
+        );
         check("999.1.1.1", "999.1.1.1", Counts::default());
         // Dates and versions are not phone numbers.
-        check("2024-01-15 version 1.2-3", "2024-01-15 version 1.2-3", Counts::default());
+        check(
+            "2024-01-15 version 1.2-3",
+            "2024-01-15 version 1.2-3",
+            Counts::default(),
+        );
     }
 
     #[test]
@@ -291,7 +322,10 @@ mod tests {
         check(
             "write to +4930123456@example.com",
             "write to [EMAIL]",
-            Counts { email: 1, ..Counts::default() },
+            Counts {
+                email: 1,
+                ..Counts::default()
+            },
         );
         assert_eq!(redact_text("").0, "");
     }

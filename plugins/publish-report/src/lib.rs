@@ -45,15 +45,21 @@ pub fn publish(context: &Context, input: Input) -> Result<Output, SkillError> {
         context.step_id,
         context.idempotency_key
     );
-    context.workspace_write(&input.path, report.as_bytes()).map_err(|error| match error {
-        CapabilityError::Denied(capability) => {
-            SkillError::Permanent(format!("capability denied: {capability}"))
-        }
-        CapabilityError::Invalid(message) => SkillError::InvalidInput(message),
-        CapabilityError::Io(message) => SkillError::Transient(message),
-    })?;
-    context.log(LogLevel::Info, &format!("wrote {} bytes to {}", report.len(), input.path));
-    Ok(Output { path: input.path, bytes: report.len() })
+    context
+        .workspace_write(&input.path, report.as_bytes())
+        .map_err(|error| match error {
+            CapabilityError::Denied(capability) => SkillError::Permanent(format!("capability denied: {capability}")),
+            CapabilityError::Invalid(message) => SkillError::InvalidInput(message),
+            CapabilityError::Io(message) => SkillError::Transient(message),
+        })?;
+    context.log(
+        LogLevel::Info,
+        &format!("wrote {} bytes to {}", report.len(), input.path),
+    );
+    Ok(Output {
+        path: input.path,
+        bytes: report.len(),
+    })
 }
 
 plugin_abi::skill!(
