@@ -115,7 +115,7 @@ pub async fn run_step(
             &digest,
         )
         .await?;
-    let grants = match (&decision.verdict, skill) {
+    let (grants, skill) = match (&decision.verdict, skill) {
         (Verdict::Allow { grants }, Some(skill)) => (grants.clone(), skill),
         (Verdict::RequireApproval { reviewer_role, .. }, Some(skill)) => {
             let approval = control_plane
@@ -141,7 +141,6 @@ pub async fn run_step(
         }
         _ => return Ok(StepOutcome::Denied { context, decision }),
     };
-    let (grants, skill) = grants;
     dispatch_and_record(
         runtime,
         control_plane,

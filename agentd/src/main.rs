@@ -24,7 +24,7 @@ use crate::app::{App, Paths, StepReport, print_step};
 
 /// agentd: run AI-agent skills as WebAssembly components, governed by policy and audited.
 #[derive(Debug, Parser)]
-#[command(name = "agentd", version, about)]
+#[command(name = "agentd", version, about, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     paths: PathArgs,

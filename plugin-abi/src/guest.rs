@@ -1,6 +1,6 @@
 //! The guest SDK: write a skill as a plain Rust function plus one [`skill!`](crate::skill) line.
 //!
-//! ```ignore
+//! ```text
 //! use plugin_abi::guest::{Context, SkillError};
 //!
 //! #[derive(serde::Deserialize, schemars::JsonSchema)]

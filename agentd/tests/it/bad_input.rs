@@ -237,3 +237,47 @@ fn a_tampered_state_file_fails_audit_verify_by_name() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
+    let env = Env::new();
+    // A private copy of the packages with pii-redact's component altered after packaging.
+    let plugins = env.dir.path().join("plugins");
+    for id in ["pii-redact", "publish-report"] {
+        let target = plugins.join(id);
+        std::fs::create_dir_all(&target).unwrap();
+        for file in ["skill.toml", "skill.wasm"] {
+            std::fs::copy(crate::packages_dir().join(id).join(file), target.join(file)).unwrap();
+        }
+    }
+    let wasm = plugins.join("pii-redact/skill.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&wasm, bytes).unwrap();
+
+    let agent = env.token("alice", "agent");
+    let input = env.file("in.json", &envelope(json!({ "text": "a@b.org" })));
+    let output = env.agentd(
+        &[
+            "--plugins",
+            plugins.to_str().unwrap(),
+            "run",
+            "pii-redact",
+            "--input",
+            input.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("warning: skill package refused: digest mismatch for"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(crate::stdout(&output).contains("unknown skill `pii-redact`: no verified package provides it"));
+    // The denial itself is audited; nothing else changed.
+    assert_eq!(env.audit_entries(), 1);
+}

@@ -23,7 +23,7 @@ fn repo_root() -> PathBuf {
 
 /// Where `cargo xtask build-plugins` put the packages: `$AGENTD_PLUGINS` (set by
 /// `cargo xtask test`), else `target/plugins`.
-fn packages_dir() -> PathBuf {
+pub fn packages_dir() -> PathBuf {
     std::env::var_os("AGENTD_PLUGINS").map_or_else(|| repo_root().join("target/plugins"), PathBuf::from)
 }
 

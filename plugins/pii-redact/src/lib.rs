@@ -293,8 +293,8 @@ mod tests {
         // Luhn fails, mod-97 fails, octet over 255: left alone.
         check("4111 1111 1111 1112", "4111 1111 1111 1112", Counts::default());
         check(
-            "DE89 3704 0044 0532 0130 01",
-            "DE89 3704 0044 0532 0130 01",
+            "DE89 3704 0044 0532 0130 02",
+            "DE89 3704 0044 0532 0130 02",
             Counts::default(),
         );
         check("999.1.1.1", "999.1.1.1", Counts::default());
