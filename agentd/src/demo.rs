@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_runtime::Outcome;
+use agent_runtime::{Outcome, RuntimeFailure};
 use anyhow::{Context, Result, bail};
 use control_plane::{ChainVerification, Principal, Role};
 use plugin_abi::InvokeRequest;
@@ -238,12 +238,24 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     let StepReport::Failed { report, retryable, .. } = &spun else {
         bail!("spin-forever should have been stopped, got {spun:?}");
     };
+    let stopped_by = match &report.outcome {
+        Outcome::Failed {
+            failure: RuntimeFailure::Timeout { in_guest: true, .. },
+        } => "the epoch deadline interrupted guest code",
+        Outcome::Failed {
+            failure: RuntimeFailure::Timeout { in_guest: false, .. },
+        } => "the wall-clock backstop fired",
+        _ => "not by its deadline",
+    };
+    let deadline_ms = app
+        .runtime
+        .lookup("spin-forever")
+        .map_or(0, |skill| skill.manifest.limits.deadline_ms);
     say(format!(
-        "  stopped: {} after {} ms ({}; fuel burnt {})",
+        "  stopped: {} after {} ms (deadline {deadline_ms} ms): {stopped_by}; {}",
         report.outcome.name(),
         elapsed.as_millis(),
         if *retryable { "retryable" } else { "not retryable" },
-        report.metrics.fuel_consumed
     ));
     let after = app
         .run(&agent, "pii-redact", &text_request("host still fine: ops@example.org"))

@@ -22,7 +22,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
-    let root = workspace_root();
+    let root = workspace_root()?;
     match command.as_str() {
         "build-plugins" => build_plugins(&root).map(drop),
         "demo" => {
@@ -57,11 +57,25 @@ fn main() -> Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace root, asked of cargo at run time (not baked in at compile time, so an xtask
+/// binary shared through a common target directory still acts on the checkout it runs in).
+fn workspace_root() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()
+        .context("could not run `cargo locate-project`")?;
+    if !output.status.success() {
+        bail!(
+            "`cargo locate-project` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let manifest = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    manifest
         .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_owned()
+        .map(Path::to_owned)
+        .context("the workspace manifest has no parent directory")
 }
 
 /// The cargo target directory: `$CARGO_TARGET_DIR` or `<root>/target`.
