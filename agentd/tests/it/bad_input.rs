@@ -3,7 +3,7 @@
 use control_plane::IdentityConfig;
 use serde_json::json;
 
-use crate::{Env, envelope, stderr};
+use crate::{Env, agent_token, envelope, stderr};
 
 /// Runs `args`, expects exit code 1 with `message` on stderr, and checks the audit chain kept
 /// exactly `entries` entries.
@@ -84,14 +84,7 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
     );
 
     let stranger = control_plane::Identity::from_secret(&[7; 32], IdentityConfig::default()).unwrap();
-    let forged = stranger
-        .issue(
-            "alice",
-            "acme",
-            &[control_plane::Role::Agent],
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+    let forged = agent_token(&stranger);
     check_refused(
         &env,
         &["run", "pii-redact", "--input", good, "--token", &forged],
@@ -99,18 +92,10 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
         2,
     );
 
-    let foreign = env
-        .identity(IdentityConfig {
-            audience: "another-service".into(),
-            ..IdentityConfig::default()
-        })
-        .issue(
-            "alice",
-            "acme",
-            &[control_plane::Role::Agent],
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+    let foreign = agent_token(&env.identity(IdentityConfig {
+        audience: "another-service".into(),
+        ..IdentityConfig::default()
+    }));
     check_refused(
         &env,
         &["run", "pii-redact", "--input", good, "--token", &foreign],
@@ -133,22 +118,7 @@ fn self_approval_and_missing_requests_are_refused() {
     // alice also holds the reviewer role in a second token: still the requester.
     let alice_reviewer = env.token("alice", "reviewer");
     let reviewer = env.token("bob", "reviewer");
-    let input = env.file(
-        "report.json",
-        &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
-    );
-    let output = env.agentd(
-        &[
-            "run",
-            "publish-report",
-            "--input",
-            input.to_str().unwrap(),
-            "--token",
-            &agent_and_reviewer,
-        ],
-        None,
-    );
-    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(env.submit_report(&agent_and_reviewer), "1");
     assert_eq!(env.audit_entries(), 2);
 
     check_refused(

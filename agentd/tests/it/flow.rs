@@ -42,25 +42,7 @@ fn run_approve_and_audit_through_the_cli() {
     );
 
     // An effectful skill waits for a reviewer (exit code 4).
-    let report_input = env.file(
-        "report.json",
-        &envelope(json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
-    );
-    let output = env.agentd(
-        &[
-            "--json",
-            "run",
-            "publish-report",
-            "--input",
-            report_input.to_str().unwrap(),
-            "--token",
-            &agent,
-        ],
-        None,
-    );
-    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
-    let waiting: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
-    let id = waiting["approval_id"].as_i64().unwrap().to_string();
+    let id = env.submit_report(&agent);
 
     let output = env.agentd(&["hitl", "list", "--status", "pending", "--token", &reviewer], None);
     assert!(

@@ -95,6 +95,30 @@ impl Env {
             .unwrap()
     }
 
+    /// Submits `publish-report` (writing `reports/t.md`) as `token`; asserts it waits for
+    /// approval (exit code 4) and returns the approval request id.
+    pub fn submit_report(&self, token: &str) -> String {
+        let input = self.file(
+            "report.json",
+            &envelope(serde_json::json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
+        );
+        let output = self.agentd(
+            &[
+                "--json",
+                "run",
+                "publish-report",
+                "--input",
+                input.to_str().unwrap(),
+                "--token",
+                token,
+            ],
+            None,
+        );
+        assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+        let waiting: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        waiting["approval_id"].as_i64().unwrap().to_string()
+    }
+
     /// Writes `text` into a file in the scratch directory.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -123,6 +147,13 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A one-minute agent token for `alice@acme` signed by `identity`.
+pub fn agent_token(identity: &Identity) -> String {
+    identity
+        .issue("alice", "acme", &[Role::Agent], Duration::from_secs(60))
+        .unwrap()
 }
 
 pub fn envelope(input: serde_json::Value) -> String {
