@@ -2,8 +2,8 @@
 //! every dispatch, including a step resumed after approval.
 
 use control_plane::{
-    ApprovalError, ApprovalRequest, ControlPlane, Decision, NewApproval, Principal, StepContext, StoreError,
-    TraceContext, Verdict,
+    ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, NewApproval, Principal, StepContext,
+    StoreError, TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
@@ -173,6 +173,15 @@ pub async fn resume_approved(
         .approval(tenant, approval_id)
         .await?
         .ok_or(ApprovalError::NotFound { id: approval_id })?;
+    // Checked here so that a request that cannot be consumed is not governed (and audited) again;
+    // the consumption below is still the compare-and-set that decides.
+    if approval.status != ApprovalStatus::Approved {
+        return Err(ApprovalError::NotApproved {
+            id: approval_id,
+            status: approval.status,
+        }
+        .into());
+    }
     let request = InvokeRequest::parse(&approval.request_json).map_err(|source| StepError::StoredRequest {
         id: approval_id,
         source,

@@ -107,6 +107,14 @@ impl App {
         Ok(StepReport::from(outcome))
     }
 
+    /// Resumes an approved step in the caller's tenant; governance runs again as the requester.
+    pub async fn resume(&self, caller: &Principal, id: i64) -> Result<StepReport> {
+        let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &caller.tenant, id)
+            .await
+            .with_context(|| format!("cannot resume approval #{id}"))?;
+        Ok(StepReport::from(outcome))
+    }
+
     /// Records the approval, then resumes the waiting step.
     pub async fn approve(
         &self,

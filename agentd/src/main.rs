@@ -129,6 +129,14 @@ enum HitlCommand {
         #[command(flatten)]
         token: TokenArg,
     },
+    /// Resume the step of an approved request that has not run yet (e.g. after a crash
+    /// between the decision and the dispatch).
+    Resume {
+        /// Request id.
+        id: i64,
+        #[command(flatten)]
+        token: TokenArg,
+    },
     /// Deny a request.
     Deny {
         /// Request id.
@@ -273,6 +281,13 @@ async fn execute(cli: Cli) -> Result<Exit> {
             if !json {
                 println!("approval request #{} approved by {}", decided.id, reviewer.subject);
             }
+            print_step(&step, json);
+            Ok(step_exit(&step))
+        }
+        Command::Hitl(HitlCommand::Resume { id, token }) => {
+            let app = App::open(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let step = app.resume(&caller, id).await?;
             print_step(&step, json);
             Ok(step_exit(&step))
         }

@@ -61,6 +61,17 @@ fn run_approve_and_audit_through_the_cli() {
     let written = std::fs::read_to_string(env.state_dir().join("workspace/acme/reports/t.md")).unwrap();
     assert!(written.starts_with("# T\n\nB\n"));
 
+    // Resuming again is refused: the approval was consumed by the step that ran.
+    let output = env.agentd(&["hitl", "resume", &id, "--token", &reviewer], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!(
+            "cannot resume approval #{id}: approval request {id} is consumed, not approved"
+        )),
+        "{}",
+        stderr(&output)
+    );
+
     // Approving again is refused; the approval was consumed.
     let output = env.agentd(&["hitl", "approve", &id, "--token", &reviewer], None);
     assert_eq!(output.status.code(), Some(1));
