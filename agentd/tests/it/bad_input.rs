@@ -24,17 +24,7 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
     let env = Env::new();
     let agent = env.token("alice", "agent");
     let good = env.file("good.json", &envelope(json!({ "text": "a@b.org" })));
-    let output = env.agentd(
-        &[
-            "run",
-            "pii-redact",
-            "--input",
-            good.to_str().unwrap(),
-            "--token",
-            &agent,
-        ],
-        None,
-    );
+    let output = env.run_json("pii-redact", json!({ "text": "a@b.org" }), &agent);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(env.audit_entries(), 2);
 

@@ -11,19 +11,7 @@ fn run_approve_and_audit_through_the_cli() {
     let reviewer = env.token("bob", "reviewer");
 
     // A pure skill runs at once.
-    let input = env.file("pii.json", &envelope(json!({ "text": "write to jane@example.org" })));
-    let output = env.agentd(
-        &[
-            "--json",
-            "run",
-            "pii-redact",
-            "--input",
-            input.to_str().unwrap(),
-            "--token",
-            &agent,
-        ],
-        None,
-    );
+    let output = env.run_json("pii-redact", json!({ "text": "write to jane@example.org" }), &agent);
     assert!(output.status.success(), "{}", stderr(&output));
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(report["status"], "completed");

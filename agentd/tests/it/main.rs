@@ -95,25 +95,28 @@ impl Env {
             .unwrap()
     }
 
-    /// Submits `publish-report` (writing `reports/t.md`) as `token`; asserts it waits for
-    /// approval (exit code 4) and returns the approval request id.
-    pub fn submit_report(&self, token: &str) -> String {
-        let input = self.file(
-            "report.json",
-            &envelope(serde_json::json!({ "title": "T", "body": "B", "path": "reports/t.md" })),
-        );
-        let output = self.agentd(
+    /// `agentd --json run SKILL` with `input` wrapped in an `agentd.invoke.v1` envelope.
+    pub fn run_json(&self, skill: &str, input: serde_json::Value, token: &str) -> Output {
+        let file = self.file(&format!("{skill}-input.json"), &envelope(input));
+        self.agentd(
             &[
                 "--json",
                 "run",
-                "publish-report",
+                skill,
                 "--input",
-                input.to_str().unwrap(),
+                file.to_str().unwrap(),
                 "--token",
                 token,
             ],
             None,
-        );
+        )
+    }
+
+    /// Submits `publish-report` (writing `reports/t.md`) as `token`; asserts it waits for
+    /// approval (exit code 4) and returns the approval request id.
+    pub fn submit_report(&self, token: &str) -> String {
+        let input = serde_json::json!({ "title": "T", "body": "B", "path": "reports/t.md" });
+        let output = self.run_json("publish-report", input, token);
         assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
         let waiting: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
         waiting["approval_id"].as_i64().unwrap().to_string()
