@@ -173,6 +173,13 @@ pub enum IdentityError {
     /// Signing failed inside jsonwebtoken.
     #[error("could not sign the token: {0}")]
     Signing(String),
+    /// A token's subject starts with [`SYSTEM_SUBJECT_PREFIX`], which only
+    /// [`with_system_identity`] may bind.
+    #[error("subject `{0}` is reserved: `system:` subjects are bound by internal jobs, never by a token")]
+    ReservedSubject(String),
+    /// A system job name is empty or not lowercase kebab-case.
+    #[error("system job name `{0}` must be lowercase kebab-case (a-z, 0-9, -)")]
+    BadJobName(String),
 }
 
 impl IdentityError {
@@ -180,6 +187,39 @@ impl IdentityError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, IdentityError::KeyFile { .. })
     }
+}
+
+/// The subject prefix of principals bound by [`with_system_identity`]; tokens may not use it.
+pub const SYSTEM_SUBJECT_PREFIX: &str = "system:";
+
+/// Binds a system principal (`system:<job>@<tenant>`) for an internal job, without a JWT.
+///
+/// This bypasses authentication, so it is under a caller allowlist: guardrails rule
+/// `system-identity-only-for-internal-jobs` (guardrails.toml) fails CI when any module outside
+/// the list references it, through an alias, a function pointer or a macro included. Tokens can
+/// never carry a `system:` subject ([`IdentityError::ReservedSubject`]), so a system principal
+/// cannot be forged through [`Identity::verify`].
+///
+/// # Errors
+///
+/// [`IdentityError::BadJobName`] when `job` is not lowercase kebab-case,
+/// [`IdentityError::Incomplete`] when `tenant` or `roles` is empty.
+pub fn with_system_identity(job: &str, tenant: &str, roles: &[Role]) -> Result<Principal, IdentityError> {
+    let kebab = !job.is_empty()
+        && job
+            .split('-')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+    if !kebab {
+        return Err(IdentityError::BadJobName(job.to_owned()));
+    }
+    if tenant.is_empty() || roles.is_empty() {
+        return Err(IdentityError::Incomplete);
+    }
+    Ok(Principal {
+        subject: format!("{SYSTEM_SUBJECT_PREFIX}{job}"),
+        tenant: tenant.to_owned(),
+        roles: roles.iter().copied().collect(),
+    })
 }
 
 /// Issues and verifies tokens with one HS256 key.
@@ -280,6 +320,9 @@ impl Identity {
         if subject.is_empty() || tenant.is_empty() || roles.is_empty() {
             return Err(IdentityError::Incomplete);
         }
+        if subject.starts_with(SYSTEM_SUBJECT_PREFIX) {
+            return Err(IdentityError::ReservedSubject(subject.to_owned()));
+        }
         let claims = Claims {
             sub: subject.to_owned(),
             iss: self.config.issuer.clone(),
@@ -331,6 +374,9 @@ impl Identity {
         if claims.sub.is_empty() || claims.tenant.is_empty() || roles.is_empty() {
             return Err(IdentityError::Incomplete);
         }
+        if claims.sub.starts_with(SYSTEM_SUBJECT_PREFIX) {
+            return Err(IdentityError::ReservedSubject(claims.sub));
+        }
         Ok(Principal {
             subject: claims.sub,
             tenant: claims.tenant,
@@ -345,6 +391,40 @@ mod tests {
 
     fn identity(secret: u8) -> Identity {
         Identity::from_secret(&[secret; 32], IdentityConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn system_principals_are_bound_in_process_and_never_through_a_token() {
+        let principal = with_system_identity("audit-verifier", "acme", &[Role::Admin]).unwrap();
+        assert_eq!(principal.to_string(), "system:audit-verifier@acme");
+        assert!(principal.has_role(Role::Admin));
+        assert!(matches!(
+            with_system_identity("Audit Verifier", "acme", &[Role::Admin]),
+            Err(IdentityError::BadJobName(_))
+        ));
+        assert!(matches!(
+            with_system_identity("audit", "acme", &[]),
+            Err(IdentityError::Incomplete)
+        ));
+
+        let id = identity(1);
+        let hour = Duration::from_secs(3600);
+        assert!(matches!(
+            id.issue("system:audit-verifier", "acme", &[Role::Admin], hour),
+            Err(IdentityError::ReservedSubject(_))
+        ));
+        // A token signed with the right key but a reserved subject is still refused.
+        let forged = Claims {
+            sub: "system:audit-verifier".into(),
+            iss: id.config.issuer.clone(),
+            aud: id.config.audience.clone(),
+            exp: now_secs() + 3600,
+            iat: now_secs(),
+            tenant: "acme".into(),
+            roles: vec!["admin".into()],
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &forged, &id.encoding_key).unwrap();
+        assert!(matches!(id.verify(&token), Err(IdentityError::ReservedSubject(_))));
     }
 
     #[test]

@@ -1,209 +1,134 @@
-//! guardrails: mechanically enforces agentd's one-way crate dependency rules.
+//! guardrails: mechanically enforces one-way crate rules in a Cargo workspace.
 //!
-//! This first layer reads the resolved dependency graph through `cargo metadata` and, for each
-//! [`Rule`], searches every path (normal, dev and build edges, direct and transitive) from the
-//! rule's source crate to a forbidden crate. A finding is a value ([`Finding`]) with a stable
-//! code and the whole chain; an `Err` means the check could not run.
+//! Rules live in `guardrails.toml` at the workspace root ([`Config`]). A check has two layers:
+//!
+//! 1. **Manifest graph** (`cargo metadata --all-features`, every platform): every path from a
+//!    rule's source crate to a forbidden crate, through workspace and registry crates, for the
+//!    rule's edge kinds, including target-specific, optional and renamed dependencies. A finding
+//!    points at the `Cargo.toml` line of the first edge and carries the whole chain.
+//! 2. **Source** (`syn`, in parallel): `use` trees (renames, globs, groups), qualified paths,
+//!    `extern crate`, paths inside macro bodies (scanned as tokens, so bodies that are not Rust
+//!    still count), strings in attributes (`#[serde(with = "..")]`), `#[path]` modules and
+//!    `include!`-like macros that reach into a forbidden crate's directory; references to
+//!    functions under a caller allowlist (through `use .. as` aliases, module aliases, globs,
+//!    function pointers, UFCS and macro bodies); and forbidden text patterns.
+//!
+//! Exemptions must cite an Accepted ADR in `adr/`; a missing or unaccepted ADR, an expired
+//! exemption and an exemption that matches nothing are findings themselves. A rule that names a
+//! crate, function, module or file that does not exist is an [`Error`]: a rename can never turn
+//! a rule off silently.
+//!
+//! Findings are values ([`Report`]); an `Err` means the check could not run. Output formats
+//! (human, JSON, SARIF 2.1.0, GitHub annotations) are in [`output`]; `selftest` (mutation
+//! testing of the rules against a copy of the workspace) is in [`selftest`].
 //!
 //! **Architecture invariant:** guardrails depends on no workspace crate: it reads the workspace
 //! as data.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use cargo_metadata::{DependencyKind, MetadataCommand, PackageId};
+pub mod check;
+pub mod config;
+pub mod output;
+pub mod report;
+pub mod selftest;
+pub mod source;
+pub mod workspace;
 
-/// A forbidden-dependency rule: `from` must not reach any crate in `forbidden`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Stable kebab-case rule name.
-    pub name: &'static str,
-    /// Package names the rule applies to.
-    pub from: Vec<&'static str>,
-    /// Package names they must never reach.
-    pub forbidden: Vec<&'static str>,
-    /// Why, shown with every finding.
-    pub reason: &'static str,
-}
+pub use check::Options;
+pub use config::Config;
+pub use report::{Code, Finding, Report};
+pub use workspace::Workspace;
 
-/// agentd's rules, as ARCHITECTURE.md states them.
-pub fn agentd_rules() -> Vec<Rule> {
-    let plugins = vec!["pii-redact", "publish-report", "spin-forever"];
-    vec![
-        Rule {
-            name: "plugin-abi-is-the-bottom",
-            from: vec!["plugin-abi"],
-            forbidden: vec![
-                "control-plane",
-                "agent-runtime",
-                "agentd",
-                "guardrails",
-                "xtask",
-                "wasmtime",
-            ],
-            reason: "plugin-abi is the contract; it depends on no workspace crate and never on wasmtime",
-        },
-        Rule {
-            name: "control-plane-never-runs-wasm",
-            from: vec!["control-plane"],
-            forbidden: vec!["agent-runtime", "agentd", "wasmtime", "wasmtime-wasi"],
-            reason: "the control plane decides what is allowed; it never depends on the runtime or wasmtime",
-        },
-        Rule {
-            name: "runtime-below-binary",
-            from: vec!["agent-runtime"],
-            forbidden: vec!["agentd"],
-            reason: "agent-runtime is a library the binary wires up, never the other way round",
-        },
-        Rule {
-            name: "plugins-see-only-the-abi",
-            from: plugins,
-            forbidden: vec!["control-plane", "agent-runtime", "agentd", "wasmtime"],
-            reason: "plugins are guests: they depend on plugin-abi only",
-        },
-    ]
-}
-
-/// One edge of a chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edge {
-    /// The dependent package.
-    pub from: String,
-    /// The dependency package.
-    pub to: String,
-    /// `normal`, `dev` or `build` (several when the same edge has several kinds).
-    pub kinds: Vec<&'static str>,
-}
-
-/// A rule violation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Stable code: `forbidden-dependency`.
-    pub code: &'static str,
-    /// The rule broken.
-    pub rule: &'static str,
-    /// The chain from the rule's crate to the forbidden one.
-    pub chain: Vec<Edge>,
-    /// The rule's reason.
-    pub reason: &'static str,
-}
-
-impl fmt::Display for Finding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error[{}] rule `{}`: ", self.code, self.rule)?;
-        for (index, edge) in self.chain.iter().enumerate() {
-            if index == 0 {
-                write!(f, "{}", edge.from)?;
-            }
-            write!(f, " -({})-> {}", edge.kinds.join("+"), edge.to)?;
-        }
-        write!(
-            f,
-            "\n  = why: {}\n  = to change this rule, write an ADR in adr/ and have it accepted",
-            self.reason
-        )
-    }
-}
-
-/// Why the check could not run.
+/// Why a check could not run. Each is a configuration or environment problem (exit code 2),
+/// never a finding.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `guardrails.toml` is malformed.
+    #[error("{}:{line}: {message}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line.
+        line: u32,
+        /// What is wrong.
+        message: String,
+    },
     /// `cargo metadata` failed.
-    #[error("cargo metadata failed: {0}")]
-    Metadata(#[from] cargo_metadata::Error),
-    /// The graph was not resolved.
+    #[error("cargo metadata failed for {}: {source}", root.display())]
+    Metadata {
+        /// The workspace root.
+        root: PathBuf,
+        /// The cause.
+        source: Box<cargo_metadata::Error>,
+    },
+    /// `cargo metadata` returned no resolved graph.
     #[error("cargo metadata returned no resolved dependency graph")]
     NoResolve,
-    /// A rule names a crate the workspace does not have (so it would silently check nothing).
-    #[error("rule `{rule}` names `{krate}`, which is not a workspace member")]
+    /// A rule names a crate that does not exist (it would silently check nothing).
+    #[error("rule `{rule}` names `{name}`, which {what}")]
     UnknownCrate {
         /// The rule.
-        rule: &'static str,
-        /// The missing crate.
-        krate: &'static str,
+        rule: String,
+        /// The name as written.
+        name: String,
+        /// What was looked for.
+        what: &'static str,
     },
+    /// A caller allowlist names a function that is not defined where it says.
+    #[error(
+        "caller allowlist `{rule}` names `{function}`, which is not defined (a free function or an associated function of an inherent impl)"
+    )]
+    UnknownFunction {
+        /// The allowlist.
+        rule: String,
+        /// The function path.
+        function: String,
+    },
+    /// An `allowed` entry names a module that does not exist or a glob that matches no file.
+    #[error("rule `{rule}` allows `{scope}`, which matches no module or file in the workspace")]
+    UnknownScope {
+        /// The rule.
+        rule: String,
+        /// The entry as written.
+        scope: String,
+    },
+    /// `selftest` could not set up its copy of the workspace.
+    #[error("selftest: {0}")]
+    Selftest(String),
 }
 
-fn kind_name(kind: DependencyKind) -> &'static str {
-    match kind {
-        DependencyKind::Development => "dev",
-        DependencyKind::Build => "build",
-        _ => "normal",
-    }
-}
-
-/// Checks the workspace whose root manifest is `manifest_path` against `rules`.
-///
-/// Findings come sorted by rule, then chain, so two runs print the same bytes.
+/// Loads `<root>/guardrails.toml` (or `config`), reads the workspace and runs every layer.
 ///
 /// # Errors
 ///
-/// [`CheckError`] when the graph cannot be read or a rule's source crate does not exist.
-pub fn check(manifest_path: &Path, rules: &[Rule]) -> Result<Vec<Finding>, CheckError> {
-    let metadata = MetadataCommand::new().manifest_path(manifest_path).exec()?;
-    let resolve = metadata.resolve.as_ref().ok_or(CheckError::NoResolve)?;
-    let names: BTreeMap<&PackageId, String> = metadata.packages.iter().map(|p| (&p.id, p.name.to_string())).collect();
-    let nodes: BTreeMap<&PackageId, &cargo_metadata::Node> =
-        resolve.nodes.iter().map(|node| (&node.id, node)).collect();
-    let members: BTreeMap<String, &PackageId> = metadata
-        .workspace_members
-        .iter()
-        .map(|id| (names[id].clone(), id))
-        .collect();
+/// [`Error`] when the config is malformed or names something that does not exist, or when
+/// `cargo metadata` fails.
+pub fn check_workspace(root: &Path, config: Option<&Path>, options: &Options) -> Result<Report, Error> {
+    let config_path = config.map_or_else(|| root.join(config::CONFIG_FILE), Path::to_path_buf);
+    check_with(root, &Config::load(&config_path)?, options)
+}
 
-    let mut findings = Vec::new();
-    for rule in rules {
-        for source in &rule.from {
-            let Some(start) = members.get(*source) else {
-                return Err(CheckError::UnknownCrate {
-                    rule: rule.name,
-                    krate: source,
-                });
-            };
-            // Breadth-first: the first chain found to each package is a shortest one.
-            let mut parent: BTreeMap<&PackageId, (&PackageId, Vec<&'static str>)> = BTreeMap::new();
-            let mut queue = VecDeque::from([*start]);
-            while let Some(current) = queue.pop_front() {
-                let Some(node) = nodes.get(current) else { continue };
-                for dep in &node.deps {
-                    if &dep.pkg == *start || parent.contains_key(&dep.pkg) {
-                        continue;
-                    }
-                    let mut kinds: Vec<&'static str> = dep.dep_kinds.iter().map(|info| kind_name(info.kind)).collect();
-                    kinds.sort_unstable();
-                    kinds.dedup();
-                    parent.insert(&dep.pkg, (current, kinds));
-                    queue.push_back(&dep.pkg);
-                }
-            }
-            for (reached, _) in parent.iter() {
-                if !rule.forbidden.contains(&names[reached].as_str()) {
-                    continue;
-                }
-                let mut chain = Vec::new();
-                let mut cursor = *reached;
-                while let Some((previous, kinds)) = parent.get(cursor) {
-                    chain.push(Edge {
-                        from: names[previous].clone(),
-                        to: names[cursor].clone(),
-                        kinds: kinds.clone(),
-                    });
-                    cursor = previous;
-                }
-                chain.reverse();
-                findings.push(Finding {
-                    code: "forbidden-dependency",
-                    rule: rule.name,
-                    chain,
-                    reason: rule.reason,
-                });
-            }
-        }
-    }
-    findings.sort_by(|a, b| {
-        (a.rule, &a.chain.iter().map(|e| (&e.from, &e.to)).collect::<Vec<_>>())
-            .cmp(&(b.rule, &b.chain.iter().map(|e| (&e.from, &e.to)).collect::<Vec<_>>()))
-    });
-    Ok(findings)
+/// Reads the workspace at `root` and runs every layer with an already loaded `config`.
+///
+/// # Errors
+///
+/// As [`check_workspace`], minus reading the config.
+pub fn check_with(root: &Path, config: &Config, options: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let workspace = Workspace::load(root, options.offline)?;
+    let metadata_time = started.elapsed();
+    let mut report = check::run(&workspace, config, options)?;
+    report.stats.metadata_time = metadata_time;
+    report.stats.total_time = started.elapsed();
+    Ok(report)
 }

@@ -1,4 +1,7 @@
-//! `guardrails check [--workspace DIR]`: exit 0 clean, 1 findings, 2 usage or config error.
+//! `guardrails check` and `guardrails selftest`.
+//!
+//! Exit codes: 0 clean (selftest: every mutant caught), 1 findings (selftest: a mutant
+//! escaped), 2 a configuration or usage error.
 
 #![allow(
     clippy::print_stdout,
@@ -6,35 +9,102 @@
     reason = "a CLI talks on stdout and stderr"
 )]
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use guardrails::output::Format;
+
+/// Enforces one-way crate rules in a Cargo workspace (guardrails.toml).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks the workspace: exit 0 clean, 1 findings, 2 config or usage error.
+    Check {
+        /// The workspace root.
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// The config file (default: <workspace>/guardrails.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Pass --offline to cargo metadata.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Copies the workspace to a temporary directory, injects every supported reference form
+    /// for every rule, and reports how many were caught: exit 0 only at 100%.
+    Selftest {
+        /// The workspace root.
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// Print every mutant, not only escapes.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (workspace, ok) = match args.as_slice() {
-        [command] if command == "check" => (PathBuf::from("."), true),
-        [command, flag, dir] if command == "check" && flag == "--workspace" => (PathBuf::from(dir), true),
-        _ => (PathBuf::new(), false),
-    };
-    if !ok {
-        eprintln!("usage: guardrails check [--workspace DIR]");
-        return ExitCode::from(2);
-    }
-    match guardrails::check(&workspace.join("Cargo.toml"), &guardrails::agentd_rules()) {
-        Ok(findings) if findings.is_empty() => {
-            println!("guardrails: {} rules, no findings", guardrails::agentd_rules().len());
-            ExitCode::SUCCESS
-        }
-        Ok(findings) => {
-            for finding in &findings {
-                println!("{finding}\n");
-            }
-            println!("guardrails: {} findings", findings.len());
-            ExitCode::from(1)
-        }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(error) => {
-            eprintln!("guardrails: {error}");
-            ExitCode::from(2)
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
+    };
+    match cli.command {
+        Command::Check {
+            workspace,
+            config,
+            format,
+            offline,
+        } => {
+            let options = guardrails::Options {
+                offline,
+                ..Default::default()
+            };
+            let config_path = config.unwrap_or_else(|| workspace.join(guardrails::config::CONFIG_FILE));
+            let result = guardrails::Config::load(&config_path)
+                .and_then(|loaded| Ok((guardrails::check_with(&workspace, &loaded, &options)?, loaded)));
+            match result {
+                Ok((report, loaded)) => {
+                    let color = format == Format::Human && std::io::stdout().is_terminal();
+                    let text = guardrails::output::render(&report, &loaded, format, color);
+                    let _ = std::io::stdout().write_all(text.as_bytes());
+                    if report.findings.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(error) => {
+                    eprintln!("guardrails: error: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Selftest { workspace, verbose } => match guardrails::selftest::run(&workspace) {
+            Ok(outcome) => {
+                print!("{}", outcome.render(verbose));
+                if outcome.all_caught() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(error) => {
+                eprintln!("guardrails selftest: error: {error}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -1,57 +1,325 @@
-//! guardrails against this workspace (must be clean) and a fixture that breaks a rule.
+//! guardrails against fixture workspaces (one per reference form, edge kind, exemption failure
+//! and configuration error), against this workspace, and through its CLI.
+//!
+//! Each case in `tests/fixtures/cases/<name>/` is laid over `tests/fixtures/base/` in a temporary
+//! directory; its `expect.txt` lists exactly what the check must report:
+//! `<code> <file>:<line>:<column>` per finding, `chain <a -(kind)-> b ...>` per dependency chain,
+//! `exempted <n>`, or `error <Variant>` when the check must refuse to run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use guardrails::{Rule, agentd_rules, check};
+use guardrails::config::Date;
+use guardrails::{Error, Options, check_workspace};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn copy_into(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_into(&entry.path(), &target);
+        } else if entry.file_name() != "expect.txt" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The base fixture with `case` laid over it, in a fresh temporary directory.
+fn materialize(case: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_into(&fixtures().join("base"), dir.path());
+    if let Some(case) = case {
+        copy_into(&fixtures().join("cases").join(case), dir.path());
+    }
+    dir
+}
+
+fn options() -> Options {
+    Options {
+        offline: true,
+        today: Date::parse("2026-11-22"),
+        ..Options::default()
+    }
+}
+
+fn error_name(error: &Error) -> &'static str {
+    match error {
+        Error::Io { .. } => "Io",
+        Error::Config { .. } => "Config",
+        Error::Metadata { .. } => "Metadata",
+        Error::NoResolve => "NoResolve",
+        Error::UnknownCrate { .. } => "UnknownCrate",
+        Error::UnknownFunction { .. } => "UnknownFunction",
+        Error::UnknownScope { .. } => "UnknownScope",
+        Error::Selftest(_) => "Selftest",
+    }
+}
+
+/// What the check reports for `root`, in `expect.txt` form, sorted.
+fn observe(root: &Path) -> Vec<String> {
+    let mut lines = match check_workspace(root, None, &options()) {
+        Ok(report) => {
+            let mut lines = Vec::new();
+            for finding in &report.findings {
+                lines.push(format!(
+                    "{} {}:{}:{}",
+                    finding.code, finding.file, finding.span.line, finding.span.column
+                ));
+                if !finding.chain.is_empty() {
+                    lines.push(format!("chain {}", guardrails::report::chain_text(&finding.chain)));
+                }
+            }
+            if !report.exempted.is_empty() {
+                lines.push(format!("exempted {}", report.exempted.len()));
+            }
+            lines
+        }
+        Err(error) => vec![format!("error {}", error_name(&error))],
+    };
+    lines.sort();
+    lines
+}
 
 #[test]
-fn this_workspace_keeps_its_dependency_rules() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let findings = check(&root, &agentd_rules()).unwrap();
+fn every_case_reports_exactly_what_it_expects() {
+    let mut cases: Vec<String> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 50, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let expect_path = fixtures().join("cases").join(case).join("expect.txt");
+        let mut expected: Vec<String> = std::fs::read_to_string(&expect_path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        expected.sort();
+        let dir = materialize(Some(case));
+        let observed = observe(dir.path());
+        if observed != expected {
+            failures.push(format!("{case}:\n  expected {expected:?}\n  observed {observed:?}"));
+        }
+    }
     assert!(
-        findings.is_empty(),
-        "{}",
-        findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
     );
 }
 
 #[test]
-fn a_renamed_dev_dependency_on_the_runtime_is_caught() {
-    let fixture = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/violating");
-    for file in [
-        "Cargo.toml",
-        "control-plane/Cargo.toml",
-        "control-plane/src/lib.rs",
-        "agent-runtime/Cargo.toml",
-        "agent-runtime/src/lib.rs",
-    ] {
-        let target = fixture.path().join(file);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(source.join(file), target).unwrap();
-    }
-    let rules = vec![Rule {
-        name: "control-plane-never-runs-wasm",
-        from: vec!["control-plane"],
-        forbidden: vec!["agent-runtime"],
-        reason: "test",
-    }];
-    let findings = check(&fixture.path().join("Cargo.toml"), &rules).unwrap();
-    assert_eq!(findings.len(), 1);
-    assert_eq!(
-        findings[0].to_string().lines().next().unwrap(),
-        "error[forbidden-dependency] rule `control-plane-never-runs-wasm`: control-plane -(dev)-> agent-runtime"
+fn the_clean_fixture_with_look_alike_names_stays_clean() {
+    let dir = materialize(None);
+    let report = check_workspace(dir.path(), None, &options()).unwrap();
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    // The look-alikes were parsed, not skipped by the pre-filter.
+    assert!(report.stats.files_parsed >= 3, "{:?}", report.stats);
+}
+
+#[test]
+fn this_workspace_keeps_its_rules() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let report = check_workspace(&root, None, &Options::default()).unwrap();
+    assert!(
+        report.findings.is_empty(),
+        "{}",
+        guardrails::output::render(
+            &report,
+            &guardrails::Config::load(&root.join("guardrails.toml")).unwrap(),
+            guardrails::output::Format::Human,
+            false
+        )
+    );
+    // The tamper tests are exempt through ADR 0006, and nothing else.
+    assert!(
+        report
+            .exempted
+            .iter()
+            .all(|e| e.adr == "0006" && e.finding.target.is_test())
+    );
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_guardrails"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn exit_codes_are_0_clean_1_findings_2_errors() {
+    let clean = materialize(None);
+    let dirty = materialize(Some("transitive-3-hops"));
+    let broken = materialize(Some("error-unknown-crate"));
+    let path = |dir: &tempfile::TempDir| dir.path().to_str().unwrap().to_owned();
+
+    let (code, stdout, _) = cli(&["check", "--offline", "--workspace", &path(&clean)]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("no findings"), "{stdout}");
+
+    let (code, stdout, _) = cli(&["check", "--offline", "--workspace", &path(&dirty)]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("error[forbidden-dependency]"), "{stdout}");
+    assert!(stdout.contains("--> app/Cargo.toml:8:1"), "{stdout}");
+    assert!(
+        stdout.contains("chain: app -(normal)-> hop1 -(normal)-> hop2 -(normal)-> engine"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("^^^^"), "a labelled snippet: {stdout}");
+
+    let (code, _, stderr) = cli(&["check", "--offline", "--workspace", &path(&broken)]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("rule `app-never-reaches-engine` names `app-renamed`"),
+        "{stderr}"
     );
 
-    // A rule naming a crate that does not exist is an error, not a silent pass.
-    let stale = vec![Rule {
-        name: "stale",
-        from: vec!["no-such-crate"],
-        forbidden: vec![],
-        reason: "test",
-    }];
-    assert!(matches!(
-        check(&fixture.path().join("Cargo.toml"), &stale),
-        Err(guardrails::CheckError::UnknownCrate { .. })
-    ));
+    let (code, _, _) = cli(&["check", "--format", "yaml"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = cli(&["frobnicate"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn json_is_versioned_and_byte_identical_across_runs() {
+    let dir = materialize(Some("call-in-macro-through-alias"));
+    let args = [
+        "check",
+        "--offline",
+        "--format",
+        "json",
+        "--workspace",
+        dir.path().to_str().unwrap(),
+    ];
+    let (code, first, _) = cli(&args);
+    let (_, second, _) = cli(&args);
+    assert_eq!(code, 1);
+    assert_eq!(first, second);
+    let value: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(value["schema"], "guardrails.findings/v1");
+    assert_eq!(value["summary"]["findings"], 2);
+    let finding = &value["findings"][0];
+    for key in [
+        "code",
+        "rule",
+        "message",
+        "file",
+        "line",
+        "column",
+        "target",
+        "form",
+        "hint",
+        "fingerprint",
+    ] {
+        assert!(!finding[key].is_null(), "missing {key} in {finding}");
+    }
+    assert_eq!(finding["code"], "disallowed-caller");
+}
+
+#[test]
+fn sarif_is_2_1_0_with_rules_and_partial_fingerprints() {
+    let dir = materialize(Some("exemption-expired"));
+    let (code, stdout, _) = cli(&[
+        "check",
+        "--offline",
+        "--format",
+        "sarif",
+        "--workspace",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(value["version"], "2.1.0");
+    let run = &value["runs"][0];
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for result in results {
+        let index = result["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(rules[index]["id"], result["ruleId"]);
+        assert!(
+            result["partialFingerprints"]["guardrailsFinding/v1"]
+                .as_str()
+                .unwrap()
+                .len()
+                == 32
+        );
+        let region = &result["locations"][0]["physicalLocation"]["region"];
+        assert!(region["startLine"].as_u64().unwrap() >= 1);
+        assert!(region["startColumn"].as_u64().unwrap() >= 1);
+    }
+    assert!(results.iter().any(|r| r["ruleId"] == "exemption-expired"));
+    assert!(results.iter().any(|r| r["ruleId"] == "app-never-reaches-engine"));
+}
+
+#[test]
+fn github_annotations_escape_their_data() {
+    let dir = materialize(Some("edge-target-specific"));
+    let (code, stdout, _) = cli(&[
+        "check",
+        "--offline",
+        "--format",
+        "github",
+        "--workspace",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].starts_with("::error file=app/Cargo.toml,line=10,col=1,"),
+        "{}",
+        lines[0]
+    );
+    // Newlines in the message are escaped; the title's comma-free property survives.
+    assert!(lines[0].contains("%0Awhy: "), "{}", lines[0]);
+    assert!(lines[0].contains("title=guardrails forbidden-dependency (app-never-reaches-engine)::"));
+}
+
+#[test]
+fn fingerprints_survive_lines_moving() {
+    let dir = materialize(Some("use-path"));
+    let before = check_workspace(dir.path(), None, &options()).unwrap();
+    let lib = dir.path().join("app/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("//! moved down\n\n{text}")).unwrap();
+    let after = check_workspace(dir.path(), None, &options()).unwrap();
+    assert_eq!(before.findings[0].span.line + 2, after.findings[0].span.line);
+    assert_eq!(before.findings[0].fingerprint, after.findings[0].fingerprint);
+}
+
+#[test]
+fn selftest_catches_every_mutant_on_the_fixture() {
+    let dir = materialize(None);
+    let outcome = guardrails::selftest::run(dir.path()).unwrap();
+    assert!(outcome.all_caught(), "{}", outcome.render(false));
+    // Every source form, every edge kind and the 3-hop chain for the dependency rule, every
+    // call form for both allowlists, every literal form for the pattern.
+    assert!(outcome.mutants.len() >= 60, "{}", outcome.render(true));
+    let forms: std::collections::BTreeSet<&str> = outcome.mutants.iter().map(|m| m.form.as_str()).collect();
+    for form in [
+        "manifest-dev",
+        "manifest-transitive-3-hops",
+        "ufcs",
+        "macro-body-not-rust",
+        "include-manifest-dir",
+    ] {
+        assert!(forms.contains(form), "no {form} mutant");
+    }
 }

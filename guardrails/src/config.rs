@@ -1,0 +1,581 @@
+//! `guardrails.toml`: the rules, caller allowlists, forbidden patterns and exemptions.
+//!
+//! The file is parsed strictly (unknown keys are errors) and checked for shape here; whether
+//! the crates, functions and modules it names exist is checked against the workspace in
+//! [`crate::check`], so that a rename can never turn a rule off silently.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobMatcher};
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::Error;
+use crate::workspace::{EdgeKind, TargetKind};
+
+/// The only config schema version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The file name looked up at the workspace root.
+pub const CONFIG_FILE: &str = "guardrails.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its text (findings about exemptions point into it).
+    pub text: String,
+    /// `[[dependency-rule]]` entries.
+    pub dependency_rules: Vec<DependencyRule>,
+    /// `[[caller-allowlist]]` entries.
+    pub caller_allowlists: Vec<CallerAllowlist>,
+    /// `[[forbidden-pattern]]` entries.
+    pub patterns: Vec<ForbiddenPattern>,
+    /// `[[exemption]]` entries.
+    pub exemptions: Vec<Exemption>,
+}
+
+/// "Crates in `from` must never reach a crate in `forbidden`", in the manifest graph and in source.
+#[derive(Debug, Clone)]
+pub struct DependencyRule {
+    /// Stable kebab-case name.
+    pub name: String,
+    /// Source packages: package names, or a directory glob such as `plugins/*` matching member
+    /// directories relative to the workspace root.
+    pub from: Vec<String>,
+    /// Forbidden packages (members or registry crates); `@workspace` means every workspace
+    /// member other than the source itself.
+    pub forbidden: Vec<String>,
+    /// Edge kinds that count for the first hop (later hops follow normal edges, and build edges
+    /// when `build` is listed). Default: all three.
+    pub edges: Vec<EdgeKind>,
+    /// Whether test code counts: dev-dependency edges, `tests/`, `benches/`, `#[cfg(test)]`.
+    pub include_tests: bool,
+    /// Why the rule exists.
+    pub reason: String,
+    /// What to do instead.
+    pub hint: Option<String>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
+}
+
+/// "Only these modules or files may reference `function`."
+#[derive(Debug, Clone)]
+pub struct CallerAllowlist {
+    /// Stable kebab-case name.
+    pub name: String,
+    /// The function's full path: `control_plane::identity::with_system_identity`, or an
+    /// associated function `krate::module::Type::function`.
+    pub function: String,
+    /// Where references are allowed.
+    pub allowed: Vec<Scope>,
+    /// Why.
+    pub reason: String,
+    /// What to do instead.
+    pub hint: Option<String>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
+}
+
+/// Where a [`ForbiddenPattern`] looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchIn {
+    /// String literals only (also inside macro invocations): what SQL and the like live in.
+    StringLiterals,
+    /// The whole text, comments included.
+    Text,
+}
+
+/// "Text matching `regex` may appear only in the allowed modules or files."
+#[derive(Debug, Clone)]
+pub struct ForbiddenPattern {
+    /// Stable kebab-case name.
+    pub name: String,
+    /// The pattern.
+    pub regex: Regex,
+    /// A text the pattern must match (checked at load; `selftest` injects it).
+    pub example: String,
+    /// Literals only, or the whole text.
+    pub search: SearchIn,
+    /// Where it may appear.
+    pub allowed: Vec<Scope>,
+    /// Why.
+    pub reason: String,
+    /// What to do instead.
+    pub hint: Option<String>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
+}
+
+/// A place in the workspace: a module path prefix or a file glob.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// `control_plane::store`: that module and its submodules (per path segment).
+    Module(String),
+    /// `control-plane/tests/**`: files relative to the workspace root.
+    Files(String, GlobMatcher),
+}
+
+impl Scope {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.contains('/') || text.ends_with(".rs") || text.contains('*') {
+            let matcher = Glob::new(text)
+                .map_err(|error| format!("`{text}` is not a valid glob: {error}"))?
+                .compile_matcher();
+            Ok(Scope::Files(text.to_owned(), matcher))
+        } else if !text.is_empty()
+            && text
+                .split("::")
+                .all(|segment| !segment.is_empty() && segment.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        {
+            Ok(Scope::Module(text.to_owned()))
+        } else {
+            Err(format!(
+                "`{text}` is neither a module path (`krate::module`) nor a file glob (`dir/**/*.rs`)"
+            ))
+        }
+    }
+
+    /// Whether a place (relative file, module path) lies in this scope.
+    pub fn contains(&self, file: &str, module: Option<&str>) -> bool {
+        match self {
+            Scope::Files(_, matcher) => matcher.is_match(file),
+            Scope::Module(prefix) => module.is_some_and(|module| module_has_prefix(module, prefix)),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Module(module) => f.pad(module),
+            Scope::Files(glob, _) => f.pad(glob),
+        }
+    }
+}
+
+/// `a::b::c` has prefix `a::b` (per segment, so `a::bc` does not).
+pub fn module_has_prefix(module: &str, prefix: &str) -> bool {
+    module == prefix || module.strip_prefix(prefix).is_some_and(|rest| rest.starts_with("::"))
+}
+
+/// A calendar date (`YYYY-MM-DD`, proleptic Gregorian), enough for exemption expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Date {
+    /// Year.
+    pub year: i32,
+    /// Month, 1–12.
+    pub month: u32,
+    /// Day, 1–31.
+    pub day: u32,
+}
+
+impl Date {
+    /// Parses `YYYY-MM-DD`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split('-');
+        let (year, month, day) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || year.len() != 4 || month.len() != 2 || day.len() != 2 {
+            return None;
+        }
+        let date = Date {
+            year: year.parse().ok()?,
+            month: month.parse().ok()?,
+            day: day.parse().ok()?,
+        };
+        let leap = (date.year % 4 == 0 && date.year % 100 != 0) || date.year % 400 == 0;
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        ((1..=12).contains(&date.month) && date.day >= 1 && date.day <= days[date.month as usize - 1]).then_some(date)
+    }
+
+    /// Today in UTC, from the system clock.
+    pub fn today() -> Self {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        Self::from_days_since_epoch(i64::try_from(seconds / 86_400).unwrap_or(0))
+    }
+
+    /// The civil date `days` after 1970-01-01: Howard Hinnant's `civil_from_days`
+    /// (<https://howardhinnant.github.io/date_algorithms.html>).
+    pub fn from_days_since_epoch(days: i64) -> Self {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Date {
+            year: i32::try_from(year).unwrap_or(i32::MAX),
+            month: u32::try_from(month).unwrap_or(1),
+            day: u32::try_from(day).unwrap_or(1),
+        }
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&format!("{:04}-{:02}-{:02}", self.year, self.month, self.day))
+    }
+}
+
+/// A permission to break one rule in one narrow place, backed by an accepted ADR.
+#[derive(Debug, Clone)]
+pub struct Exemption {
+    /// The rule (dependency rule, caller allowlist or pattern) it exempts from.
+    pub rule: String,
+    /// Exactly one file (relative to the workspace root), e.g. `control-plane/Cargo.toml`.
+    pub file: Option<String>,
+    /// Or one module (and its submodules), e.g. `control_plane::legacy`.
+    pub module: Option<String>,
+    /// Optionally only this kind of code (`test`, `build`, ...). For manifest findings the
+    /// first edge's kind maps to `lib` (normal), `test` (dev) or `build` (build).
+    pub target: Option<TargetKind>,
+    /// Why.
+    pub reason: String,
+    /// The ADR as written: a number (`0006`) or a file name in `adr/`.
+    pub adr: String,
+    /// The last day it applies, if any.
+    pub expires: Option<Date>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    version: u32,
+    #[serde(default)]
+    dependency_rule: Vec<Spanned<RawDependencyRule>>,
+    #[serde(default)]
+    caller_allowlist: Vec<Spanned<RawCallerAllowlist>>,
+    #[serde(default)]
+    forbidden_pattern: Vec<Spanned<RawPattern>>,
+    #[serde(default)]
+    exemption: Vec<Spanned<RawExemption>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDependencyRule {
+    name: String,
+    from: Vec<String>,
+    forbidden: Vec<String>,
+    edges: Option<Vec<EdgeKind>>,
+    include_tests: Option<bool>,
+    reason: String,
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCallerAllowlist {
+    name: String,
+    function: String,
+    allowed: Vec<String>,
+    reason: String,
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPattern {
+    name: String,
+    regex: String,
+    example: String,
+    search: Option<SearchIn>,
+    allowed: Vec<String>,
+    reason: String,
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawExemption {
+    rule: String,
+    file: Option<String>,
+    module: Option<String>,
+    target: Option<TargetKind>,
+    reason: String,
+    adr: String,
+    expires: Option<String>,
+}
+
+/// 1-based line of byte `offset` in `text`.
+pub fn line_of(text: &str, offset: usize) -> u32 {
+    let offset = offset.min(text.len());
+    u32::try_from(text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1).unwrap_or(u32::MAX)
+}
+
+fn is_kebab(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('-')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+}
+
+impl Config {
+    /// Reads and shape-checks `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when it cannot be read, [`Error::Config`] naming the line and the problem
+    /// for anything malformed: TOML syntax, an unknown key, a wrong version, a rule name that
+    /// is not kebab-case or is used twice, an empty list, a bad regex or glob, an example the
+    /// regex does not match, an exemption without exactly one scope or naming no known rule,
+    /// an empty reason, a bad date.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Shape-checks `text` as if read from `path`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn parse(path: &Path, text: String) -> Result<Self, Error> {
+        let bad = |line: u32, message: String| Error::Config {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let raw: RawConfig = toml::from_str(&text).map_err(|error| {
+            let line = error.span().map_or(1, |span| line_of(&text, span.start));
+            bad(line, error.message().to_owned())
+        })?;
+        if raw.version != CONFIG_VERSION {
+            return Err(bad(
+                1,
+                format!(
+                    "version {} is not supported (this guardrails reads version {CONFIG_VERSION})",
+                    raw.version
+                ),
+            ));
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut claim = |name: &str, line: u32| -> Result<(), Error> {
+            if !is_kebab(name) {
+                return Err(bad(line, format!("rule name `{name}` must be kebab-case")));
+            }
+            if names.iter().any(|known| known == name) {
+                return Err(bad(line, format!("rule name `{name}` is used twice")));
+            }
+            names.push(name.to_owned());
+            Ok(())
+        };
+        let scopes = |list: &[String], line: u32, what: &str| -> Result<Vec<Scope>, Error> {
+            if list.is_empty() {
+                return Err(bad(line, format!("`{what}` must not be empty")));
+            }
+            list.iter()
+                .map(|entry| Scope::parse(entry).map_err(|message| bad(line, message)))
+                .collect()
+        };
+        let require = |value: &str, line: u32, what: &str| -> Result<(), Error> {
+            if value.trim().is_empty() {
+                Err(bad(line, format!("`{what}` must not be empty")))
+            } else {
+                Ok(())
+            }
+        };
+
+        let mut dependency_rules = Vec::new();
+        for entry in raw.dependency_rule {
+            let line = line_of(&text, entry.span().start);
+            let rule = entry.into_inner();
+            claim(&rule.name, line)?;
+            require(&rule.reason, line, "reason")?;
+            if rule.from.is_empty() || rule.forbidden.is_empty() {
+                return Err(bad(
+                    line,
+                    format!("rule `{}`: `from` and `forbidden` must not be empty", rule.name),
+                ));
+            }
+            let mut edges = rule.edges.unwrap_or_else(|| EdgeKind::ALL.to_vec());
+            if edges.is_empty() {
+                return Err(bad(line, format!("rule `{}`: `edges` must not be empty", rule.name)));
+            }
+            edges.sort();
+            edges.dedup();
+            dependency_rules.push(DependencyRule {
+                name: rule.name,
+                from: rule.from,
+                forbidden: rule.forbidden,
+                edges,
+                include_tests: rule.include_tests.unwrap_or(true),
+                reason: rule.reason,
+                hint: rule.hint,
+                line,
+            });
+        }
+
+        let mut caller_allowlists = Vec::new();
+        for entry in raw.caller_allowlist {
+            let line = line_of(&text, entry.span().start);
+            let list = entry.into_inner();
+            claim(&list.name, line)?;
+            require(&list.reason, line, "reason")?;
+            let segments: Vec<&str> = list.function.split("::").collect();
+            if segments.len() < 2
+                || segments
+                    .iter()
+                    .any(|s| s.is_empty() || !s.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            {
+                return Err(bad(
+                    line,
+                    format!(
+                        "function `{}` must be a full path such as `krate::module::function`",
+                        list.function
+                    ),
+                ));
+            }
+            caller_allowlists.push(CallerAllowlist {
+                allowed: scopes(&list.allowed, line, "allowed")?,
+                name: list.name,
+                function: list.function,
+                reason: list.reason,
+                hint: list.hint,
+                line,
+            });
+        }
+
+        let mut patterns = Vec::new();
+        for entry in raw.forbidden_pattern {
+            let line = line_of(&text, entry.span().start);
+            let pattern = entry.into_inner();
+            claim(&pattern.name, line)?;
+            require(&pattern.reason, line, "reason")?;
+            let regex = Regex::new(&pattern.regex)
+                .map_err(|error| bad(line, format!("pattern `{}`: bad regex: {error}", pattern.name)))?;
+            if !regex.is_match(&pattern.example) {
+                return Err(bad(
+                    line,
+                    format!(
+                        "pattern `{}`: its example {:?} does not match its regex, so the rule may match nothing",
+                        pattern.name, pattern.example
+                    ),
+                ));
+            }
+            patterns.push(ForbiddenPattern {
+                allowed: scopes(&pattern.allowed, line, "allowed")?,
+                name: pattern.name,
+                regex,
+                example: pattern.example,
+                search: pattern.search.unwrap_or(SearchIn::StringLiterals),
+                reason: pattern.reason,
+                hint: pattern.hint,
+                line,
+            });
+        }
+
+        let mut exemptions = Vec::new();
+        for entry in raw.exemption {
+            let line = line_of(&text, entry.span().start);
+            let exemption = entry.into_inner();
+            if !names.iter().any(|name| name == &exemption.rule) {
+                return Err(bad(
+                    line,
+                    format!("exemption names rule `{}`, which does not exist", exemption.rule),
+                ));
+            }
+            require(&exemption.reason, line, "reason")?;
+            require(&exemption.adr, line, "adr")?;
+            match (&exemption.file, &exemption.module) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(bad(
+                        line,
+                        format!(
+                            "exemption from `{}` must name exactly one of `file` or `module`",
+                            exemption.rule
+                        ),
+                    ));
+                }
+            }
+            if let Some(file) = &exemption.file
+                && (file.contains('*') || file.contains('?') || file.contains('['))
+            {
+                return Err(bad(
+                    line,
+                    format!("exemption `file` must be one file, not a glob: `{file}`"),
+                ));
+            }
+            let expires = match &exemption.expires {
+                None => None,
+                Some(text) => Some(
+                    Date::parse(text)
+                        .ok_or_else(|| bad(line, format!("`expires` must be a date YYYY-MM-DD, not `{text}`")))?,
+                ),
+            };
+            exemptions.push(Exemption {
+                rule: exemption.rule,
+                file: exemption.file,
+                module: exemption.module,
+                target: exemption.target,
+                reason: exemption.reason,
+                adr: exemption.adr,
+                expires,
+                line,
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            text,
+            dependency_rules,
+            caller_allowlists,
+            patterns,
+            exemptions,
+        })
+    }
+
+    /// Number of rules of all kinds.
+    pub fn rule_count(&self) -> usize {
+        self.dependency_rules.len() + self.caller_allowlists.len() + self.patterns.len()
+    }
+
+    /// The reason and hint of the rule called `name`.
+    pub fn rule_text(&self, name: &str) -> Option<(&str, Option<&str>)> {
+        self.dependency_rules
+            .iter()
+            .map(|r| (&r.name, &r.reason, &r.hint))
+            .chain(self.caller_allowlists.iter().map(|r| (&r.name, &r.reason, &r.hint)))
+            .chain(self.patterns.iter().map(|r| (&r.name, &r.reason, &r.hint)))
+            .find(|(rule, _, _)| *rule == name)
+            .map(|(_, reason, hint)| (reason.as_str(), hint.as_deref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip_through_days() {
+        assert_eq!(Date::from_days_since_epoch(0).to_string(), "1970-01-01");
+        assert_eq!(Date::from_days_since_epoch(20_779).to_string(), "2026-11-22");
+        assert_eq!(Date::from_days_since_epoch(11_016).to_string(), "2000-02-29");
+        assert!(Date::parse("2026-02-29").is_none());
+        assert!(Date::parse("2024-02-29").is_some());
+        assert!(Date::parse("2026-1-01").is_none());
+        assert!(Date::parse("2026-13-01").is_none());
+    }
+
+    #[test]
+    fn module_prefixes_are_per_segment() {
+        assert!(module_has_prefix("a::b::c", "a::b"));
+        assert!(module_has_prefix("a::b", "a::b"));
+        assert!(!module_has_prefix("a::bc", "a::b"));
+    }
+}
