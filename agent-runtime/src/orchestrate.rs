@@ -2,8 +2,8 @@
 //! every dispatch, including a step resumed after approval.
 
 use control_plane::{
-    ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, NewApproval, Principal, StepContext,
-    StoreError, TraceContext, Verdict,
+    ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, NewApproval, Obligation,
+    Principal, StepContext, StoreError, TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
@@ -37,7 +37,7 @@ pub enum StepOutcome {
         /// The verdict.
         decision: Decision,
         /// The stored request.
-        approval: ApprovalRequest,
+        approval: Box<ApprovalRequest>,
     },
 }
 
@@ -58,6 +58,9 @@ pub enum StepError {
         /// What is wrong.
         source: EnvelopeError,
     },
+    /// The verdict carries an obligation this runtime cannot fulfil, so it did not dispatch.
+    #[error("the verdict obliges `{}`, which this runtime cannot fulfil; the step did not run", .0 .0)]
+    UnsupportedObligation(Obligation),
     /// The approved component is no longer loaded.
     #[error("approval {id} was granted for {skill} with digest {digest}, which is no longer loaded")]
     SkillChanged {
@@ -76,7 +79,9 @@ impl StepError {
         match self {
             StepError::Store(error) => error.is_retryable(),
             StepError::Approval(error) => error.is_retryable(),
-            StepError::StoredRequest { .. } | StepError::SkillChanged { .. } => false,
+            StepError::StoredRequest { .. } | StepError::SkillChanged { .. } | StepError::UnsupportedObligation(_) => {
+                false
+            }
         }
     }
 }
@@ -85,6 +90,9 @@ impl StepError {
 pub fn input_digest(input_json: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(input_json.as_bytes())))
 }
+
+/// Obligations this runtime fulfils: it always records the output's digest in the audit log.
+pub const SUPPORTED_OBLIGATIONS: &[&str] = &["record-output-digest"];
 
 /// Governs and, if allowed, dispatches one step of a new run.
 ///
@@ -103,6 +111,19 @@ pub async fn run_step(
         step_id: "step-1".to_owned(),
         traceparent: TraceContext::new_root().to_string(),
     };
+    govern_step(runtime, control_plane, principal, context, skill_id, request, None).await
+}
+
+/// Governs a step and then dispatches it, asks for approval, or reports the denial.
+async fn govern_step(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: StepContext,
+    skill_id: &str,
+    request: &InvokeRequest,
+    parent_id: Option<i64>,
+) -> Result<StepOutcome, StepError> {
     let skill = runtime.lookup(skill_id);
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
@@ -115,53 +136,59 @@ pub async fn run_step(
             &digest,
         )
         .await?;
-    let (grants, skill) = match (&decision.verdict, skill) {
-        (Verdict::Allow { grants }, Some(skill)) => (grants.clone(), skill),
-        (Verdict::RequireApproval { reviewer_role, .. }, Some(skill)) => {
+    let skill = match (&decision.verdict, skill) {
+        (Verdict::Allow { .. }, Some(skill)) => skill,
+        (
+            Verdict::RequireApproval {
+                reviewer_role,
+                quorum,
+                expires_at_ms,
+                allowed_decisions,
+                ..
+            },
+            Some(skill),
+        ) => {
             let approval = control_plane
                 .request_approval(&NewApproval {
                     requester: principal.clone(),
+                    acting_agent: principal.subject.clone(),
                     run_id: context.run_id.clone(),
                     step_id: context.step_id.clone(),
                     traceparent: context.traceparent.clone(),
-                    skill_id: skill.summary.id.clone(),
-                    skill_version: skill.summary.version.to_string(),
-                    skill_digest: skill.summary.digest.clone(),
+                    skill: skill.summary.clone(),
                     input_digest: digest,
                     request_json: serde_json::to_string(request).unwrap_or_default(),
                     policy_version: decision.policy_version.clone(),
                     reviewer_role: *reviewer_role,
+                    quorum: *quorum,
+                    expires_at_ms: *expires_at_ms,
+                    allowed_decisions: allowed_decisions.clone(),
+                    parent_id,
                 })
                 .await?;
             return Ok(StepOutcome::AwaitingApproval {
                 context,
                 decision,
-                approval,
+                approval: Box::new(approval),
             });
         }
         _ => return Ok(StepOutcome::Denied { context, decision }),
     };
-    dispatch_and_record(
-        runtime,
-        control_plane,
-        principal,
-        context,
-        decision,
-        &skill,
-        input_json,
-        grants,
-    )
-    .await
+    dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json).await
 }
 
-/// Resumes the step an approved request was waiting on: governs it again as the requester,
-/// consumes the approval (bound to tenant, component digest, input digest and policy version)
-/// and dispatches.
+/// Carries on the step an approval request was waiting on, after its decision:
+///
+/// - **approved**: governs it again as the requester, consumes the approval (bound to tenant,
+///   run, step, skill, component digest, input digest and policy version) and dispatches;
+/// - **modified**: governs the reviewer's edited request as a new step attempt (same run and
+///   step): it may run, be denied, or wait for a new approval request linked to this one.
 ///
 /// # Errors
 ///
-/// [`StepError::Approval`] when the request is missing, not approved, already consumed, or no
-/// longer matches; [`StepError::SkillChanged`] when the approved component is gone.
+/// [`StepError::Approval`] when the request is missing, undecided, denied, expired, already
+/// consumed, or no longer matches; [`StepError::SkillChanged`] when the approved component is
+/// gone.
 pub async fn resume_approved(
     runtime: &Runtime,
     control_plane: &ControlPlane,
@@ -173,6 +200,32 @@ pub async fn resume_approved(
         .approval(tenant, approval_id)
         .await?
         .ok_or(ApprovalError::NotFound { id: approval_id })?;
+    let principal = approval.requester_principal();
+    let parent: Option<TraceContext> = approval.traceparent.parse().ok();
+    let context = StepContext {
+        run_id: approval.run_id.clone(),
+        step_id: approval.step_id.clone(),
+        traceparent: parent
+            .map_or_else(TraceContext::new_root, |parent| parent.child())
+            .to_string(),
+    };
+    if approval.status == ApprovalStatus::Modified {
+        let edited = approval.modified_request_json.as_deref().unwrap_or_default();
+        let request = InvokeRequest::parse(edited).map_err(|source| StepError::StoredRequest {
+            id: approval_id,
+            source,
+        })?;
+        return govern_step(
+            runtime,
+            control_plane,
+            &principal,
+            context,
+            &approval.skill.id,
+            &request,
+            Some(approval_id),
+        )
+        .await;
+    }
     // Checked here so that a request that cannot be consumed is not governed (and audited) again;
     // the consumption below is still the compare-and-set that decides.
     if approval.status != ApprovalStatus::Approved {
@@ -187,38 +240,34 @@ pub async fn resume_approved(
         source,
     })?;
     let skill = runtime
-        .lookup_digest(&approval.skill_id, &approval.skill_digest)
+        .lookup_digest(&approval.skill.id, &approval.skill.digest)
         .ok_or_else(|| StepError::SkillChanged {
             id: approval_id,
-            skill: approval.skill_id.clone(),
-            digest: approval.skill_digest.clone(),
+            skill: approval.skill.id.clone(),
+            digest: approval.skill.digest.clone(),
         })?;
-    let principal = approval.requester_principal();
-    let parent: Option<TraceContext> = approval.traceparent.parse().ok();
-    let context = StepContext {
-        run_id: approval.run_id.clone(),
-        step_id: approval.step_id.clone(),
-        traceparent: parent
-            .map_or_else(TraceContext::new_root, |parent| parent.child())
-            .to_string(),
-    };
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
     let decision = control_plane
-        .govern(&principal, &context, &approval.skill_id, Some(&skill.summary), &digest)
+        .govern(&principal, &context, &approval.skill.id, Some(&skill.summary), &digest)
         .await?;
-    let grants = match &decision.verdict {
-        Verdict::RequireApproval { grants, .. } | Verdict::Allow { grants } => grants.clone(),
-        Verdict::Deny { .. } => return Ok(StepOutcome::Denied { context, decision }),
-    };
+    if let Verdict::Deny { .. } = &decision.verdict {
+        return Ok(StepOutcome::Denied { context, decision });
+    }
     control_plane
         .store()
         .consume_approval(
             approval_id,
-            tenant,
-            &skill.summary.digest,
-            &digest,
-            &decision.policy_version,
+            &ApprovalBinding {
+                tenant: tenant.to_owned(),
+                run_id: approval.run_id.clone(),
+                step_id: approval.step_id.clone(),
+                skill_id: skill.summary.id.clone(),
+                skill_digest: skill.summary.digest.clone(),
+                input_digest: digest,
+                policy_version: decision.policy_version.clone(),
+            },
+            control_plane::now_ms(),
         )
         .await?;
     dispatch_and_record(
@@ -229,12 +278,10 @@ pub async fn resume_approved(
         decision,
         &skill,
         input_json,
-        grants,
     )
     .await
 }
 
-#[expect(clippy::too_many_arguments, reason = "one private call site per public entry point")]
 async fn dispatch_and_record(
     runtime: &Runtime,
     control_plane: &ControlPlane,
@@ -243,8 +290,22 @@ async fn dispatch_and_record(
     decision: Decision,
     skill: &crate::runtime::LoadedSkill,
     input_json: String,
-    grants: Vec<plugin_abi::Capability>,
 ) -> Result<StepOutcome, StepError> {
+    if let Some(obligation) = decision
+        .verdict
+        .obligations()
+        .iter()
+        .find(|obligation| !SUPPORTED_OBLIGATIONS.contains(&obligation.0.as_str()))
+    {
+        let refused = serde_json::json!({
+            "skill_id": skill.summary.id,
+            "outcome": "refused",
+            "reason": format!("unsupported obligation `{}`", obligation.0),
+        });
+        control_plane.record_dispatch(principal, &context, &refused).await?;
+        return Err(StepError::UnsupportedObligation(obligation.clone()));
+    }
+    let grants = decision.grants();
     let request = DispatchRequest {
         run_id: context.run_id.clone(),
         step_id: context.step_id.clone(),

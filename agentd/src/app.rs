@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use agent_runtime::{Outcome, Runtime, RuntimeConfig, StepOutcome};
 use anyhow::{Context, Result};
-use control_plane::{ApprovalRequest, ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal, Store, Verdict};
+use control_plane::{
+    ApprovalRequest, ApprovalStatus, ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal,
+    ReviewDecisionKind, Store, Verdict,
+};
 use plugin_abi::InvokeRequest;
 
 /// Where agentd keeps and finds things.
@@ -115,22 +118,29 @@ impl App {
         Ok(StepReport::from(outcome))
     }
 
-    /// Records the approval, then resumes the waiting step.
-    pub async fn approve(
+    /// Records a reviewer's answer (policy, separation of duties, quorum and expiry are checked
+    /// by the control plane). When the answer completes the request as approved or modified, the
+    /// waiting step resumes (a modified step is governed again with the edited input); while the
+    /// quorum is not reached, no step is returned.
+    pub async fn review(
         &self,
         reviewer: &Principal,
         id: i64,
+        decision: ReviewDecisionKind,
         reason: Option<&str>,
-    ) -> Result<(ApprovalRequest, StepReport)> {
+        modified_request_json: Option<&str>,
+    ) -> Result<(ApprovalRequest, Option<StepReport>)> {
         let decided = self
             .control_plane
-            .store()
-            .decide_approval(id, reviewer, true, reason)
+            .review(id, reviewer, decision, reason, modified_request_json)
             .await?;
+        if !matches!(decided.status, ApprovalStatus::Approved | ApprovalStatus::Modified) {
+            return Ok((decided, None));
+        }
         let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &reviewer.tenant, id)
             .await
-            .with_context(|| format!("approval #{id} was recorded, but the step could not resume"))?;
-        Ok((decided, StepReport::from(outcome)))
+            .with_context(|| format!("the answer to approval #{id} was recorded, but the step could not resume"))?;
+        Ok((decided, Some(StepReport::from(outcome))))
     }
 }
 
@@ -226,7 +236,7 @@ pub fn print_step(report: &StepReport, json: bool) {
             );
         }
         StepReport::Denied { run_id, decision } => {
-            if let Verdict::Deny { kind, reasons } = &decision.verdict {
+            if let Verdict::Deny { kind, reasons, .. } = &decision.verdict {
                 println!("denied (run {run_id}, {kind:?}): {}", reasons.join("; "));
             }
         }

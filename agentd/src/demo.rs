@@ -205,16 +205,30 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     ));
     match app
         .control_plane
-        .store()
-        .decide_approval(approval_id, &agent, true, None)
+        .review(
+            approval_id,
+            &agent,
+            control_plane::ReviewDecisionKind::Approve,
+            None,
+            None,
+        )
         .await
     {
         Err(error) => say(format!("  demo-agent tries to approve it: refused ({error})")),
         Ok(_) => bail!("the requester was able to approve its own request"),
     }
     let (_, resumed) = app
-        .approve(&reviewer, approval_id, Some("demo: summary contains counts only"))
+        .review(
+            &reviewer,
+            approval_id,
+            control_plane::ReviewDecisionKind::Approve,
+            Some("demo: summary contains counts only"),
+            None,
+        )
         .await?;
+    let Some(resumed) = resumed else {
+        bail!("publish-report did not resume after approval");
+    };
     let StepReport::Completed { report, .. } = &resumed else {
         bail!("publish-report did not complete after approval: {resumed:?}");
     };

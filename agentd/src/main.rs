@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use control_plane::{ApprovalStatus, ChainVerification, Role};
+use control_plane::{ApprovalRequest, ApprovalStatus, ChainVerification, ReviewDecisionKind, Role};
 
 use crate::app::{App, Paths, StepReport, print_step};
 
@@ -113,13 +113,14 @@ enum TokenCommand {
 enum HitlCommand {
     /// List approval requests in your tenant.
     List {
-        /// Only requests in this status (pending, approved, denied, consumed).
+        /// Only requests in this status (pending, approved, denied, modified, expired, cancelled,
+        /// consumed).
         #[arg(long)]
         status: Option<String>,
         #[command(flatten)]
         token: TokenArg,
     },
-    /// Approve a request; the waiting step then runs.
+    /// Approve a request; once the quorum is reached the waiting step runs.
     Approve {
         /// Request id.
         id: i64,
@@ -139,6 +140,30 @@ enum HitlCommand {
     },
     /// Deny a request.
     Deny {
+        /// Request id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Answer a request with an edited input (an `agentd.invoke.v1` envelope); the edited step
+    /// is governed again and may run, be denied, or wait for a new approval.
+    Modify {
+        /// Request id.
+        id: i64,
+        /// File holding the edited envelope, or `-` for standard input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Withdraw a pending request (its requester or an admin).
+    Cancel {
         /// Request id.
         id: i64,
         /// Why.
@@ -190,6 +215,39 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the outcome of a review answer and, if the step resumed, the step.
+fn print_review(decided: &ApprovalRequest, step: Option<&StepReport>, reviewer: &str, json: bool) -> Exit {
+    match step {
+        Some(step) => {
+            if !json {
+                println!("approval request #{} {} by {reviewer}", decided.id, decided.status);
+            }
+            print_step(step, json);
+            step_exit(step)
+        }
+        None => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(decided).unwrap_or_default());
+            } else if decided.status == ApprovalStatus::Pending {
+                println!(
+                    "answer recorded on approval request #{}: {} of {} approvals, {} of {} denials; still pending",
+                    decided.id,
+                    decided.approvals(),
+                    decided.quorum.required,
+                    decided.denials(),
+                    decided.quorum.deny_threshold
+                );
+            } else {
+                println!(
+                    "approval request #{} {} by {reviewer}; the step will not run",
+                    decided.id, decided.status
+                );
+            }
+            Exit::Success
         }
     }
 }
@@ -260,15 +318,19 @@ async fn execute(cli: Cli) -> Result<Exit> {
             } else {
                 for request in requests {
                     println!(
-                        "#{:<4} {:<9} {} {} requested by {} (run {}, input {}), needs {}",
+                        "#{:<4} {:<9} {} {} requested by {} (run {}, input {}), needs {} of {} {}s ({} so far), expires at {} ms",
                         request.id,
                         request.status,
-                        request.skill_id,
-                        request.skill_version,
+                        request.skill.id,
+                        request.skill.version,
                         request.requester,
                         request.run_id,
                         &request.input_digest[..19.min(request.input_digest.len())],
-                        request.reviewer_role
+                        request.quorum.required,
+                        request.quorum.required,
+                        request.reviewer_role,
+                        request.approvals(),
+                        request.expires_at_ms,
                     );
                 }
             }
@@ -277,12 +339,48 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Hitl(HitlCommand::Approve { id, reason, token }) => {
             let app = App::open(&paths).await?;
             let reviewer = app.authenticate(&token.token)?;
-            let (decided, step) = app.approve(&reviewer, id, reason.as_deref()).await?;
-            if !json {
-                println!("approval request #{} approved by {}", decided.id, reviewer.subject);
+            let (decided, step) = app
+                .review(&reviewer, id, ReviewDecisionKind::Approve, reason.as_deref(), None)
+                .await?;
+            Ok(print_review(&decided, step.as_ref(), &reviewer.subject, json))
+        }
+        Command::Hitl(HitlCommand::Modify {
+            id,
+            input,
+            reason,
+            token,
+        }) => {
+            let text = app::read_input(&input)?;
+            let edited =
+                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            let edited = serde_json::to_string(&edited)?;
+            let app = App::open(&paths).await?;
+            let reviewer = app.authenticate(&token.token)?;
+            let (decided, step) = app
+                .review(
+                    &reviewer,
+                    id,
+                    ReviewDecisionKind::Modify,
+                    reason.as_deref(),
+                    Some(&edited),
+                )
+                .await?;
+            Ok(print_review(&decided, step.as_ref(), &reviewer.subject, json))
+        }
+        Command::Hitl(HitlCommand::Cancel { id, reason, token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let cancelled = app
+                .control_plane
+                .store()
+                .cancel_approval(id, &caller, reason.as_deref(), control_plane::now_ms())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cancelled)?);
+            } else {
+                println!("approval request #{id} cancelled by {}", caller.subject);
             }
-            print_step(&step, json);
-            Ok(step_exit(&step))
+            Ok(Exit::Success)
         }
         Command::Hitl(HitlCommand::Resume { id, token }) => {
             let app = App::open(&paths).await?;
@@ -292,22 +390,12 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(step_exit(&step))
         }
         Command::Hitl(HitlCommand::Deny { id, reason, token }) => {
-            let app = App::open_control_plane(&paths).await?;
+            let app = App::open(&paths).await?;
             let reviewer = app.authenticate(&token.token)?;
-            let decided = app
-                .control_plane
-                .store()
-                .decide_approval(id, &reviewer, false, reason.as_deref())
+            let (decided, step) = app
+                .review(&reviewer, id, ReviewDecisionKind::Deny, reason.as_deref(), None)
                 .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&decided)?);
-            } else {
-                println!(
-                    "approval request #{} denied by {}; the step will not run",
-                    decided.id, reviewer.subject
-                );
-            }
-            Ok(Exit::Success)
+            Ok(print_review(&decided, step.as_ref(), &reviewer.subject, json))
         }
         Command::Audit(AuditCommand::Verify) => {
             let app = App::open_control_plane(&paths).await?;

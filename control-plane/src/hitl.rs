@@ -1,38 +1,86 @@
 //! Human in the loop: durable approval requests and the rules for deciding them.
 //!
-//! A request is `pending` until a reviewer approves or denies it (once; a compare-and-set in
-//! [`Store::decide_approval`](crate::store::Store::decide_approval)); an approved request is
-//! `consumed` by exactly one dispatch that matches what was approved.
+//! A request is a state machine, persisted before anyone is told about it:
+//!
+//! ```text
+//! Pending -> Approved -> Consumed          (quorum of distinct approvals; one dispatch)
+//! Pending -> Denied                        (deny threshold reached)
+//! Pending -> Modified                      (a reviewer edited the input; the edit is governed anew)
+//! Pending | Approved -> Expired            (the stored expires_at passed: counts as denied)
+//! Pending -> Cancelled                     (the requester or an admin withdrew it)
+//! ```
+//!
+//! Every transition is a compare-and-set inside one `BEGIN IMMEDIATE` transaction with its audit
+//! entry ([`Store::cast_vote`](crate::store::Store::cast_vote)), so exactly one terminal
+//! transition happens even with concurrent reviewers. Expiry is decided from the stored
+//! `expires_at_ms`, never from a client's wait.
 
 use std::fmt;
 use std::str::FromStr;
 
+use plugin_abi::SkillSummary;
+
+use crate::governance::{Quorum, ReviewDecisionKind};
 use crate::identity::{Principal, Role};
 use crate::store::StoreError;
 
 /// Where an approval request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalStatus {
-    /// Waiting for a reviewer.
+    /// Waiting for reviewers.
     Pending,
-    /// Approved; not yet dispatched.
+    /// Approved by the quorum; not yet dispatched.
     Approved,
     /// Denied; terminal.
     Denied,
+    /// A reviewer edited the input; terminal (the edited step is a new request).
+    Modified,
+    /// Its `expires_at_ms` passed before it was decided or dispatched; terminal, counts as denied.
+    Expired,
+    /// Withdrawn by the requester or an admin; terminal.
+    Cancelled,
     /// Approved and dispatched; terminal.
     Consumed,
 }
 
 impl ApprovalStatus {
+    /// Every status.
+    pub const ALL: [ApprovalStatus; 7] = [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Denied,
+        ApprovalStatus::Modified,
+        ApprovalStatus::Expired,
+        ApprovalStatus::Cancelled,
+        ApprovalStatus::Consumed,
+    ];
+
     /// The status's name as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             ApprovalStatus::Pending => "pending",
             ApprovalStatus::Approved => "approved",
             ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Modified => "modified",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Cancelled => "cancelled",
             ApprovalStatus::Consumed => "consumed",
         }
+    }
+
+    /// Whether no further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ApprovalStatus::Pending | ApprovalStatus::Approved)
+    }
+
+    /// The transition table: whether `self -> next` is legal.
+    pub fn can_become(self, next: ApprovalStatus) -> bool {
+        use ApprovalStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Approved | Denied | Modified | Expired | Cancelled) | (Approved, Consumed | Expired)
+        )
     }
 }
 
@@ -44,48 +92,83 @@ impl fmt::Display for ApprovalStatus {
 
 /// Error of [`ApprovalStatus::from_str`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown approval status `{0}`: expected pending, approved, denied or consumed")]
+#[error("unknown approval status `{0}`: expected pending, approved, denied, modified, expired, cancelled or consumed")]
 pub struct ApprovalStatusParseError(pub String);
 
 impl FromStr for ApprovalStatus {
     type Err = ApprovalStatusParseError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "pending" => Ok(ApprovalStatus::Pending),
-            "approved" => Ok(ApprovalStatus::Approved),
-            "denied" => Ok(ApprovalStatus::Denied),
-            "consumed" => Ok(ApprovalStatus::Consumed),
-            other => Err(ApprovalStatusParseError(other.to_owned())),
-        }
+        ApprovalStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| ApprovalStatusParseError(text.to_owned()))
     }
+}
+
+/// One reviewer's answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Vote {
+    /// The reviewer's subject.
+    pub reviewer: String,
+    /// What they answered.
+    pub decision: ReviewDecisionKind,
+    /// Why.
+    pub reason: Option<String>,
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// What a dispatch offers when it consumes an approval; every field must equal what was approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalBinding {
+    /// Tenant.
+    pub tenant: String,
+    /// Run id.
+    pub run_id: String,
+    /// Step id.
+    pub step_id: String,
+    /// Skill id.
+    pub skill_id: String,
+    /// `sha256:<hex>` of the component.
+    pub skill_digest: String,
+    /// `sha256:<hex>` of the input.
+    pub input_digest: String,
+    /// Policy version the dispatch was governed under.
+    pub policy_version: String,
 }
 
 /// What is asked to be approved.
 #[derive(Debug, Clone)]
 pub struct NewApproval {
-    /// Who asked (the acting agent).
+    /// On whose behalf the step runs.
     pub requester: Principal,
+    /// The subject of the agent acting (may differ from the requester); it may not review.
+    pub acting_agent: String,
     /// The run the step belongs to.
     pub run_id: String,
     /// The step awaiting approval.
     pub step_id: String,
     /// W3C `traceparent` of the step.
     pub traceparent: String,
-    /// Skill id.
-    pub skill_id: String,
-    /// Skill version.
-    pub skill_version: String,
-    /// `sha256:<hex>` of the component.
-    pub skill_digest: String,
+    /// The skill as governed (id, version, digest, side effect, capabilities).
+    pub skill: SkillSummary,
     /// `sha256:<hex>` of the input JSON text.
     pub input_digest: String,
     /// The full `agentd.invoke.v1` request, so the run can resume after the decision.
     pub request_json: String,
     /// Policy version the verdict was made under.
     pub policy_version: String,
-    /// Role a reviewer must hold.
+    /// Role every reviewer must hold.
     pub reviewer_role: Role,
+    /// Approvals needed and denials that deny.
+    pub quorum: Quorum,
+    /// When the request expires, ms since the Unix epoch.
+    pub expires_at_ms: i64,
+    /// What reviewers may answer.
+    pub allowed_decisions: Vec<ReviewDecisionKind>,
+    /// The request this one replaces after a reviewer modified its input.
+    pub parent_id: Option<i64>,
 }
 
 /// A stored approval request.
@@ -101,34 +184,44 @@ pub struct ApprovalRequest {
     pub requester: String,
     /// Requester's roles when asking; the resumed step is governed with them again.
     pub requester_roles: std::collections::BTreeSet<Role>,
+    /// Subject of the acting agent.
+    pub acting_agent: String,
     /// Run id.
     pub run_id: String,
     /// Step id.
     pub step_id: String,
     /// W3C `traceparent`.
     pub traceparent: String,
-    /// Skill id.
-    pub skill_id: String,
-    /// Skill version.
-    pub skill_version: String,
-    /// Component digest the approval binds.
-    pub skill_digest: String,
+    /// The skill as governed.
+    pub skill: SkillSummary,
     /// Input digest the approval binds.
     pub input_digest: String,
     /// The stored `agentd.invoke.v1` request.
     pub request_json: String,
     /// Policy version the approval binds.
     pub policy_version: String,
-    /// Role a reviewer must hold.
+    /// Role every reviewer must hold.
     pub reviewer_role: Role,
+    /// Approvals needed and denials that deny.
+    pub quorum: Quorum,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_at_ms: i64,
+    /// What reviewers may answer.
+    pub allowed_decisions: Vec<ReviewDecisionKind>,
+    /// The request this one replaces, after a modification.
+    pub parent_id: Option<i64>,
     /// Current status.
     pub status: ApprovalStatus,
-    /// Reviewer's subject, once decided.
+    /// Votes so far, oldest first.
+    pub votes: Vec<Vote>,
+    /// Who made the terminal transition (the last voter, the canceller, `system:approval-expiry`).
     pub decided_by: Option<String>,
-    /// Decision time, ms since the Unix epoch.
+    /// Time of the terminal (or approving) transition, ms since the Unix epoch.
     pub decided_at_ms: Option<i64>,
-    /// Reviewer's reason.
+    /// The deciding reason.
     pub decision_reason: Option<String>,
+    /// For a modified request: the edited `agentd.invoke.v1` request.
+    pub modified_request_json: Option<String>,
     /// Consumption time, ms since the Unix epoch.
     pub consumed_at_ms: Option<i64>,
 }
@@ -150,21 +243,71 @@ pub enum ApprovalError {
         /// The role needed.
         required: Role,
     },
-    /// The reviewer is the requester (separation of duties).
-    #[error("approval request {id} was requested by you; another reviewer must decide it")]
+    /// Policy does not let this reviewer review this skill, tenant and risk tier.
+    #[error("approval request {id}: {reason}")]
+    ReviewNotPermitted {
+        /// The id.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The reviewer is the requester or the acting agent (separation of duties).
+    #[error("approval request {id}: you are its {who}; another reviewer must decide it (separation of duties)")]
     SelfApproval {
         /// The id.
         id: i64,
+        /// `requester` or `acting agent`.
+        who: &'static str,
     },
-    /// The request was already decided.
-    #[error("approval request {id} was already decided ({status} by `{decided_by}`); a decision is recorded once")]
+    /// This reviewer already voted (quorum needs distinct reviewers).
+    #[error("you already answered approval request {id} ({decision}); a quorum needs distinct reviewers")]
+    AlreadyVoted {
+        /// The id.
+        id: i64,
+        /// The earlier answer.
+        decision: ReviewDecisionKind,
+    },
+    /// The answer is not among the request's allowed decisions.
+    #[error("approval request {id} does not accept `{decision}`; allowed: {allowed}")]
+    DecisionNotAllowed {
+        /// The id.
+        id: i64,
+        /// The answer given.
+        decision: ReviewDecisionKind,
+        /// The allowed answers, comma-separated.
+        allowed: String,
+    },
+    /// A modification needs the edited request, and only a modification takes one.
+    #[error("approval request {id}: {message}")]
+    BadModification {
+        /// The id.
+        id: i64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request is no longer pending.
+    #[error("approval request {id} was already decided ({status}{}); a decision is recorded once", decided_by.as_deref().map(|by| format!(" by `{by}`")).unwrap_or_default())]
     AlreadyDecided {
         /// The id.
         id: i64,
         /// Its status.
         status: ApprovalStatus,
         /// Who decided it.
-        decided_by: String,
+        decided_by: Option<String>,
+    },
+    /// The request expired (its stored `expires_at_ms` passed); it now counts as denied.
+    #[error("approval request {id} expired at {expires_at_ms} ms since the epoch and counts as denied")]
+    Expired {
+        /// The id.
+        id: i64,
+        /// Its expiry.
+        expires_at_ms: i64,
+    },
+    /// Only the requester or an admin may cancel.
+    #[error("approval request {id} can be cancelled only by its requester or an admin")]
+    NotAllowedToCancel {
+        /// The id.
+        id: i64,
     },
     /// Dispatch needs an approved request.
     #[error("approval request {id} is {status}, not approved")]
@@ -179,7 +322,8 @@ pub enum ApprovalError {
     BindingMismatch {
         /// The id.
         id: i64,
-        /// What differs: skill digest, input digest or policy version.
+        /// What differs: tenant, run id, step id, skill id, skill digest, input digest or policy
+        /// version.
         what: &'static str,
         /// What was approved.
         bound: String,
@@ -202,6 +346,28 @@ impl ApprovalError {
 }
 
 impl ApprovalRequest {
+    /// Approving votes so far.
+    pub fn approvals(&self) -> u32 {
+        u32::try_from(
+            self.votes
+                .iter()
+                .filter(|v| v.decision == ReviewDecisionKind::Approve)
+                .count(),
+        )
+        .unwrap_or(u32::MAX)
+    }
+
+    /// Denying votes so far.
+    pub fn denials(&self) -> u32 {
+        u32::try_from(
+            self.votes
+                .iter()
+                .filter(|v| v.decision == ReviewDecisionKind::Deny)
+                .count(),
+        )
+        .unwrap_or(u32::MAX)
+    }
+
     /// The requester as they were when asking: the principal a resumed step runs as.
     pub fn requester_principal(&self) -> Principal {
         Principal {

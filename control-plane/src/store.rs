@@ -1,7 +1,7 @@
 //! The control plane's durable state: one SQLite file (WAL, `synchronous=FULL`) through sqlx.
 //!
-//! Tables: `audit` (append-only, hash-chained; triggers refuse UPDATE and DELETE) and
-//! `approvals` (HITL requests). Every state change and its audit entry are written in one
+//! Tables: `audit` (append-only, hash-chained; triggers refuse UPDATE and DELETE), `approvals`
+//! (HITL requests) and `approval_votes` (one answer per reviewer and request). Every state change and its audit entry are written in one
 //! `BEGIN IMMEDIATE` transaction, so the audit trail never misses a change and two writers never
 //! fork the chain. **Architecture invariant:** only this module writes the `audit` table.
 
@@ -12,16 +12,18 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::hitl::{ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval};
+use crate::governance::{Quorum, ReviewDecisionKind};
+use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 use crate::identity::Principal;
 
-/// Schema version stored in `PRAGMA user_version`; a file with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version stored in `PRAGMA user_version`; a file with a newer one is refused, an older
+/// one is migrated in place (in one transaction) when opened.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `prev_hash` of the first audit entry: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-const SCHEMA: &str = r#"
+const AUDIT_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
     seq            INTEGER PRIMARY KEY,
     recorded_at_ms INTEGER NOT NULL,
@@ -36,30 +38,74 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
 
+const APPROVALS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS approvals (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at_ms   INTEGER NOT NULL,
-    tenant          TEXT    NOT NULL,
-    requester       TEXT    NOT NULL,
-    requester_roles TEXT    NOT NULL,
-    run_id          TEXT    NOT NULL,
-    step_id         TEXT    NOT NULL,
-    traceparent     TEXT    NOT NULL,
-    skill_id        TEXT    NOT NULL,
-    skill_version   TEXT    NOT NULL,
-    skill_digest    TEXT    NOT NULL,
-    input_digest    TEXT    NOT NULL,
-    request_json    TEXT    NOT NULL,
-    policy_version  TEXT    NOT NULL,
-    reviewer_role   TEXT    NOT NULL,
-    status          TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'consumed')),
-    decided_by      TEXT,
-    decided_at_ms   INTEGER,
-    decision_reason TEXT,
-    consumed_at_ms  INTEGER
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at_ms         INTEGER NOT NULL,
+    tenant                TEXT    NOT NULL,
+    requester             TEXT    NOT NULL,
+    requester_roles       TEXT    NOT NULL,
+    acting_agent          TEXT    NOT NULL,
+    run_id                TEXT    NOT NULL,
+    step_id               TEXT    NOT NULL,
+    traceparent           TEXT    NOT NULL,
+    skill_json            TEXT    NOT NULL,
+    skill_id              TEXT    NOT NULL,
+    skill_digest          TEXT    NOT NULL,
+    input_digest          TEXT    NOT NULL,
+    request_json          TEXT    NOT NULL,
+    policy_version        TEXT    NOT NULL,
+    reviewer_role         TEXT    NOT NULL,
+    quorum_required       INTEGER NOT NULL CHECK (quorum_required >= 1),
+    deny_threshold        INTEGER NOT NULL CHECK (deny_threshold >= 1),
+    expires_at_ms         INTEGER NOT NULL,
+    allowed_decisions     TEXT    NOT NULL,
+    parent_id             INTEGER REFERENCES approvals (id),
+    status                TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'modified', 'expired', 'cancelled', 'consumed')),
+    decided_by            TEXT,
+    decided_at_ms         INTEGER,
+    decision_reason       TEXT,
+    modified_request_json TEXT,
+    consumed_at_ms        INTEGER
 );
 CREATE INDEX IF NOT EXISTS approvals_by_tenant_status ON approvals (tenant, status);
+CREATE INDEX IF NOT EXISTS approvals_by_expiry ON approvals (status, expires_at_ms);
+CREATE TABLE IF NOT EXISTS approval_votes (
+    approval_id INTEGER NOT NULL REFERENCES approvals (id),
+    reviewer    TEXT    NOT NULL,
+    decision    TEXT    NOT NULL CHECK (decision IN ('approve', 'deny', 'modify')),
+    reason      TEXT,
+    at_ms       INTEGER NOT NULL,
+    PRIMARY KEY (approval_id, reviewer)
+);
+"#;
+
+/// Schema 1 -> 2: approvals gain the acting agent, the governed skill, quorum, expiry, allowed
+/// decisions, a parent link and per-reviewer votes. Existing requests keep their ids, status and
+/// decision; they get the defaults of schema 1's behaviour (quorum 1 of 1, approve or deny) and
+/// expire a day after creation, as the new default policy would have said.
+const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE approvals RENAME TO approvals_v1;
+DROP INDEX IF EXISTS approvals_by_tenant_status;
+"#;
+
+const MIGRATE_1_TO_2_COPY: &str = r#"
+INSERT INTO approvals (id, created_at_ms, tenant, requester, requester_roles, acting_agent, run_id, step_id, traceparent,
+    skill_json, skill_id, skill_digest, input_digest, request_json, policy_version, reviewer_role, quorum_required,
+    deny_threshold, expires_at_ms, allowed_decisions, parent_id, status, decided_by, decided_at_ms, decision_reason,
+    modified_request_json, consumed_at_ms)
+SELECT id, created_at_ms, tenant, requester, requester_roles, requester, run_id, step_id, traceparent,
+    json_object('id', skill_id, 'version', skill_version, 'side_effect', 'effectful', 'capabilities', json('[]'),
+        'digest', skill_digest),
+    skill_id, skill_digest, input_digest, request_json, policy_version, reviewer_role, 1, 1, created_at_ms + 86400000,
+    'approve,deny', NULL, status, decided_by, decided_at_ms, decision_reason, NULL, consumed_at_ms
+FROM approvals_v1;
+INSERT INTO approval_votes (approval_id, reviewer, decision, reason, at_ms)
+SELECT id, decided_by, CASE status WHEN 'denied' THEN 'deny' ELSE 'approve' END, decision_reason, decided_at_ms
+FROM approvals_v1 WHERE decided_by IS NOT NULL AND decided_at_ms IS NOT NULL;
+DROP TABLE approvals_v1;
 "#;
 
 /// A storage failure. Verdicts and approval rules are not errors of this kind.
@@ -224,11 +270,45 @@ impl Store {
                 found,
             });
         }
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
-        sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .execute(&pool)
+        // Create or migrate in one transaction: a crash leaves the old schema, never half of it.
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await.map_err(open_error)?;
+        let found: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *transaction)
             .await
             .map_err(open_error)?;
+        if found < SCHEMA_VERSION {
+            let has_v1_approvals: bool = sqlx::query_scalar(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'",
+            )
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(open_error)?;
+            sqlx::raw_sql(AUDIT_SCHEMA)
+                .execute(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+            if found == 1 && has_v1_approvals {
+                sqlx::raw_sql(MIGRATE_1_TO_2)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(open_error)?;
+            }
+            sqlx::raw_sql(APPROVALS_SCHEMA)
+                .execute(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+            if found == 1 && has_v1_approvals {
+                sqlx::raw_sql(MIGRATE_1_TO_2_COPY)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(open_error)?;
+            }
+            sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .execute(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+        }
+        transaction.commit().await.map_err(open_error)?;
         Ok(Store {
             pool,
             path: path.to_owned(),
@@ -296,7 +376,8 @@ impl Store {
         Ok(verify_chain(&entries))
     }
 
-    /// Stores a new pending approval request and audits it, atomically.
+    /// Stores a new pending approval request and audits it, atomically: the request exists
+    /// before anyone can be told about it.
     ///
     /// # Errors
     ///
@@ -306,26 +387,34 @@ impl Store {
         request: &NewApproval,
         audit_payload: &serde_json::Value,
     ) -> Result<ApprovalRequest, StoreError> {
+        let corrupt = |error: serde_json::Error| StoreError::Corrupt(error.to_string());
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO approvals (created_at_ms, tenant, requester, requester_roles, run_id, step_id, traceparent, skill_id, skill_version,
-                 skill_digest, input_digest, request_json, policy_version, reviewer_role, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') RETURNING id",
+            "INSERT INTO approvals (created_at_ms, tenant, requester, requester_roles, acting_agent, run_id, step_id,
+                 traceparent, skill_json, skill_id, skill_digest, input_digest, request_json, policy_version, reviewer_role,
+                 quorum_required, deny_threshold, expires_at_ms, allowed_decisions, parent_id, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') RETURNING id",
         )
         .bind(now_ms())
         .bind(&request.requester.tenant)
         .bind(&request.requester.subject)
-        .bind(serde_json::to_string(&request.requester.roles).map_err(|error| StoreError::Corrupt(error.to_string()))?)
+        .bind(serde_json::to_string(&request.requester.roles).map_err(corrupt)?)
+        .bind(&request.acting_agent)
         .bind(&request.run_id)
         .bind(&request.step_id)
         .bind(&request.traceparent)
-        .bind(&request.skill_id)
-        .bind(&request.skill_version)
-        .bind(&request.skill_digest)
+        .bind(serde_json::to_string(&request.skill).map_err(corrupt)?)
+        .bind(&request.skill.id)
+        .bind(&request.skill.digest)
         .bind(&request.input_digest)
         .bind(&request.request_json)
         .bind(&request.policy_version)
         .bind(request.reviewer_role.as_str())
+        .bind(i64::from(request.quorum.required.max(1)))
+        .bind(i64::from(request.quorum.deny_threshold.max(1)))
+        .bind(request.expires_at_ms)
+        .bind(decisions_text(&request.allowed_decisions))
+        .bind(request.parent_id)
         .fetch_one(&mut *transaction)
         .await?;
         let mut payload = audit_payload.clone();
@@ -349,15 +438,21 @@ impl Store {
         status: Option<ApprovalStatus>,
     ) -> Result<Vec<ApprovalRequest>, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        let rows = sqlx::query(&format!(
-            "{APPROVAL_COLUMNS} WHERE tenant = ? AND (? IS NULL OR status = ?) ORDER BY id DESC"
-        ))
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM approvals WHERE tenant = ? AND (? IS NULL OR status = ?) ORDER BY id DESC",
+        )
         .bind(tenant)
         .bind(status.map(ApprovalStatus::as_str))
         .bind(status.map(ApprovalStatus::as_str))
         .fetch_all(&mut *connection)
         .await?;
-        rows.iter().map(approval_from_row).collect()
+        let mut requests = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(request) = fetch_approval(&mut connection, id).await? {
+                requests.push(request);
+            }
+        }
+        Ok(requests)
     }
 
     /// One approval request of `tenant`.
@@ -372,21 +467,31 @@ impl Store {
             .filter(|request| request.tenant == tenant))
     }
 
-    /// Records a reviewer's decision on a pending request, exactly once, with its audit entry.
+    /// Records one reviewer's answer to a pending request at `now_ms`, with its audit entry, and
+    /// makes the transition the answer completes: approved once `quorum.required` distinct
+    /// reviewers approved, denied once `quorum.deny_threshold` denied, modified at the first
+    /// modification (`modified_request_json` is the edited request).
     ///
-    /// The transition is a compare-and-set on `status = 'pending'`, so of two concurrent
-    /// reviewers exactly one succeeds. Separation of duties: the reviewer must hold the request's
-    /// reviewer role, act in its tenant, and not be its requester.
+    /// Everything happens in one `BEGIN IMMEDIATE` transaction and the status change is a
+    /// compare-and-set on `status = 'pending'`, so concurrent reviewers produce exactly one
+    /// terminal transition. A request past its stored `expires_at_ms` becomes `expired`
+    /// (audited) and the answer is refused. Separation of duties: the reviewer holds the
+    /// request's role, acts in its tenant, and is neither the requester nor the acting agent;
+    /// policy permission to review is checked by the caller
+    /// ([`ControlPlane::review`](crate::ControlPlane::review)).
     ///
     /// # Errors
     ///
-    /// [`ApprovalError`] naming the broken rule; the stored request is unchanged then.
-    pub async fn decide_approval(
+    /// [`ApprovalError`] naming the broken rule; the stored request is unchanged then (except
+    /// for an expiry, which is recorded).
+    pub async fn cast_vote(
         &self,
         id: i64,
         reviewer: &Principal,
-        approve: bool,
+        decision: ReviewDecisionKind,
         reason: Option<&str>,
+        modified_request_json: Option<&str>,
+        now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let mut transaction = self
             .pool
@@ -397,6 +502,21 @@ impl Store {
             .await?
             .filter(|request| request.tenant == reviewer.tenant)
             .ok_or(ApprovalError::NotFound { id })?;
+        if request.status == ApprovalStatus::Pending && now_ms >= request.expires_at_ms {
+            expire_in(&mut transaction, &request, now_ms).await?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Err(ApprovalError::Expired {
+                id,
+                expires_at_ms: request.expires_at_ms,
+            });
+        }
+        if request.status != ApprovalStatus::Pending {
+            return Err(ApprovalError::AlreadyDecided {
+                id,
+                status: request.status,
+                decided_by: request.decided_by,
+            });
+        }
         if !reviewer.has_role(request.reviewer_role) {
             return Err(ApprovalError::NotAReviewer {
                 id,
@@ -404,19 +524,149 @@ impl Store {
             });
         }
         if reviewer.subject == request.requester {
-            return Err(ApprovalError::SelfApproval { id });
+            return Err(ApprovalError::SelfApproval { id, who: "requester" });
         }
-        let status = if approve {
-            ApprovalStatus::Approved
-        } else {
-            ApprovalStatus::Denied
-        };
-        let updated = sqlx::query(
-            "UPDATE approvals SET status = ?, decided_by = ?, decided_at_ms = ?, decision_reason = ? WHERE id = ? AND status = 'pending'",
+        if reviewer.subject == request.acting_agent {
+            return Err(ApprovalError::SelfApproval {
+                id,
+                who: "acting agent",
+            });
+        }
+        if !request.allowed_decisions.contains(&decision) {
+            return Err(ApprovalError::DecisionNotAllowed {
+                id,
+                decision,
+                allowed: decisions_text(&request.allowed_decisions),
+            });
+        }
+        match (decision, modified_request_json) {
+            (ReviewDecisionKind::Modify, None) => {
+                return Err(ApprovalError::BadModification {
+                    id,
+                    message: "a modification needs the edited request".into(),
+                });
+            }
+            (ReviewDecisionKind::Approve | ReviewDecisionKind::Deny, Some(_)) => {
+                return Err(ApprovalError::BadModification {
+                    id,
+                    message: "only a modification carries an edited request".into(),
+                });
+            }
+            _ => {}
+        }
+        if let Some(earlier) = request.votes.iter().find(|vote| vote.reviewer == reviewer.subject) {
+            return Err(ApprovalError::AlreadyVoted {
+                id,
+                decision: earlier.decision,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO approval_votes (approval_id, reviewer, decision, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
         )
-        .bind(status.as_str())
+        .bind(id)
         .bind(&reviewer.subject)
-        .bind(now_ms())
+        .bind(decision.as_str())
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let approvals = request.approvals() + u32::from(decision == ReviewDecisionKind::Approve);
+        let denials = request.denials() + u32::from(decision == ReviewDecisionKind::Deny);
+        let next = match decision {
+            ReviewDecisionKind::Modify => Some(ApprovalStatus::Modified),
+            _ if denials >= request.quorum.deny_threshold => Some(ApprovalStatus::Denied),
+            _ if approvals >= request.quorum.required => Some(ApprovalStatus::Approved),
+            _ => None,
+        };
+        if let Some(next) = next {
+            let updated = sqlx::query(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at_ms = ?, decision_reason = ?,
+                     modified_request_json = ? WHERE id = ? AND status = 'pending'",
+            )
+            .bind(next.as_str())
+            .bind(&reviewer.subject)
+            .bind(now_ms)
+            .bind(reason)
+            .bind(modified_request_json)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            if updated.rows_affected() != 1 {
+                return Err(ApprovalError::AlreadyDecided {
+                    id,
+                    status: request.status,
+                    decided_by: request.decided_by,
+                });
+            }
+        }
+        let payload = serde_json::json!({
+            "approval_id": id,
+            "vote": decision.as_str(),
+            "reviewer": reviewer.subject,
+            "reviewer_roles": reviewer.roles,
+            "reason": reason,
+            "approvals": approvals,
+            "denials": denials,
+            "quorum": request.quorum,
+            "status": next.unwrap_or(ApprovalStatus::Pending).as_str(),
+            "modified_request_digest": modified_request_json.map(|text| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))),
+            "requester": request.requester,
+            "acting_agent": request.acting_agent,
+            "run_id": request.run_id,
+            "step_id": request.step_id,
+            "traceparent": request.traceparent,
+            "skill_id": request.skill.id,
+            "skill_version": request.skill.version.to_string(),
+            "skill_digest": request.skill.digest,
+            "input_digest": request.input_digest,
+            "policy_version": request.policy_version,
+        });
+        let kind = if next.is_some() {
+            "approval-decision"
+        } else {
+            "approval-vote"
+        };
+        append_in(&mut transaction, kind, reviewer, &payload).await?;
+        let decided = fetch_approval(&mut transaction, id)
+            .await?
+            .ok_or(ApprovalError::NotFound { id })?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(decided)
+    }
+
+    /// Withdraws a pending request: only its requester or an admin of its tenant may.
+    ///
+    /// # Errors
+    ///
+    /// [`ApprovalError::NotAllowedToCancel`], [`ApprovalError::AlreadyDecided`],
+    /// [`ApprovalError::NotFound`], or a store error.
+    pub async fn cancel_approval(
+        &self,
+        id: i64,
+        principal: &Principal,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
+        let request = fetch_approval(&mut transaction, id)
+            .await?
+            .filter(|request| request.tenant == principal.tenant)
+            .ok_or(ApprovalError::NotFound { id })?;
+        if principal.subject != request.requester && !principal.has_role(crate::identity::Role::Admin) {
+            return Err(ApprovalError::NotAllowedToCancel { id });
+        }
+        let updated = sqlx::query(
+            "UPDATE approvals SET status = 'cancelled', decided_by = ?, decided_at_ms = ?, decision_reason = ?
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(&principal.subject)
+        .bind(now_ms)
         .bind(reason)
         .bind(id)
         .execute(&mut *transaction)
@@ -426,48 +676,60 @@ impl Store {
             return Err(ApprovalError::AlreadyDecided {
                 id,
                 status: request.status,
-                decided_by: request.decided_by.unwrap_or_default(),
+                decided_by: request.decided_by,
             });
         }
         let payload = serde_json::json!({
-            "approval_id": id,
-            "decision": status.as_str(),
-            "reviewer": reviewer.subject,
-            "requester": request.requester,
-            "reason": reason,
-            "run_id": request.run_id,
-            "step_id": request.step_id,
-            "traceparent": request.traceparent,
-            "skill_id": request.skill_id,
-            "skill_version": request.skill_version,
-            "skill_digest": request.skill_digest,
-            "input_digest": request.input_digest,
+            "approval_id": id, "status": "cancelled", "reason": reason, "run_id": request.run_id,
+            "step_id": request.step_id, "skill_id": request.skill.id, "input_digest": request.input_digest,
             "policy_version": request.policy_version,
         });
-        append_in(&mut transaction, "approval-decision", reviewer, &payload).await?;
-        let decided = fetch_approval(&mut transaction, id)
+        append_in(&mut transaction, "approval-decision", principal, &payload).await?;
+        let cancelled = fetch_approval(&mut transaction, id)
             .await?
             .ok_or(ApprovalError::NotFound { id })?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(decided)
+        Ok(cancelled)
+    }
+
+    /// Expires every pending or approved-but-unconsumed request whose stored `expires_at_ms`
+    /// is at or before `now_ms` (each audited as decided by `system:approval-expiry`), and
+    /// returns their ids.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`]; no request is expired then.
+    pub async fn expire_due(&self, now_ms: i64) -> Result<Vec<i64>, StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM approvals WHERE status IN ('pending', 'approved') AND expires_at_ms <= ? ORDER BY id",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *transaction)
+        .await?;
+        for &id in &ids {
+            if let Some(request) = fetch_approval(&mut transaction, id).await? {
+                expire_in(&mut transaction, &request, now_ms).await?;
+            }
+        }
+        transaction.commit().await?;
+        Ok(ids)
     }
 
     /// Consumes an approved request for the dispatch it was granted for, exactly once.
     ///
-    /// The approval binds the tenant, skill digest, input digest and policy version; any
-    /// difference, or a second consumption, is refused.
+    /// The approval binds tenant, run id, step id, skill id, skill digest, input digest and
+    /// policy version; any difference, a second consumption or an expired approval is refused.
     ///
     /// # Errors
     ///
-    /// [`ApprovalError::NotApproved`], [`ApprovalError::BindingMismatch`] or
-    /// [`ApprovalError::NotFound`].
+    /// [`ApprovalError::NotApproved`], [`ApprovalError::BindingMismatch`],
+    /// [`ApprovalError::Expired`] or [`ApprovalError::NotFound`].
     pub async fn consume_approval(
         &self,
         id: i64,
-        tenant: &str,
-        skill_digest: &str,
-        input_digest: &str,
-        policy_version: &str,
+        binding: &ApprovalBinding,
+        now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let mut transaction = self
             .pool
@@ -476,8 +738,16 @@ impl Store {
             .map_err(StoreError::from)?;
         let request = fetch_approval(&mut transaction, id)
             .await?
-            .filter(|request| request.tenant == tenant)
+            .filter(|request| request.tenant == binding.tenant)
             .ok_or(ApprovalError::NotFound { id })?;
+        if request.status == ApprovalStatus::Approved && now_ms >= request.expires_at_ms {
+            expire_in(&mut transaction, &request, now_ms).await?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Err(ApprovalError::Expired {
+                id,
+                expires_at_ms: request.expires_at_ms,
+            });
+        }
         if request.status != ApprovalStatus::Approved {
             return Err(ApprovalError::NotApproved {
                 id,
@@ -485,23 +755,26 @@ impl Store {
             });
         }
         for (what, bound, offered) in [
-            ("skill digest", &request.skill_digest, skill_digest),
-            ("input digest", &request.input_digest, input_digest),
-            ("policy version", &request.policy_version, policy_version),
+            ("run id", &request.run_id, &binding.run_id),
+            ("step id", &request.step_id, &binding.step_id),
+            ("skill id", &request.skill.id, &binding.skill_id),
+            ("skill digest", &request.skill.digest, &binding.skill_digest),
+            ("input digest", &request.input_digest, &binding.input_digest),
+            ("policy version", &request.policy_version, &binding.policy_version),
         ] {
             if bound != offered {
                 return Err(ApprovalError::BindingMismatch {
                     id,
                     what,
                     bound: bound.clone(),
-                    offered: offered.to_owned(),
+                    offered: offered.clone(),
                 });
             }
         }
         let updated = sqlx::query(
             "UPDATE approvals SET status = 'consumed', consumed_at_ms = ? WHERE id = ? AND status = 'approved'",
         )
-        .bind(now_ms())
+        .bind(now_ms)
         .bind(id)
         .execute(&mut *transaction)
         .await
@@ -520,21 +793,83 @@ impl Store {
     }
 }
 
-const APPROVAL_COLUMNS: &str = "SELECT id, created_at_ms, tenant, requester, requester_roles, run_id, step_id, traceparent, skill_id, skill_version, skill_digest,
-    input_digest, request_json, policy_version, reviewer_role, status, decided_by, decided_at_ms, decision_reason, consumed_at_ms FROM approvals";
+fn decisions_text(decisions: &[ReviewDecisionKind]) -> String {
+    decisions.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// Moves a pending or approved request to `expired` inside an open transaction, audited as
+/// decided by the system principal `system:approval-expiry`.
+async fn expire_in(
+    connection: &mut SqliteConnection,
+    request: &ApprovalRequest,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE approvals SET status = 'expired', decided_by = ?, decided_at_ms = ?, decision_reason = ?
+         WHERE id = ? AND status IN ('pending', 'approved')",
+    )
+    .bind("system:approval-expiry")
+    .bind(now_ms)
+    .bind("expired: counts as denied")
+    .bind(request.id)
+    .execute(&mut *connection)
+    .await?;
+    if updated.rows_affected() == 1 {
+        let system =
+            crate::identity::with_system_identity("approval-expiry", &request.tenant, &[crate::identity::Role::Admin])
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let payload = serde_json::json!({
+            "approval_id": request.id, "status": "expired", "was": request.status.as_str(),
+            "expires_at_ms": request.expires_at_ms, "run_id": request.run_id, "step_id": request.step_id,
+            "skill_id": request.skill.id, "input_digest": request.input_digest, "policy_version": request.policy_version,
+        });
+        append_in(connection, "approval-decision", &system, &payload).await?;
+    }
+    Ok(())
+}
+
+const APPROVAL_COLUMNS: &str = "SELECT id, created_at_ms, tenant, requester, requester_roles, acting_agent, run_id, step_id,
+    traceparent, skill_json, input_digest, request_json, policy_version, reviewer_role, quorum_required, deny_threshold,
+    expires_at_ms, allowed_decisions, parent_id, status, decided_by, decided_at_ms, decision_reason, modified_request_json,
+    consumed_at_ms FROM approvals";
 
 async fn fetch_approval(connection: &mut SqliteConnection, id: i64) -> Result<Option<ApprovalRequest>, StoreError> {
     let row = sqlx::query(&format!("{APPROVAL_COLUMNS} WHERE id = ?"))
         .bind(id)
-        .fetch_optional(connection)
+        .fetch_optional(&mut *connection)
         .await?;
-    row.as_ref().map(approval_from_row).transpose()
+    let Some(row) = row else { return Ok(None) };
+    let mut request = approval_from_row(&row)?;
+    let votes = sqlx::query(
+        "SELECT reviewer, decision, reason, at_ms FROM approval_votes WHERE approval_id = ? ORDER BY at_ms, reviewer",
+    )
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    for vote in votes {
+        let decision: String = vote.try_get("decision")?;
+        request.votes.push(Vote {
+            reviewer: vote.try_get("reviewer")?,
+            decision: decision
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("vote decision `{decision}`")))?,
+            reason: vote.try_get("reason")?,
+            at_ms: vote.try_get("at_ms")?,
+        });
+    }
+    Ok(Some(request))
 }
 
 fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, StoreError> {
     let status: String = row.try_get("status")?;
     let reviewer_role: String = row.try_get("reviewer_role")?;
     let requester_roles: String = row.try_get("requester_roles")?;
+    let skill_json: String = row.try_get("skill_json")?;
+    let allowed: String = row.try_get("allowed_decisions")?;
+    let count = |column: &str| -> Result<u32, StoreError> {
+        let value: i64 = row.try_get(column)?;
+        u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} {value}")))
+    };
     Ok(ApprovalRequest {
         id: row.try_get("id")?,
         created_at_ms: row.try_get("created_at_ms")?,
@@ -542,24 +877,37 @@ fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, S
         requester: row.try_get("requester")?,
         requester_roles: serde_json::from_str(&requester_roles)
             .map_err(|_| StoreError::Corrupt(format!("requester roles `{requester_roles}`")))?,
+        acting_agent: row.try_get("acting_agent")?,
         run_id: row.try_get("run_id")?,
         step_id: row.try_get("step_id")?,
         traceparent: row.try_get("traceparent")?,
-        skill_id: row.try_get("skill_id")?,
-        skill_version: row.try_get("skill_version")?,
-        skill_digest: row.try_get("skill_digest")?,
+        skill: serde_json::from_str(&skill_json)
+            .map_err(|error| StoreError::Corrupt(format!("skill `{skill_json}`: {error}")))?,
         input_digest: row.try_get("input_digest")?,
         request_json: row.try_get("request_json")?,
         policy_version: row.try_get("policy_version")?,
         reviewer_role: reviewer_role
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("reviewer role `{reviewer_role}`")))?,
+        quorum: Quorum {
+            required: count("quorum_required")?,
+            deny_threshold: count("deny_threshold")?,
+        },
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        allowed_decisions: allowed
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| StoreError::Corrupt(format!("allowed decisions `{allowed}`")))?,
+        parent_id: row.try_get("parent_id")?,
         status: status
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("approval status `{status}`")))?,
+        votes: Vec::new(),
         decided_by: row.try_get("decided_by")?,
         decided_at_ms: row.try_get("decided_at_ms")?,
         decision_reason: row.try_get("decision_reason")?,
+        modified_request_json: row.try_get("modified_request_json")?,
         consumed_at_ms: row.try_get("consumed_at_ms")?,
     })
 }

@@ -114,13 +114,13 @@ fn self_approval_and_missing_requests_are_refused() {
     check_refused(
         &env,
         &["hitl", "approve", "1", "--token", &alice_reviewer],
-        "was requested by you; another reviewer must decide it",
+        "you are its requester; another reviewer must decide it",
         2,
     );
     check_refused(
         &env,
         &["hitl", "approve", "1", "--token", &agent_and_reviewer],
-        "needs a principal with the `reviewer` role",
+        "no policy permits `alice@acme` to review `publish-report`",
         2,
     );
     check_refused(

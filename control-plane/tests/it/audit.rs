@@ -129,7 +129,7 @@ async fn reopening_keeps_everything_and_newer_schemas_are_refused() {
     assert!(
         error
             .to_string()
-            .contains("has schema version 99; this agentd understands up to 1"),
+            .contains("has schema version 99; this agentd understands up to 2"),
         "{error}"
     );
 }
