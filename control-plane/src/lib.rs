@@ -5,6 +5,9 @@
 //! - [`hitl`]: durable approval requests, decided once by a reviewer who is not the requester.
 //! - [`store`]: the SQLite file holding approvals and the hash-chained audit log.
 //! - [`trace`]: W3C trace context.
+//! - [`run`]: run lifecycle: immutable events with Lamport clocks, state derived by `reduce`.
+//! - [`emitter`]: the kernel emitter: idempotent telemetry, governance, LLM and connector
+//!   records with costs.
 //!
 //! [`ControlPlane`] ties them together for the runtime: authenticate, govern (decide and audit),
 //! request approval, review, record outcomes, and replace the policy set (admin only, audited).
@@ -12,9 +15,11 @@
 //! **Architecture invariant:** control-plane never depends on agent-runtime and never on
 //! wasmtime; it knows skills only as [`plugin_abi::SkillSummary`] values.
 
+pub mod emitter;
 pub mod governance;
 pub mod hitl;
 pub mod identity;
+pub mod run;
 pub mod store;
 pub mod trace;
 
@@ -24,7 +29,9 @@ pub use governance::{
 pub use hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 pub use identity::{Identity, IdentityConfig, IdentityError, Principal, Role};
 pub use store::now_ms;
-pub use store::{AuditEntry, ChainVerification, Store, StoreError};
+pub use emitter::{ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, Recorded};
+pub use run::{RunError, RunEvent, RunEventPayload, RunState, RunView, StepSpec};
+pub use store::{AuditEntry, ChainVerification, RunStoreError, Store, StoreError};
 pub use trace::TraceContext;
 
 use std::sync::{Arc, RwLock};

@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+use crate::emitter::{EmitError, Record, Recorded};
 use crate::governance::{Quorum, ReviewDecisionKind};
+use crate::run::{RUN_EVENT_SCHEMA_VERSION, RunError, RunEvent, RunEventPayload, RunState, RunView, reduce};
 use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 use crate::identity::Principal;
 
@@ -72,6 +74,39 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_by_tenant_status ON approvals (tenant, status);
 CREATE INDEX IF NOT EXISTS approvals_by_expiry ON approvals (status, expires_at_ms);
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id         TEXT    NOT NULL,
+    lamport        INTEGER NOT NULL,
+    event_id       TEXT    NOT NULL UNIQUE,
+    node_id        TEXT    NOT NULL,
+    traceparent    TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    payload        TEXT    NOT NULL,
+    PRIMARY KEY (run_id, lamport)
+);
+CREATE TRIGGER IF NOT EXISTS run_events_no_update BEFORE UPDATE ON run_events
+BEGIN SELECT RAISE(ABORT, 'run events are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS run_events_no_delete BEFORE DELETE ON run_events
+BEGIN SELECT RAISE(ABORT, 'run events are immutable'); END;
+CREATE TABLE IF NOT EXISTS records (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant          TEXT    NOT NULL,
+    trace_id        TEXT    NOT NULL,
+    span_id         TEXT    NOT NULL,
+    event_type      TEXT    NOT NULL,
+    run_id          TEXT,
+    content_hash    TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL UNIQUE,
+    content         TEXT    NOT NULL,
+    cost_micro_eur  INTEGER,
+    cost_status     TEXT CHECK (cost_status IS NULL OR cost_status IN ('pending', 'calculated', 'unavailable')),
+    pricing_version TEXT,
+    recorded_at_ms  INTEGER NOT NULL,
+    UNIQUE (tenant, trace_id, span_id, event_type)
+);
+CREATE INDEX IF NOT EXISTS records_by_run ON records (tenant, run_id);
 CREATE TABLE IF NOT EXISTS approval_votes (
     approval_id INTEGER NOT NULL REFERENCES approvals (id),
     reviewer    TEXT    NOT NULL,
@@ -790,6 +825,262 @@ impl Store {
             .ok_or(ApprovalError::NotFound { id })?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(consumed)
+    }
+
+    /// Appends a run event at the next Lamport clock of the run, in one transaction, only if
+    /// the run's events with it still reduce ([`crate::run::reduce`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] for an illegal transition or a bad creation (nothing is stored),
+    /// [`RunStoreError::Store`] when the write fails.
+    pub async fn append_run_event(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        traceparent: &str,
+        payload: RunEventPayload,
+    ) -> Result<RunEvent, RunStoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut events = run_events_in(&mut transaction, run_id).await?;
+        let lamport = events.last().map_or(1, |event| event.lamport + 1);
+        let event = RunEvent {
+            event_id: crate::trace::random_id("evt"),
+            run_id: run_id.to_owned(),
+            lamport,
+            node_id: node_id.to_owned(),
+            traceparent: traceparent.to_owned(),
+            schema_version: RUN_EVENT_SCHEMA_VERSION,
+            recorded_at_ms: now_ms(),
+            payload,
+        };
+        if events.is_empty() && !matches!(event.payload, RunEventPayload::RunCreated { .. }) {
+            return Err(RunError::NotFound(run_id.to_owned()).into());
+        }
+        events.push(event.clone());
+        reduce(&events)?;
+        sqlx::query(
+            "INSERT INTO run_events (run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms,
+                 event_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&event.run_id)
+        .bind(i64::try_from(event.lamport).unwrap_or(i64::MAX))
+        .bind(&event.event_id)
+        .bind(&event.node_id)
+        .bind(&event.traceparent)
+        .bind(i64::from(event.schema_version))
+        .bind(event.recorded_at_ms)
+        .bind(event.payload.name())
+        .bind(serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(event)
+    }
+
+    /// The events of `run_id` in Lamport order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn run_events(&self, run_id: &str) -> Result<Vec<RunEvent>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        run_events_in(&mut connection, run_id).await
+    }
+
+    /// The run as [`crate::run::reduce`] derives it from its stored events.
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] when the run does not exist or its events do not reduce.
+    pub async fn run(&self, run_id: &str) -> Result<RunView, RunStoreError> {
+        let events = self.run_events(run_id).await?;
+        if events.is_empty() {
+            return Err(RunError::NotFound(run_id.to_owned()).into());
+        }
+        Ok(reduce(&events)?)
+    }
+
+    /// Ids of the runs of `tenant` currently in `state` (derived by reducing each run).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError`].
+    pub async fn runs_in_state(&self, tenant: &str, state: RunState) -> Result<Vec<String>, RunStoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT run_id FROM run_events ORDER BY run_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        let mut found = Vec::new();
+        for id in ids {
+            let view = self.run(&id).await?;
+            if view.tenant == tenant && view.state == state {
+                found.push(id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores one kernel record idempotently (see [`crate::emitter`]).
+    ///
+    /// # Errors
+    ///
+    /// [`EmitError::IdempotencyConflict`] or [`EmitError::Store`].
+    pub async fn put_record(&self, record: &Record) -> Result<Recorded, EmitError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let recorded = put_record_in(&mut transaction, record).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(recorded)
+    }
+
+    /// Stores several records in one transaction; the first conflict aborts the batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::put_record`].
+    pub async fn put_records(&self, records: &[Record]) -> Result<Vec<Recorded>, EmitError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            out.push(put_record_in(&mut transaction, record).await?);
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Number of stored kernel records of `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn record_count(&self, tenant: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Calculated spend of `tenant` (or one run), micro-euros.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn spent_micro_eur(&self, tenant: &str, run_id: Option<&str>) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(SUM(cost_micro_eur), 0) FROM records
+             WHERE tenant = ? AND (? IS NULL OR run_id = ?) AND cost_status = 'calculated'",
+        )
+        .bind(tenant)
+        .bind(run_id)
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
+
+/// Why a run event was not stored or a run cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RunStoreError {
+    /// The run's rules refused it.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RunStoreError {
+    /// Whether retrying can help: only a store failure may clear.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RunStoreError::Store(error) if error.is_retryable())
+    }
+}
+
+async fn run_events_in(connection: &mut SqliteConnection, run_id: &str) -> Result<Vec<RunEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms, payload
+         FROM run_events WHERE run_id = ? ORDER BY lamport",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let payload: String = row.try_get("payload")?;
+            let lamport: i64 = row.try_get("lamport")?;
+            let schema_version: i64 = row.try_get("schema_version")?;
+            Ok(RunEvent {
+                event_id: row.try_get("event_id")?,
+                run_id: row.try_get("run_id")?,
+                lamport: u64::try_from(lamport).map_err(|_| StoreError::Corrupt(format!("lamport {lamport}")))?,
+                node_id: row.try_get("node_id")?,
+                traceparent: row.try_get("traceparent")?,
+                schema_version: u32::try_from(schema_version)
+                    .map_err(|_| StoreError::Corrupt(format!("schema version {schema_version}")))?,
+                recorded_at_ms: row.try_get("recorded_at_ms")?,
+                payload: serde_json::from_str(&payload)
+                    .map_err(|error| StoreError::Corrupt(format!("run event payload: {error}")))?,
+            })
+        })
+        .collect()
+}
+
+async fn put_record_in(connection: &mut SqliteConnection, record: &Record) -> Result<Recorded, EmitError> {
+    let content_hash = record.content_hash();
+    let inserted = sqlx::query(
+        "INSERT INTO records (tenant, trace_id, span_id, event_type, run_id, content_hash, idempotency_key, content,
+             cost_micro_eur, cost_status, pricing_version, recorded_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&record.tenant)
+    .bind(&record.trace_id)
+    .bind(&record.span_id)
+    .bind(&record.event_type)
+    .bind(&record.run_id)
+    .bind(&content_hash)
+    .bind(record.idempotency_key())
+    .bind(record.canonical_content())
+    .bind(record.cost.as_ref().and_then(|cost| cost.micro_eur))
+    .bind(record.cost.as_ref().map(|cost| cost.status.as_str()))
+    .bind(record.cost.as_ref().map(|cost| cost.pricing_version.as_str()))
+    .bind(now_ms())
+    .execute(&mut *connection)
+    .await
+    .map_err(StoreError::from)?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Recorded {
+            id: inserted.last_insert_rowid(),
+            replayed: false,
+        });
+    }
+    let existing = sqlx::query(
+        "SELECT id, content_hash FROM records WHERE tenant = ? AND trace_id = ? AND span_id = ? AND event_type = ?",
+    )
+    .bind(&record.tenant)
+    .bind(&record.trace_id)
+    .bind(&record.span_id)
+    .bind(&record.event_type)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| StoreError::Corrupt("a conflicting record vanished".into()))?;
+    let stored: String = existing.try_get("content_hash").map_err(StoreError::from)?;
+    if stored == content_hash {
+        Ok(Recorded {
+            id: existing.try_get("id").map_err(StoreError::from)?,
+            replayed: true,
+        })
+    } else {
+        Err(EmitError::IdempotencyConflict {
+            tenant: record.tenant.clone(),
+            trace_id: record.trace_id.clone(),
+            span_id: record.span_id.clone(),
+            event_type: record.event_type.clone(),
+            stored,
+            offered: content_hash,
+        })
     }
 }
 

@@ -52,6 +52,11 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         hex::encode(self.trace_id)
     }
+
+    /// The span id as 16 lowercase hex digits.
+    pub fn span_id_hex(&self) -> String {
+        hex::encode(self.span_id)
+    }
 }
 
 impl fmt::Display for TraceContext {

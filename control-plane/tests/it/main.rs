@@ -4,7 +4,10 @@
 
 mod approvals;
 mod audit;
+mod emitter;
 mod migration;
+mod runs;
+mod schemas;
 
 use std::collections::BTreeSet;
 
