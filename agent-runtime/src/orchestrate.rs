@@ -2,8 +2,9 @@
 //! every dispatch, including a step resumed after approval.
 
 use control_plane::{
-    ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, NewApproval, Obligation,
-    Principal, StepContext, StoreError, TraceContext, Verdict,
+    ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, KernelEmitter,
+    NewApproval, Obligation, Principal, RunEventPayload, RunStoreError, StepContext, StepSpec, StoreError,
+    TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
@@ -50,6 +51,9 @@ pub enum StepError {
     /// An approval could not be used.
     #[error(transparent)]
     Approval(#[from] ApprovalError),
+    /// The run's event log refused a transition, or could not be written.
+    #[error(transparent)]
+    Run(#[from] RunStoreError),
     /// A stored request no longer parses.
     #[error("the stored request of approval {id} is invalid: {source}")]
     StoredRequest {
@@ -79,6 +83,7 @@ impl StepError {
         match self {
             StepError::Store(error) => error.is_retryable(),
             StepError::Approval(error) => error.is_retryable(),
+            StepError::Run(error) => error.is_retryable(),
             StepError::StoredRequest { .. } | StepError::SkillChanged { .. } | StepError::UnsupportedObligation(_) => {
                 false
             }
@@ -111,7 +116,63 @@ pub async fn run_step(
         step_id: "step-1".to_owned(),
         traceparent: TraceContext::new_root().to_string(),
     };
+    record_event(
+        control_plane,
+        &context,
+        RunEventPayload::RunCreated {
+            tenant: principal.tenant.clone(),
+            principal: principal.to_string(),
+            steps: vec![StepSpec {
+                step_id: context.step_id.clone(),
+                skill: skill_id.to_owned(),
+                input: serde_json::Value::Object(request.input.clone()),
+            }],
+        },
+    )
+    .await?;
     govern_step(runtime, control_plane, principal, context, skill_id, request, None).await
+}
+
+/// This process's node id for run events: `$AGENTD_NODE_ID`, else `node-<pid>`.
+pub fn node_id() -> String {
+    std::env::var("AGENTD_NODE_ID").unwrap_or_else(|_| format!("node-{}", std::process::id()))
+}
+
+async fn record_event(
+    control_plane: &ControlPlane,
+    context: &StepContext,
+    payload: RunEventPayload,
+) -> Result<(), StepError> {
+    control_plane
+        .store()
+        .append_run_event(&context.run_id, &node_id(), &context.traceparent, payload)
+        .await?;
+    Ok(())
+}
+
+/// Records in the run's log that a step whose approval request ended without running
+/// (denied, expired, cancelled) will not run: the run fails (or is cancelled).
+///
+/// # Errors
+///
+/// [`StepError::Run`] when the event cannot be written.
+pub async fn close_unapproved(control_plane: &ControlPlane, approval: &ApprovalRequest) -> Result<(), StepError> {
+    let context = StepContext {
+        run_id: approval.run_id.clone(),
+        step_id: approval.step_id.clone(),
+        traceparent: approval.traceparent.clone(),
+    };
+    let payload = match approval.status {
+        ApprovalStatus::Cancelled => RunEventPayload::RunCancelled {
+            reason: format!("approval request #{} was cancelled", approval.id),
+        },
+        ApprovalStatus::Denied | ApprovalStatus::Expired => RunEventPayload::StepFailed {
+            step_id: approval.step_id.clone(),
+            reason: format!("approval request #{} was {}", approval.id, approval.status),
+        },
+        _ => return Ok(()),
+    };
+    record_event(control_plane, &context, payload).await
 }
 
 /// Governs a step and then dispatches it, asks for approval, or reports the denial.
@@ -127,6 +188,14 @@ async fn govern_step(
     let skill = runtime.lookup(skill_id);
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
+    record_event(
+        control_plane,
+        &context,
+        RunEventPayload::StepStarted {
+            step_id: context.step_id.clone(),
+        },
+    )
+    .await?;
     let decision = control_plane
         .govern(
             principal,
@@ -136,6 +205,7 @@ async fn govern_step(
             &digest,
         )
         .await?;
+    emit_governance(control_plane, principal, &context, &decision).await;
     let skill = match (&decision.verdict, skill) {
         (Verdict::Allow { .. }, Some(skill)) => skill,
         (
@@ -166,15 +236,54 @@ async fn govern_step(
                     parent_id,
                 })
                 .await?;
+            record_event(
+                control_plane,
+                &context,
+                RunEventPayload::StepAwaitingApproval {
+                    step_id: context.step_id.clone(),
+                    approval_id: approval.id,
+                },
+            )
+            .await?;
             return Ok(StepOutcome::AwaitingApproval {
                 context,
                 decision,
                 approval: Box::new(approval),
             });
         }
-        _ => return Ok(StepOutcome::Denied { context, decision }),
+        _ => {
+            record_event(
+                control_plane,
+                &context,
+                RunEventPayload::StepFailed {
+                    step_id: context.step_id.clone(),
+                    reason: format!("governance verdict: {}", decision.verdict.name()),
+                },
+            )
+            .await?;
+            return Ok(StepOutcome::Denied { context, decision });
+        }
     };
     dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json).await
+}
+
+/// Records the decision through the kernel emitter. The audit entry written by `govern` is the
+/// record of authority; this copy feeds telemetry, so a failure is logged, not fatal.
+async fn emit_governance(
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: &StepContext,
+    decision: &Decision,
+) {
+    let Ok(trace) = context.traceparent.parse::<TraceContext>() else {
+        return;
+    };
+    if let Err(error) = KernelEmitter::new(control_plane.store().clone())
+        .emit_governance(&principal.tenant, &trace, &context.run_id, decision)
+        .await
+    {
+        tracing::warn!(%error, run_id = %context.run_id, "governance record was not emitted");
+    }
 }
 
 /// Carries on the step an approval request was waiting on, after its decision:
@@ -248,10 +357,28 @@ pub async fn resume_approved(
         })?;
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
+    record_event(
+        control_plane,
+        &context,
+        RunEventPayload::StepStarted {
+            step_id: context.step_id.clone(),
+        },
+    )
+    .await?;
     let decision = control_plane
         .govern(&principal, &context, &approval.skill.id, Some(&skill.summary), &digest)
         .await?;
+    emit_governance(control_plane, &principal, &context, &decision).await;
     if let Verdict::Deny { .. } = &decision.verdict {
+        record_event(
+            control_plane,
+            &context,
+            RunEventPayload::StepFailed {
+                step_id: context.step_id.clone(),
+                reason: "denied when governed again after approval".into(),
+            },
+        )
+        .await?;
         return Ok(StepOutcome::Denied { context, decision });
     }
     control_plane
@@ -329,6 +456,45 @@ async fn dispatch_and_record(
         "metrics": report.metrics,
     });
     control_plane.record_dispatch(principal, &context, &audited).await?;
+    let payload = match &report.outcome {
+        crate::runtime::Outcome::Completed { output } => {
+            let output = serde_json::Value::Object(output.clone());
+            RunEventPayload::StepSucceeded {
+                step_id: context.step_id.clone(),
+                output_digest: input_digest(&output.to_string()),
+                output,
+            }
+        }
+        other => RunEventPayload::StepFailed {
+            step_id: context.step_id.clone(),
+            reason: format!(
+                "{} ({})",
+                other.name(),
+                if other.is_retryable() {
+                    "retryable"
+                } else {
+                    "not retryable"
+                }
+            ),
+        },
+    };
+    record_event(control_plane, &context, payload).await?;
+    if let Ok(trace) = context.traceparent.parse::<TraceContext>() {
+        let attributes = serde_json::json!({
+            "run_id": context.run_id,
+            "skill_id": report.skill_id,
+            "skill_version": report.skill_version,
+            "digest": report.digest,
+            "outcome": report.outcome.name(),
+            "metrics": report.metrics,
+        });
+        if let Err(error) = KernelEmitter::new(control_plane.store().clone())
+            .emit_telemetry(&principal.tenant, &trace, "skill.dispatch", attributes)
+            .await
+        {
+            tracing::warn!(%error, run_id = %context.run_id, "dispatch telemetry was not recorded");
+        }
+    }
     Ok(StepOutcome::Dispatched {
         context,
         decision,

@@ -130,10 +130,24 @@ impl App {
         reason: Option<&str>,
         modified_request_json: Option<&str>,
     ) -> Result<(ApprovalRequest, Option<StepReport>)> {
-        let decided = self
+        let decided = match self
             .control_plane
             .review(id, reviewer, decision, reason, modified_request_json)
-            .await?;
+            .await
+        {
+            Ok(decided) => decided,
+            Err(error @ control_plane::ApprovalError::Expired { .. }) => {
+                // The expiry was recorded; the waiting run fails with it.
+                if let Some(expired) = self.control_plane.store().approval(&reviewer.tenant, id).await? {
+                    agent_runtime::close_unapproved(&self.control_plane, &expired).await?;
+                }
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if matches!(decided.status, ApprovalStatus::Denied) {
+            agent_runtime::close_unapproved(&self.control_plane, &decided).await?;
+        }
         if !matches!(decided.status, ApprovalStatus::Approved | ApprovalStatus::Modified) {
             return Ok((decided, None));
         }

@@ -76,6 +76,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Runs, derived from their event logs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Skill packages.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -178,6 +181,17 @@ enum HitlCommand {
 enum AuditCommand {
     /// Walk the hash chain and name the first broken entry.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Show a run of your tenant: its state as reduced from its events, and the events.
+    Show {
+        /// Run id (as printed by `agentd run`).
+        run_id: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +389,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .store()
                 .cancel_approval(id, &caller, reason.as_deref(), control_plane::now_ms())
                 .await?;
+            agent_runtime::close_unapproved(&app.control_plane, &cancelled).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cancelled)?);
             } else {
@@ -418,6 +433,45 @@ async fn execute(cli: Cli) -> Result<Exit> {
                     bail!("audit chain broken at entry {seq} ({verified_before} entries before it verify): {reason}")
                 }
             }
+        }
+        Command::Runs(RunsCommand::Show { run_id, token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let store = app.control_plane.store();
+            let view = match store.run(&run_id).await {
+                Ok(view) if view.tenant == caller.tenant => view,
+                Ok(_) | Err(control_plane::RunStoreError::Run(control_plane::RunError::NotFound(_))) => {
+                    bail!("run `{run_id}` does not exist in tenant `{}`", caller.tenant)
+                }
+                Err(error) => return Err(error).context(format!("run `{run_id}`")),
+            };
+            let events = store.run_events(&run_id).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "run": view, "events": events }))?
+                );
+            } else {
+                println!(
+                    "run {} ({}): {}, {} events",
+                    view.run_id, view.principal, view.state, view.events
+                );
+                for step in &view.steps {
+                    println!(
+                        "  step {} ({}): {}{}",
+                        step.spec.step_id,
+                        step.spec.skill,
+                        step.state,
+                        step.approval_id
+                            .map(|id| format!(", approval #{id}"))
+                            .unwrap_or_default()
+                    );
+                }
+                for event in &events {
+                    println!("  [{}] {} on {}", event.lamport, event.payload.name(), event.node_id);
+                }
+            }
+            Ok(Exit::Success)
         }
         Command::Plugins(PluginsCommand::List) => {
             let app = App::open(&paths).await?;

@@ -272,7 +272,14 @@ impl KernelEmitter {
             event_type: "governance".into(),
             message: error.to_string(),
         })?;
-        let record = Self::record(tenant, trace, "governance".into(), Some(run_id.to_owned()), content, None);
+        let record = Self::record(
+            tenant,
+            trace,
+            "governance".into(),
+            Some(run_id.to_owned()),
+            content,
+            None,
+        );
         self.store.put_record(&record).await
     }
 

@@ -23,14 +23,14 @@ pub mod run;
 pub mod store;
 pub mod trace;
 
+pub use emitter::{ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, Recorded};
 pub use governance::{
     Decision, DenyKind, Obligation, PolicyEngine, PolicyError, Quorum, ReviewDecisionKind, RiskTier, Verdict,
 };
 pub use hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 pub use identity::{Identity, IdentityConfig, IdentityError, Principal, Role};
-pub use store::now_ms;
-pub use emitter::{ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, Recorded};
 pub use run::{RunError, RunEvent, RunEventPayload, RunState, RunView, StepSpec};
+pub use store::now_ms;
 pub use store::{AuditEntry, ChainVerification, RunStoreError, Store, StoreError};
 pub use trace::TraceContext;
 

@@ -520,7 +520,10 @@ pub fn reduce(events: &[RunEvent]) -> Result<RunView, RunError> {
             message,
         };
         if event.run_id != view.run_id {
-            return Err(bad(format!("event {} belongs to run `{}`", event.event_id, event.run_id)));
+            return Err(bad(format!(
+                "event {} belongs to run `{}`",
+                event.event_id, event.run_id
+            )));
         }
         if event.lamport <= view.lamport {
             return Err(bad(format!(
@@ -650,7 +653,13 @@ mod tests {
         let cancelled = event(3, RunEventPayload::RunCancelled { reason: "x".into() });
         let error = reduce(&[created(), cancelled, started(4, "redact")]).unwrap_err();
         assert!(
-            matches!(error, RunError::IllegalTransition { from: RunState::Cancelled, .. }),
+            matches!(
+                error,
+                RunError::IllegalTransition {
+                    from: RunState::Cancelled,
+                    ..
+                }
+            ),
             "{error}"
         );
         // Clocks must increase; the first event creates the run.
@@ -669,7 +678,16 @@ mod tests {
     #[test]
     fn the_transition_table_has_no_exit_from_terminal_states() {
         use RunState::*;
-        let all = [Pending, Running, AwaitingApproval, Succeeded, Failed, Escalated, Cancelled, TimedOut];
+        let all = [
+            Pending,
+            Running,
+            AwaitingApproval,
+            Succeeded,
+            Failed,
+            Escalated,
+            Cancelled,
+            TimedOut,
+        ];
         for from in all {
             for to in all {
                 if from.is_terminal() {

@@ -14,9 +14,9 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::emitter::{EmitError, Record, Recorded};
 use crate::governance::{Quorum, ReviewDecisionKind};
-use crate::run::{RUN_EVENT_SCHEMA_VERSION, RunError, RunEvent, RunEventPayload, RunState, RunView, reduce};
 use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 use crate::identity::Principal;
+use crate::run::{RUN_EVENT_SCHEMA_VERSION, RunError, RunEvent, RunEventPayload, RunState, RunView, reduce};
 
 /// Schema version stored in `PRAGMA user_version`; a file with a newer one is refused, an older
 /// one is migrated in place (in one transaction) when opened.
@@ -841,7 +841,11 @@ impl Store {
         traceparent: &str,
         payload: RunEventPayload,
     ) -> Result<RunEvent, RunStoreError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let mut events = run_events_in(&mut transaction, run_id).await?;
         let lamport = events.last().map_or(1, |event| event.lamport + 1);
         let event = RunEvent {
@@ -928,7 +932,11 @@ impl Store {
     ///
     /// [`EmitError::IdempotencyConflict`] or [`EmitError::Store`].
     pub async fn put_record(&self, record: &Record) -> Result<Recorded, EmitError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let recorded = put_record_in(&mut transaction, record).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(recorded)
@@ -940,7 +948,11 @@ impl Store {
     ///
     /// As [`Store::put_record`].
     pub async fn put_records(&self, records: &[Record]) -> Result<Vec<Recorded>, EmitError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             out.push(put_record_in(&mut transaction, record).await?);

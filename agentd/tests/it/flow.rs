@@ -39,8 +39,21 @@ fn run_approve_and_audit_through_the_cli() {
         stdout(&output)
     );
 
+    // The waiting run is durable: another process reads it back from its events.
+    let run_state = |env: &Env| -> String {
+        let requests = env.agentd(&["--json", "hitl", "list", "--token", &reviewer], None);
+        let requests: serde_json::Value = serde_json::from_str(&stdout(&requests)).unwrap();
+        let run_id = requests[0]["run_id"].as_str().unwrap().to_owned();
+        let shown = env.agentd(&["--json", "runs", "show", &run_id, "--token", &agent], None);
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+        shown["run"]["state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(run_state(&env), "awaiting-approval");
+
     let output = env.agentd(&["hitl", "approve", &id, "--token", &reviewer], None);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert_eq!(run_state(&env), "succeeded");
     assert!(
         stdout(&output).contains("publish-report 0.1.0 completed"),
         "{}",

@@ -1,8 +1,6 @@
 //! The kernel emitter: replays are stored once, conflicts are errors, concurrency is safe.
 
-use control_plane::{
-    ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, TraceContext,
-};
+use control_plane::{ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, TraceContext};
 
 use crate::temp_store;
 
@@ -39,7 +37,10 @@ async fn a_thousand_replays_store_one_record_and_different_content_conflicts() {
     assert!(!error.is_retryable());
     assert_eq!(store.record_count("acme").await.unwrap(), 1);
     // Another span is another logical identity.
-    emitter.record_llm_call("acme", &trace.child(), &call(101)).await.unwrap();
+    emitter
+        .record_llm_call("acme", &trace.child(), &call(101))
+        .await
+        .unwrap();
     assert_eq!(emitter.spent_micro_eur("acme", Some("run-1")).await.unwrap(), 2_500);
     assert_eq!(emitter.spent_micro_eur("acme", Some("run-2")).await.unwrap(), 0);
 }
@@ -54,7 +55,12 @@ async fn a_hundred_concurrent_identical_emits_store_one_record() {
         let emitter = emitter.clone();
         tasks.push(tokio::spawn(async move {
             emitter
-                .emit_telemetry("acme", &trace, "skill.invoked", serde_json::json!({ "skill": "pii-redact", "fuel": 42 }))
+                .emit_telemetry(
+                    "acme",
+                    &trace,
+                    "skill.invoked",
+                    serde_json::json!({ "skill": "pii-redact", "fuel": 42 }),
+                )
                 .await
         }));
     }

@@ -23,7 +23,14 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
     let (dir, store) = temp_store().await;
     store.append_run_event("run-1", "node-a", TP, created()).await.unwrap();
     store
-        .append_run_event("run-1", "node-a", TP, RunEventPayload::StepStarted { step_id: "publish".into() })
+        .append_run_event(
+            "run-1",
+            "node-a",
+            TP,
+            RunEventPayload::StepStarted {
+                step_id: "publish".into(),
+            },
+        )
         .await
         .unwrap();
     let waiting = store
@@ -54,15 +61,29 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, RunStoreError::Run(RunError::IllegalTransition { .. })), "{error}");
+    assert!(
+        matches!(error, RunStoreError::Run(RunError::IllegalTransition { .. })),
+        "{error}"
+    );
     // Events for a run that does not exist, and a second creation, are refused.
     let error = store
-        .append_run_event("run-9", "node-a", TP, RunEventPayload::StepStarted { step_id: "x".into() })
+        .append_run_event(
+            "run-9",
+            "node-a",
+            TP,
+            RunEventPayload::StepStarted { step_id: "x".into() },
+        )
         .await
         .unwrap_err();
     assert!(matches!(error, RunStoreError::Run(RunError::NotFound(_))), "{error}");
-    let error = store.append_run_event("run-1", "node-a", TP, created()).await.unwrap_err();
-    assert!(matches!(error, RunStoreError::Run(RunError::BadCreation { .. })), "{error}");
+    let error = store
+        .append_run_event("run-1", "node-a", TP, created())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, RunStoreError::Run(RunError::BadCreation { .. })),
+        "{error}"
+    );
     drop(store);
 
     let store = Store::open(&dir.path().join("state.db")).await.unwrap();
@@ -76,7 +97,14 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
     );
     // Resume after the decision.
     store
-        .append_run_event("run-1", "node-b", TP, RunEventPayload::StepStarted { step_id: "publish".into() })
+        .append_run_event(
+            "run-1",
+            "node-b",
+            TP,
+            RunEventPayload::StepStarted {
+                step_id: "publish".into(),
+            },
+        )
         .await
         .unwrap();
     store
