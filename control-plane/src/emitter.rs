@@ -98,27 +98,39 @@ pub struct Recorded {
     pub replayed: bool,
 }
 
+/// A logical identity recorded twice with different content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Tenant.
+    pub tenant: String,
+    /// Trace id.
+    pub trace_id: String,
+    /// Span id.
+    pub span_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Content hash stored.
+    pub stored: String,
+    /// Content hash offered.
+    pub offered: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} for trace {} span {} in tenant {} was already recorded with different content (stored sha256:{}, offered sha256:{})",
+            self.event_type, self.trace_id, self.span_id, self.tenant, self.stored, self.offered
+        )
+    }
+}
+
 /// Why a record was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
     /// The same logical identity was recorded with different content.
-    #[error(
-        "idempotency conflict: {event_type} for trace {trace_id} span {span_id} in tenant {tenant} was already recorded with different content (stored sha256:{stored}, offered sha256:{offered})"
-    )]
-    IdempotencyConflict {
-        /// Tenant.
-        tenant: String,
-        /// Trace id.
-        trace_id: String,
-        /// Span id.
-        span_id: String,
-        /// Event type.
-        event_type: String,
-        /// Content hash stored.
-        stored: String,
-        /// Content hash offered.
-        offered: String,
-    },
+    #[error("idempotency conflict: {0}")]
+    IdempotencyConflict(Box<Conflict>),
     /// The content is not valid for its kind.
     #[error("invalid {event_type} record: {message}")]
     Invalid {
@@ -138,7 +150,7 @@ impl EmitError {
     pub fn is_retryable(&self) -> bool {
         match self {
             EmitError::Store(error) => error.is_retryable(),
-            EmitError::IdempotencyConflict { .. } | EmitError::Invalid { .. } => false,
+            EmitError::IdempotencyConflict(_) | EmitError::Invalid { .. } => false,
         }
     }
 }

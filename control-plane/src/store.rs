@@ -1085,14 +1085,14 @@ async fn put_record_in(connection: &mut SqliteConnection, record: &Record) -> Re
             replayed: true,
         })
     } else {
-        Err(EmitError::IdempotencyConflict {
+        Err(EmitError::IdempotencyConflict(Box::new(crate::emitter::Conflict {
             tenant: record.tenant.clone(),
             trace_id: record.trace_id.clone(),
             span_id: record.span_id.clone(),
             event_type: record.event_type.clone(),
             stored,
             offered: content_hash,
-        })
+        })))
     }
 }
 
