@@ -479,6 +479,13 @@ async fn dispatch_and_record(
         },
     };
     record_event(control_plane, &context, payload).await?;
+    let kind = match &report.outcome {
+        crate::runtime::Outcome::Completed { .. } => "success",
+        _ => "failure",
+    };
+    if control_plane.record_outcome(principal, &skill.summary.id, kind).await? {
+        tracing::warn!(agent = %principal, skill = %skill.summary.id, "autonomy level demoted: error budget exceeded");
+    }
     if let Ok(trace) = context.traceparent.parse::<TraceContext>() {
         let attributes = serde_json::json!({
             "run_id": context.run_id,

@@ -11,6 +11,7 @@
 //! | `@approval_ttl("<n>[s|m|h|d]")` | the request expires (counts as denied) after this | 1 day |
 //! | `@allowed_decisions("approve,deny,modify")` | what a reviewer may answer | `approve,deny` |
 //! | `@obligations("<name>,...")` | duties the runtime must fulfil or refuse to dispatch | none |
+//! | `@max_autonomy("L1".."L5")` | caps the agent's autonomy level (never raises it) | none |
 //!
 //! Policies are validated against the Cedar schema [`SCHEMA`] (`policies/agentd.cedarschema`,
 //! strict mode) when loaded; an invalid set refuses to load with every problem listed.
@@ -40,6 +41,7 @@ use plugin_abi::{Capability, SideEffect, SkillSummary};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::autonomy::{AutonomyAssessment, AutonomyLevel};
 use crate::identity::{Principal, Role};
 
 /// The Cedar schema every policy set is validated against.
@@ -256,6 +258,10 @@ pub struct Decision {
     pub policy_version: String,
     /// When it was decided, ms since the Unix epoch.
     pub decided_at_ms: i64,
+    /// The lowest `@max_autonomy` of the policies that decided, if any.
+    pub autonomy_cap: Option<AutonomyLevel>,
+    /// How the agent's autonomy level shaped the verdict (set by the control plane).
+    pub autonomy: Option<AutonomyAssessment>,
 }
 
 impl Decision {
@@ -349,6 +355,7 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     approvals: std::collections::BTreeMap<PolicyId, ApprovalSettings>,
     obligations: std::collections::BTreeMap<PolicyId, Vec<Obligation>>,
+    autonomy_caps: std::collections::BTreeMap<PolicyId, AutonomyLevel>,
     names: std::collections::BTreeMap<PolicyId, String>,
 }
 
@@ -389,6 +396,7 @@ impl PolicyEngine {
         }
         let mut approvals = std::collections::BTreeMap::new();
         let mut obligations = std::collections::BTreeMap::new();
+        let mut autonomy_caps = std::collections::BTreeMap::new();
         let mut names = std::collections::BTreeMap::new();
         for policy in policies.policies() {
             let name = policy
@@ -467,6 +475,12 @@ impl PolicyEngine {
                     "approval settings need `@{REQUIRE_APPROVAL_ANNOTATION}(\"<role>\")` on the same policy"
                 )));
             }
+            if let Some(text) = policy.annotation("max_autonomy") {
+                if policy.effect() == cedar_policy::Effect::Forbid {
+                    return Err(problem("`@max_autonomy` only applies to `permit` policies".into()));
+                }
+                autonomy_caps.insert(policy.id().clone(), text.parse::<AutonomyLevel>().map_err(problem)?);
+            }
             if let Some(text) = policy.annotation("obligations") {
                 let list: Vec<Obligation> = text
                     .split(',')
@@ -486,6 +500,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             approvals,
             obligations,
+            autonomy_caps,
             names,
         })
     }
@@ -535,6 +550,8 @@ impl PolicyEngine {
             risk_tier,
             policy_version: self.version.clone(),
             decided_at_ms: now_ms,
+            autonomy_cap: None,
+            autonomy: None,
         };
         if principal.subject.is_empty() || principal.tenant.is_empty() || principal.roles.is_empty() {
             return fail_closed(format!("unknown principal `{principal}`: no subject, tenant or role"));
@@ -579,6 +596,8 @@ impl PolicyEngine {
                 risk_tier,
                 policy_version: self.version.clone(),
                 decided_at_ms: now_ms,
+                autonomy_cap: None,
+                autonomy: None,
             };
         }
 
@@ -630,6 +649,12 @@ impl PolicyEngine {
                 obligations,
             }
         };
+        let autonomy_cap = invoke
+            .policies
+            .iter()
+            .filter_map(|id| self.autonomy_caps.get(id))
+            .min()
+            .copied();
         Decision {
             verdict,
             determining_policies,
@@ -638,6 +663,8 @@ impl PolicyEngine {
             risk_tier,
             policy_version: self.version.clone(),
             decided_at_ms: now_ms,
+            autonomy_cap,
+            autonomy: None,
         }
     }
 

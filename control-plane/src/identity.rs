@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::autonomy::{AutonomyCertificate, AutonomyLevel};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
@@ -102,6 +103,20 @@ pub struct Claims {
     pub tenant: String,
     /// Role names.
     pub roles: Vec<String>,
+}
+
+/// The JWT claims of an autonomy certificate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CertificateClaims {
+    sub: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+    tenant: String,
+    skill: String,
+    level: AutonomyLevel,
+    issued_by: String,
 }
 
 /// What a token must say to be accepted.
@@ -383,6 +398,69 @@ impl Identity {
             subject: claims.sub,
             tenant: claims.tenant,
             roles,
+        })
+    }
+
+    /// Signs an autonomy certificate (a JWT with audience
+    /// [`CERTIFICATE_AUDIENCE`](crate::autonomy::CERTIFICATE_AUDIENCE), so it never passes as an
+    /// access token).
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Incomplete`] when agent, skill or tenant is empty,
+    /// [`IdentityError::Signing`] when signing fails.
+    pub fn sign_certificate(&self, certificate: &AutonomyCertificate) -> Result<String, IdentityError> {
+        if certificate.agent.is_empty() || certificate.skill.is_empty() || certificate.tenant.is_empty() {
+            return Err(IdentityError::Incomplete);
+        }
+        let claims = CertificateClaims {
+            sub: certificate.agent.clone(),
+            iss: self.config.issuer.clone(),
+            aud: crate::autonomy::CERTIFICATE_AUDIENCE.to_owned(),
+            exp: certificate.expires_at,
+            iat: certificate.issued_at,
+            tenant: certificate.tenant.clone(),
+            skill: certificate.skill.clone(),
+            level: certificate.level,
+            issued_by: certificate.issued_by.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding_key)
+            .map_err(|error| IdentityError::Signing(error.to_string()))
+    }
+
+    /// Verifies an autonomy certificate's signature, issuer, audience and expiry.
+    ///
+    /// # Errors
+    ///
+    /// The [`IdentityError`] naming what is wrong.
+    pub fn verify_certificate(&self, token: &str) -> Result<AutonomyCertificate, IdentityError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.config.leeway_secs;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[crate::autonomy::CERTIFICATE_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<CertificateClaims>(token.trim(), &self.decoding_key, &validation).map_err(
+            |error| match error.kind() {
+                ErrorKind::ExpiredSignature => IdentityError::Expired,
+                ErrorKind::InvalidSignature => IdentityError::BadSignature,
+                ErrorKind::InvalidAudience => IdentityError::WrongAudience {
+                    expected: crate::autonomy::CERTIFICATE_AUDIENCE.to_owned(),
+                },
+                ErrorKind::InvalidIssuer => IdentityError::WrongIssuer {
+                    expected: self.config.issuer.clone(),
+                },
+                _ => IdentityError::Malformed(error.to_string()),
+            },
+        )?;
+        let claims = data.claims;
+        Ok(AutonomyCertificate {
+            agent: claims.sub,
+            skill: claims.skill,
+            tenant: claims.tenant,
+            level: claims.level,
+            issued_by: claims.issued_by,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
         })
     }
 }

@@ -15,6 +15,7 @@
 //! **Architecture invariant:** control-plane never depends on agent-runtime and never on
 //! wasmtime; it knows skills only as [`plugin_abi::SkillSummary`] values.
 
+pub mod autonomy;
 pub mod emitter;
 pub mod governance;
 pub mod hitl;
@@ -36,6 +37,7 @@ pub use trace::TraceContext;
 
 use std::sync::{Arc, RwLock};
 
+pub use autonomy::{AutonomyAssessment, AutonomyCertificate, AutonomyLevel, Budgets, ErrorBudget};
 use plugin_abi::SkillSummary;
 
 /// The step a decision or record is about.
@@ -64,13 +66,16 @@ pub enum AdminError {
     /// The change could not be audited; the old policy set stays in force.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The certificate could not be signed.
+    #[error("cannot sign the autonomy certificate: {0}")]
+    Certificate(#[from] IdentityError),
 }
 
 impl AdminError {
     /// Whether retrying can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AdminError::NotAdmin { .. } => false,
+            AdminError::NotAdmin { .. } | AdminError::Certificate(_) => false,
             AdminError::Policy(error) => error.is_retryable(),
             AdminError::Store(error) => error.is_retryable(),
         }
@@ -84,6 +89,16 @@ pub struct ControlPlane {
     identity: Identity,
     policy: RwLock<Arc<PolicyEngine>>,
     store: Store,
+    limits: RwLock<AutonomyLimits>,
+}
+
+/// The error budget and spending budgets in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AutonomyLimits {
+    /// Failures and escalations tolerated before a demotion.
+    pub error_budget: ErrorBudget,
+    /// Spending limits.
+    pub budgets: Budgets,
 }
 
 impl ControlPlane {
@@ -93,7 +108,131 @@ impl ControlPlane {
             identity,
             policy: RwLock::new(Arc::new(policy)),
             store,
+            limits: RwLock::new(AutonomyLimits::default()),
         }
+    }
+
+    /// The error budget and spending budgets in force.
+    pub fn limits(&self) -> AutonomyLimits {
+        match self.limits.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Changes the error budget and spending budgets: an enforcement change (admin only,
+    /// audited before it takes effect).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::NotAdmin`] or [`AdminError::Store`]; nothing changes then.
+    pub async fn set_limits(&self, admin: &Principal, limits: AutonomyLimits) -> Result<(), AdminError> {
+        if !admin.has_role(Role::Admin) {
+            return Err(AdminError::NotAdmin {
+                principal: admin.to_string(),
+            });
+        }
+        let payload = serde_json::json!({ "change": "autonomy-limits", "old": self.limits(), "new": limits });
+        self.store.append_audit("enforcement-change", admin, &payload).await?;
+        match self.limits.write() {
+            Ok(mut guard) => *guard = limits,
+            Err(poisoned) => *poisoned.into_inner() = limits,
+        }
+        Ok(())
+    }
+
+    /// Issues a signed autonomy certificate capping `agent`'s level for `skill` (`*` for all)
+    /// in the admin's tenant for `ttl_secs`, and stores it (audited).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::NotAdmin`], [`AdminError::Store`]; an identity error is reported as
+    /// [`AdminError::Certificate`].
+    pub async fn grant_autonomy(
+        &self,
+        admin: &Principal,
+        agent: &str,
+        skill: &str,
+        level: AutonomyLevel,
+        ttl_secs: u64,
+    ) -> Result<String, AdminError> {
+        if !admin.has_role(Role::Admin) {
+            return Err(AdminError::NotAdmin {
+                principal: admin.to_string(),
+            });
+        }
+        let issued_at = u64::try_from(now_ms() / 1_000).unwrap_or(0);
+        let certificate = AutonomyCertificate {
+            agent: agent.to_owned(),
+            skill: skill.to_owned(),
+            tenant: admin.tenant.clone(),
+            level,
+            issued_by: admin.subject.clone(),
+            issued_at,
+            expires_at: issued_at.saturating_add(ttl_secs),
+        };
+        let token = self.identity.sign_certificate(&certificate)?;
+        self.store.put_certificate(admin, &certificate, &token).await?;
+        Ok(token)
+    }
+
+    /// The autonomy level of `agent` for `skill` now: the newest valid certificate's
+    /// level (a skill-specific one before a `*` one; a certificate that no longer verifies is
+    /// skipped), else [`autonomy::DEFAULT_LEVEL`], lowered one step per demotion since it was
+    /// issued; with where it came from.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn autonomy_level(
+        &self,
+        agent: &Principal,
+        skill: &str,
+    ) -> Result<(AutonomyLevel, Vec<String>), StoreError> {
+        let mut source = Vec::new();
+        let mut level = autonomy::DEFAULT_LEVEL;
+        let mut since = i64::MIN;
+        for (token, issued_at_ms) in self.store.certificates(&agent.tenant, &agent.subject, skill).await? {
+            match self.identity.verify_certificate(&token) {
+                Ok(certificate) if certificate.tenant == agent.tenant => {
+                    level = certificate.level;
+                    since = issued_at_ms;
+                    source.push(format!(
+                        "certificate {} (skill {})",
+                        certificate.level, certificate.skill
+                    ));
+                    break;
+                }
+                Ok(_) | Err(_) => source.push("an invalid or expired certificate was skipped".into()),
+            }
+        }
+        if since == i64::MIN {
+            source.push(format!("default {level}"));
+        }
+        let demotions = self
+            .store
+            .demotions_since(&agent.tenant, &agent.subject, skill, since)
+            .await?;
+        for _ in 0..demotions {
+            level = level.demoted();
+        }
+        if demotions > 0 {
+            source.push(format!("demoted {demotions} time(s) to {level}"));
+        }
+        Ok((level, source))
+    }
+
+    /// Records a step outcome for autonomy's error budget: `failure` or `escalation` count
+    /// against it, and exceeding it demotes the agent one level (audited). Returns whether a
+    /// demotion happened.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn record_outcome(&self, agent: &Principal, skill: &str, kind: &str) -> Result<bool, StoreError> {
+        self.store
+            .record_outcome(agent, skill, kind, self.limits().error_budget, now_ms())
+            .await
     }
 
     /// The token issuer and verifier.
@@ -171,7 +310,13 @@ impl ControlPlane {
         skill: Option<&SkillSummary>,
         input_digest: &str,
     ) -> Result<Decision, StoreError> {
-        let decision = self.policy().decide(principal, requested_skill, skill, now_ms());
+        let now = now_ms();
+        let mut decision = self.policy().decide(principal, requested_skill, skill, now);
+        if let Some(skill) = skill
+            && !matches!(decision.verdict, Verdict::Deny { .. })
+        {
+            self.apply_autonomy(principal, step, skill, &mut decision, now).await?;
+        }
         let payload = serde_json::json!({
             "step": step,
             "skill": { "requested": requested_skill, "resolved": skill },
@@ -184,6 +329,67 @@ impl ControlPlane {
             run_id = %step.run_id, traceparent = %step.traceparent, "governance verdict"
         );
         Ok(decision)
+    }
+
+    /// Autonomy gates: the level (certificate, default, demotions, policy cap) may turn an
+    /// allow into require-approval, as may an exceeded run or tenant budget (an escalation to a
+    /// human). Gates only ever add approvals.
+    async fn apply_autonomy(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        skill: &SkillSummary,
+        decision: &mut Decision,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (mut level, mut source) = self.autonomy_level(principal, &skill.id).await?;
+        if let Some(cap) = decision.autonomy_cap
+            && cap < level
+        {
+            level = cap;
+            source.push(format!("policy cap {cap}"));
+        }
+        let effectful = skill.side_effect == plugin_abi::SideEffect::Effectful;
+        let mut gates = Vec::new();
+        if level.requires_approval(decision.risk_tier, effectful) {
+            gates.push(format!(
+                "autonomy {level} requires approval for {}-risk {} skills",
+                decision.risk_tier, skill.side_effect
+            ));
+        }
+        let budgets = self.limits().budgets;
+        if let Some(limit) = budgets.per_run_micro_eur {
+            let spent = self
+                .store
+                .spent_micro_eur(&principal.tenant, Some(&step.run_id))
+                .await?;
+            if spent >= limit {
+                gates.push(format!("run budget exceeded: spent {spent} of {limit} micro-EUR"));
+            }
+        }
+        if let Some(limit) = budgets.per_tenant_micro_eur {
+            let spent = self.store.spent_micro_eur(&principal.tenant, None).await?;
+            if spent >= limit {
+                gates.push(format!("tenant budget exceeded: spent {spent} of {limit} micro-EUR"));
+            }
+        }
+        if !gates.is_empty()
+            && let Verdict::Allow { obligations } = &decision.verdict
+        {
+            decision.verdict = Verdict::RequireApproval {
+                reviewer_role: Role::Reviewer,
+                quorum: Quorum::default(),
+                expires_at_ms: now.saturating_add(governance::DEFAULT_APPROVAL_TTL_SECS * 1_000),
+                allowed_decisions: vec![
+                    ReviewDecisionKind::Approve,
+                    ReviewDecisionKind::Deny,
+                    ReviewDecisionKind::Modify,
+                ],
+                obligations: obligations.clone(),
+            };
+        }
+        decision.autonomy = Some(AutonomyAssessment { level, source, gates });
+        Ok(())
     }
 
     /// Stores a pending approval request (audited in the same transaction), before anyone is

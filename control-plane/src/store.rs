@@ -107,6 +107,31 @@ CREATE TABLE IF NOT EXISTS records (
     UNIQUE (tenant, trace_id, span_id, event_type)
 );
 CREATE INDEX IF NOT EXISTS records_by_run ON records (tenant, run_id);
+CREATE TABLE IF NOT EXISTS autonomy_certificates (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant        TEXT    NOT NULL,
+    agent         TEXT    NOT NULL,
+    skill         TEXT    NOT NULL,
+    token         TEXT    NOT NULL,
+    issued_at_ms  INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS certificates_by_agent ON autonomy_certificates (tenant, agent, skill);
+CREATE TABLE IF NOT EXISTS autonomy_outcomes (
+    tenant TEXT    NOT NULL,
+    agent  TEXT    NOT NULL,
+    skill  TEXT    NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    kind   TEXT    NOT NULL CHECK (kind IN ('success', 'failure', 'escalation'))
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_agent ON autonomy_outcomes (tenant, agent, skill, at_ms);
+CREATE TABLE IF NOT EXISTS autonomy_demotions (
+    tenant TEXT    NOT NULL,
+    agent  TEXT    NOT NULL,
+    skill  TEXT    NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    reason TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS approval_votes (
     approval_id INTEGER NOT NULL REFERENCES approvals (id),
     reviewer    TEXT    NOT NULL,
@@ -988,6 +1013,154 @@ impl Store {
         .bind(run_id)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Stores a signed autonomy certificate with its audit entry (an enforcement change).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`]; nothing is stored then.
+    pub async fn put_certificate(
+        &self,
+        admin: &Principal,
+        certificate: &crate::autonomy::AutonomyCertificate,
+        token: &str,
+    ) -> Result<i64, StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO autonomy_certificates (tenant, agent, skill, token, issued_at_ms) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&certificate.tenant)
+        .bind(&certificate.agent)
+        .bind(&certificate.skill)
+        .bind(token)
+        .bind(now_ms())
+        .fetch_one(&mut *transaction)
+        .await?;
+        let payload = serde_json::json!({
+            "change": "autonomy-certificate", "certificate_id": id, "agent": certificate.agent,
+            "skill": certificate.skill, "level": certificate.level, "expires_at": certificate.expires_at,
+        });
+        append_in(&mut transaction, "enforcement-change", admin, &payload).await?;
+        transaction.commit().await?;
+        Ok(id)
+    }
+
+    /// Unrevoked certificate tokens for `agent` in `tenant` that name `skill` or `*`, newest
+    /// first, with their issue time (ms).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn certificates(&self, tenant: &str, agent: &str, skill: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token, issued_at_ms FROM autonomy_certificates
+             WHERE tenant = ? AND agent = ? AND (skill = ? OR skill = '*') AND revoked_at_ms IS NULL
+             ORDER BY skill = '*', id DESC",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(skill)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("token")?, row.try_get("issued_at_ms")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Demotions of `agent` for `skill` in `tenant` at or after `since_ms`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn demotions_since(
+        &self,
+        tenant: &str,
+        agent: &str,
+        skill: &str,
+        since_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM autonomy_demotions WHERE tenant = ? AND agent = ? AND skill = ? AND at_ms >= ?",
+        )
+        .bind(tenant)
+        .bind(agent)
+        .bind(skill)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Records a step outcome of `agent` for `skill` (`success`, `failure` or `escalation`) and,
+    /// when failures and escalations since the window start (or the last demotion, if later)
+    /// exceed `budget.allowed`, records a demotion (audited) and returns `true`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`]; nothing is recorded then.
+    pub async fn record_outcome(
+        &self,
+        agent: &Principal,
+        skill: &str,
+        kind: &str,
+        budget: crate::autonomy::ErrorBudget,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO autonomy_outcomes (tenant, agent, skill, at_ms, kind) VALUES (?, ?, ?, ?, ?)")
+            .bind(&agent.tenant)
+            .bind(&agent.subject)
+            .bind(skill)
+            .bind(now_ms)
+            .bind(kind)
+            .execute(&mut *transaction)
+            .await?;
+        let last_demotion: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(at_ms) FROM autonomy_demotions WHERE tenant = ? AND agent = ? AND skill = ?",
+        )
+        .bind(&agent.tenant)
+        .bind(&agent.subject)
+        .bind(skill)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let since = (now_ms - budget.window_ms).max(last_demotion.map_or(i64::MIN, |at| at + 1));
+        let bad: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM autonomy_outcomes WHERE tenant = ? AND agent = ? AND skill = ? AND at_ms >= ?
+             AND kind IN ('failure', 'escalation')",
+        )
+        .bind(&agent.tenant)
+        .bind(&agent.subject)
+        .bind(skill)
+        .bind(since)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let demote = bad > i64::from(budget.allowed);
+        if demote {
+            let reason = format!(
+                "{bad} failures and escalations within {} ms exceed the error budget of {}",
+                budget.window_ms, budget.allowed
+            );
+            sqlx::query("INSERT INTO autonomy_demotions (tenant, agent, skill, at_ms, reason) VALUES (?, ?, ?, ?, ?)")
+                .bind(&agent.tenant)
+                .bind(&agent.subject)
+                .bind(skill)
+                .bind(now_ms)
+                .bind(&reason)
+                .execute(&mut *transaction)
+                .await?;
+            let system = crate::identity::with_system_identity(
+                "autonomy-demotion",
+                &agent.tenant,
+                &[crate::identity::Role::Admin],
+            )
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let payload = serde_json::json!({ "agent": agent.subject, "skill": skill, "reason": reason });
+            append_in(&mut transaction, "autonomy-demotion", &system, &payload).await?;
+        }
+        transaction.commit().await?;
+        Ok(demote)
     }
 }
 

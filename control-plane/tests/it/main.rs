@@ -4,6 +4,7 @@
 
 mod approvals;
 mod audit;
+mod autonomy;
 mod emitter;
 mod migration;
 mod runs;
