@@ -179,6 +179,13 @@ enum HitlCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
+    /// Export a run's provenance as W3C PROV-O JSON-LD (from the audit log of your tenant).
+    Provenance {
+        /// Run id.
+        run_id: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
     /// Walk the hash chain and name the first broken entry.
     Verify,
 }
@@ -411,6 +418,13 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .review(&reviewer, id, ReviewDecisionKind::Deny, reason.as_deref(), None)
                 .await?;
             Ok(print_review(&decided, step.as_ref(), &reviewer.subject, json))
+        }
+        Command::Audit(AuditCommand::Provenance { run_id, token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let document = app.control_plane.provenance(&caller.tenant, &run_id).await?;
+            println!("{}", serde_json::to_string_pretty(&document)?);
+            Ok(Exit::Success)
         }
         Command::Audit(AuditCommand::Verify) => {
             let app = App::open_control_plane(&paths).await?;

@@ -6,6 +6,8 @@
 //! - [`store`]: the SQLite file holding approvals and the hash-chained audit log.
 //! - [`trace`]: W3C trace context.
 //! - [`run`]: run lifecycle: immutable events with Lamport clocks, state derived by `reduce`.
+//! - [`provenance`]: a run's provenance as W3C PROV-O JSON-LD, from the audit log.
+//! - [`autonomy`]: autonomy levels L1-L5, certificates, demotion, budgets.
 //! - [`emitter`]: the kernel emitter: idempotent telemetry, governance, LLM and connector
 //!   records with costs.
 //!
@@ -20,6 +22,7 @@ pub mod emitter;
 pub mod governance;
 pub mod hitl;
 pub mod identity;
+pub mod provenance;
 pub mod run;
 pub mod store;
 pub mod trace;
@@ -443,6 +446,22 @@ impl ControlPlane {
         self.store
             .cast_vote(id, reviewer, decision, reason, modified_request_json, now_ms())
             .await
+    }
+
+    /// The PROV-O JSON-LD provenance of `run_id`, from the audit entries of `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the log cannot be read.
+    pub async fn provenance(&self, tenant: &str, run_id: &str) -> Result<serde_json::Value, StoreError> {
+        let entries: Vec<AuditEntry> = self
+            .store
+            .audit_entries()
+            .await?
+            .into_iter()
+            .filter(|entry| entry.tenant == tenant)
+            .collect();
+        Ok(provenance::run_provenance(&entries, run_id))
     }
 
     /// Records a step's dispatch outcome in the audit log.

@@ -40,6 +40,12 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_anchor (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT    NOT NULL,
+    mac  TEXT    NOT NULL
+);
 "#;
 
 const APPROVALS_SCHEMA: &str = r#"
@@ -190,6 +196,14 @@ pub enum StoreError {
     /// A query failed.
     #[error("state store error: {0}")]
     Sqlite(#[from] sqlx::Error),
+    /// The audit anchor key could not be read or created.
+    #[error("audit anchor key {path}: {source}")]
+    AnchorKey {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A stored row does not have the shape this build expects.
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
@@ -289,10 +303,58 @@ pub fn now_ms() -> i64 {
 }
 
 /// The SQLite-backed store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    anchor_key: std::sync::Arc<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of the chain head `(seq, hash)` under the anchor key.
+fn anchor_mac(key: &[u8; 32], seq: i64, hash: &str) -> String {
+    use hmac::{Mac, digest::KeyInit};
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(seq.to_string().as_bytes());
+    mac.update(b":");
+    mac.update(hash.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Reads the anchor key at `path`, creating it (32 random bytes, mode 0600) when missing.
+fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|bytes: Vec<u8>| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the audit anchor key must be 32 bytes, found {}", bytes.len()),
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|error| std::io::Error::other(error.to_string()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            use std::io::Write;
+            let mut file = options.open(path)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 impl Store {
@@ -336,6 +398,10 @@ impl Store {
             .fetch_one(&mut *transaction)
             .await
             .map_err(open_error)?;
+        sqlx::raw_sql(AUDIT_SCHEMA)
+            .execute(&mut *transaction)
+            .await
+            .map_err(open_error)?;
         if found < SCHEMA_VERSION {
             let has_v1_approvals: bool = sqlx::query_scalar(
                 "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'",
@@ -368,10 +434,43 @@ impl Store {
                 .await
                 .map_err(open_error)?;
         }
+        // The anchor: the chain head MAC'd with a key kept outside the database, so that an
+        // attacker who can write the file cannot truncate the log or re-hash its tail unseen.
+        // A log that predates the anchor is anchored where it stands (trust on first use).
+        let key_path = PathBuf::from(format!("{}.audit-key", path.display()));
+        let anchor_key = load_or_create_key(&key_path).map_err(|error| StoreError::AnchorKey {
+            path: key_path.clone(),
+            source: error,
+        })?;
+        let has_anchor: bool = sqlx::query_scalar("SELECT COUNT(*) > 0 FROM audit_anchor")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(open_error)?;
+        if !has_anchor {
+            let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+            let (seq, hash) = match head {
+                Some(row) => (
+                    row.try_get::<i64, _>("seq").map_err(open_error)?,
+                    row.try_get::<String, _>("hash").map_err(open_error)?,
+                ),
+                None => (0, GENESIS_HASH.to_owned()),
+            };
+            sqlx::query("INSERT INTO audit_anchor (id, seq, hash, mac) VALUES (1, ?, ?, ?)")
+                .bind(seq)
+                .bind(&hash)
+                .bind(anchor_mac(&anchor_key, seq, &hash))
+                .execute(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+        }
         transaction.commit().await.map_err(open_error)?;
         Ok(Store {
             pool,
             path: path.to_owned(),
+            anchor_key: std::sync::Arc::new(anchor_key),
         })
     }
 
@@ -392,7 +491,7 @@ impl Store {
         payload: &serde_json::Value,
     ) -> Result<AuditEntry, StoreError> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let entry = append_in(&mut transaction, kind, principal, payload).await?;
+        let entry = append_in(&mut transaction, &self.anchor_key, kind, principal, payload).await?;
         transaction.commit().await?;
         Ok(entry)
     }
@@ -425,7 +524,9 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Walks the chain from the first entry and names the first one that does not verify.
+    /// Walks the chain from the first entry and names the first one that does not verify, then
+    /// checks the head against the anchor (MAC'd with the key beside the database), which
+    /// catches truncation and a re-hashed tail.
     ///
     /// # Errors
     ///
@@ -433,7 +534,49 @@ impl Store {
     /// [`ChainVerification::Broken`].
     pub async fn verify_audit(&self) -> Result<ChainVerification, StoreError> {
         let entries = self.audit_entries().await?;
-        Ok(verify_chain(&entries))
+        let chain = verify_chain(&entries);
+        let ChainVerification::Intact { entries: count, head } = &chain else {
+            return Ok(chain);
+        };
+        let anchor = sqlx::query("SELECT seq, hash, mac FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let last_seq = i64::try_from(*count).unwrap_or(i64::MAX);
+        let broken = |seq: i64, reason: String| ChainVerification::Broken {
+            seq,
+            reason,
+            verified_before: *count,
+        };
+        let Some(anchor) = anchor else {
+            return Ok(broken(last_seq, "the head anchor is missing".into()));
+        };
+        let (anchor_seq, anchor_hash, mac): (i64, String, String) =
+            (anchor.try_get("seq")?, anchor.try_get("hash")?, anchor.try_get("mac")?);
+        if mac != anchor_mac(&self.anchor_key, anchor_seq, &anchor_hash) {
+            return Ok(broken(
+                anchor_seq,
+                "the head anchor's MAC does not verify: the anchor was rewritten without the key".into(),
+            ));
+        }
+        if anchor_seq > last_seq {
+            return Ok(broken(
+                last_seq + 1,
+                format!("truncated: the anchor records {anchor_seq} entries, the log holds {last_seq}"),
+            ));
+        }
+        if anchor_seq < last_seq {
+            return Ok(broken(
+                anchor_seq + 1,
+                format!("entries after {anchor_seq} were appended without the anchor key"),
+            ));
+        }
+        if &anchor_hash != head {
+            return Ok(broken(
+                last_seq,
+                "the chain head differs from the anchored head: the tail was re-hashed".into(),
+            ));
+        }
+        Ok(chain)
     }
 
     /// Stores a new pending approval request and audits it, atomically: the request exists
@@ -479,7 +622,14 @@ impl Store {
         .await?;
         let mut payload = audit_payload.clone();
         payload["approval_id"] = id.into();
-        append_in(&mut transaction, "approval-requested", &request.requester, &payload).await?;
+        append_in(
+            &mut transaction,
+            &self.anchor_key,
+            "approval-requested",
+            &request.requester,
+            &payload,
+        )
+        .await?;
         let stored = fetch_approval(&mut transaction, id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("approval {id} vanished")))?;
@@ -563,7 +713,7 @@ impl Store {
             .filter(|request| request.tenant == reviewer.tenant)
             .ok_or(ApprovalError::NotFound { id })?;
         if request.status == ApprovalStatus::Pending && now_ms >= request.expires_at_ms {
-            expire_in(&mut transaction, &request, now_ms).await?;
+            expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
             transaction.commit().await.map_err(StoreError::from)?;
             return Err(ApprovalError::Expired {
                 id,
@@ -688,7 +838,7 @@ impl Store {
         } else {
             "approval-vote"
         };
-        append_in(&mut transaction, kind, reviewer, &payload).await?;
+        append_in(&mut transaction, &self.anchor_key, kind, reviewer, &payload).await?;
         let decided = fetch_approval(&mut transaction, id)
             .await?
             .ok_or(ApprovalError::NotFound { id })?;
@@ -744,7 +894,14 @@ impl Store {
             "step_id": request.step_id, "skill_id": request.skill.id, "input_digest": request.input_digest,
             "policy_version": request.policy_version,
         });
-        append_in(&mut transaction, "approval-decision", principal, &payload).await?;
+        append_in(
+            &mut transaction,
+            &self.anchor_key,
+            "approval-decision",
+            principal,
+            &payload,
+        )
+        .await?;
         let cancelled = fetch_approval(&mut transaction, id)
             .await?
             .ok_or(ApprovalError::NotFound { id })?;
@@ -769,7 +926,7 @@ impl Store {
         .await?;
         for &id in &ids {
             if let Some(request) = fetch_approval(&mut transaction, id).await? {
-                expire_in(&mut transaction, &request, now_ms).await?;
+                expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
             }
         }
         transaction.commit().await?;
@@ -801,7 +958,7 @@ impl Store {
             .filter(|request| request.tenant == binding.tenant)
             .ok_or(ApprovalError::NotFound { id })?;
         if request.status == ApprovalStatus::Approved && now_ms >= request.expires_at_ms {
-            expire_in(&mut transaction, &request, now_ms).await?;
+            expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
             transaction.commit().await.map_err(StoreError::from)?;
             return Err(ApprovalError::Expired {
                 id,
@@ -1041,7 +1198,14 @@ impl Store {
             "change": "autonomy-certificate", "certificate_id": id, "agent": certificate.agent,
             "skill": certificate.skill, "level": certificate.level, "expires_at": certificate.expires_at,
         });
-        append_in(&mut transaction, "enforcement-change", admin, &payload).await?;
+        append_in(
+            &mut transaction,
+            &self.anchor_key,
+            "enforcement-change",
+            admin,
+            &payload,
+        )
+        .await?;
         transaction.commit().await?;
         Ok(id)
     }
@@ -1157,7 +1321,14 @@ impl Store {
             )
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
             let payload = serde_json::json!({ "agent": agent.subject, "skill": skill, "reason": reason });
-            append_in(&mut transaction, "autonomy-demotion", &system, &payload).await?;
+            append_in(
+                &mut transaction,
+                &self.anchor_key,
+                "autonomy-demotion",
+                &system,
+                &payload,
+            )
+            .await?;
         }
         transaction.commit().await?;
         Ok(demote)
@@ -1277,6 +1448,7 @@ fn decisions_text(decisions: &[ReviewDecisionKind]) -> String {
 /// decided by the system principal `system:approval-expiry`.
 async fn expire_in(
     connection: &mut SqliteConnection,
+    key: &[u8; 32],
     request: &ApprovalRequest,
     now_ms: i64,
 ) -> Result<(), StoreError> {
@@ -1299,7 +1471,7 @@ async fn expire_in(
             "expires_at_ms": request.expires_at_ms, "run_id": request.run_id, "step_id": request.step_id,
             "skill_id": request.skill.id, "input_digest": request.input_digest, "policy_version": request.policy_version,
         });
-        append_in(connection, "approval-decision", &system, &payload).await?;
+        append_in(connection, key, "approval-decision", &system, &payload).await?;
     }
     Ok(())
 }
@@ -1391,6 +1563,7 @@ fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, S
 /// Appends an entry inside an open `BEGIN IMMEDIATE` transaction: reads the head, links to it.
 async fn append_in(
     connection: &mut SqliteConnection,
+    key: &[u8; 32],
     kind: &str,
     principal: &Principal,
     payload: &serde_json::Value,
@@ -1423,6 +1596,12 @@ async fn append_in(
         .bind(&payload)
         .bind(&prev_hash)
         .bind(&hash)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("INSERT OR REPLACE INTO audit_anchor (id, seq, hash, mac) VALUES (1, ?, ?, ?)")
+        .bind(seq)
+        .bind(&hash)
+        .bind(anchor_mac(key, seq, &hash))
         .execute(&mut *connection)
         .await?;
     Ok(AuditEntry {
