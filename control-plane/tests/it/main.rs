@@ -7,6 +7,7 @@ mod audit;
 mod autonomy;
 mod emitter;
 mod migration;
+mod properties;
 mod runs;
 mod schemas;
 
