@@ -8,6 +8,7 @@ mod autonomy;
 mod emitter;
 mod migration;
 mod properties;
+mod restart;
 mod runs;
 mod schemas;
 

@@ -1,0 +1,154 @@
+//! Crash safety: a writer process is killed with SIGKILL while runs wait for approval and while
+//! records and audit entries are being written. After a restart, everything the writer
+//! acknowledged (printed after its commit returned) is there, the audit chain and its anchor
+//! verify, and a waiting run resumes after its decision.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_plane::{
+    ChainVerification, KernelEmitter, ReviewDecisionKind, Role, RunEventPayload, RunState, StepSpec, Store,
+    TraceContext,
+};
+
+use crate::{NOW, new_approval, principal};
+
+const STATE_ENV: &str = "AGENTD_CRASH_TEST_STATE";
+const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The writer. Ignored in normal runs; the test below starts it in a child process.
+#[test]
+#[ignore = "run as a child process by a_killed_writer_loses_nothing_it_acknowledged"]
+fn crash_writer() {
+    let Some(path) = std::env::var_os(STATE_ENV) else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let store = Store::open(std::path::Path::new(&path)).await.unwrap();
+        let out = std::io::stdout();
+        let ack = |line: String| {
+            let mut out = out.lock();
+            writeln!(out, "ack {line}").unwrap();
+            out.flush().unwrap();
+        };
+        for n in 0..3 {
+            let run_id = format!("run-{n}");
+            store
+                .append_run_event(
+                    &run_id,
+                    "writer",
+                    TP,
+                    RunEventPayload::RunCreated {
+                        tenant: "acme".into(),
+                        principal: "alice@acme".into(),
+                        steps: vec![StepSpec {
+                            step_id: "step-1".into(),
+                            skill: "publish-report".into(),
+                            input: serde_json::json!({}),
+                        }],
+                    },
+                )
+                .await
+                .unwrap();
+            store
+                .append_run_event(&run_id, "writer", TP, RunEventPayload::StepStarted { step_id: "step-1".into() })
+                .await
+                .unwrap();
+            let mut asked = new_approval();
+            asked.run_id = run_id.clone();
+            asked.expires_at_ms = i64::MAX / 2;
+            let approval = store.create_approval(&asked, &serde_json::json!({})).await.unwrap();
+            store
+                .append_run_event(
+                    &run_id,
+                    "writer",
+                    TP,
+                    RunEventPayload::StepAwaitingApproval {
+                        step_id: "step-1".into(),
+                        approval_id: approval.id,
+                    },
+                )
+                .await
+                .unwrap();
+            ack(format!("waiting {run_id} {}", approval.id));
+        }
+        let emitter = KernelEmitter::new(store.clone());
+        let alice = principal("alice", &[Role::Agent]);
+        for n in 0u64.. {
+            let trace = TraceContext::new_root();
+            let recorded = emitter
+                .emit_telemetry("acme", &trace, "crash.test", serde_json::json!({ "n": n }))
+                .await
+                .unwrap();
+            ack(format!("record {}", recorded.id));
+            let entry = store.append_audit("verdict", &alice, &serde_json::json!({ "n": n })).await.unwrap();
+            ack(format!("audit {}", entry.seq));
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_killed_writer_loses_nothing_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "restart::crash_writer", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(STATE_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut waiting = Vec::new();
+    let mut records = Vec::new();
+    let mut audits = Vec::new();
+    let started = Instant::now();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        // The harness may print "test ... " before the first line on the same line.
+        let Some(start) = line.find("ack ") else { continue };
+        let ack = &line[start + 4..];
+        let parts: Vec<&str> = ack.split(' ').collect();
+        match parts[0] {
+            "waiting" => waiting.push((parts[1].to_owned(), parts[2].parse::<i64>().unwrap())),
+            "record" => records.push(parts[1].parse::<i64>().unwrap()),
+            "audit" => audits.push(parts[1].parse::<i64>().unwrap()),
+            _ => {}
+        }
+        // Kill mid-stream, at a moment the writer does not choose.
+        if audits.len() >= 150 || started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert_eq!(waiting.len(), 3);
+    assert!(audits.len() >= 100, "the writer acknowledged only {} audit entries", audits.len());
+
+    let store = Store::open(&path).await.unwrap();
+    // Nothing acknowledged is lost.
+    let entries = store.audit_entries().await.unwrap();
+    let last_acked = *audits.last().unwrap();
+    assert!(entries.len() as i64 >= last_acked, "{} entries, {last_acked} acknowledged", entries.len());
+    assert!(store.record_count("acme").await.unwrap() >= records.len() as i64);
+    // The chain and its anchor verify.
+    let verification = store.verify_audit().await.unwrap();
+    assert!(matches!(verification, ChainVerification::Intact { .. }), "{verification:?}");
+    // Waiting runs survived, and one resumes after its decision.
+    for (run_id, _) in &waiting {
+        assert_eq!(store.run(run_id).await.unwrap().state, RunState::AwaitingApproval);
+    }
+    let (run_id, approval_id) = &waiting[0];
+    store
+        .cast_vote(*approval_id, &principal("bob", &[Role::Reviewer]), ReviewDecisionKind::Approve, None, None, NOW)
+        .await
+        .unwrap();
+    let mut offered = crate::binding();
+    offered.run_id = run_id.clone();
+    store.consume_approval(*approval_id, &offered, NOW).await.unwrap();
+    store
+        .append_run_event(run_id, "restarted", TP, RunEventPayload::StepStarted { step_id: "step-1".into() })
+        .await
+        .unwrap();
+    assert_eq!(store.run(run_id).await.unwrap().state, RunState::Running);
+}
