@@ -27,14 +27,21 @@ fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-/// The default policy plus `n` policies in the shape of a real deployment: a permit per skill
-/// (one of which applies to the benchmarked request) and every tenth a forbid.
-fn policy_set(n: usize) -> String {
+/// The default policy plus `n` policies: a permit per skill (one of which applies to the
+/// benchmarked request) and every tenth a forbid. `scoped`: the skill is named in the policy
+/// scope (`resource == Agentd::Skill::"skill-N"`), the usual way to write per-skill rules;
+/// otherwise in a `when` condition on `resource.id`, which no scope slicing can narrow (the
+/// worst case: every policy is evaluated).
+fn policy_set(n: usize, scoped: bool) -> String {
     let mut text = String::from(include_str!("../../policies/default.cedar"));
     for i in 0..n {
         if i % 10 == 9 {
             text.push_str(&format!(
                 "@id(\"forbid-{i}\")\nforbid(principal, action == Agentd::Action::\"invoke\", resource == Agentd::Skill::\"blocked-{i}\");\n"
+            ));
+        } else if scoped {
+            text.push_str(&format!(
+                "@id(\"permit-{i}\")\npermit(principal, action == Agentd::Action::\"invoke\", resource == Agentd::Skill::\"skill-{i}\")\n  when {{ principal.roles.contains(\"agent\") && resource.risk_tier != \"high\" }};\n"
             ));
         } else {
             text.push_str(&format!(
@@ -54,7 +61,10 @@ fn principal(subject: &str, roles: &[Role]) -> Principal {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let agent = principal("alice", &[Role::Agent]);
     let skill = SkillSummary {
         id: "skill-3".into(),
@@ -64,9 +74,18 @@ fn main() {
         digest: "sha256:00".into(),
     };
 
-    println!("verdict latency (PolicyEngine::decide: entities, Cedar evaluation, annotations), 20,000 calls each:");
-    for n in [10, 100, 1_000] {
-        let engine = PolicyEngine::from_text(&policy_set(n), "bench").unwrap();
+    println!(
+        "verdict latency (PolicyEngine::decide: entities, scope slice, Cedar evaluation, annotations), 20,000 calls each:"
+    );
+    for (n, scoped) in [
+        (10, true),
+        (100, true),
+        (1_000, true),
+        (10, false),
+        (100, false),
+        (1_000, false),
+    ] {
+        let engine = PolicyEngine::from_text(&policy_set(n, scoped), "bench").unwrap();
         for _ in 0..1_000 {
             std::hint::black_box(engine.decide(&agent, "skill-3", Some(&skill), 0));
         }
@@ -79,8 +98,9 @@ fn main() {
         let p50 = percentile(&mut samples, 0.5);
         let p99 = percentile(&mut samples, 0.99);
         println!(
-            "  {:>5} policies: p50 {:>7.1} µs  p99 {:>7.1} µs",
+            "  {:>5} policies, skill named {}: p50 {:>7.1} µs  p99 {:>7.1} µs",
             engine.len(),
+            if scoped { "in the scope   " } else { "in a condition" },
             micros(p50),
             micros(p99)
         );
@@ -95,7 +115,12 @@ fn main() {
         let started = Instant::now();
         for i in 0..n {
             emitter
-                .emit_telemetry("acme", &TraceContext::new_root(), "bench", serde_json::json!({ "i": i }))
+                .emit_telemetry(
+                    "acme",
+                    &TraceContext::new_root(),
+                    "bench",
+                    serde_json::json!({ "i": i }),
+                )
                 .await
                 .unwrap();
         }
@@ -155,7 +180,14 @@ fn main() {
                 .await
                 .unwrap();
             store
-                .append_run_event(&run_id, "bench", &tp, RunEventPayload::StepStarted { step_id: "step-1".into() })
+                .append_run_event(
+                    &run_id,
+                    "bench",
+                    &tp,
+                    RunEventPayload::StepStarted {
+                        step_id: "step-1".into(),
+                    },
+                )
                 .await
                 .unwrap();
             let request = store
@@ -214,7 +246,14 @@ fn main() {
                 .await
                 .unwrap();
             store
-                .append_run_event(&run_id, "bench", &tp, RunEventPayload::StepStarted { step_id: "step-1".into() })
+                .append_run_event(
+                    &run_id,
+                    "bench",
+                    &tp,
+                    RunEventPayload::StepStarted {
+                        step_id: "step-1".into(),
+                    },
+                )
                 .await
                 .unwrap();
             samples.push(started.elapsed());

@@ -34,11 +34,10 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, Request, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId, PolicySet,
+    Request, ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use plugin_abi::{Capability, SideEffect, SkillSummary};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::autonomy::{AutonomyAssessment, AutonomyLevel};
@@ -349,15 +348,19 @@ fn parse_duration_secs(text: &str) -> Option<i64> {
 /// A loaded, validated Cedar policy set.
 #[derive(Debug)]
 pub struct PolicyEngine {
-    policies: cedar_policy::PolicySet,
-    schema: Schema,
+    policies: PolicySet,
     version: String,
     authorizer: Authorizer,
     approvals: std::collections::BTreeMap<PolicyId, ApprovalSettings>,
     obligations: std::collections::BTreeMap<PolicyId, Vec<Obligation>>,
     autonomy_caps: std::collections::BTreeMap<PolicyId, AutonomyLevel>,
     names: std::collections::BTreeMap<PolicyId, String>,
+    /// Policy slices by (action, resource): only policies whose scope can match are evaluated.
+    slices: std::sync::RwLock<std::collections::HashMap<(String, String), std::sync::Arc<PolicySet>>>,
 }
+
+/// Bound on cached slices; past it the cache starts over (it is only a cache).
+const MAX_SLICES: usize = 10_000;
 
 impl PolicyEngine {
     /// Reads and loads the policy file at `path`.
@@ -383,7 +386,7 @@ impl PolicyEngine {
     /// annotation (approval settings on a `forbid`, an unknown role, a quorum of 0, ...).
     pub fn from_text(text: &str, origin: &str) -> Result<Self, PolicyError> {
         let schema = PARSED_SCHEMA.clone().map_err(PolicyError::Schema)?;
-        let policies = cedar_policy::PolicySet::from_str(text).map_err(|error| PolicyError::Parse {
+        let policies = PolicySet::from_str(text).map_err(|error| PolicyError::Parse {
             origin: origin.to_owned(),
             message: miette_free(&error),
         })?;
@@ -495,13 +498,13 @@ impl PolicyEngine {
         let version = format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
         Ok(PolicyEngine {
             policies,
-            schema,
             version,
             authorizer: Authorizer::new(),
             approvals,
             obligations,
             autonomy_caps,
             names,
+            slices: std::sync::RwLock::new(std::collections::HashMap::new()),
         })
     }
 
@@ -561,7 +564,7 @@ impl PolicyEngine {
                 "unknown skill `{requested_skill}`: no verified package provides it"
             ));
         };
-        let invoke = match self.evaluate(principal, "invoke", &skill_resource(skill), json!({})) {
+        let invoke = match self.evaluate(principal, "invoke", skill_resource(skill), Vec::new()) {
             Ok(outcome) => outcome,
             Err(reason) => return fail_closed(reason),
         };
@@ -604,8 +607,11 @@ impl PolicyEngine {
         let mut grants = Vec::new();
         let mut withheld = Vec::new();
         for capability in &skill.capabilities {
-            let context = json!({ "skill": skill.id, "side_effect": skill.side_effect.as_str() });
-            match self.evaluate(principal, "use-capability", &capability_resource(capability), context) {
+            let context = vec![
+                ("skill".to_owned(), string(&skill.id)),
+                ("side_effect".to_owned(), string(skill.side_effect.as_str())),
+            ];
+            match self.evaluate(principal, "use-capability", capability_resource(capability), context) {
                 Ok(outcome) if outcome.decision == CedarDecision::Allow => grants.push(capability.to_string()),
                 Ok(_) => withheld.push(capability.to_string()),
                 Err(reason) => return fail_closed(reason),
@@ -681,8 +687,12 @@ impl PolicyEngine {
         tenant: &str,
         requester: &str,
     ) -> Result<(), String> {
-        let context = json!({ "tenant": tenant, "risk_tier": RiskTier::of(skill).as_str(), "requester": requester });
-        let outcome = self.evaluate(reviewer, "review", &skill_resource(skill), context)?;
+        let context = vec![
+            ("tenant".to_owned(), string(tenant)),
+            ("risk_tier".to_owned(), string(RiskTier::of(skill).as_str())),
+            ("requester".to_owned(), string(requester)),
+        ];
+        let outcome = self.evaluate(reviewer, "review", skill_resource(skill), context)?;
         if outcome.decision == CedarDecision::Allow {
             Ok(())
         } else {
@@ -694,40 +704,83 @@ impl PolicyEngine {
         }
     }
 
+    /// The policies whose scope can match `action` on `resource`: action `==`/`in` it or
+    /// unconstrained, and resource unconstrained, `==` it, `is` its type, or `in` something (kept
+    /// conservatively: hierarchies are not resolved here). Evaluation is linear in the policies
+    /// it sees, so slicing by scope keeps a verdict fast in large policy sets. Cached per pair.
+    fn slice(&self, action: &EntityUid, resource: &EntityUid) -> std::sync::Arc<PolicySet> {
+        let key = (action.to_string(), resource.to_string());
+        if let Ok(cache) = self.slices.read()
+            && let Some(slice) = cache.get(&key)
+        {
+            return std::sync::Arc::clone(slice);
+        }
+        let resource_type = resource.type_name();
+        let selected = self.policies.policies().filter(|policy| {
+            let action_matches = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => &uid == action,
+                ActionConstraint::In(uids) => uids.iter().any(|uid| uid == action),
+            };
+            let resource_matches = match policy.resource_constraint() {
+                ResourceConstraint::Any | ResourceConstraint::In(_) | ResourceConstraint::IsIn(..) => true,
+                ResourceConstraint::Eq(uid) => &uid == resource,
+                ResourceConstraint::Is(type_name) => &type_name == resource_type,
+            };
+            action_matches && resource_matches
+        });
+        let slice =
+            std::sync::Arc::new(PolicySet::from_policies(selected.cloned()).unwrap_or_else(|_| self.policies.clone()));
+        if let Ok(mut cache) = self.slices.write() {
+            if cache.len() >= MAX_SLICES {
+                cache.clear();
+            }
+            cache.insert(key, std::sync::Arc::clone(&slice));
+        }
+        slice
+    }
+
     fn evaluate(
         &self,
         principal: &Principal,
         action: &str,
-        resource: &(EntityUid, serde_json::Value),
-        context: serde_json::Value,
+        resource: (EntityUid, Result<Entity, String>),
+        context: Vec<(String, RestrictedExpression)>,
     ) -> Result<Evaluation, String> {
         let principal_uid = uid("Principal", &format!("{}/{}", principal.tenant, principal.subject))?;
         let action_uid = uid("Action", action)?;
-        let entities = json!([
-            {
-                "uid": { "type": "Agentd::Principal", "id": format!("{}/{}", principal.tenant, principal.subject) },
-                "attrs": {
-                    "subject": principal.subject,
-                    "tenant": principal.tenant,
-                    "roles": principal.roles.iter().map(|role| role.as_str()).collect::<Vec<_>>(),
-                },
-                "parents": []
-            },
-            resource.1,
-        ]);
-        let entities = Entities::from_json_value(entities, Some(&self.schema))
-            .map_err(|error| format!("entity error: {error}"))?;
-        let context = Context::from_json_value(context, Some((&self.schema, &action_uid)))
-            .map_err(|error| format!("context error: {error}"))?;
-        let request = Request::new(
-            principal_uid,
-            action_uid,
-            resource.0.clone(),
-            context,
-            Some(&self.schema),
+        let principal_entity = Entity::new(
+            principal_uid.clone(),
+            std::collections::HashMap::from([
+                (
+                    "subject".to_owned(),
+                    RestrictedExpression::new_string(principal.subject.clone()),
+                ),
+                (
+                    "tenant".to_owned(),
+                    RestrictedExpression::new_string(principal.tenant.clone()),
+                ),
+                (
+                    "roles".to_owned(),
+                    RestrictedExpression::new_set(
+                        principal
+                            .roles
+                            .iter()
+                            .map(|role| RestrictedExpression::new_string(role.as_str().to_owned())),
+                    ),
+                ),
+            ]),
+            std::collections::HashSet::new(),
         )
-        .map_err(|error| format!("request error: {error}"))?;
-        let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+        .map_err(|error| format!("entity error: {error}"))?;
+        let (resource_uid, resource_entity) = resource;
+        let entities = Entities::from_entities([principal_entity, resource_entity?], None)
+            .map_err(|error| format!("entity error: {error}"))?;
+        let context = Context::from_pairs(context).map_err(|error| format!("context error: {error}"))?;
+        let slice = self.slice(&action_uid, &resource_uid);
+        let request = Request::new(principal_uid, action_uid, resource_uid, context, None)
+            .map_err(|error| format!("request error: {error}"))?;
+        let response = self.authorizer.is_authorized(&request, &slice, &entities);
         let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
         if !errors.is_empty() {
             return Err(format!("policy evaluation failed, denying: {}", errors.join("; ")));
@@ -749,31 +802,42 @@ fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
     EntityUid::from_str(&text).map_err(|error| format!("invalid entity id {text}: {error}"))
 }
 
-fn skill_resource(skill: &SkillSummary) -> (EntityUid, serde_json::Value) {
-    let entity = json!({
-        "uid": { "type": "Agentd::Skill", "id": skill.id },
-        "attrs": {
-            "id": skill.id,
-            "version": skill.version.to_string(),
-            "side_effect": skill.side_effect.as_str(),
-            "digest": skill.digest,
-            "capabilities": skill.capabilities.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "risk_tier": RiskTier::of(skill).as_str(),
-        },
-        "parents": []
-    });
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+fn skill_resource(skill: &SkillSummary) -> (EntityUid, Result<Entity, String>) {
     let uid = uid("Skill", &skill.id).unwrap_or_else(|_| unreachable_uid());
+    let entity = Entity::new(
+        uid.clone(),
+        std::collections::HashMap::from([
+            ("id".to_owned(), string(&skill.id)),
+            ("version".to_owned(), string(&skill.version.to_string())),
+            ("side_effect".to_owned(), string(skill.side_effect.as_str())),
+            ("digest".to_owned(), string(&skill.digest)),
+            (
+                "capabilities".to_owned(),
+                RestrictedExpression::new_set(skill.capabilities.iter().map(|c| string(&c.to_string()))),
+            ),
+            ("risk_tier".to_owned(), string(RiskTier::of(skill).as_str())),
+        ]),
+        std::collections::HashSet::new(),
+    )
+    .map_err(|error| format!("entity error: {error}"));
     (uid, entity)
 }
 
-fn capability_resource(capability: &Capability) -> (EntityUid, serde_json::Value) {
-    let text = capability.to_string();
-    let entity = json!({
-        "uid": { "type": "Agentd::Capability", "id": text },
-        "attrs": { "kind": capability.kind(), "scope": capability.scope() },
-        "parents": []
-    });
-    let uid = uid("Capability", &text).unwrap_or_else(|_| unreachable_uid());
+fn capability_resource(capability: &Capability) -> (EntityUid, Result<Entity, String>) {
+    let uid = uid("Capability", &capability.to_string()).unwrap_or_else(|_| unreachable_uid());
+    let entity = Entity::new(
+        uid.clone(),
+        std::collections::HashMap::from([
+            ("kind".to_owned(), string(capability.kind())),
+            ("scope".to_owned(), string(&capability.scope())),
+        ]),
+        std::collections::HashSet::new(),
+    )
+    .map_err(|error| format!("entity error: {error}"));
     (uid, entity)
 }
 

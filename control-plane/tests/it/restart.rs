@@ -21,8 +21,13 @@ const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 #[test]
 #[ignore = "run as a child process by a_killed_writer_loses_nothing_it_acknowledged"]
 fn crash_writer() {
-    let Some(path) = std::env::var_os(STATE_ENV) else { return };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let Some(path) = std::env::var_os(STATE_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let store = Store::open(std::path::Path::new(&path)).await.unwrap();
         let out = std::io::stdout();
@@ -51,7 +56,14 @@ fn crash_writer() {
                 .await
                 .unwrap();
             store
-                .append_run_event(&run_id, "writer", TP, RunEventPayload::StepStarted { step_id: "step-1".into() })
+                .append_run_event(
+                    &run_id,
+                    "writer",
+                    TP,
+                    RunEventPayload::StepStarted {
+                        step_id: "step-1".into(),
+                    },
+                )
                 .await
                 .unwrap();
             let mut asked = new_approval();
@@ -81,7 +93,10 @@ fn crash_writer() {
                 .await
                 .unwrap();
             ack(format!("record {}", recorded.id));
-            let entry = store.append_audit("verdict", &alice, &serde_json::json!({ "n": n })).await.unwrap();
+            let entry = store
+                .append_audit("verdict", &alice, &serde_json::json!({ "n": n }))
+                .await
+                .unwrap();
             ack(format!("audit {}", entry.seq));
         }
     });
@@ -92,7 +107,13 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "restart::crash_writer", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "restart::crash_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(STATE_ENV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -123,31 +144,56 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     assert_eq!(waiting.len(), 3);
-    assert!(audits.len() >= 100, "the writer acknowledged only {} audit entries", audits.len());
+    assert!(
+        audits.len() >= 100,
+        "the writer acknowledged only {} audit entries",
+        audits.len()
+    );
 
     let store = Store::open(&path).await.unwrap();
     // Nothing acknowledged is lost.
     let entries = store.audit_entries().await.unwrap();
     let last_acked = *audits.last().unwrap();
-    assert!(entries.len() as i64 >= last_acked, "{} entries, {last_acked} acknowledged", entries.len());
+    assert!(
+        entries.len() as i64 >= last_acked,
+        "{} entries, {last_acked} acknowledged",
+        entries.len()
+    );
     assert!(store.record_count("acme").await.unwrap() >= records.len() as i64);
     // The chain and its anchor verify.
     let verification = store.verify_audit().await.unwrap();
-    assert!(matches!(verification, ChainVerification::Intact { .. }), "{verification:?}");
+    assert!(
+        matches!(verification, ChainVerification::Intact { .. }),
+        "{verification:?}"
+    );
     // Waiting runs survived, and one resumes after its decision.
     for (run_id, _) in &waiting {
         assert_eq!(store.run(run_id).await.unwrap().state, RunState::AwaitingApproval);
     }
     let (run_id, approval_id) = &waiting[0];
     store
-        .cast_vote(*approval_id, &principal("bob", &[Role::Reviewer]), ReviewDecisionKind::Approve, None, None, NOW)
+        .cast_vote(
+            *approval_id,
+            &principal("bob", &[Role::Reviewer]),
+            ReviewDecisionKind::Approve,
+            None,
+            None,
+            NOW,
+        )
         .await
         .unwrap();
     let mut offered = crate::binding();
     offered.run_id = run_id.clone();
     store.consume_approval(*approval_id, &offered, NOW).await.unwrap();
     store
-        .append_run_event(run_id, "restarted", TP, RunEventPayload::StepStarted { step_id: "step-1".into() })
+        .append_run_event(
+            run_id,
+            "restarted",
+            TP,
+            RunEventPayload::StepStarted {
+                step_id: "step-1".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(store.run(run_id).await.unwrap().state, RunState::Running);
