@@ -14,7 +14,7 @@ pub mod orchestrate;
 pub mod package;
 pub mod runtime;
 
-pub use orchestrate::{StepError, StepOutcome, close_unapproved, node_id, resume_approved, run_step};
+pub use orchestrate::{StepError, StepOutcome, close_unapproved, node_id, resume_approved, run_plan, run_step};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
 pub use runtime::{
     DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Runtime, RuntimeConfig,

@@ -3,7 +3,7 @@
 
 use control_plane::{
     ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, KernelEmitter,
-    NewApproval, Obligation, Principal, RunEventPayload, RunStoreError, StepContext, StepSpec, StoreError,
+    NewApproval, Obligation, Principal, RunEventPayload, RunState, RunStoreError, StepContext, StepSpec, StoreError,
     TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
@@ -99,7 +99,7 @@ pub fn input_digest(input_json: &str) -> String {
 /// Obligations this runtime fulfils: it always records the output's digest in the audit log.
 pub const SUPPORTED_OBLIGATIONS: &[&str] = &["record-output-digest"];
 
-/// Governs and, if allowed, dispatches one step of a new run.
+/// Governs and, if allowed, dispatches one step of a new run (a run with one step).
 ///
 /// # Errors
 ///
@@ -111,10 +111,36 @@ pub async fn run_step(
     skill_id: &str,
     request: &InvokeRequest,
 ) -> Result<StepOutcome, StepError> {
-    let context = StepContext {
-        run_id: control_plane::trace::random_id("run"),
+    let steps = vec![StepSpec {
         step_id: "step-1".to_owned(),
-        traceparent: TraceContext::new_root().to_string(),
+        skill: skill_id.to_owned(),
+        input: serde_json::Value::Object(request.input.clone()),
+    }];
+    run_plan(runtime, control_plane, principal, steps).await
+}
+
+/// Starts a run of several steps, executed in order. A step's input may reference an earlier
+/// step's output (`{"$from": "<step id>", "pointer": "/json/pointer"}`), resolved when the step
+/// starts. The run stops at the first step that is denied, fails or waits for approval; after
+/// the approval, [`resume_approved`] runs that step and carries on with the rest. Returns the
+/// outcome of the last step that was attempted.
+///
+/// # Errors
+///
+/// [`StepError::Run`] when the plan is invalid (no steps, duplicate step ids) or a reference
+/// cannot be resolved; [`StepError::Store`] when a decision cannot be recorded.
+pub async fn run_plan(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    steps: Vec<StepSpec>,
+) -> Result<StepOutcome, StepError> {
+    let run_id = control_plane::trace::random_id("run");
+    let root = TraceContext::new_root();
+    let context = StepContext {
+        run_id: run_id.clone(),
+        step_id: steps.first().map(|step| step.step_id.clone()).unwrap_or_default(),
+        traceparent: root.to_string(),
     };
     record_event(
         control_plane,
@@ -122,15 +148,75 @@ pub async fn run_step(
         RunEventPayload::RunCreated {
             tenant: principal.tenant.clone(),
             principal: principal.to_string(),
-            steps: vec![StepSpec {
-                step_id: context.step_id.clone(),
-                skill: skill_id.to_owned(),
-                input: serde_json::Value::Object(request.input.clone()),
-            }],
+            steps,
         },
     )
     .await?;
-    govern_step(runtime, control_plane, principal, context, skill_id, request, None).await
+    continue_run(runtime, control_plane, principal, &run_id, &root, None).await
+}
+
+/// Runs the remaining steps of `run_id` in order, from its current step. `last` is the outcome
+/// of the step just finished, returned when no step remains.
+async fn continue_run(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    run_id: &str,
+    parent: &TraceContext,
+    mut last: Option<StepOutcome>,
+) -> Result<StepOutcome, StepError> {
+    loop {
+        let view = control_plane.store().run(run_id).await?;
+        if view.state.is_terminal() {
+            break;
+        }
+        let Some(step) = view.current_step().cloned() else {
+            break;
+        };
+        if step.state != RunState::Pending {
+            // Waiting for approval or a human: resumed by the decision, not here.
+            break;
+        }
+        let input = view.resolve_input(&step.spec.step_id).map_err(RunStoreError::from)?;
+        let serde_json::Value::Object(input) = input else {
+            return Err(StepError::Run(RunStoreError::Run(
+                control_plane::RunError::BadReference {
+                    run_id: run_id.to_owned(),
+                    step_id: step.spec.step_id.clone(),
+                    message: "the resolved input is not a JSON object".into(),
+                },
+            )));
+        };
+        let context = StepContext {
+            run_id: run_id.to_owned(),
+            step_id: step.spec.step_id.clone(),
+            traceparent: parent.child().to_string(),
+        };
+        let outcome = govern_step(
+            runtime,
+            control_plane,
+            principal,
+            context,
+            &step.spec.skill,
+            &InvokeRequest::new(input),
+            None,
+        )
+        .await?;
+        let completed = matches!(
+            &outcome,
+            StepOutcome::Dispatched { report, .. } if matches!(report.outcome, crate::runtime::Outcome::Completed { .. })
+        );
+        last = Some(outcome);
+        if !completed {
+            break;
+        }
+    }
+    last.ok_or_else(|| {
+        StepError::Run(RunStoreError::Run(control_plane::RunError::BadStep {
+            run_id: run_id.to_owned(),
+            message: "the run has no step left to run".into(),
+        }))
+    })
 }
 
 /// This process's node id for run events: `$AGENTD_NODE_ID`, else `node-<pid>`.
@@ -324,7 +410,8 @@ pub async fn resume_approved(
             id: approval_id,
             source,
         })?;
-        return govern_step(
+        let parent_trace: TraceContext = context.traceparent.parse().unwrap_or_else(|_| TraceContext::new_root());
+        let outcome = govern_step(
             runtime,
             control_plane,
             &principal,
@@ -332,6 +419,15 @@ pub async fn resume_approved(
             &approval.skill.id,
             &request,
             Some(approval_id),
+        )
+        .await?;
+        return continue_run(
+            runtime,
+            control_plane,
+            &principal,
+            &approval.run_id,
+            &parent_trace,
+            Some(outcome),
         )
         .await;
     }
@@ -397,7 +493,8 @@ pub async fn resume_approved(
             control_plane::now_ms(),
         )
         .await?;
-    dispatch_and_record(
+    let parent_trace: TraceContext = context.traceparent.parse().unwrap_or_else(|_| TraceContext::new_root());
+    let outcome = dispatch_and_record(
         runtime,
         control_plane,
         &principal,
@@ -405,6 +502,16 @@ pub async fn resume_approved(
         decision,
         &skill,
         input_json,
+    )
+    .await?;
+    // Carry on with the run's remaining steps.
+    continue_run(
+        runtime,
+        control_plane,
+        &principal,
+        &approval.run_id,
+        &parent_trace,
+        Some(outcome),
     )
     .await
 }

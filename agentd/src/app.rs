@@ -110,6 +110,12 @@ impl App {
         Ok(StepReport::from(outcome))
     }
 
+    /// Runs a plan of several steps (see [`agent_runtime::run_plan`]).
+    pub async fn run_plan(&self, principal: &Principal, steps: Vec<control_plane::StepSpec>) -> Result<StepReport> {
+        let outcome = agent_runtime::run_plan(&self.runtime, &self.control_plane, principal, steps).await?;
+        Ok(StepReport::from(outcome))
+    }
+
     /// Resumes an approved step in the caller's tenant; governance runs again as the requester.
     pub async fn resume(&self, caller: &Principal, id: i64) -> Result<StepReport> {
         let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &caller.tenant, id)

@@ -70,6 +70,15 @@ enum Command {
         #[command(flatten)]
         token: TokenArg,
     },
+    /// Run a plan of several steps in order; a step's input may use an earlier step's output
+    /// (`{"$from": "<step id>", "pointer": "/json/pointer"}`).
+    RunPlan {
+        /// File holding `{"steps": [{"step_id", "skill", "input"}, ...]}`, or `-` for standard input.
+        #[arg(long)]
+        plan: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
+    },
     /// Human-in-the-loop approvals.
     #[command(subcommand)]
     Hitl(HitlCommand),
@@ -317,6 +326,21 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let app = App::open(&paths).await?;
             let principal = app.authenticate(&token.token)?;
             let report = app.run(&principal, &skill, &request).await?;
+            print_step(&report, json);
+            Ok(step_exit(&report))
+        }
+        Command::RunPlan { plan, token } => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Plan {
+                steps: Vec<control_plane::StepSpec>,
+            }
+            let text = app::read_input(&plan)?;
+            let parsed: Plan =
+                serde_json::from_str(&text).with_context(|| format!("plan {} is not a valid plan", plan.display()))?;
+            let app = App::open(&paths).await?;
+            let principal = app.authenticate(&token.token)?;
+            let report = app.run_plan(&principal, parsed.steps).await?;
             print_step(&report, json);
             Ok(step_exit(&report))
         }

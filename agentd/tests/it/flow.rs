@@ -142,3 +142,54 @@ fn demo_runs_end_to_end_on_a_given_file() {
         assert!(transcript.contains(expected), "missing `{expected}` in:\n{transcript}");
     }
 }
+
+#[test]
+fn a_plan_feeds_one_step_into_the_next_and_resumes_after_approval() {
+    let env = Env::new();
+    let agent = env.token("alice", "agent");
+    let reviewer = env.token("bob", "reviewer");
+    let plan = json!({ "steps": [
+        { "step_id": "redact", "skill": "pii-redact", "input": { "text": "contact jane@example.org today" } },
+        { "step_id": "publish", "skill": "publish-report", "input": {
+            "title": "Redacted",
+            "body": { "$from": "redact", "pointer": "/redacted" },
+            "path": "reports/redacted.md"
+        } }
+    ] });
+    let file = env.file("plan.json", &plan.to_string());
+    let output = env.agentd(
+        &[
+            "--json",
+            "run-plan",
+            "--plan",
+            file.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        None,
+    );
+    // The first step ran; the second (effectful) waits for a reviewer.
+    assert_eq!(output.status.code(), Some(4), "{}{}", stdout(&output), stderr(&output));
+    let waiting: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let id = waiting["approval_id"].as_i64().unwrap().to_string();
+
+    let output = env.agentd(&["hitl", "approve", &id, "--token", &reviewer], None);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let written = std::fs::read_to_string(env.state_dir().join("workspace/acme/reports/redacted.md")).unwrap();
+    assert!(written.contains("contact [EMAIL] today"), "{written}");
+    assert!(!written.contains("jane@"), "{written}");
+
+    // A plan whose reference points at a later step is refused before anything runs.
+    let bad = json!({ "steps": [
+        { "step_id": "a", "skill": "pii-redact", "input": { "text": { "$from": "b", "pointer": "/redacted" } } },
+        { "step_id": "b", "skill": "pii-redact", "input": { "text": "x" } }
+    ] });
+    let file = env.file("bad-plan.json", &bad.to_string());
+    let output = env.agentd(&["run-plan", "--plan", file.to_str().unwrap(), "--token", &agent], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("references step `b`, which does not come before it"),
+        "{}",
+        stderr(&output)
+    );
+}
