@@ -274,24 +274,15 @@ async fn govern_step(
     let skill = runtime.lookup(skill_id);
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
-    record_event(
+    let decision = start_and_govern(
         control_plane,
+        principal,
         &context,
-        RunEventPayload::StepStarted {
-            step_id: context.step_id.clone(),
-        },
+        skill_id,
+        skill.as_ref().map(|s| &s.summary),
+        &digest,
     )
     .await?;
-    let decision = control_plane
-        .govern(
-            principal,
-            &context,
-            skill_id,
-            skill.as_ref().map(|s| &s.summary),
-            &digest,
-        )
-        .await?;
-    emit_governance(control_plane, principal, &context, &decision).await;
     let skill = match (&decision.verdict, skill) {
         (Verdict::Allow { .. }, Some(skill)) => skill,
         (
@@ -351,6 +342,31 @@ async fn govern_step(
         }
     };
     dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json).await
+}
+
+/// Records that the step started, governs it (the verdict is audited before anything runs) and
+/// emits the decision.
+async fn start_and_govern(
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: &StepContext,
+    skill_id: &str,
+    skill: Option<&plugin_abi::SkillSummary>,
+    digest: &str,
+) -> Result<Decision, StepError> {
+    record_event(
+        control_plane,
+        context,
+        RunEventPayload::StepStarted {
+            step_id: context.step_id.clone(),
+        },
+    )
+    .await?;
+    let decision = control_plane
+        .govern(principal, context, skill_id, skill, digest)
+        .await?;
+    emit_governance(control_plane, principal, context, &decision).await;
+    Ok(decision)
 }
 
 /// Records the decision through the kernel emitter. The audit entry written by `govern` is the
@@ -453,18 +469,15 @@ pub async fn resume_approved(
         })?;
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
-    record_event(
+    let decision = start_and_govern(
         control_plane,
+        &principal,
         &context,
-        RunEventPayload::StepStarted {
-            step_id: context.step_id.clone(),
-        },
+        &approval.skill.id,
+        Some(&skill.summary),
+        &digest,
     )
     .await?;
-    let decision = control_plane
-        .govern(&principal, &context, &approval.skill.id, Some(&skill.summary), &digest)
-        .await?;
-    emit_governance(control_plane, &principal, &context, &decision).await;
     if let Verdict::Deny { .. } = &decision.verdict {
         record_event(
             control_plane,

@@ -398,10 +398,8 @@ impl Store {
             .fetch_one(&mut *transaction)
             .await
             .map_err(open_error)?;
-        sqlx::raw_sql(AUDIT_SCHEMA)
-            .execute(&mut *transaction)
-            .await
-            .map_err(open_error)?;
+        let version_pragma = format!("PRAGMA user_version = {SCHEMA_VERSION}");
+        let mut statements: Vec<&str> = vec![AUDIT_SCHEMA];
         if found < SCHEMA_VERSION {
             let has_v1_approvals: bool = sqlx::query_scalar(
                 "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'",
@@ -409,27 +407,18 @@ impl Store {
             .fetch_one(&mut *transaction)
             .await
             .map_err(open_error)?;
-            sqlx::raw_sql(AUDIT_SCHEMA)
-                .execute(&mut *transaction)
-                .await
-                .map_err(open_error)?;
-            if found == 1 && has_v1_approvals {
-                sqlx::raw_sql(MIGRATE_1_TO_2)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(open_error)?;
+            let migrate = found == 1 && has_v1_approvals;
+            if migrate {
+                statements.push(MIGRATE_1_TO_2);
             }
-            sqlx::raw_sql(APPROVALS_SCHEMA)
-                .execute(&mut *transaction)
-                .await
-                .map_err(open_error)?;
-            if found == 1 && has_v1_approvals {
-                sqlx::raw_sql(MIGRATE_1_TO_2_COPY)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(open_error)?;
+            statements.push(APPROVALS_SCHEMA);
+            if migrate {
+                statements.push(MIGRATE_1_TO_2_COPY);
             }
-            sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            statements.push(&version_pragma);
+        }
+        for statement in statements {
+            sqlx::raw_sql(statement)
                 .execute(&mut *transaction)
                 .await
                 .map_err(open_error)?;
