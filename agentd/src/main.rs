@@ -249,6 +249,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `expires in 23h 59m`, or `expired` once the stored expiry has passed.
+fn expiry_text(expires_at_ms: i64, now_ms: i64) -> String {
+    let seconds = (expires_at_ms - now_ms) / 1_000;
+    if seconds <= 0 {
+        return "expired".to_owned();
+    }
+    let (hours, minutes) = (seconds / 3_600, (seconds % 3_600) / 60);
+    if hours > 0 {
+        format!("expires in {hours}h {minutes}m")
+    } else {
+        format!("expires in {minutes}m {}s", seconds % 60)
+    }
+}
+
 /// Prints the outcome of a review answer and, if the step resumed, the step.
 fn print_review(decided: &ApprovalRequest, step: Option<&StepReport>, reviewer: &str, json: bool) -> Exit {
     match step {
@@ -363,7 +377,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             } else {
                 for request in requests {
                     println!(
-                        "#{:<4} {:<9} {} {} requested by {} (run {}, input {}), needs {} of {} {}s ({} so far), expires at {} ms",
+                        "#{:<4} {:<9} {} {} requested by {} (run {}, input {}), needs {} of {} {}s ({} so far), {}",
                         request.id,
                         request.status,
                         request.skill.id,
@@ -375,7 +389,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                         request.quorum.required,
                         request.reviewer_role,
                         request.approvals(),
-                        request.expires_at_ms,
+                        expiry_text(request.expires_at_ms, control_plane::now_ms()),
                     );
                 }
             }
