@@ -9,6 +9,7 @@
 //! **Architecture invariant:** agent-runtime never writes the audit log itself; it goes through
 //! [`control_plane::ControlPlane`].
 
+pub mod cache;
 pub mod host;
 pub mod orchestrate;
 pub mod package;

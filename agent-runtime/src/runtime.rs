@@ -28,6 +28,8 @@ pub struct RuntimeConfig {
     pub workspace_root: Option<PathBuf>,
     /// Concurrent instances the pooling allocator reserves slots for.
     pub max_instances: u32,
+    /// Directory of the compiled-code cache; `None` compiles every package at every load.
+    pub code_cache: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -36,6 +38,7 @@ impl Default for RuntimeConfig {
             ceilings: LimitCeilings::default(),
             workspace_root: None,
             max_instances: 64,
+            code_cache: None,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct LoadedSkill {
     pub input_schema: String,
     /// JSON Schema of the output object, from `describe`.
     pub output_schema: String,
+    /// How the compiled code was obtained and how long it took.
+    pub load: crate::cache::LoadStats,
     pre: SkillPre<HostState>,
 }
 
@@ -277,6 +282,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     config: RuntimeConfig,
     skills: BTreeMap<String, Vec<Arc<LoadedSkill>>>,
+    cache: Option<crate::cache::CodeCache>,
     _ticker: Ticker,
 }
 
@@ -338,11 +344,19 @@ impl Runtime {
             })
             .map_err(|error| EngineError(format!("cannot start the epoch thread: {error}")))?;
 
+        let cache =
+            match &config.code_cache {
+                Some(dir) => Some(crate::cache::CodeCache::open(dir).map_err(|error| {
+                    EngineError(format!("cannot open the code cache at {}: {error}", dir.display()))
+                })?),
+                None => None,
+            };
         Ok(Runtime {
             engine,
             linker,
             config,
             skills: BTreeMap::new(),
+            cache,
             _ticker: Ticker { stop },
         })
     }
@@ -412,10 +426,27 @@ impl Runtime {
             });
         }
         check_component_header(&bytes, &component_path)?;
-        let component = Component::new(&self.engine, &bytes).map_err(|error| PackageError::Compile {
-            path: component_path.clone(),
-            message: format!("{error:#}"),
-        })?;
+        let compile = || {
+            Component::new(&self.engine, &bytes).map_err(|error| PackageError::Compile {
+                path: component_path.clone(),
+                message: format!("{error:#}"),
+            })
+        };
+        let (component, load) = match &self.cache {
+            Some(cache) => cache.load(&self.engine, &actual, compile)?,
+            None => {
+                let started = Instant::now();
+                let component = compile()?;
+                let load_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                (
+                    component,
+                    crate::cache::LoadStats {
+                        outcome: crate::cache::CacheOutcome::Disabled,
+                        load_us,
+                    },
+                )
+            }
+        };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -502,6 +533,7 @@ impl Runtime {
             package_dir: package_dir.to_owned(),
             input_schema: descriptor.input_schema,
             output_schema: descriptor.output_schema,
+            load,
             pre,
         }));
         versions.sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));

@@ -86,6 +86,7 @@ impl App {
         let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
         let mut runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
+            code_cache: Some(paths.state_dir.join("code-cache")),
             ..RuntimeConfig::default()
         })?;
         let (loaded, refused) = runtime.load_dir(&paths.plugins).await.with_context(|| {

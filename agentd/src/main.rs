@@ -531,7 +531,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 let skills: Vec<_> = app
                     .runtime
                     .skills()
-                    .map(|skill| (&skill.summary, &skill.manifest.limits))
+                    .map(|skill| (&skill.summary, &skill.manifest.limits, &skill.load))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&skills)?);
             } else {
@@ -539,7 +539,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                     let capabilities: Vec<String> =
                         skill.summary.capabilities.iter().map(ToString::to_string).collect();
                     println!(
-                        "{:<16} {:<8} {:<10} caps [{}]  memory {} MiB, fuel {}, deadline {} ms  {}",
+                        "{:<16} {:<8} {:<10} caps [{}]  memory {} MiB, fuel {}, deadline {} ms  {}  ({}, {} µs)",
                         skill.summary.id,
                         skill.summary.version,
                         skill.summary.side_effect,
@@ -547,7 +547,15 @@ async fn execute(cli: Cli) -> Result<Exit> {
                         skill.manifest.limits.memory_bytes / (1024 * 1024),
                         skill.manifest.limits.fuel,
                         skill.manifest.limits.deadline_ms,
-                        skill.summary.digest
+                        skill.summary.digest,
+                        match &skill.load.outcome {
+                            agent_runtime::cache::CacheOutcome::Disabled => "compiled".to_owned(),
+                            agent_runtime::cache::CacheOutcome::Miss => "compiled, cached".to_owned(),
+                            agent_runtime::cache::CacheOutcome::Hit => "from cache".to_owned(),
+                            agent_runtime::cache::CacheOutcome::Rejected { reason } =>
+                                format!("cache entry rejected ({reason}), recompiled"),
+                        },
+                        skill.load.load_us
                     );
                 }
             }

@@ -1,0 +1,225 @@
+//! The compiled-code cache: components compiled once, then loaded from disk.
+//!
+//! An entry is keyed by the component's SHA-256 and the engine's precompile-compatibility hash
+//! (wasmtime version, compiler, target and every setting that changes the code). Loading
+//! native code from disk is `unsafe` in wasmtime for a reason: the bytes become executable. So
+//! an entry is never trusted blindly:
+//!
+//! 1. the entry's bytes must carry a valid HMAC-SHA256 (RFC 2104) under a key kept beside the
+//!    cache (mode 0600): a corrupt, truncated or substituted entry fails here;
+//! 2. wasmtime then checks the header (version, configuration, target) itself.
+//!
+//! Any failure recompiles from the verified component and rewrites the entry (atomically:
+//! written to a temporary file, then renamed). The trust boundary is the cache directory and its
+//! key together: whoever can write both can run code, exactly as whoever can write the agentd
+//! binary can.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hmac::{Mac, digest::KeyInit};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// How a component was obtained.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "cache", rename_all = "kebab-case")]
+pub enum CacheOutcome {
+    /// No cache configured: compiled.
+    Disabled,
+    /// Not in the cache: compiled, then stored.
+    Miss,
+    /// Loaded from a verified entry.
+    Hit,
+    /// The entry failed verification (reason given); compiled and stored again.
+    Rejected {
+        /// Why the entry was not used.
+        reason: String,
+    },
+}
+
+/// A component and how long getting it took.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoadStats {
+    /// Cache outcome.
+    #[serde(flatten)]
+    pub outcome: CacheOutcome,
+    /// Time to compile or deserialize, µs.
+    pub load_us: u64,
+}
+
+/// A directory of compiled components.
+#[derive(Clone)]
+pub struct CodeCache {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for CodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `Hasher` that feeds SHA-256, so the engine's compatibility hash becomes a stable digest.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+impl CodeCache {
+    /// Opens (creating) the cache at `dir`, with its key at `dir/cache.key` (created, 0600).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error when the directory or key cannot be created or read.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key_path = dir.join("cache.key");
+        let key = match std::fs::read(&key_path) {
+            Ok(bytes) => bytes.try_into().map_err(|bytes: Vec<u8>| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the cache key must be 32 bytes, found {}",
+                        key_path.display(),
+                        bytes.len()
+                    ),
+                )
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|error| std::io::Error::other(error.to_string()))?;
+                write_private(&key_path, &key)?;
+                key
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(CodeCache {
+            dir: dir.to_path_buf(),
+            key,
+        })
+    }
+
+    fn entry_path(&self, engine: &Engine, component_digest: &str) -> PathBuf {
+        let mut hasher = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.0.update(component_digest.as_bytes());
+        self.dir.join(format!("{}.cwasm", hex::encode(hasher.0.finalize())))
+    }
+
+    fn mac(&self, bytes: &[u8]) -> [u8; 32] {
+        let mut mac =
+            <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The compiled form of the component whose verified bytes are `wasm` (digest
+    /// `component_digest`): from the cache when a verified entry exists, else compiled by
+    /// `compile` and stored.
+    ///
+    /// # Errors
+    ///
+    /// The error of `compile` when the component has to be compiled and does not compile. Cache
+    /// I/O failures are not errors: the component is compiled instead.
+    pub fn load<E>(
+        &self,
+        engine: &Engine,
+        component_digest: &str,
+        compile: impl FnOnce() -> Result<Component, E>,
+    ) -> Result<(Component, LoadStats), E> {
+        let path = self.entry_path(engine, component_digest);
+        let started = Instant::now();
+        let rejected = match std::fs::read(&path) {
+            Ok(entry) => match self.verified(engine, &entry) {
+                Ok(component) => {
+                    return Ok((
+                        component,
+                        LoadStats {
+                            outcome: CacheOutcome::Hit,
+                            load_us: micros(started),
+                        },
+                    ));
+                }
+                Err(reason) => Some(reason),
+            },
+            Err(_) => None,
+        };
+        let started = Instant::now();
+        let component = compile()?;
+        let load_us = micros(started);
+        if let Ok(bytes) = component.serialize() {
+            let mut entry = self.mac(&bytes).to_vec();
+            entry.extend_from_slice(&bytes);
+            if let Err(error) = write_atomically(&path, &entry) {
+                tracing::warn!(%error, path = %path.display(), "the compiled component was not cached");
+            }
+        }
+        let outcome = match rejected {
+            Some(reason) => CacheOutcome::Rejected { reason },
+            None => CacheOutcome::Miss,
+        };
+        Ok((component, LoadStats { outcome, load_us }))
+    }
+
+    fn verified(&self, engine: &Engine, entry: &[u8]) -> Result<Component, String> {
+        if entry.len() < 32 {
+            return Err("the entry is truncated".into());
+        }
+        let (tag, bytes) = entry.split_at(32);
+        let expected = self.mac(bytes);
+        // Constant-time comparison is not needed against a local file, but costs nothing.
+        let mismatch = tag.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if mismatch != 0 {
+            return Err("the entry's MAC does not verify (corrupt or substituted)".into());
+        }
+        #[allow(
+            unsafe_code,
+            reason = "deserializing native code is unsafe; the bytes are MAC-verified first"
+        )]
+        // SAFETY: `Component::deserialize` requires bytes produced by `Component::serialize`
+        // of a compatible engine. The bytes were written by `load` above from
+        // `Component::serialize` and carry a MAC under a key only this cache holds, so they are
+        // exactly what was serialized; wasmtime then checks version and configuration
+        // compatibility itself and returns an error on any mismatch.
+        let component = unsafe { Component::deserialize(engine, bytes) };
+        component.map_err(|error| format!("wasmtime refused the entry: {error}"))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}
