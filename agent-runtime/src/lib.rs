@@ -13,6 +13,7 @@ pub mod cache;
 pub mod host;
 pub mod orchestrate;
 pub mod package;
+pub mod resilience;
 pub mod runtime;
 
 pub use orchestrate::{StepError, StepOutcome, close_unapproved, node_id, resume_approved, run_plan, run_step};

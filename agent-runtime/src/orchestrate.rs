@@ -9,6 +9,7 @@ use control_plane::{
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
 
+use crate::resilience::{Admission, CircuitBreakers};
 use crate::runtime::{DispatchReport, DispatchRequest, Runtime};
 
 /// How a step ended. Verdicts are values: a denial is an outcome, not an error.
@@ -30,6 +31,18 @@ pub enum StepOutcome {
         context: StepContext,
         /// The verdict.
         decision: Decision,
+    },
+    /// It kept failing with retryable errors (or its circuit is open): a human was asked, through
+    /// an approval request whose approval runs the step again.
+    Escalated {
+        /// The step.
+        context: StepContext,
+        /// The last attempt.
+        report: DispatchReport,
+        /// Every failed attempt, oldest first.
+        history: Vec<String>,
+        /// The escalation request.
+        approval: Box<ApprovalRequest>,
     },
     /// It waits for a reviewer.
     AwaitingApproval {
@@ -271,7 +284,21 @@ async fn govern_step(
     request: &InvokeRequest,
     parent_id: Option<i64>,
 ) -> Result<StepOutcome, StepError> {
-    let skill = runtime.lookup(skill_id);
+    // The selector: highest loaded version whose circuit is not open, every rejection explained.
+    let selection = crate::resilience::select(
+        runtime,
+        skill_id,
+        &semver::VersionReq::STAR,
+        None,
+        runtime.breakers(),
+        &principal.tenant,
+    );
+    let skill = selection
+        .candidates
+        .first()
+        .cloned()
+        .or_else(|| runtime.lookup(skill_id));
+    let explanation = serde_json::to_value(&selection).unwrap_or_default();
     let input_json = request.input_json();
     let digest = input_digest(&input_json);
     let decision = start_and_govern(
@@ -341,7 +368,17 @@ async fn govern_step(
             return Ok(StepOutcome::Denied { context, decision });
         }
     };
-    dispatch_and_record(runtime, control_plane, principal, context, decision, &skill, input_json).await
+    dispatch_and_record(
+        runtime,
+        control_plane,
+        principal,
+        context,
+        decision,
+        &skill,
+        input_json,
+        Some(explanation),
+    )
+    .await
 }
 
 /// Records that the step started, governs it (the verdict is audited before anything runs) and
@@ -515,6 +552,7 @@ pub async fn resume_approved(
         decision,
         &skill,
         input_json,
+        None,
     )
     .await?;
     // Carry on with the run's remaining steps.
@@ -529,6 +567,86 @@ pub async fn resume_approved(
     .await
 }
 
+/// The last rung of the escalation ladder: a human. Stores an approval request (reviewer role,
+/// one approval, a day to answer) carrying the failure history; approving it runs the step
+/// again. The run is marked escalated, and the escalation counts against the agent's autonomy
+/// error budget.
+async fn escalate(
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: StepContext,
+    skill: &crate::runtime::LoadedSkill,
+    request: &DispatchRequest,
+    report: Option<DispatchReport>,
+    history: Vec<String>,
+) -> Result<StepOutcome, StepError> {
+    let invoke = InvokeRequest::parse(&format!(
+        "{{\"schema_version\":\"{}\",\"input\":{}}}",
+        plugin_abi::INVOKE_SCHEMA_V1,
+        request.input_json
+    ))
+    .map_err(|source| StepError::StoredRequest { id: 0, source })?;
+    let approval = control_plane
+        .request_approval(&NewApproval {
+            requester: principal.clone(),
+            acting_agent: principal.subject.clone(),
+            run_id: context.run_id.clone(),
+            step_id: context.step_id.clone(),
+            traceparent: context.traceparent.clone(),
+            skill: skill.summary.clone(),
+            input_digest: input_digest(&request.input_json),
+            request_json: serde_json::to_string(&invoke).unwrap_or_default(),
+            policy_version: control_plane.policy().version().to_owned(),
+            reviewer_role: control_plane::Role::Reviewer,
+            quorum: control_plane::Quorum::default(),
+            expires_at_ms: control_plane::now_ms() + control_plane::governance::DEFAULT_APPROVAL_TTL_SECS * 1_000,
+            allowed_decisions: vec![
+                control_plane::ReviewDecisionKind::Approve,
+                control_plane::ReviewDecisionKind::Deny,
+                control_plane::ReviewDecisionKind::Modify,
+            ],
+            parent_id: None,
+        })
+        .await?;
+    record_event(
+        control_plane,
+        &context,
+        RunEventPayload::StepEscalated {
+            step_id: context.step_id.clone(),
+            reason: format!(
+                "escalated to a human (request #{}): {}",
+                approval.id,
+                history.join("; ")
+            ),
+        },
+    )
+    .await?;
+    control_plane
+        .record_outcome(principal, &skill.summary.id, "escalation")
+        .await?;
+    let report = report.unwrap_or_else(|| DispatchReport {
+        skill_id: skill.summary.id.clone(),
+        skill_version: skill.summary.version.to_string(),
+        digest: skill.summary.digest.clone(),
+        outcome: crate::runtime::Outcome::Failed {
+            failure: crate::runtime::RuntimeFailure::Host {
+                message: "not dispatched: the circuit is open".into(),
+            },
+        },
+        metrics: crate::runtime::Metrics::default(),
+    });
+    Ok(StepOutcome::Escalated {
+        context,
+        report,
+        history,
+        approval: Box::new(approval),
+    })
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "two private call sites: a new step and a resumed one"
+)]
 async fn dispatch_and_record(
     runtime: &Runtime,
     control_plane: &ControlPlane,
@@ -537,6 +655,7 @@ async fn dispatch_and_record(
     decision: Decision,
     skill: &crate::runtime::LoadedSkill,
     input_json: String,
+    selection: Option<serde_json::Value>,
 ) -> Result<StepOutcome, StepError> {
     if let Some(obligation) = decision
         .verdict
@@ -553,6 +672,7 @@ async fn dispatch_and_record(
         return Err(StepError::UnsupportedObligation(obligation.clone()));
     }
     let grants = decision.grants();
+    let digest = input_digest(&input_json);
     let request = DispatchRequest {
         run_id: context.run_id.clone(),
         step_id: context.step_id.clone(),
@@ -562,20 +682,83 @@ async fn dispatch_and_record(
         tenant: principal.tenant.clone(),
         grants,
     };
-    let report = runtime.dispatch(skill, &request).await;
-    let audited = serde_json::json!({
-        "skill_id": report.skill_id,
-        "skill_version": report.skill_version,
-        "digest": report.digest,
-        "outcome": report.outcome.name(),
-        "retryable": report.outcome.is_retryable(),
-        "detail": match &report.outcome {
-            crate::runtime::Outcome::Completed { output } => serde_json::json!({ "output_digest": input_digest(&serde_json::Value::Object(output.clone()).to_string()) }),
-            other => serde_json::to_value(other).unwrap_or_default(),
-        },
-        "metrics": report.metrics,
-    });
-    control_plane.record_dispatch(principal, &context, &audited).await?;
+    // Attempts: retry retryable failures with seeded backoff, asking the control plane again
+    // before every retry; every attempt is audited and feeds the circuit breaker.
+    let policy = &skill.manifest.retry;
+    let delays = policy.delays(&context.run_id, &context.step_id);
+    let total_deadline = std::time::Duration::from_millis(policy.total_deadline_ms);
+    let started = std::time::Instant::now();
+    let breakers = runtime.breakers();
+    let key = CircuitBreakers::key(skill, &principal.tenant);
+    let mut history: Vec<String> = Vec::new();
+    let mut attempt = 0_usize;
+    let (report, circuit_open) = loop {
+        if breakers.admit(&key, std::time::Instant::now()) == Admission::Rejected {
+            history.push(format!(
+                "attempt {}: not made, the circuit of {key} is open",
+                attempt + 1
+            ));
+            break (None, true);
+        }
+        let report = runtime.dispatch(skill, &request).await;
+        let completed = matches!(report.outcome, crate::runtime::Outcome::Completed { .. });
+        breakers.record(&key, completed, std::time::Instant::now());
+        let audited = serde_json::json!({
+            "skill_id": report.skill_id,
+            "skill_version": report.skill_version,
+            "digest": report.digest,
+            "attempt": attempt + 1,
+            "selection": selection,
+            "outcome": report.outcome.name(),
+            "retryable": report.outcome.is_retryable(),
+            "detail": match &report.outcome {
+                crate::runtime::Outcome::Completed { output } => serde_json::json!({ "output_digest": input_digest(&serde_json::Value::Object(output.clone()).to_string()) }),
+                other => serde_json::to_value(other).unwrap_or_default(),
+            },
+            "metrics": report.metrics,
+        });
+        control_plane.record_dispatch(principal, &context, &audited).await?;
+        if completed || !policy.should_retry(&report.outcome) {
+            break (Some(report), false);
+        }
+        history.push(format!("attempt {}: {}", attempt + 1, report.outcome.name()));
+        let Some(delay) = delays.get(attempt).copied() else {
+            break (Some(report), false);
+        };
+        if started.elapsed() + delay > total_deadline {
+            break (Some(report), false);
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        let again = control_plane
+            .govern(principal, &context, &skill.summary.id, Some(&skill.summary), &digest)
+            .await?;
+        if let Verdict::Deny { .. } = &again.verdict {
+            record_event(
+                control_plane,
+                &context,
+                RunEventPayload::StepFailed {
+                    step_id: context.step_id.clone(),
+                    reason: "denied when governed again before a retry".into(),
+                },
+            )
+            .await?;
+            return Ok(StepOutcome::Denied {
+                context,
+                decision: again,
+            });
+        }
+    };
+    let exhausted = circuit_open
+        || report
+            .as_ref()
+            .is_some_and(|report| policy.should_retry(&report.outcome));
+    if exhausted {
+        return escalate(control_plane, principal, context, skill, &request, report, history).await;
+    }
+    let Some(report) = report else {
+        unreachable!("a missing report means the circuit was open, which escalates");
+    };
     let payload = match &report.outcome {
         crate::runtime::Outcome::Completed { output } => {
             let output = serde_json::Value::Object(output.clone());

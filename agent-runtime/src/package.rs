@@ -43,7 +43,7 @@ pub struct Limits {
 }
 
 /// A parsed `skill.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// ABI version; must equal [`plugin_abi::ABI_VERSION`].
@@ -64,6 +64,9 @@ pub struct Manifest {
     pub sha256: Option<String>,
     /// Limits per invocation.
     pub limits: Limits,
+    /// How failed invocations are retried (`[retry]`; defaults when absent).
+    #[serde(default)]
+    pub retry: crate::resilience::RetryPolicy,
 }
 
 fn default_component() -> String {

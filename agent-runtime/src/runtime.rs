@@ -62,6 +62,8 @@ pub struct LoadedSkill {
     pub output_schema: String,
     /// How the compiled code was obtained and how long it took.
     pub load: crate::cache::LoadStats,
+    /// Exponentially weighted mean of recent invocation wall times, µs (0 before the first).
+    recent_latency_us: std::sync::atomic::AtomicU64,
     pre: SkillPre<HostState>,
 }
 
@@ -283,6 +285,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     skills: BTreeMap<String, Vec<Arc<LoadedSkill>>>,
     cache: Option<crate::cache::CodeCache>,
+    breakers: crate::resilience::CircuitBreakers,
     _ticker: Ticker,
 }
 
@@ -357,6 +360,7 @@ impl Runtime {
             config,
             skills: BTreeMap::new(),
             cache,
+            breakers: crate::resilience::CircuitBreakers::new(5, Duration::from_secs(30)),
             _ticker: Ticker { stop },
         })
     }
@@ -534,6 +538,7 @@ impl Runtime {
             input_schema: descriptor.input_schema,
             output_schema: descriptor.output_schema,
             load,
+            recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             pre,
         }));
         versions.sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));
@@ -552,6 +557,17 @@ impl Runtime {
             .iter()
             .find(|loaded| loaded.summary.digest == digest)
             .cloned()
+    }
+
+    /// The circuit breakers, one per (skill version, tenant): open after 5 consecutive failures,
+    /// one probe after 30 s.
+    pub fn breakers(&self) -> &crate::resilience::CircuitBreakers {
+        &self.breakers
+    }
+
+    /// Every loaded version of `id`, lowest first.
+    pub fn versions(&self, id: &str) -> Vec<Arc<LoadedSkill>> {
+        self.skills.get(id).cloned().unwrap_or_default()
     }
 
     /// Every loaded skill, by id then version.
@@ -661,6 +677,7 @@ impl Runtime {
             fuel = metrics.fuel_consumed, peak_memory_bytes = metrics.peak_memory_bytes,
             host_calls = metrics.host_calls, denials = metrics.denials, "skill invocation"
         );
+        skill.observe_latency(metrics.instantiate_us + metrics.execute_us);
         DispatchReport {
             skill_id: skill.summary.id.clone(),
             skill_version: skill.summary.version.to_string(),
@@ -668,6 +685,21 @@ impl Runtime {
             outcome,
             metrics,
         }
+    }
+}
+
+impl LoadedSkill {
+    /// Exponentially weighted mean (weight 1/8 for the newest) of recent invocation times, µs.
+    pub fn recent_latency_us(&self) -> u64 {
+        self.recent_latency_us.load(Ordering::Relaxed)
+    }
+
+    fn observe_latency(&self, micros: u64) {
+        let _ = self
+            .recent_latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { micros } else { old - old / 8 + micros / 8 })
+            });
     }
 }
 

@@ -189,6 +189,12 @@ pub enum StepReport {
         approval_id: i64,
         reviewer_role: String,
     },
+    Escalated {
+        run_id: String,
+        approval_id: i64,
+        history: Vec<String>,
+        report: agent_runtime::DispatchReport,
+    },
 }
 
 impl From<StepOutcome> for StepReport {
@@ -215,6 +221,17 @@ impl From<StepOutcome> for StepReport {
                 run_id: context.run_id,
                 approval_id: approval.id,
                 reviewer_role: approval.reviewer_role.to_string(),
+            },
+            StepOutcome::Escalated {
+                context,
+                report,
+                history,
+                approval,
+            } => StepReport::Escalated {
+                run_id: context.run_id,
+                approval_id: approval.id,
+                history,
+                report,
             },
         }
     }
@@ -260,6 +277,20 @@ pub fn print_step(report: &StepReport, json: bool) {
             if let Verdict::Deny { kind, reasons, .. } = &decision.verdict {
                 println!("denied (run {run_id}, {kind:?}): {}", reasons.join("; "));
             }
+        }
+        StepReport::Escalated {
+            run_id,
+            approval_id,
+            history,
+            report,
+        } => {
+            println!(
+                "{} {} kept failing (run {run_id}): {}; escalated to a human: request #{approval_id} \
+                 (a reviewer's `agentd hitl approve {approval_id}` runs it again)",
+                report.skill_id,
+                report.skill_version,
+                history.join("; ")
+            );
         }
         StepReport::AwaitingApproval {
             run_id,

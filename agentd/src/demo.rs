@@ -249,8 +249,22 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         .run(&agent, "spin-forever", &InvokeRequest::new(serde_json::Map::new()))
         .await?;
     let elapsed = started.elapsed();
-    let StepReport::Failed { report, retryable, .. } = &spun else {
-        bail!("spin-forever should have been stopped, got {spun:?}");
+    let (report, retryable, attempts) = match &spun {
+        StepReport::Failed { report, retryable, .. } => (report, *retryable, "1 attempt".to_owned()),
+        StepReport::Escalated {
+            report,
+            history,
+            approval_id,
+            ..
+        } => (
+            report,
+            report.outcome.is_retryable(),
+            format!(
+                "{} attempts with backoff, then escalated to a human (request #{approval_id})",
+                history.len()
+            ),
+        ),
+        _ => bail!("spin-forever should have been stopped, got {spun:?}"),
     };
     let stopped_by = match &report.outcome {
         Outcome::Failed {
@@ -266,10 +280,11 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         .lookup("spin-forever")
         .map_or(0, |skill| skill.manifest.limits.deadline_ms);
     say(format!(
-        "  stopped: {} after {} ms (deadline {deadline_ms} ms): {stopped_by}; {}",
+        "  stopped: {} after {} ms (deadline {deadline_ms} ms): {stopped_by}; {}, {attempts} in {} ms",
         report.outcome.name(),
+        report.metrics.instantiate_us / 1_000 + report.metrics.execute_us / 1_000,
+        if retryable { "retryable" } else { "not retryable" },
         elapsed.as_millis(),
-        if *retryable { "retryable" } else { "not retryable" },
     ));
     let after = app
         .run(&agent, "pii-redact", &text_request("host still fine: ops@example.org"))

@@ -301,7 +301,7 @@ fn step_exit(report: &StepReport) -> Exit {
         StepReport::Completed { .. } => Exit::Success,
         StepReport::Failed { .. } => Exit::Failed,
         StepReport::Denied { .. } => Exit::Denied,
-        StepReport::AwaitingApproval { .. } => Exit::AwaitingApproval,
+        StepReport::AwaitingApproval { .. } | StepReport::Escalated { .. } => Exit::AwaitingApproval,
     }
 }
 

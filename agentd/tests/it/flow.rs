@@ -82,7 +82,8 @@ fn run_approve_and_audit_through_the_cli() {
         stderr(&output)
     );
 
-    // A runaway skill is stopped (exit code 5) and recorded.
+    // A runaway skill is stopped at each attempt, retried with backoff (timeouts are retryable),
+    // then escalated to a human (exit code 4), every attempt recorded.
     let empty = env.file("empty.json", &envelope(json!({})));
     let output = env.agentd(
         &[
@@ -95,9 +96,17 @@ fn run_approve_and_audit_through_the_cli() {
         ],
         None,
     );
-    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
-    assert!(stdout(&output).contains("failed (run run-"), "{}", stdout(&output));
-    assert!(stdout(&output).contains("timeout (retryable)"), "{}", stdout(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("kept failing (run run-"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stdout(&output).contains("attempt 1: timeout; attempt 2: timeout; attempt 3: timeout; escalated to a human"),
+        "{}",
+        stdout(&output)
+    );
 
     // An unknown skill is denied, failing closed (exit code 3).
     let output = env.agentd(
@@ -108,8 +117,9 @@ fn run_approve_and_audit_through_the_cli() {
     assert!(stdout(&output).contains("unknown skill `ghost`"), "{}", stdout(&output));
 
     // 2 x (verdict, dispatch); verdict, approval-requested; approval-decision, verdict, dispatch
-    // (the resumed step); verdict, dispatch (spin-forever); verdict (ghost).
-    assert_eq!(env.audit_entries(), 12);
+    // (the resumed step); spin-forever: 3 x (verdict, dispatch) and the escalation request;
+    // verdict (ghost).
+    assert_eq!(env.audit_entries(), 17);
 
     let output = env.agentd(&["plugins", "list"], None);
     assert!(
