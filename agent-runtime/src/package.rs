@@ -40,6 +40,21 @@ pub struct Limits {
     pub fuel: u64,
     /// Wall-clock deadline, ms, enforced as an epoch deadline.
     pub deadline_ms: u64,
+    /// Invocations of this skill version running at once; more wait in the queue.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Invocations that may wait for a slot; beyond it, calls are refused as overloaded
+    /// (backpressure, retryable).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+}
+
+fn default_max_concurrency() -> u32 {
+    16
+}
+
+fn default_max_queue() -> u32 {
+    64
 }
 
 /// A parsed `skill.toml`.

@@ -19,6 +19,12 @@ use crate::package::{LimitCeilings, MANIFEST_FILE, Manifest, PackageError, check
 /// How often the epoch advances, ms. Deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK_MS: u64 = 5;
 
+/// The largest input JSON a guest is given, bytes; larger input is refused as invalid input.
+pub const MAX_INPUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The largest output JSON accepted from a guest, bytes; larger output is an invalid output.
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Limits and paths of a [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -64,6 +70,10 @@ pub struct LoadedSkill {
     pub load: crate::cache::LoadStats,
     /// Exponentially weighted mean of recent invocation wall times, µs (0 before the first).
     recent_latency_us: std::sync::atomic::AtomicU64,
+    /// Concurrency slots (`limits.max_concurrency`).
+    slots: tokio::sync::Semaphore,
+    /// Invocations waiting for a slot.
+    queued: std::sync::atomic::AtomicU32,
     pre: SkillPre<HostState>,
 }
 
@@ -138,12 +148,22 @@ pub enum RuntimeFailure {
         /// What failed.
         message: String,
     },
+    /// Every slot of this skill version is busy and its queue is full (backpressure). Retryable.
+    Overloaded {
+        /// Invocations running.
+        in_flight: u32,
+        /// Invocations waiting.
+        queued: u32,
+    },
 }
 
 impl RuntimeFailure {
     /// Whether a retry can help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RuntimeFailure::Timeout { .. } | RuntimeFailure::Host { .. })
+        matches!(
+            self,
+            RuntimeFailure::Timeout { .. } | RuntimeFailure::Host { .. } | RuntimeFailure::Overloaded { .. }
+        )
     }
 }
 
@@ -228,6 +248,7 @@ impl Outcome {
                 RuntimeFailure::CapabilityDenied { .. } => "capability-denied",
                 RuntimeFailure::InvalidOutput { .. } => "invalid-output",
                 RuntimeFailure::Host { .. } => "host-error",
+                RuntimeFailure::Overloaded { .. } => "overloaded",
             },
         }
     }
@@ -531,6 +552,7 @@ impl Runtime {
             });
         }
         tracing::info!(skill = %summary.id, version = %summary.version, digest = %summary.digest, "skill package loaded");
+        let manifest_limits_concurrency = manifest.limits.max_concurrency.max(1) as usize;
         versions.push(Arc::new(LoadedSkill {
             manifest,
             summary: summary.clone(),
@@ -539,6 +561,8 @@ impl Runtime {
             output_schema: descriptor.output_schema,
             load,
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
+            slots: tokio::sync::Semaphore::new(manifest_limits_concurrency),
+            queued: std::sync::atomic::AtomicU32::new(0),
             pre,
         }));
         versions.sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));
@@ -603,6 +627,83 @@ impl Runtime {
     ///
     /// Never fails: every way an invocation can end is an [`Outcome`].
     pub async fn dispatch(&self, skill: &LoadedSkill, request: &DispatchRequest) -> DispatchReport {
+        let span = tracing::info_span!(
+            "skill.invoke",
+            skill = %skill.summary.id,
+            version = %skill.summary.version,
+            digest = %skill.summary.digest,
+            traceparent = %request.traceparent,
+            instantiate_us = tracing::field::Empty,
+            execute_us = tracing::field::Empty,
+            fuel = tracing::field::Empty,
+            peak_memory_bytes = tracing::field::Empty,
+            host_calls = tracing::field::Empty,
+            denials = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let report = tracing::Instrument::instrument(self.dispatch_admitted(skill, request), span.clone()).await;
+        let metrics = &report.metrics;
+        span.record("instantiate_us", metrics.instantiate_us);
+        span.record("execute_us", metrics.execute_us);
+        span.record("fuel", metrics.fuel_consumed);
+        span.record("peak_memory_bytes", metrics.peak_memory_bytes);
+        span.record("host_calls", metrics.host_calls);
+        span.record("denials", metrics.denials);
+        span.record("outcome", report.outcome.name());
+        report
+    }
+
+    /// Admission: bounded input, then a concurrency slot of this skill version, waiting in a
+    /// bounded queue (backpressure: a full queue refuses at once, retryably).
+    async fn dispatch_admitted(&self, skill: &LoadedSkill, request: &DispatchRequest) -> DispatchReport {
+        let refuse = |outcome: Outcome| DispatchReport {
+            skill_id: skill.summary.id.clone(),
+            skill_version: skill.summary.version.to_string(),
+            digest: skill.summary.digest.clone(),
+            outcome,
+            metrics: Metrics::default(),
+        };
+        if request.input_json.len() > MAX_INPUT_BYTES {
+            return refuse(Outcome::SkillFailed {
+                error: SkillFailure::InvalidInput(format!(
+                    "the input is {} bytes; the limit is {MAX_INPUT_BYTES}",
+                    request.input_json.len()
+                )),
+            });
+        }
+        let permit = match skill.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let queued = skill.queued.fetch_add(1, Ordering::AcqRel);
+                if queued >= skill.manifest.limits.max_queue {
+                    skill.queued.fetch_sub(1, Ordering::AcqRel);
+                    return refuse(Outcome::Failed {
+                        failure: RuntimeFailure::Overloaded {
+                            in_flight: skill.manifest.limits.max_concurrency,
+                            queued,
+                        },
+                    });
+                }
+                let permit = skill.slots.acquire().await;
+                skill.queued.fetch_sub(1, Ordering::AcqRel);
+                match permit {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        return refuse(Outcome::Failed {
+                            failure: RuntimeFailure::Host {
+                                message: "the skill's slots were closed".into(),
+                            },
+                        });
+                    }
+                }
+            }
+        };
+        let report = self.dispatch_now(skill, request).await;
+        drop(permit);
+        report
+    }
+
+    async fn dispatch_now(&self, skill: &LoadedSkill, request: &DispatchRequest) -> DispatchReport {
         let limits = skill.manifest.limits;
         let workspace = match (&self.config.workspace_root, WorkspacePath::parse(&request.tenant)) {
             (Some(root), Ok(tenant)) if tenant.segments().count() == 1 => Some(root.join(tenant.as_str())),
@@ -650,6 +751,14 @@ impl Runtime {
             Ok(Err((error, during_instantiation))) => Outcome::Failed {
                 failure: classify_trap(&error, state, &limits, during_instantiation),
             },
+            Ok(Ok(Ok(output))) if output.output.len() > MAX_OUTPUT_BYTES => Outcome::Failed {
+                failure: RuntimeFailure::InvalidOutput {
+                    message: format!(
+                        "the output is {} bytes; the limit is {MAX_OUTPUT_BYTES}",
+                        output.output.len()
+                    ),
+                },
+            },
             Ok(Ok(Ok(output))) => match OutputEnvelope::parse(&output.schema_version, &output.output) {
                 Ok(output) => Outcome::Completed { output },
                 Err(error) => Outcome::Failed {
@@ -670,13 +779,7 @@ impl Runtime {
                 },
             },
         };
-        tracing::info!(
-            skill = %skill.summary.id, version = %skill.summary.version, digest = %skill.summary.digest,
-            traceparent = %request.traceparent, outcome = outcome.name(),
-            instantiate_us = metrics.instantiate_us, execute_us = metrics.execute_us,
-            fuel = metrics.fuel_consumed, peak_memory_bytes = metrics.peak_memory_bytes,
-            host_calls = metrics.host_calls, denials = metrics.denials, "skill invocation"
-        );
+        tracing::info!(outcome = outcome.name(), "skill invocation");
         skill.observe_latency(metrics.instantiate_us + metrics.execute_us);
         DispatchReport {
             skill_id: skill.summary.id.clone(),

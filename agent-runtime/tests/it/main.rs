@@ -3,6 +3,7 @@
 
 #![allow(missing_docs, reason = "test helpers are not public API")]
 
+mod admission;
 mod cache;
 mod dispatch;
 mod packages;

@@ -1,0 +1,101 @@
+//! Admission: bounded input, a concurrency limit per skill version and a bounded queue
+//! (backpressure), all as typed outcomes.
+
+use std::sync::Arc;
+
+use agent_runtime::{Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailure};
+
+use crate::{packages_dir, request};
+
+/// spin-forever, packaged with `limits` appended to its `[limits]` table.
+async fn spin_forever_with(extra_limits: &str) -> (tempfile::TempDir, Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("spin-forever");
+    std::fs::create_dir_all(&package).unwrap();
+    let source = packages_dir().join("spin-forever");
+    for file in ["skill.toml", "skill.wasm"] {
+        std::fs::copy(source.join(file), package.join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(package.join("skill.toml")).unwrap();
+    std::fs::write(package.join("skill.toml"), format!("{manifest}{extra_limits}\n")).unwrap();
+    let mut runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    runtime.load_package(&package).await.unwrap();
+    (dir, runtime)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_the_slot_holder_runs() {
+    let (_dir, runtime) = spin_forever_with("max_concurrency = 1\nmax_queue = 0").await;
+    let runtime = Arc::new(runtime);
+    let skill = runtime.lookup("spin-forever").unwrap();
+    let first = {
+        let (runtime, skill) = (Arc::clone(&runtime), Arc::clone(&skill));
+        tokio::spawn(async move { runtime.dispatch(&skill, &request(serde_json::json!({}), &[])).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let second = runtime.dispatch(&skill, &request(serde_json::json!({}), &[])).await;
+    assert!(
+        matches!(
+            second.outcome,
+            Outcome::Failed {
+                failure: RuntimeFailure::Overloaded {
+                    in_flight: 1,
+                    queued: 0
+                }
+            }
+        ),
+        "{:?}",
+        second.outcome
+    );
+    assert!(second.outcome.is_retryable());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(100),
+        "backpressure must not wait"
+    );
+    let first = first.await.unwrap();
+    assert_eq!(first.outcome.name(), "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_waits_for_the_slot() {
+    let (_dir, runtime) = spin_forever_with("max_concurrency = 1\nmax_queue = 1").await;
+    let runtime = Arc::new(runtime);
+    let skill = runtime.lookup("spin-forever").unwrap();
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (runtime, skill) = (Arc::clone(&runtime), Arc::clone(&skill));
+            tokio::spawn(async move { runtime.dispatch(&skill, &request(serde_json::json!({}), &[])).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().outcome.name(), "timeout");
+    }
+    // One after the other: two 500 ms deadlines.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn oversized_input_is_invalid_input_before_any_instance_exists() {
+    let runtime = crate::runtime_with_packages(None).await;
+    let skill = crate::skill(&runtime, "pii-redact");
+    let huge = "x".repeat(agent_runtime::runtime::MAX_INPUT_BYTES);
+    let report = runtime
+        .dispatch(&skill, &request(serde_json::json!({ "text": huge }), &[]))
+        .await;
+    assert!(
+        matches!(&report.outcome, Outcome::SkillFailed { error: SkillFailure::InvalidInput(message) } if message.contains("the limit is")),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.metrics.instantiate_us, 0);
+}
