@@ -88,7 +88,10 @@ fn request(input: &str) -> DispatchRequest {
 }
 
 fn main() {
-    let runtime_tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime_tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime_tokio.block_on(async {
         let dir = packages();
         let wasm = std::fs::read(dir.join("pii-redact/skill.wasm")).expect("run `cargo xtask build-plugins` first");

@@ -7,17 +7,24 @@ use agent_runtime::{Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailur
 
 use crate::{packages_dir, request};
 
-/// spin-forever, packaged with `limits` appended to its `[limits]` table.
+/// A copy of package `name` in `dir` with its manifest edited by `edit` (the digest covers the
+/// component only, so the copy still verifies).
+fn package_copy(dir: &std::path::Path, name: &str, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let package = dir.join(name);
+    std::fs::create_dir_all(&package).unwrap();
+    let source = packages_dir().join(name);
+    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
+    std::fs::write(package.join("skill.toml"), edit(manifest)).unwrap();
+    package
+}
+
+/// spin-forever, packaged with `extra_limits` appended to its `[limits]` table.
 async fn spin_forever_with(extra_limits: &str) -> (tempfile::TempDir, Runtime) {
     let dir = tempfile::tempdir().unwrap();
-    let package = dir.path().join("spin-forever");
-    std::fs::create_dir_all(&package).unwrap();
-    let source = packages_dir().join("spin-forever");
-    for file in ["skill.toml", "skill.wasm"] {
-        std::fs::copy(source.join(file), package.join(file)).unwrap();
-    }
-    let manifest = std::fs::read_to_string(package.join("skill.toml")).unwrap();
-    std::fs::write(package.join("skill.toml"), format!("{manifest}{extra_limits}\n")).unwrap();
+    let package = package_copy(dir.path(), "spin-forever", |manifest| {
+        format!("{manifest}{extra_limits}\n")
+    });
     let mut runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
@@ -98,4 +105,50 @@ async fn oversized_input_is_invalid_input_before_any_instance_exists() {
         report.outcome
     );
     assert_eq!(report.metrics.instantiate_us, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_runaway_runs_leave_a_benign_skill_unchanged() {
+    // spin-forever with a 5 ms deadline, so a thousand runs take seconds, not minutes.
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = package_copy(dir.path(), "spin-forever", |manifest| {
+        manifest.replace("deadline_ms = 500", "deadline_ms = 5")
+    });
+    let mut runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    runtime.load_package(&hostile).await.unwrap();
+    runtime.load_package(&packages_dir().join("pii-redact")).await.unwrap();
+    let benign = runtime.lookup("pii-redact").unwrap();
+    let hostile = runtime.lookup("spin-forever").unwrap();
+    let input = serde_json::json!({ "text": "mail ops@example.org from 10.0.0.1" });
+    let before = runtime.dispatch(&benign, &request(input.clone(), &[])).await;
+    for _ in 0..1_000 {
+        let report = runtime.dispatch(&hostile, &request(serde_json::json!({}), &[])).await;
+        assert_eq!(report.outcome.name(), "timeout");
+    }
+    let after = runtime.dispatch(&benign, &request(input, &[])).await;
+    assert_eq!(before.outcome.name(), "completed");
+    assert_eq!(
+        serde_json::to_string(&before.outcome).unwrap(),
+        serde_json::to_string(&after.outcome).unwrap(),
+        "the benign skill's result changed after 1,000 hostile runs"
+    );
+    // Every pooled slot was returned: as many concurrent instances as the pool holds still fit.
+    let runtime = Arc::new(runtime);
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (runtime, benign) = (Arc::clone(&runtime), Arc::clone(&benign));
+            tokio::spawn(async move {
+                runtime
+                    .dispatch(&benign, &request(serde_json::json!({ "text": "x" }), &[]))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().outcome.name(), "completed");
+    }
 }
