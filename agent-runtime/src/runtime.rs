@@ -17,7 +17,7 @@ use crate::host::HostState;
 use crate::package::{LimitCeilings, MANIFEST_FILE, Manifest, PackageError, check_component_header, digest};
 
 /// How often the epoch advances, ms. Deadlines are rounded up to whole ticks.
-pub const EPOCH_TICK_MS: u64 = 5;
+pub const EPOCH_TICK_MS: u64 = 2;
 
 /// The largest input JSON a guest is given, bytes; larger input is refused as invalid input.
 pub const MAX_INPUT_BYTES: usize = 8 * 1024 * 1024;
@@ -361,9 +361,18 @@ impl Runtime {
         std::thread::Builder::new()
             .name("agentd-epoch".into())
             .spawn(move || {
+                // The epoch follows the wall clock (ticks since start), not the number of
+                // wake-ups: sleeping oversleeps a little each time, and counting wake-ups would
+                // let deadlines drift late by that much per tick.
+                let started = Instant::now();
+                let mut epoch: u128 = 0;
                 while !ticker_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
-                    ticker_engine.increment_epoch();
+                    let due = started.elapsed().as_millis() / u128::from(EPOCH_TICK_MS);
+                    while epoch < due {
+                        ticker_engine.increment_epoch();
+                        epoch += 1;
+                    }
                 }
             })
             .map_err(|error| EngineError(format!("cannot start the epoch thread: {error}")))?;
