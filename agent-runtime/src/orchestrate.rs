@@ -2,9 +2,8 @@
 //! every dispatch, including a step resumed after approval.
 
 use control_plane::{
-    ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, KernelEmitter,
-    NewApproval, Obligation, Principal, RunEventPayload, RunState, RunStoreError, StepContext, StepSpec, StoreError,
-    TraceContext, Verdict,
+    ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Decision, NewApproval, Obligation,
+    Principal, RunEventPayload, RunState, RunStoreError, StepContext, StepSpec, StoreError, TraceContext, Verdict,
 };
 use plugin_abi::{EnvelopeError, InvokeRequest};
 use sha2::{Digest, Sha256};
@@ -381,8 +380,8 @@ async fn govern_step(
     .await
 }
 
-/// Records that the step started, governs it (the verdict is audited before anything runs) and
-/// emits the decision.
+/// Records that the step started and governs it, in one transaction with the verdict's audit
+/// entry and its governance record (the verdict is audited before anything runs).
 async fn start_and_govern(
     control_plane: &ControlPlane,
     principal: &Principal,
@@ -391,38 +390,15 @@ async fn start_and_govern(
     skill: Option<&plugin_abi::SkillSummary>,
     digest: &str,
 ) -> Result<Decision, StepError> {
-    record_event(
-        control_plane,
-        context,
-        RunEventPayload::StepStarted {
-            step_id: context.step_id.clone(),
-        },
-    )
-    .await?;
-    let decision = control_plane
-        .govern(principal, context, skill_id, skill, digest)
-        .await?;
-    emit_governance(control_plane, principal, context, &decision).await;
-    Ok(decision)
-}
-
-/// Records the decision through the kernel emitter. The audit entry written by `govern` is the
-/// record of authority; this copy feeds telemetry, so a failure is logged, not fatal.
-async fn emit_governance(
-    control_plane: &ControlPlane,
-    principal: &Principal,
-    context: &StepContext,
-    decision: &Decision,
-) {
-    let Ok(trace) = context.traceparent.parse::<TraceContext>() else {
-        return;
+    let node = node_id();
+    let started = RunEventPayload::StepStarted {
+        step_id: context.step_id.clone(),
     };
-    if let Err(error) = KernelEmitter::new(control_plane.store().clone())
-        .emit_governance(&principal.tenant, &trace, &context.run_id, decision)
-        .await
-    {
-        tracing::warn!(%error, run_id = %context.run_id, "governance record was not emitted");
-    }
+    // The step's start, its verdict (audited) and the governance record: one transaction.
+    let decision = control_plane
+        .govern_step(principal, context, skill_id, skill, digest, Some((&node, started)))
+        .await?;
+    Ok(decision)
 }
 
 /// Carries on the step an approval request was waiting on, after its decision:
@@ -717,17 +693,19 @@ async fn dispatch_and_record(
             },
             "metrics": report.metrics,
         });
-        control_plane.record_dispatch(principal, &context, &audited).await?;
         if completed || !policy.should_retry(&report.outcome) {
-            break (Some(report), false);
+            break (Some((report, audited)), false);
         }
         history.push(format!("attempt {}: {}", attempt + 1, report.outcome.name()));
         let Some(delay) = delays.get(attempt).copied() else {
-            break (Some(report), false);
+            break (Some((report, audited)), false);
         };
         if started.elapsed() + delay > total_deadline {
-            break (Some(report), false);
+            break (Some((report, audited)), false);
         }
+        // This attempt will be retried: record it now; the last one is recorded with the
+        // step's end below.
+        control_plane.record_dispatch(principal, &context, &audited).await?;
         tokio::time::sleep(delay).await;
         attempt += 1;
         let again = control_plane
@@ -752,11 +730,15 @@ async fn dispatch_and_record(
     let exhausted = circuit_open
         || report
             .as_ref()
-            .is_some_and(|report| policy.should_retry(&report.outcome));
+            .is_some_and(|(report, _)| policy.should_retry(&report.outcome));
     if exhausted {
+        if let Some((_, audited)) = &report {
+            control_plane.record_dispatch(principal, &context, audited).await?;
+        }
+        let report = report.map(|(report, _)| report);
         return escalate(control_plane, principal, context, skill, &request, report, history).await;
     }
-    let Some(report) = report else {
+    let Some((report, audited)) = report else {
         unreachable!("a missing report means the circuit was open, which escalates");
     };
     let payload = match &report.outcome {
@@ -781,29 +763,26 @@ async fn dispatch_and_record(
             ),
         },
     };
-    record_event(control_plane, &context, payload).await?;
-    let kind = match &report.outcome {
-        crate::runtime::Outcome::Completed { .. } => "success",
-        _ => "failure",
-    };
-    if control_plane.record_outcome(principal, &skill.summary.id, kind).await? {
+    let telemetry = serde_json::json!({
+        "run_id": context.run_id,
+        "skill_id": report.skill_id,
+        "skill_version": report.skill_version,
+        "digest": report.digest,
+        "outcome": report.outcome.name(),
+        "metrics": report.metrics,
+    });
+    // The dispatch's audit entry, the run event and the telemetry record: one transaction.
+    let node = node_id();
+    control_plane
+        .record_step_end(principal, &context, &audited, Some((&node, payload)), Some(telemetry))
+        .await?;
+    // Only failures count against the autonomy error budget; successes need no write.
+    if !matches!(report.outcome, crate::runtime::Outcome::Completed { .. })
+        && control_plane
+            .record_outcome(principal, &skill.summary.id, "failure")
+            .await?
+    {
         tracing::warn!(agent = %principal, skill = %skill.summary.id, "autonomy level demoted: error budget exceeded");
-    }
-    if let Ok(trace) = context.traceparent.parse::<TraceContext>() {
-        let attributes = serde_json::json!({
-            "run_id": context.run_id,
-            "skill_id": report.skill_id,
-            "skill_version": report.skill_version,
-            "digest": report.digest,
-            "outcome": report.outcome.name(),
-            "metrics": report.metrics,
-        });
-        if let Err(error) = KernelEmitter::new(control_plane.store().clone())
-            .emit_telemetry(&principal.tenant, &trace, "skill.dispatch", attributes)
-            .await
-        {
-            tracing::warn!(%error, run_id = %context.run_id, "dispatch telemetry was not recorded");
-        }
     }
     Ok(StepOutcome::Dispatched {
         context,

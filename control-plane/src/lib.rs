@@ -35,7 +35,7 @@ pub use hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, 
 pub use identity::{Identity, IdentityConfig, IdentityError, Principal, Role};
 pub use run::{RunError, RunEvent, RunEventPayload, RunState, RunView, StepSpec};
 pub use store::now_ms;
-pub use store::{AuditEntry, ChainVerification, RunStoreError, Store, StoreError};
+pub use store::{AuditEntry, Bundle, ChainVerification, Committed, RunEventDraft, RunStoreError, Store, StoreError};
 pub use trace::TraceContext;
 
 use std::sync::{Arc, RwLock};
@@ -313,6 +313,32 @@ impl ControlPlane {
         skill: Option<&SkillSummary>,
         input_digest: &str,
     ) -> Result<Decision, StoreError> {
+        self.govern_step(principal, step, requested_skill, skill, input_digest, None)
+            .await
+            .map_err(|error| match error {
+                RunStoreError::Store(error) => error,
+                RunStoreError::Run(error) => StoreError::Corrupt(error.to_string()),
+            })
+    }
+
+    /// Like [`ControlPlane::govern`], and in the same transaction (one fsync) appends
+    /// `run_event` (by `node_id`) to the step's run and a `governance` kernel record of the
+    /// decision (its own span under the step's trace).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] when the run event is illegal for the run,
+    /// [`RunStoreError::Store`] when the decision could not be audited; the caller must then
+    /// treat the step as denied (fail closed).
+    pub async fn govern_step(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        requested_skill: &str,
+        skill: Option<&SkillSummary>,
+        input_digest: &str,
+        run_event: Option<(&str, RunEventPayload)>,
+    ) -> Result<Decision, RunStoreError> {
         let now = now_ms();
         let mut decision = self.policy().decide(principal, requested_skill, skill, now);
         if let Some(skill) = skill
@@ -326,7 +352,30 @@ impl ControlPlane {
             "input_digest": input_digest,
             "decision": decision,
         });
-        self.store.append_audit("verdict", principal, &payload).await?;
+        let mut bundle = Bundle {
+            audit: Some(("verdict", principal, &payload)),
+            ..Bundle::default()
+        };
+        if let Ok(trace) = step.traceparent.parse::<TraceContext>() {
+            bundle.records.push(emitter::Record {
+                tenant: principal.tenant.clone(),
+                trace_id: trace.trace_id_hex(),
+                span_id: trace.child().span_id_hex(),
+                event_type: "governance".into(),
+                run_id: Some(step.run_id.clone()),
+                content: serde_json::to_value(&decision).unwrap_or_default(),
+                cost: None,
+            });
+        }
+        if let Some((node_id, payload)) = run_event {
+            bundle.run_events.push(RunEventDraft {
+                run_id: step.run_id.clone(),
+                node_id: node_id.to_owned(),
+                traceparent: step.traceparent.clone(),
+                payload,
+            });
+        }
+        self.store.commit(bundle).await?;
         tracing::info!(
             principal = %principal, skill = requested_skill, verdict = decision.verdict.name(),
             run_id = %step.run_id, traceparent = %step.traceparent, "governance verdict"
@@ -477,5 +526,48 @@ impl ControlPlane {
     ) -> Result<AuditEntry, StoreError> {
         let payload = serde_json::json!({ "step": step, "outcome": outcome });
         self.store.append_audit("dispatch", principal, &payload).await
+    }
+
+    /// Records a step's final dispatch outcome, the run event it causes and a `telemetry`
+    /// kernel record (`skill.dispatch`, its own span) in one transaction (one fsync).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] when the run event is illegal, [`RunStoreError::Store`] when the
+    /// write fails; nothing is stored then.
+    pub async fn record_step_end(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        outcome: &serde_json::Value,
+        run_event: Option<(&str, RunEventPayload)>,
+        telemetry: Option<serde_json::Value>,
+    ) -> Result<(), RunStoreError> {
+        let payload = serde_json::json!({ "step": step, "outcome": outcome });
+        let mut bundle = Bundle {
+            audit: Some(("dispatch", principal, &payload)),
+            ..Bundle::default()
+        };
+        if let Some((node_id, payload)) = run_event {
+            bundle.run_events.push(RunEventDraft {
+                run_id: step.run_id.clone(),
+                node_id: node_id.to_owned(),
+                traceparent: step.traceparent.clone(),
+                payload,
+            });
+        }
+        if let (Some(attributes), Ok(trace)) = (telemetry, step.traceparent.parse::<TraceContext>()) {
+            bundle.records.push(emitter::Record {
+                tenant: principal.tenant.clone(),
+                trace_id: trace.trace_id_hex(),
+                span_id: trace.child().span_id_hex(),
+                event_type: "telemetry:skill.dispatch".into(),
+                run_id: Some(step.run_id.clone()),
+                content: attributes,
+                cost: None,
+            });
+        }
+        self.store.commit(bundle).await?;
+        Ok(())
     }
 }

@@ -1012,46 +1012,64 @@ impl Store {
         traceparent: &str,
         payload: RunEventPayload,
     ) -> Result<RunEvent, RunStoreError> {
+        let mut committed = self
+            .commit(Bundle {
+                audit: None,
+                records: Vec::new(),
+                run_events: vec![RunEventDraft {
+                    run_id: run_id.to_owned(),
+                    node_id: node_id.to_owned(),
+                    traceparent: traceparent.to_owned(),
+                    payload,
+                }],
+            })
+            .await?;
+        committed
+            .run_events
+            .pop()
+            .ok_or_else(|| RunStoreError::Store(StoreError::Corrupt("the run event was not returned".into())))
+    }
+
+    /// Writes an audit entry, run events and kernel records in one `BEGIN IMMEDIATE`
+    /// transaction (one fsync), so a step's state change, its audit entry and its telemetry are
+    /// either all stored or none. Run events are appended only if the run still reduces. A
+    /// record whose logical identity already holds other content is skipped (it is a copy; the
+    /// audit entry is the record of authority) and logged.
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] for an illegal run event, [`RunStoreError::Store`] when a write
+    /// fails; nothing of the bundle is stored then.
+    pub async fn commit(&self, bundle: Bundle<'_>) -> Result<Committed, RunStoreError> {
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from)?;
-        let mut events = run_events_in(&mut transaction, run_id).await?;
-        let lamport = events.last().map_or(1, |event| event.lamport + 1);
-        let event = RunEvent {
-            event_id: crate::trace::random_id("evt"),
-            run_id: run_id.to_owned(),
-            lamport,
-            node_id: node_id.to_owned(),
-            traceparent: traceparent.to_owned(),
-            schema_version: RUN_EVENT_SCHEMA_VERSION,
-            recorded_at_ms: now_ms(),
-            payload,
+        let audit = match bundle.audit {
+            Some((kind, principal, payload)) => {
+                Some(append_in(&mut transaction, &self.anchor_key, kind, principal, payload).await?)
+            }
+            None => None,
         };
-        if events.is_empty() && !matches!(event.payload, RunEventPayload::RunCreated { .. }) {
-            return Err(RunError::NotFound(run_id.to_owned()).into());
+        let mut run_events = Vec::with_capacity(bundle.run_events.len());
+        for draft in bundle.run_events {
+            run_events.push(append_run_event_in(&mut transaction, draft).await?);
         }
-        events.push(event.clone());
-        reduce(&events)?;
-        sqlx::query(
-            "INSERT INTO run_events (run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms,
-                 event_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&event.run_id)
-        .bind(i64::try_from(event.lamport).unwrap_or(i64::MAX))
-        .bind(&event.event_id)
-        .bind(&event.node_id)
-        .bind(&event.traceparent)
-        .bind(i64::from(event.schema_version))
-        .bind(event.recorded_at_ms)
-        .bind(event.payload.name())
-        .bind(serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .execute(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
+        let mut records = Vec::with_capacity(bundle.records.len());
+        for record in &bundle.records {
+            match put_record_in(&mut transaction, record).await {
+                Ok(recorded) => records.push(recorded),
+                Err(EmitError::Store(error)) => return Err(error.into()),
+                Err(error) => tracing::warn!(%error, "a kernel record in a bundle was skipped"),
+            }
+        }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(event)
+        Ok(Committed {
+            audit,
+            run_events,
+            records,
+        })
     }
 
     /// The events of `run_id` in Lamport order.
@@ -1322,6 +1340,81 @@ impl Store {
         transaction.commit().await?;
         Ok(demote)
     }
+}
+
+/// A run event to append (its id, Lamport clock and time are assigned when it is stored).
+#[derive(Debug, Clone)]
+pub struct RunEventDraft {
+    /// The run.
+    pub run_id: String,
+    /// The appending node.
+    pub node_id: String,
+    /// W3C `traceparent`.
+    pub traceparent: String,
+    /// What happened.
+    pub payload: RunEventPayload,
+}
+
+/// What [`Store::commit`] writes in one transaction.
+#[derive(Debug, Default)]
+pub struct Bundle<'a> {
+    /// An audit entry: kind, principal, payload.
+    pub audit: Option<(&'a str, &'a Principal, &'a serde_json::Value)>,
+    /// Kernel records (copies for telemetry; a conflicting one is skipped).
+    pub records: Vec<Record>,
+    /// Run events, appended in order.
+    pub run_events: Vec<RunEventDraft>,
+}
+
+/// What [`Store::commit`] stored.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The audit entry.
+    pub audit: Option<AuditEntry>,
+    /// The run events, with their clocks.
+    pub run_events: Vec<RunEvent>,
+    /// The records.
+    pub records: Vec<Recorded>,
+}
+
+async fn append_run_event_in(
+    connection: &mut SqliteConnection,
+    draft: RunEventDraft,
+) -> Result<RunEvent, RunStoreError> {
+    let mut events = run_events_in(&mut *connection, &draft.run_id).await?;
+    let lamport = events.last().map_or(1, |event| event.lamport + 1);
+    let event = RunEvent {
+        event_id: crate::trace::random_id("evt"),
+        run_id: draft.run_id,
+        lamport,
+        node_id: draft.node_id,
+        traceparent: draft.traceparent,
+        schema_version: RUN_EVENT_SCHEMA_VERSION,
+        recorded_at_ms: now_ms(),
+        payload: draft.payload,
+    };
+    if events.is_empty() && !matches!(event.payload, RunEventPayload::RunCreated { .. }) {
+        return Err(RunError::NotFound(event.run_id.clone()).into());
+    }
+    events.push(event.clone());
+    reduce(&events)?;
+    sqlx::query(
+        "INSERT INTO run_events (run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms,
+             event_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event.run_id)
+    .bind(i64::try_from(event.lamport).unwrap_or(i64::MAX))
+    .bind(&event.event_id)
+    .bind(&event.node_id)
+    .bind(&event.traceparent)
+    .bind(i64::from(event.schema_version))
+    .bind(event.recorded_at_ms)
+    .bind(event.payload.name())
+    .bind(serde_json::to_string(&event.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+    .execute(&mut *connection)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(event)
 }
 
 /// Why a run event was not stored or a run cannot be read.
