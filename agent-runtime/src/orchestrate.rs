@@ -323,20 +323,19 @@ async fn govern_step(
         ) => {
             let approval = control_plane
                 .request_approval(&NewApproval {
-                    requester: principal.clone(),
-                    acting_agent: principal.subject.clone(),
-                    run_id: context.run_id.clone(),
-                    step_id: context.step_id.clone(),
-                    traceparent: context.traceparent.clone(),
-                    skill: skill.summary.clone(),
-                    input_digest: digest,
-                    request_json: serde_json::to_string(request).unwrap_or_default(),
-                    policy_version: decision.policy_version.clone(),
                     reviewer_role: *reviewer_role,
                     quorum: *quorum,
                     expires_at_ms: *expires_at_ms,
                     allowed_decisions: allowed_decisions.clone(),
                     parent_id,
+                    ..approval_for(
+                        principal,
+                        &context,
+                        &skill,
+                        digest,
+                        serde_json::to_string(request).unwrap_or_default(),
+                        decision.policy_version.clone(),
+                    )
                 })
                 .await?;
             record_event(
@@ -543,6 +542,38 @@ pub async fn resume_approved(
     .await
 }
 
+/// An approval request by `principal` for the step in `context`, with the defaults of an
+/// escalation: one reviewer, a day to answer, approve, deny or modify.
+fn approval_for(
+    principal: &Principal,
+    context: &StepContext,
+    skill: &crate::runtime::LoadedSkill,
+    input_digest: String,
+    request_json: String,
+    policy_version: String,
+) -> NewApproval {
+    NewApproval {
+        requester: principal.clone(),
+        acting_agent: principal.subject.clone(),
+        run_id: context.run_id.clone(),
+        step_id: context.step_id.clone(),
+        traceparent: context.traceparent.clone(),
+        skill: skill.summary.clone(),
+        input_digest,
+        request_json,
+        policy_version,
+        reviewer_role: control_plane::Role::Reviewer,
+        quorum: control_plane::Quorum::default(),
+        expires_at_ms: control_plane::now_ms() + control_plane::governance::DEFAULT_APPROVAL_TTL_SECS * 1_000,
+        allowed_decisions: vec![
+            control_plane::ReviewDecisionKind::Approve,
+            control_plane::ReviewDecisionKind::Deny,
+            control_plane::ReviewDecisionKind::Modify,
+        ],
+        parent_id: None,
+    }
+}
+
 /// The last rung of the escalation ladder: a human. Stores an approval request (reviewer role,
 /// one approval, a day to answer) carrying the failure history; approving it runs the step
 /// again. The run is marked escalated, and the escalation counts against the agent's autonomy
@@ -563,26 +594,14 @@ async fn escalate(
     ))
     .map_err(|source| StepError::StoredRequest { id: 0, source })?;
     let approval = control_plane
-        .request_approval(&NewApproval {
-            requester: principal.clone(),
-            acting_agent: principal.subject.clone(),
-            run_id: context.run_id.clone(),
-            step_id: context.step_id.clone(),
-            traceparent: context.traceparent.clone(),
-            skill: skill.summary.clone(),
-            input_digest: input_digest(&request.input_json),
-            request_json: serde_json::to_string(&invoke).unwrap_or_default(),
-            policy_version: control_plane.policy().version().to_owned(),
-            reviewer_role: control_plane::Role::Reviewer,
-            quorum: control_plane::Quorum::default(),
-            expires_at_ms: control_plane::now_ms() + control_plane::governance::DEFAULT_APPROVAL_TTL_SECS * 1_000,
-            allowed_decisions: vec![
-                control_plane::ReviewDecisionKind::Approve,
-                control_plane::ReviewDecisionKind::Deny,
-                control_plane::ReviewDecisionKind::Modify,
-            ],
-            parent_id: None,
-        })
+        .request_approval(&approval_for(
+            principal,
+            &context,
+            skill,
+            input_digest(&request.input_json),
+            serde_json::to_string(&invoke).unwrap_or_default(),
+            control_plane.policy().version().to_owned(),
+        ))
         .await?;
     record_event(
         control_plane,

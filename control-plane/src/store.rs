@@ -692,23 +692,14 @@ impl Store {
         modified_request_json: Option<&str>,
         now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let mut transaction = self
+        let transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from)?;
-        let request = fetch_approval(&mut transaction, id)
-            .await?
-            .filter(|request| request.tenant == reviewer.tenant)
-            .ok_or(ApprovalError::NotFound { id })?;
-        if request.status == ApprovalStatus::Pending && now_ms >= request.expires_at_ms {
-            expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
-            transaction.commit().await.map_err(StoreError::from)?;
-            return Err(ApprovalError::Expired {
-                id,
-                expires_at_ms: request.expires_at_ms,
-            });
-        }
+        let (mut transaction, request) = self
+            .fetch_unexpired(transaction, id, &reviewer.tenant, ApprovalStatus::Pending, now_ms)
+            .await?;
         if request.status != ApprovalStatus::Pending {
             return Err(ApprovalError::AlreadyDecided {
                 id,
@@ -835,6 +826,32 @@ impl Store {
         Ok(decided)
     }
 
+    /// Fetches request `id` of `tenant` in `transaction`. If it is `live` but its stored
+    /// `expires_at_ms` has passed, the expiry is recorded and committed, and the result is
+    /// [`ApprovalError::Expired`]: expiry is decided from the stored time, never the caller's.
+    async fn fetch_unexpired<'t>(
+        &self,
+        mut transaction: sqlx::Transaction<'t, sqlx::Sqlite>,
+        id: i64,
+        tenant: &str,
+        live: ApprovalStatus,
+        now_ms: i64,
+    ) -> Result<(sqlx::Transaction<'t, sqlx::Sqlite>, ApprovalRequest), ApprovalError> {
+        let request = fetch_approval(&mut transaction, id)
+            .await?
+            .filter(|request| request.tenant == tenant)
+            .ok_or(ApprovalError::NotFound { id })?;
+        if request.status == live && now_ms >= request.expires_at_ms {
+            expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Err(ApprovalError::Expired {
+                id,
+                expires_at_ms: request.expires_at_ms,
+            });
+        }
+        Ok((transaction, request))
+    }
+
     /// Withdraws a pending request: only its requester or an admin of its tenant may.
     ///
     /// # Errors
@@ -937,23 +954,14 @@ impl Store {
         binding: &ApprovalBinding,
         now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let mut transaction = self
+        let transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from)?;
-        let request = fetch_approval(&mut transaction, id)
-            .await?
-            .filter(|request| request.tenant == binding.tenant)
-            .ok_or(ApprovalError::NotFound { id })?;
-        if request.status == ApprovalStatus::Approved && now_ms >= request.expires_at_ms {
-            expire_in(&mut transaction, &self.anchor_key, &request, now_ms).await?;
-            transaction.commit().await.map_err(StoreError::from)?;
-            return Err(ApprovalError::Expired {
-                id,
-                expires_at_ms: request.expires_at_ms,
-            });
-        }
+        let (mut transaction, request) = self
+            .fetch_unexpired(transaction, id, &binding.tenant, ApprovalStatus::Approved, now_ms)
+            .await?;
         if request.status != ApprovalStatus::Approved {
             return Err(ApprovalError::NotApproved {
                 id,
