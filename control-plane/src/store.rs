@@ -692,13 +692,8 @@ impl Store {
         modified_request_json: Option<&str>,
         now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from)?;
         let (mut transaction, request) = self
-            .fetch_unexpired(transaction, id, &reviewer.tenant, ApprovalStatus::Pending, now_ms)
+            .fetch_unexpired(id, &reviewer.tenant, ApprovalStatus::Pending, now_ms)
             .await?;
         if request.status != ApprovalStatus::Pending {
             return Err(ApprovalError::AlreadyDecided {
@@ -826,17 +821,22 @@ impl Store {
         Ok(decided)
     }
 
-    /// Fetches request `id` of `tenant` in `transaction`. If it is `live` but its stored
-    /// `expires_at_ms` has passed, the expiry is recorded and committed, and the result is
-    /// [`ApprovalError::Expired`]: expiry is decided from the stored time, never the caller's.
-    async fn fetch_unexpired<'t>(
+    /// Opens a `BEGIN IMMEDIATE` transaction and fetches request `id` of `tenant` in it. If it
+    /// is `live` but its stored `expires_at_ms` has passed, the expiry is recorded and committed,
+    /// and the result is [`ApprovalError::Expired`]: expiry is decided from the stored time,
+    /// never the caller's.
+    async fn fetch_unexpired(
         &self,
-        mut transaction: sqlx::Transaction<'t, sqlx::Sqlite>,
         id: i64,
         tenant: &str,
         live: ApprovalStatus,
         now_ms: i64,
-    ) -> Result<(sqlx::Transaction<'t, sqlx::Sqlite>, ApprovalRequest), ApprovalError> {
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Sqlite>, ApprovalRequest), ApprovalError> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
         let request = fetch_approval(&mut transaction, id)
             .await?
             .filter(|request| request.tenant == tenant)
@@ -954,13 +954,8 @@ impl Store {
         binding: &ApprovalBinding,
         now_ms: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from)?;
         let (mut transaction, request) = self
-            .fetch_unexpired(transaction, id, &binding.tenant, ApprovalStatus::Approved, now_ms)
+            .fetch_unexpired(id, &binding.tenant, ApprovalStatus::Approved, now_ms)
             .await?;
         if request.status != ApprovalStatus::Approved {
             return Err(ApprovalError::NotApproved {
