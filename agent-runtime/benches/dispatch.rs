@@ -1,8 +1,10 @@
 //! Benchmark (not a test): per-invocation latency of raw wasmtime (`InstancePre` + pooling, the
-//! same component, a do-nothing host) against agentd's dispatch (admission, fresh store with
-//! memory limiter, fuel and epoch deadline, host capabilities, output envelope, telemetry span),
-//! throughput with 1, 2 and 16 concurrent callers, and the time from deadline to a stopped
-//! `spin-forever`.
+//! same component, a do-nothing host) against agentd's dispatch (select, admission, fresh store
+//! with memory limiter, fuel and epoch deadline, host capabilities, output envelope, telemetry
+//! span), without and with governance (the in-memory Cedar verdict; the durable audit and run
+//! records are measured by the control-plane bench), on the `noop` skill and on `pii-redact`;
+//! a benign skill's latency before and after 1,000 hostile runs; throughput with 1, 2 and 16
+//! concurrent callers; and the time from deadline to a stopped `spin-forever`.
 //!
 //! Run `cargo xtask build-plugins` first, then `cargo bench -p agent-runtime --bench dispatch`
 //! (`AGENTD_PLUGINS` or `target/plugins` locate the packages). Every figure comes from one run.
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_runtime::bindings::agentd::skill::host::{CapabilityError, LogLevel};
+use agent_runtime::bindings::agentd::skill::host::{CapabilityError, HttpRequest, HttpResponse, LogLevel};
 use agent_runtime::bindings::agentd::skill::types::Invocation;
 use agent_runtime::bindings::{Skill, SkillPre};
 use agent_runtime::{DispatchRequest, Runtime, RuntimeConfig};
@@ -44,6 +46,22 @@ impl agent_runtime::bindings::agentd::skill::host::Host for Raw {
     async fn emit(&mut self, _name: String, _attributes: String) {}
 
     async fn workspace_write(&mut self, _path: String, _contents: Vec<u8>) -> Result<(), CapabilityError> {
+        Err(CapabilityError::Denied("raw baseline".into()))
+    }
+
+    async fn workspace_read(&mut self, _path: String, _max_bytes: u64) -> Result<Vec<u8>, CapabilityError> {
+        Err(CapabilityError::Denied("raw baseline".into()))
+    }
+
+    async fn kv_get(&mut self, _key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
+        Err(CapabilityError::Denied("raw baseline".into()))
+    }
+
+    async fn kv_set(&mut self, _key: String, _value: Vec<u8>) -> Result<(), CapabilityError> {
+        Err(CapabilityError::Denied("raw baseline".into()))
+    }
+
+    async fn http_fetch(&mut self, _request: HttpRequest) -> Result<HttpResponse, CapabilityError> {
         Err(CapabilityError::Denied("raw baseline".into()))
     }
 }
@@ -94,7 +112,6 @@ fn main() {
         .unwrap();
     runtime_tokio.block_on(async {
         let dir = packages();
-        let wasm = std::fs::read(dir.join("pii-redact/skill.wasm")).expect("run `cargo xtask build-plugins` first");
 
         // Raw wasmtime: pooling allocator, InstancePre, fresh store per call, nothing else.
         let mut pooling = PoolingAllocationConfig::new();
@@ -107,10 +124,7 @@ fn main() {
         let mut linker: Linker<Raw> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         Skill::add_to_linker::<Raw, HasSelf<Raw>>(&mut linker, |state| state).unwrap();
-        let component = Component::new(&engine, &wasm).unwrap();
-        let pre = SkillPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-        let raw_call = |input: String| {
-            let pre = pre.clone();
+        let raw_call = |pre: SkillPre<Raw>, input: String| {
             let engine = engine.clone();
             async move {
                 let mut store = Store::new(
@@ -125,16 +139,53 @@ fn main() {
                 assert!(output.is_ok());
             }
         };
+        let raw_pre = |name: &str| {
+            let wasm = std::fs::read(dir.join(name).join("skill.wasm")).expect("run `cargo xtask build-plugins` first");
+            let component = Component::new(&engine, &wasm).unwrap();
+            SkillPre::new(linker.instantiate_pre(&component).unwrap()).unwrap()
+        };
+        let (raw_noop, raw_redact) = (raw_pre("noop"), raw_pre("pii-redact"));
 
-        let mut agentd = Runtime::new(RuntimeConfig {
+        let agentd = Runtime::new(RuntimeConfig {
             max_instances: 64,
             ..RuntimeConfig::default()
         })
         .unwrap();
-        agentd.load_package(&dir.join("pii-redact")).await.unwrap();
-        agentd.load_package(&dir.join("spin-forever")).await.unwrap();
+        for name in ["noop", "pii-redact", "spin-forever", "memory-bomb", "deep-recursion", "invalid-output"] {
+            agentd.load_package(&dir.join(name)).await.unwrap();
+        }
         let agentd = Arc::new(agentd);
         let skill = agentd.lookup("pii-redact").unwrap();
+        let policy = control_plane::PolicyEngine::from_file(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/default.cedar"))
+            .unwrap();
+        let agent = control_plane::Principal {
+            subject: "alice".into(),
+            tenant: "acme".into(),
+            roles: [control_plane::Role::Agent].into_iter().collect(),
+        };
+        // agentd's path for one call: select a version, then (with governance) decide, then dispatch.
+        let agentd_call = |id: &'static str, input: String, governed: bool| {
+            let (agentd, policy, agent) = (Arc::clone(&agentd), &policy, &agent);
+            async move {
+                let selection = agent_runtime::resilience::select(
+                    &agentd,
+                    id,
+                    &semver::VersionReq::STAR,
+                    None,
+                    agentd.breakers(),
+                    "acme",
+                );
+                let skill = selection.candidates.first().unwrap();
+                let mut request = request(&input);
+                if governed {
+                    let decision = policy.decide(agent, id, Some(&skill.summary), 0);
+                    assert_eq!(decision.verdict.name(), "allow");
+                    request.grants = decision.grants();
+                }
+                let report = agentd.dispatch(skill, &request).await;
+                assert_eq!(report.outcome.name(), "completed");
+            }
+        };
 
         let small = serde_json::json!({ "text": "hello" }).to_string();
         let text_64k: String = "Contact jane.doe@example.org or 10.1.2.3 about the release notes. "
@@ -144,34 +195,81 @@ fn main() {
             .collect();
         let large = serde_json::json!({ "text": text_64k }).to_string();
 
-        println!("per-invocation latency, fresh instance per call (pii-redact):");
-        for (label, input, n) in [("tiny input (no-op proxy)", &small, 3_000), ("64 KiB input", &large, 300)] {
+        println!("per-invocation latency, fresh instance per call, interleaved (µs):");
+        for (label, id, pre, input, n) in [
+            ("noop", "noop", &raw_noop, "{}".to_owned(), 5_000),
+            ("pii-redact, 64 KiB input", "pii-redact", &raw_redact, large.clone(), 300),
+        ] {
             for _ in 0..n / 10 {
-                raw_call(input.clone()).await;
-                std::hint::black_box(agentd.dispatch(&skill, &request(input)).await);
+                raw_call(pre.clone(), input.clone()).await;
+                agentd_call(id, input.clone(), true).await;
             }
-            let (mut raw, mut ours) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut raw, mut ours, mut governed) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
             for _ in 0..n {
-                // Interleaved, so both see the same machine state.
+                // Interleaved, so all three see the same machine state.
                 let started = Instant::now();
-                raw_call(input.clone()).await;
+                raw_call(pre.clone(), input.clone()).await;
                 raw.push(started.elapsed());
                 let started = Instant::now();
-                let report = agentd.dispatch(&skill, &request(input)).await;
+                agentd_call(id, input.clone(), false).await;
                 ours.push(started.elapsed());
-                assert_eq!(report.outcome.name(), "completed");
+                let started = Instant::now();
+                agentd_call(id, input.clone(), true).await;
+                governed.push(started.elapsed());
             }
-            let (raw50, raw99) = (percentile(&mut raw, 0.5), percentile(&mut raw, 0.99));
-            let (our50, our99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
+            let (raw50, raw99) = (us(percentile(&mut raw, 0.5)), us(percentile(&mut raw, 0.99)));
+            let (our50, our99) = (us(percentile(&mut ours, 0.5)), us(percentile(&mut ours, 0.99)));
+            let (gov50, gov99) = (us(percentile(&mut governed, 0.5)), us(percentile(&mut governed, 0.99)));
+            println!("  {label} ({n} calls each):");
+            println!("    raw wasmtime               p50 {raw50:>9.1}  p99 {raw99:>9.1}");
             println!(
-                "  {label:<26} raw wasmtime p50 {:>8.1} µs p99 {:>8.1} µs | agentd dispatch p50 {:>8.1} µs p99 {:>8.1} µs | overhead p50 {:+.1}%",
-                us(raw50),
-                us(raw99),
-                us(our50),
-                us(our99),
-                (us(our50) / us(raw50) - 1.0) * 100.0
+                "    agentd dispatch            p50 {our50:>9.1}  p99 {our99:>9.1}   overhead p50 {:+.1}%, p99 {:+.1}%",
+                (our50 / raw50 - 1.0) * 100.0,
+                (our99 / raw99 - 1.0) * 100.0
+            );
+            println!(
+                "    agentd verdict + dispatch  p50 {gov50:>9.1}  p99 {gov99:>9.1}   overhead p50 {:+.1}%, p99 {:+.1}%",
+                (gov50 / raw50 - 1.0) * 100.0,
+                (gov99 / raw99 - 1.0) * 100.0
             );
         }
+
+        println!("\nbenign latency (pii-redact, tiny input) before and after 1,000 hostile runs:");
+        let benign = |n: usize| {
+            let (agentd, skill, small) = (Arc::clone(&agentd), Arc::clone(&skill), small.clone());
+            async move {
+                let mut samples = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let started = Instant::now();
+                    let report = agentd.dispatch(&skill, &request(&small)).await;
+                    samples.push(started.elapsed());
+                    assert_eq!(report.outcome.name(), "completed");
+                }
+                samples
+            }
+        };
+        let mut before = benign(500).await;
+        let hostile = [
+            ("memory-bomb", "{}", "memory-limit"),
+            ("deep-recursion", r#"{"depth": 100000000}"#, "trap"),
+            ("invalid-output", "{}", "invalid-output"),
+        ];
+        let started = Instant::now();
+        for round in 0..1_000 {
+            let (id, input, expected) = hostile[round % hostile.len()];
+            let report = agentd.dispatch(&agentd.lookup(id).unwrap(), &request(input)).await;
+            assert_eq!(report.outcome.name(), expected);
+        }
+        let hostile_elapsed = started.elapsed();
+        let mut after = benign(500).await;
+        let (b50, b99) = (us(percentile(&mut before, 0.5)), us(percentile(&mut before, 0.99)));
+        let (a50, a99) = (us(percentile(&mut after, 0.5)), us(percentile(&mut after, 0.99)));
+        println!(
+            "  before p50 {b50:>9.1}  p99 {b99:>9.1}\n  after  p50 {a50:>9.1}  p99 {a99:>9.1}   after/before p50 {:.2}x, p99 {:.2}x ({:.1} s for the 1,000 hostile runs)",
+            a50 / b50,
+            a99 / b99,
+            hostile_elapsed.as_secs_f64()
+        );
 
         println!("\nthroughput, agentd dispatch of pii-redact (tiny input), 2 s per level:");
         let mut single = 0.0;

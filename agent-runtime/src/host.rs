@@ -1,20 +1,40 @@
 //! The per-invocation host state (`Store<HostState>`) and the host functions a skill imports.
 //!
-//! Host functions are capabilities: `workspace-write` checks the grant at call time and answers
+//! Host functions are capabilities: each effectful one (`workspace-read`, `workspace-write`,
+//! `kv-get`, `kv-set`, `http-fetch`) checks the grant at call time and answers
 //! `capability-error::denied` instead of trapping, and counts the denial so the dispatcher can
 //! classify the outcome.
+//!
+//! Bytes are bounded twice: per call (the `MAX_*` constants below) and per invocation
+//! ([`MAX_HOST_IO_BYTES`] across every call), so a guest cannot make the host buffer or move
+//! more than that however it splits its calls.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use plugin_abi::{Capability, WorkspacePath};
+use plugin_abi::{Capability, Effect, Origin, WorkspacePath};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::agentd::skill::host::{CapabilityError, Host, LogLevel};
+use crate::bindings::agentd::skill::host::{CapabilityError, Host, HttpRequest, HttpResponse, LogLevel};
+use crate::kv::{KvStore, MAX_KV_VALUE_BYTES};
 
 /// Largest single `workspace-write`, bytes.
 pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest single `workspace-read`, bytes; a guest's `max-bytes` is capped at this.
+pub const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest `http-fetch` request body, bytes.
+pub const MAX_HTTP_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest `http-fetch` response body, bytes; a longer one is refused as `invalid`.
+pub const MAX_HTTP_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes one invocation may move through host calls in all (reads, writes, key-value, HTTP
+/// bodies in both directions).
+pub const MAX_HOST_IO_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Largest log message or event kept, bytes; longer ones are truncated.
 pub const MAX_LOG_BYTES: usize = 4096;
@@ -53,11 +73,31 @@ pub struct HostState {
     pub(crate) grants: Vec<Capability>,
     /// The tenant's workspace directory; `None` when the invocation has no workspace.
     pub(crate) workspace: Option<PathBuf>,
+    pub(crate) tenant: String,
+    pub(crate) kv: Option<KvStore>,
+    pub(crate) http: Option<reqwest::Client>,
+    /// When the invocation's wall-clock deadline passes; bounds outgoing HTTP requests.
+    pub(crate) deadline: Instant,
+    /// Bytes moved through host calls so far, against [`MAX_HOST_IO_BYTES`].
+    pub(crate) io_bytes: u64,
     pub(crate) skill_id: String,
     pub(crate) traceparent: String,
     pub(crate) host_calls: u64,
     pub(crate) denials: Vec<String>,
     pub(crate) events: Vec<(String, String)>,
+}
+
+/// What a [`HostState`] gives the guest beyond its grants: where effects land.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Effects {
+    /// The tenant's workspace directory; `None` when the invocation has no workspace.
+    pub(crate) workspace: Option<PathBuf>,
+    /// The tenant whose key-value namespace the skill uses.
+    pub(crate) tenant: String,
+    /// The key-value store; `None` disables `kv-*`.
+    pub(crate) kv: Option<KvStore>,
+    /// The HTTP client; `None` disables `http-fetch`.
+    pub(crate) http: Option<reqwest::Client>,
 }
 
 impl HostState {
@@ -66,7 +106,8 @@ impl HostState {
         traceparent: &str,
         memory_limit_bytes: u64,
         grants: Vec<Capability>,
-        workspace: Option<PathBuf>,
+        effects: Effects,
+        deadline: Instant,
     ) -> Self {
         HostState {
             // Nothing is granted through WASI: no preopened directories, no environment, no
@@ -79,13 +120,36 @@ impl HostState {
                 limit_hit: false,
             },
             grants,
-            workspace,
+            workspace: effects.workspace,
+            tenant: effects.tenant,
+            kv: effects.kv,
+            http: effects.http,
+            deadline,
+            io_bytes: 0,
             skill_id: skill_id.to_owned(),
             traceparent: traceparent.to_owned(),
             host_calls: 0,
             denials: Vec::new(),
             events: Vec::new(),
         }
+    }
+}
+
+impl HostState {
+    /// Readies a parked (warm-mode) store for its next call: new grants, effects, trace context
+    /// and deadline; per-call counters back to zero. The memory peak is the instance's.
+    pub(crate) fn rearm(&mut self, traceparent: &str, grants: Vec<Capability>, effects: Effects, deadline: Instant) {
+        self.grants = grants;
+        self.workspace = effects.workspace;
+        self.tenant = effects.tenant;
+        self.kv = effects.kv;
+        self.http = effects.http;
+        self.deadline = deadline;
+        self.io_bytes = 0;
+        traceparent.clone_into(&mut self.traceparent);
+        self.host_calls = 0;
+        self.denials.clear();
+        self.events.clear();
     }
 }
 
@@ -137,31 +201,23 @@ impl Host for HostState {
 
     async fn workspace_write(&mut self, path: String, contents: Vec<u8>) -> Result<(), CapabilityError> {
         self.host_calls += 1;
-        let path =
-            WorkspacePath::parse(&path).map_err(|error| CapabilityError::Invalid(format!("path `{path}`: {error}")))?;
-        if !self.grants.iter().any(|grant| grant.permits_write(&path)) {
-            let needed = format!("fs.write:{path}");
-            self.denials.push(needed.clone());
-            tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
-            return Err(CapabilityError::Denied(format!(
-                "{needed} (granted: {})",
-                describe_grants(&self.grants)
-            )));
-        }
+        let path = workspace_path(&path, "path")?;
+        self.check(&Effect::FsWrite(&path))?;
         if contents.len() > MAX_WRITE_BYTES {
             return Err(CapabilityError::Invalid(format!(
                 "{} bytes exceed the {MAX_WRITE_BYTES}-byte write limit",
                 contents.len()
             )));
         }
-        let Some(root) = &self.workspace else {
-            return Err(CapabilityError::Io("this invocation has no workspace".to_owned()));
-        };
-        let target = path.segments().fold(root.clone(), |dir, segment| dir.join(segment));
+        self.spend(contents.len())?;
+        let target = self.workspace_file(&path)?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
+        }
+        self.refuse_links(&path, &target).await?;
         let result = async {
-            if let Some(parent) = target.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
             // Write to a sibling temp file and rename, so a reader never sees half a file.
             let temporary = target.with_extension("agentd-partial");
             tokio::fs::write(&temporary, &contents).await?;
@@ -170,6 +226,276 @@ impl Host for HostState {
         .await;
         result.map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))
     }
+
+    async fn workspace_read(&mut self, path: String, max_bytes: u64) -> Result<Vec<u8>, CapabilityError> {
+        self.host_calls += 1;
+        let path = workspace_path(&path, "path")?;
+        self.check(&Effect::FsRead(&path))?;
+        let max_bytes = max_bytes.min(MAX_READ_BYTES);
+        let target = self.workspace_file(&path)?;
+        self.refuse_links(&path, &target).await?;
+        let length = tokio::fs::metadata(&target)
+            .await
+            .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))?
+            .len();
+        if length > max_bytes {
+            return Err(CapabilityError::Invalid(format!(
+                "`{path}` is {length} bytes; at most {max_bytes} were asked for"
+            )));
+        }
+        self.spend(usize::try_from(length).unwrap_or(usize::MAX))?;
+        let mut contents = tokio::fs::read(&target)
+            .await
+            .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))?;
+        // The file may have grown between the size check and the read.
+        if contents.len() as u64 > max_bytes {
+            contents.truncate(0);
+            return Err(CapabilityError::Invalid(format!(
+                "`{path}` grew past {max_bytes} bytes while being read"
+            )));
+        }
+        Ok(contents)
+    }
+
+    async fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
+        self.host_calls += 1;
+        let key = workspace_path(&key, "key")?;
+        self.check(&Effect::KvRead(&key))?;
+        let Some(kv) = self.kv.clone() else {
+            return Err(CapabilityError::Io("this runtime has no key-value store".to_owned()));
+        };
+        let value = kv
+            .get(&self.tenant, &self.skill_id, key.as_str())
+            .await
+            .map_err(|error| CapabilityError::Io(error.to_string()))?;
+        if let Some(value) = &value {
+            self.spend(value.len())?;
+        }
+        Ok(value)
+    }
+
+    async fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), CapabilityError> {
+        self.host_calls += 1;
+        let key = workspace_path(&key, "key")?;
+        self.check(&Effect::KvWrite(&key))?;
+        if value.len() > MAX_KV_VALUE_BYTES {
+            return Err(CapabilityError::Invalid(format!(
+                "{} bytes exceed the {MAX_KV_VALUE_BYTES}-byte value limit",
+                value.len()
+            )));
+        }
+        self.spend(value.len())?;
+        let Some(kv) = self.kv.clone() else {
+            return Err(CapabilityError::Io("this runtime has no key-value store".to_owned()));
+        };
+        kv.set(&self.tenant, &self.skill_id, key.as_str(), &value)
+            .await
+            .map_err(|error| match error {
+                crate::kv::KvError::Full { .. } => CapabilityError::Invalid(error.to_string()),
+                crate::kv::KvError::Sqlite { .. } => CapabilityError::Io(error.to_string()),
+            })
+    }
+
+    async fn http_fetch(&mut self, request: HttpRequest) -> Result<HttpResponse, CapabilityError> {
+        self.host_calls += 1;
+        let url = reqwest::Url::parse(&request.url)
+            .map_err(|error| CapabilityError::Invalid(format!("url `{}`: {error}", request.url)))?;
+        let origin = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => Origin::parse(&format!("{}://{host}:{port}", url.scheme()))
+                .map_err(|error| CapabilityError::Invalid(format!("url `{}`: {error}", request.url)))?,
+            _ => {
+                return Err(CapabilityError::Invalid(format!(
+                    "url `{}` has no host or port",
+                    request.url
+                )));
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(CapabilityError::Invalid(format!(
+                "url `{}` carries credentials; send them in a header",
+                request.url
+            )));
+        }
+        self.check(&Effect::Http(&origin))?;
+        let method = match request.method.as_str() {
+            "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "PATCH" => {
+                reqwest::Method::from_bytes(request.method.as_bytes())
+                    .map_err(|error| CapabilityError::Invalid(format!("method `{}`: {error}", request.method)))?
+            }
+            other => {
+                return Err(CapabilityError::Invalid(format!(
+                    "method `{other}` is not one of GET, POST, PUT, DELETE, HEAD, PATCH"
+                )));
+            }
+        };
+        if request.body.len() > MAX_HTTP_REQUEST_BYTES {
+            return Err(CapabilityError::Invalid(format!(
+                "the request body is {} bytes; the limit is {MAX_HTTP_REQUEST_BYTES}",
+                request.body.len()
+            )));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|error| CapabilityError::Invalid(format!("header name `{name}`: {error}")))?;
+            if matches!(
+                name.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            ) {
+                return Err(CapabilityError::Invalid(format!("header `{name}` is set by the host")));
+            }
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|error| CapabilityError::Invalid(format!("header `{name}` value: {error}")))?;
+            headers.append(name, value);
+        }
+        // The invocation's trace context travels on with the request (W3C Trace Context).
+        if let Ok(traceparent) = reqwest::header::HeaderValue::from_str(&self.traceparent) {
+            headers.insert("traceparent", traceparent);
+        }
+        self.spend(request.body.len())?;
+        let Some(client) = self.http.clone() else {
+            return Err(CapabilityError::Io("this runtime has no HTTP client".to_owned()));
+        };
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let failed =
+            |error: reqwest::Error| CapabilityError::Io(format!("{} {}: {error}", request.method, request.url));
+        let mut response = client
+            .request(method, url)
+            .headers(headers)
+            .body(request.body)
+            .timeout(remaining)
+            .send()
+            .await
+            .map_err(failed)?;
+        if let Some(length) = response.content_length()
+            && length > MAX_HTTP_RESPONSE_BYTES as u64
+        {
+            return Err(CapabilityError::Invalid(format!(
+                "the response body is {length} bytes; the limit is {MAX_HTTP_RESPONSE_BYTES}"
+            )));
+        }
+        let status = response.status().as_u16();
+        let response_headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_HTTP_RESPONSE_BYTES {
+                return Err(CapabilityError::Invalid(format!(
+                    "the response body exceeds the {MAX_HTTP_RESPONSE_BYTES}-byte limit"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.spend(body.len())?;
+        Ok(HttpResponse {
+            status,
+            headers: response_headers,
+            body,
+        })
+    }
+}
+
+impl HostState {
+    /// Checks `effect` against the grants; a denial is counted, logged and returned as
+    /// `capability-error::denied` naming the capability that would have permitted it.
+    fn check(&mut self, effect: &Effect<'_>) -> Result<(), CapabilityError> {
+        if self.grants.iter().any(|grant| grant.permits(effect)) {
+            return Ok(());
+        }
+        let needed = effect.needed();
+        self.denials.push(needed.clone());
+        tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
+        Err(CapabilityError::Denied(format!(
+            "{needed} (granted: {})",
+            describe_grants(&self.grants)
+        )))
+    }
+
+    /// Counts `bytes` against the invocation's host I/O budget.
+    fn spend(&mut self, bytes: usize) -> Result<(), CapabilityError> {
+        let total = self.io_bytes.saturating_add(bytes as u64);
+        if total > MAX_HOST_IO_BYTES {
+            return Err(CapabilityError::Invalid(format!(
+                "this invocation has moved {} bytes through host calls; {bytes} more would exceed its {MAX_HOST_IO_BYTES}-byte budget",
+                self.io_bytes
+            )));
+        }
+        self.io_bytes = total;
+        Ok(())
+    }
+
+    /// Refuses a path that resolves through a symbolic link (or any other indirection): its
+    /// canonical form must be the workspace root joined with its segments, so a link placed in
+    /// a granted directory cannot lead out of the grant. A target that does not exist yet is
+    /// checked through its parent.
+    fn refuse_links<'a>(
+        &self,
+        path: &'a WorkspacePath,
+        target: &'a std::path::Path,
+    ) -> impl Future<Output = Result<(), CapabilityError>> + Send + 'a {
+        refuse_links(self.workspace.clone(), path, target)
+    }
+    fn workspace_file(&self, path: &WorkspacePath) -> Result<PathBuf, CapabilityError> {
+        let Some(root) = &self.workspace else {
+            return Err(CapabilityError::Io("this invocation has no workspace".to_owned()));
+        };
+        Ok(path.segments().fold(root.clone(), |dir, segment| dir.join(segment)))
+    }
+}
+
+/// See [`HostState::refuse_links`].
+async fn refuse_links(
+    root: Option<PathBuf>,
+    path: &WorkspacePath,
+    target: &std::path::Path,
+) -> Result<(), CapabilityError> {
+    let Some(root) = root else {
+        return Ok(());
+    };
+
+    let io = |error: std::io::Error| CapabilityError::Io(format!("resolving `{path}`: {error}"));
+    let root = tokio::fs::canonicalize(root).await.map_err(io)?;
+    let (resolved, expected) = match tokio::fs::symlink_metadata(target).await {
+        Ok(_) => (
+            tokio::fs::canonicalize(target).await.map_err(io)?,
+            path.segments().fold(root, |dir, segment| dir.join(segment)),
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let Some(parent) = target.parent() else {
+                return Ok(());
+            };
+            let segments: Vec<&str> = path.segments().collect();
+            let parent_segments = &segments[..segments.len() - 1];
+            match tokio::fs::canonicalize(parent).await {
+                Ok(resolved) => (
+                    resolved,
+                    parent_segments.iter().fold(root, |dir, segment| dir.join(segment)),
+                ),
+                // A missing parent holds no link; the read or write reports the miss.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(error) => return Err(io(error)),
+            }
+        }
+        Err(error) => return Err(io(error)),
+    };
+    if resolved != expected {
+        return Err(CapabilityError::Invalid(format!(
+            "`{path}` resolves through a symbolic link; links are not followed in workspaces"
+        )));
+    }
+    Ok(())
+}
+
+fn workspace_path(text: &str, what: &str) -> Result<WorkspacePath, CapabilityError> {
+    WorkspacePath::parse(text).map_err(|error| CapabilityError::Invalid(format!("{what} `{text}`: {error}")))
 }
 
 fn describe_grants(grants: &[Capability]) -> String {

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod host;
+pub mod kv;
 pub mod orchestrate;
 pub mod package;
 pub mod resilience;
@@ -19,8 +20,8 @@ pub mod runtime;
 pub use orchestrate::{StepError, StepOutcome, close_unapproved, node_id, resume_approved, run_plan, run_step};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
 pub use runtime::{
-    DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Runtime, RuntimeConfig,
-    RuntimeFailure, SkillFailure,
+    DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Rollback, RollbackError, Runtime,
+    RuntimeConfig, RuntimeFailure, SkillFailure,
 };
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.

@@ -366,13 +366,33 @@ async fn govern_step(
             return Ok(StepOutcome::Denied { context, decision });
         }
     };
+    // Fallbacks, in ladder order: the other usable versions (best first), then the plugins
+    // the manifest names, each at its best usable version.
+    let mut fallbacks: Vec<_> = selection
+        .candidates
+        .iter()
+        .filter(|candidate| candidate.summary.digest != skill.summary.digest)
+        .cloned()
+        .collect();
+    for fallback_id in &skill.manifest.fallbacks {
+        let other = crate::resilience::select(
+            runtime,
+            fallback_id,
+            &semver::VersionReq::STAR,
+            None,
+            runtime.breakers(),
+            &principal.tenant,
+        );
+        fallbacks.extend(other.candidates.first().cloned());
+    }
     dispatch_and_record(
         runtime,
         control_plane,
         principal,
         context,
         decision,
-        &skill,
+        skill,
+        fallbacks,
         input_json,
         Some(explanation),
     )
@@ -525,7 +545,8 @@ pub async fn resume_approved(
         &principal,
         context,
         decision,
-        &skill,
+        skill,
+        Vec::new(),
         input_json,
         None,
     )
@@ -638,6 +659,120 @@ async fn escalate(
     })
 }
 
+/// The attempts made on one candidate of the escalation ladder.
+struct Attempts {
+    /// The last attempt and its audit record; `None` when the circuit refused the first one.
+    last: Option<(DispatchReport, serde_json::Value)>,
+    /// Retries are exhausted (or the circuit is open) with the failure still retryable: the
+    /// ladder moves to its next rung.
+    exhausted: bool,
+}
+
+/// Why the ladder stopped before a result: governance denied a retry.
+enum AttemptsStopped {
+    Denied(Decision),
+}
+
+/// Attempts one candidate: retries retryable failures with seeded backoff (`backon`), asking the
+/// control plane again before every retry; every attempt is audited and feeds the circuit
+/// breaker. The retry budget is the manifest's unless the verdict's `@max_attempts` overrides it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private call site, the ladder in dispatch_and_record"
+)]
+async fn attempt_candidate(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: &StepContext,
+    skill: &crate::runtime::LoadedSkill,
+    decision: &Decision,
+    request: &DispatchRequest,
+    rung: &str,
+    selection: &Option<serde_json::Value>,
+    history: &mut Vec<String>,
+) -> Result<Result<Attempts, AttemptsStopped>, StepError> {
+    let mut policy = skill.manifest.retry.clone();
+    if let Some(max_attempts) = decision.max_attempts {
+        policy.max_attempts = max_attempts;
+    }
+    let digest = input_digest(&request.input_json);
+    let delays = policy.delays(&context.run_id, &context.step_id);
+    let total_deadline = std::time::Duration::from_millis(policy.total_deadline_ms);
+    let started = std::time::Instant::now();
+    let breakers = runtime.breakers();
+    let key = CircuitBreakers::key(skill, &principal.tenant);
+    let version = format!("{}@{}", skill.summary.id, skill.summary.version);
+    let mut attempt = 0_usize;
+    loop {
+        if breakers.admit(&key, std::time::Instant::now()) == Admission::Rejected {
+            history.push(format!(
+                "{version} attempt {}: not made, its circuit is open",
+                attempt + 1
+            ));
+            return Ok(Ok(Attempts {
+                last: None,
+                exhausted: true,
+            }));
+        }
+        let report = runtime.dispatch(skill, request).await;
+        let completed = matches!(report.outcome, crate::runtime::Outcome::Completed { .. });
+        breakers.record(&key, completed, std::time::Instant::now());
+        let audited = serde_json::json!({
+            "skill_id": report.skill_id,
+            "skill_version": report.skill_version,
+            "digest": report.digest,
+            "rung": rung,
+            "attempt": attempt + 1,
+            "max_attempts": policy.max_attempts,
+            "selection": selection,
+            "outcome": report.outcome.name(),
+            "retryable": report.outcome.is_retryable(),
+            "detail": match &report.outcome {
+                crate::runtime::Outcome::Completed { output } => serde_json::json!({ "output_digest": input_digest(&serde_json::Value::Object(output.clone()).to_string()) }),
+                other => serde_json::to_value(other).unwrap_or_default(),
+            },
+            "metrics": report.metrics,
+        });
+        if completed || !policy.should_retry(&report.outcome) {
+            return Ok(Ok(Attempts {
+                last: Some((report, audited)),
+                exhausted: false,
+            }));
+        }
+        history.push(format!("{version} attempt {}: {}", attempt + 1, report.outcome.name()));
+        let out_of_budget = match delays.get(attempt).copied() {
+            None => true,
+            Some(delay) => started.elapsed() + delay > total_deadline,
+        };
+        if out_of_budget {
+            return Ok(Ok(Attempts {
+                last: Some((report, audited)),
+                exhausted: true,
+            }));
+        }
+        // This attempt will be retried: record it now; the last one is recorded with the
+        // step's end (or the escalation).
+        control_plane.record_dispatch(principal, context, &audited).await?;
+        tokio::time::sleep(delays[attempt]).await;
+        attempt += 1;
+        let again = control_plane
+            .govern(principal, context, &skill.summary.id, Some(&skill.summary), &digest)
+            .await?;
+        if let Verdict::Deny { .. } = &again.verdict {
+            return Ok(Err(AttemptsStopped::Denied(again)));
+        }
+    }
+}
+
+/// Dispatches a governed step through the escalation ladder and records how it ended:
+///
+/// 1. the selected candidate, with retries;
+/// 2. each fallback in turn (lower compatible versions, then the plugins the manifest names in
+///    `fallbacks`), each governed on its own: a fallback the policy does not allow is skipped;
+/// 3. a human: an approval request carrying the failure history.
+///
+/// Every rung is in the audit log (`rung` on each dispatch record) and the history.
 #[expect(
     clippy::too_many_arguments,
     reason = "two private call sites: a new step and a resumed one"
@@ -648,7 +783,8 @@ async fn dispatch_and_record(
     principal: &Principal,
     context: StepContext,
     decision: Decision,
-    skill: &crate::runtime::LoadedSkill,
+    skill: std::sync::Arc<crate::runtime::LoadedSkill>,
+    fallbacks: Vec<std::sync::Arc<crate::runtime::LoadedSkill>>,
     input_json: String,
     selection: Option<serde_json::Value>,
 ) -> Result<StepOutcome, StepError> {
@@ -666,100 +802,107 @@ async fn dispatch_and_record(
         control_plane.record_dispatch(principal, &context, &refused).await?;
         return Err(StepError::UnsupportedObligation(obligation.clone()));
     }
-    let grants = decision.grants();
     let digest = input_digest(&input_json);
-    let request = DispatchRequest {
+    let mut request = DispatchRequest {
         run_id: context.run_id.clone(),
         step_id: context.step_id.clone(),
         traceparent: context.traceparent.clone(),
         idempotency_key: format!("{}/{}/{}", principal.tenant, context.run_id, context.step_id),
         input_json,
         tenant: principal.tenant.clone(),
-        grants,
+        grants: decision.grants(),
     };
-    // Attempts: retry retryable failures with seeded backoff, asking the control plane again
-    // before every retry; every attempt is audited and feeds the circuit breaker.
-    let policy = &skill.manifest.retry;
-    let delays = policy.delays(&context.run_id, &context.step_id);
-    let total_deadline = std::time::Duration::from_millis(policy.total_deadline_ms);
-    let started = std::time::Instant::now();
-    let breakers = runtime.breakers();
-    let key = CircuitBreakers::key(skill, &principal.tenant);
     let mut history: Vec<String> = Vec::new();
-    let mut attempt = 0_usize;
-    let (report, circuit_open) = loop {
-        if breakers.admit(&key, std::time::Instant::now()) == Admission::Rejected {
-            history.push(format!(
-                "attempt {}: not made, the circuit of {key} is open",
-                attempt + 1
-            ));
-            break (None, true);
-        }
-        let report = runtime.dispatch(skill, &request).await;
-        let completed = matches!(report.outcome, crate::runtime::Outcome::Completed { .. });
-        breakers.record(&key, completed, std::time::Instant::now());
-        let audited = serde_json::json!({
-            "skill_id": report.skill_id,
-            "skill_version": report.skill_version,
-            "digest": report.digest,
-            "attempt": attempt + 1,
-            "selection": selection,
-            "outcome": report.outcome.name(),
-            "retryable": report.outcome.is_retryable(),
-            "detail": match &report.outcome {
-                crate::runtime::Outcome::Completed { output } => serde_json::json!({ "output_digest": input_digest(&serde_json::Value::Object(output.clone()).to_string()) }),
-                other => serde_json::to_value(other).unwrap_or_default(),
-            },
-            "metrics": report.metrics,
-        });
-        if completed || !policy.should_retry(&report.outcome) {
-            break (Some((report, audited)), false);
-        }
-        history.push(format!("attempt {}: {}", attempt + 1, report.outcome.name()));
-        let Some(delay) = delays.get(attempt).copied() else {
-            break (Some((report, audited)), false);
+    let mut current = skill;
+    let mut decision = decision;
+    let mut rung = "primary".to_owned();
+    let mut fallbacks = fallbacks.into_iter();
+    let (report, audited) = loop {
+        let attempts = match attempt_candidate(
+            runtime,
+            control_plane,
+            principal,
+            &context,
+            &current,
+            &decision,
+            &request,
+            &rung,
+            &selection,
+            &mut history,
+        )
+        .await?
+        {
+            Ok(attempts) => attempts,
+            Err(AttemptsStopped::Denied(again)) => {
+                record_event(
+                    control_plane,
+                    &context,
+                    RunEventPayload::StepFailed {
+                        step_id: context.step_id.clone(),
+                        reason: "denied when governed again before a retry".into(),
+                    },
+                )
+                .await?;
+                return Ok(StepOutcome::Denied {
+                    context,
+                    decision: again,
+                });
+            }
         };
-        if started.elapsed() + delay > total_deadline {
-            break (Some((report, audited)), false);
+        if !attempts.exhausted {
+            let Some(last) = attempts.last else {
+                unreachable!("a candidate that was not exhausted made an attempt");
+            };
+            break last;
         }
-        // This attempt will be retried: record it now; the last one is recorded with the
-        // step's end below.
-        control_plane.record_dispatch(principal, &context, &audited).await?;
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-        let again = control_plane
-            .govern(principal, &context, &skill.summary.id, Some(&skill.summary), &digest)
-            .await?;
-        if let Verdict::Deny { .. } = &again.verdict {
-            record_event(
-                control_plane,
-                &context,
-                RunEventPayload::StepFailed {
-                    step_id: context.step_id.clone(),
-                    reason: "denied when governed again before a retry".into(),
-                },
-            )
-            .await?;
-            return Ok(StepOutcome::Denied {
-                context,
-                decision: again,
-            });
-        }
-    };
-    let exhausted = circuit_open
-        || report
-            .as_ref()
-            .is_some_and(|(report, _)| policy.should_retry(&report.outcome));
-    if exhausted {
-        if let Some((_, audited)) = &report {
+        if let Some((_, audited)) = &attempts.last {
             control_plane.record_dispatch(principal, &context, audited).await?;
         }
-        let report = report.map(|(report, _)| report);
-        return escalate(control_plane, principal, context, skill, &request, report, history).await;
-    }
-    let Some((report, audited)) = report else {
-        unreachable!("a missing report means the circuit was open, which escalates");
+        // The next rung: a fallback candidate with a verdict of its own, else a human.
+        let mut next = None;
+        for candidate in fallbacks.by_ref() {
+            let name = format!("{}@{}", candidate.summary.id, candidate.summary.version);
+            if candidate.summary.side_effect > current.summary.side_effect {
+                history.push(format!(
+                    "fallback {name} skipped: it is {}, more than {}",
+                    candidate.summary.side_effect, current.summary.side_effect
+                ));
+                continue;
+            }
+            let verdict = control_plane
+                .govern(
+                    principal,
+                    &context,
+                    &candidate.summary.id,
+                    Some(&candidate.summary),
+                    &digest,
+                )
+                .await?;
+            if !matches!(verdict.verdict, Verdict::Allow { .. }) {
+                history.push(format!(
+                    "fallback {name} skipped: governance said {}",
+                    verdict.verdict.name()
+                ));
+                continue;
+            }
+            history.push(format!("falling back to {name}"));
+            next = Some((candidate, verdict));
+            break;
+        }
+        match next {
+            Some((candidate, verdict)) => {
+                request.grants = verdict.grants();
+                rung = format!("fallback {}@{}", candidate.summary.id, candidate.summary.version);
+                current = candidate;
+                decision = verdict;
+            }
+            None => {
+                let report = attempts.last.map(|(report, _)| report);
+                return escalate(control_plane, principal, context, &current, &request, report, history).await;
+            }
+        }
     };
+
     let payload = match &report.outcome {
         crate::runtime::Outcome::Completed { output } => {
             let output = serde_json::Value::Object(output.clone());
@@ -798,10 +941,10 @@ async fn dispatch_and_record(
     // Only failures count against the autonomy error budget; successes need no write.
     if !matches!(report.outcome, crate::runtime::Outcome::Completed { .. })
         && control_plane
-            .record_outcome(principal, &skill.summary.id, "failure")
+            .record_outcome(principal, &current.summary.id, "failure")
             .await?
     {
-        tracing::warn!(agent = %principal, skill = %skill.summary.id, "autonomy level demoted: error budget exceeded");
+        tracing::warn!(agent = %principal, skill = %current.summary.id, "autonomy level demoted: error budget exceeded");
     }
     Ok(StepOutcome::Dispatched {
         context,

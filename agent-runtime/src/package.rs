@@ -47,7 +47,16 @@ pub struct Limits {
     /// (backpressure, retryable).
     #[serde(default = "default_max_queue")]
     pub max_queue: u32,
+    /// Bounded warm-instance mode: one instance serves at most this many calls of the same
+    /// tenant before it is dropped. `0` (the default) gives every call a fresh instance. Allowed
+    /// for `pure` skills only, and at most [`MAX_REUSE`]. An instance is never reused after a
+    /// trap, a limit hit, a timeout or an invalid output.
+    #[serde(default)]
+    pub max_reuse: u32,
 }
+
+/// The largest `limits.max_reuse` a manifest may ask for.
+pub const MAX_REUSE: u32 = 10_000;
 
 fn default_max_concurrency() -> u32 {
     16
@@ -82,6 +91,11 @@ pub struct Manifest {
     /// How failed invocations are retried (`[retry]`; defaults when absent).
     #[serde(default)]
     pub retry: crate::resilience::RetryPolicy,
+    /// Skill ids to fall back to, in order, when this skill's retries are exhausted or its
+    /// circuit is open (after its own other versions). Each fallback is governed on its own and
+    /// skipped if it is more effectful than this skill.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 fn default_component() -> String {
@@ -260,6 +274,19 @@ impl Manifest {
             if value == 0 || value > ceiling {
                 return Err(invalid(format!("{name} = {value} must be between 1 and {ceiling}")));
             }
+        }
+        if manifest.limits.max_reuse > 0 && manifest.side_effect != SideEffect::Pure {
+            return Err(invalid(format!(
+                "limits.max_reuse = {} is only allowed for pure skills; `{}` is {}: an instance that \
+                 touched the world must not carry state into another call",
+                manifest.limits.max_reuse, manifest.id, manifest.side_effect
+            )));
+        }
+        if manifest.limits.max_reuse > MAX_REUSE {
+            return Err(invalid(format!(
+                "limits.max_reuse = {} must be at most {MAX_REUSE}",
+                manifest.limits.max_reuse
+            )));
         }
         Ok(manifest)
     }

@@ -1,5 +1,9 @@
 //! The wasmtime host: one [`Engine`] per process (pooling allocator, fuel, epoch interruption),
 //! one [`SkillPre`] per loaded component, one fresh [`Store`] per invocation.
+//!
+//! Loaded skills live in a registry snapshot behind an [`ArcSwap`]: the call path reads it
+//! without a lock; installing or rolling back a version publishes a new snapshot atomically, and
+//! an invocation already running keeps the `Arc<LoadedSkill>` it started with.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,13 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use plugin_abi::{Capability, OutputEnvelope, SideEffect, SkillSummary, WorkspacePath};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::bindings::agentd::skill::types::{Invocation, SideEffect as WitSideEffect, SkillError};
 use crate::bindings::{Skill, SkillPre};
-use crate::host::HostState;
+use crate::host::{Effects, HostState};
 use crate::package::{LimitCeilings, MANIFEST_FILE, Manifest, PackageError, check_component_header, digest};
 
 /// How often the epoch advances, ms. Deadlines are rounded up to whole ticks.
@@ -36,6 +41,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Directory of the compiled-code cache; `None` compiles every package at every load.
     pub code_cache: Option<PathBuf>,
+    /// SQLite file of the durable key-value store behind `kv-get`/`kv-set`; `None` makes those
+    /// calls fail with `capability-error::io`.
+    pub kv_path: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +53,7 @@ impl Default for RuntimeConfig {
             workspace_root: None,
             max_instances: 64,
             code_cache: None,
+            kv_path: None,
         }
     }
 }
@@ -74,7 +83,25 @@ pub struct LoadedSkill {
     slots: tokio::sync::Semaphore,
     /// Invocations waiting for a slot.
     queued: std::sync::atomic::AtomicU32,
+    /// Parked instances of a pure skill in warm mode (`limits.max_reuse > 0`), at most
+    /// [`WARM_PARKED_PER_SKILL`]. A per-skill lock, held only to push or pop.
+    warm: std::sync::Mutex<Vec<WarmInstance>>,
     pre: SkillPre<HostState>,
+}
+
+/// Most instances one skill version keeps parked in warm mode; each holds a pooling-allocator
+/// slot while parked.
+pub const WARM_PARKED_PER_SKILL: usize = 4;
+
+/// An instance kept for reuse, with the store it lives in.
+struct WarmInstance {
+    store: Store<HostState>,
+    instance: Skill,
+    /// Only calls of this tenant may reuse it: a pure skill's globals must not carry one
+    /// tenant's data into another tenant's call.
+    tenant: String,
+    /// Calls it has served.
+    calls: u32,
 }
 
 impl std::fmt::Debug for LoadedSkill {
@@ -263,7 +290,9 @@ pub struct Metrics {
     pub execute_us: u64,
     /// Fuel consumed. When an epoch deadline interrupts the guest this is a lower bound:
     /// compiled code keeps its fuel counter in a register and flushes it to the store at calls
-    /// and returns, not at the interruption.
+    /// and returns, not at the interruption. Equal inputs burn equal fuel only in a guest that
+    /// reads no randomness: Rust's `HashMap` seeds itself from WASI `random`, which varies the
+    /// work by a few hundred units in a million.
     pub fuel_consumed: u64,
     /// Largest linear memory reached, bytes.
     pub peak_memory_bytes: u64,
@@ -299,13 +328,64 @@ impl Drop for Ticker {
     }
 }
 
+/// The loaded versions of one skill id.
+#[derive(Debug, Default, Clone)]
+struct SkillVersions {
+    /// Every loaded version, lowest first (withdrawn ones included: approvals bound to their
+    /// digest can still name them).
+    loaded: Vec<Arc<LoadedSkill>>,
+    /// Versions taken out of selection by [`Runtime::rollback`].
+    withdrawn: std::collections::BTreeSet<semver::Version>,
+    /// Versions in the order they were installed, for rollback.
+    installed: Vec<semver::Version>,
+}
+
+impl SkillVersions {
+    fn active(&self) -> impl DoubleEndedIterator<Item = &Arc<LoadedSkill>> {
+        self.loaded
+            .iter()
+            .filter(|loaded| !self.withdrawn.contains(&loaded.manifest.version))
+    }
+}
+
+/// What [`Runtime::rollback`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rollback {
+    /// The skill id.
+    pub id: String,
+    /// The version taken out of selection.
+    pub withdrawn: semver::Version,
+    /// The version new invocations now get.
+    pub active: semver::Version,
+}
+
+/// Why [`Runtime::rollback`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    /// No version of the skill is loaded.
+    #[error("skill `{0}` is not loaded")]
+    UnknownSkill(String),
+    /// Only one version is active: rolling back would leave the skill with none.
+    #[error("skill `{id}` has no version to roll back to: {active} is the only active version")]
+    NothingToRollBackTo {
+        /// The skill id.
+        id: String,
+        /// Its only active version.
+        active: semver::Version,
+    },
+}
+
 /// The skill host. `Send + Sync`; share it behind an `Arc`.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     config: RuntimeConfig,
-    skills: BTreeMap<String, Vec<Arc<LoadedSkill>>>,
+    registry: ArcSwap<BTreeMap<String, SkillVersions>>,
+    /// Serialises installs and rollbacks (never taken on the call path).
+    install_lock: tokio::sync::Mutex<()>,
     cache: Option<crate::cache::CodeCache>,
+    kv: Option<crate::kv::KvStore>,
+    http: reqwest::Client,
     breakers: crate::resilience::CircuitBreakers,
     _ticker: Ticker,
 }
@@ -314,7 +394,7 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("config", &self.config)
-            .field("skills", &self.skills.keys())
+            .field("skills", &self.registry.load().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -384,12 +464,27 @@ impl Runtime {
                 })?),
                 None => None,
             };
+        let kv = match &config.kv_path {
+            Some(path) => Some(crate::kv::KvStore::open_lazy(path).map_err(|error| EngineError(error.to_string()))?),
+            None => None,
+        };
+        // Redirects are not followed: a redirect could lead to an origin that was not granted.
+        // No proxy from the environment either: the grant names the origin actually contacted.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("agentd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| EngineError(format!("cannot build the HTTP client: {error}")))?;
         Ok(Runtime {
             engine,
             linker,
             config,
-            skills: BTreeMap::new(),
+            registry: ArcSwap::from_pointee(BTreeMap::new()),
+            install_lock: tokio::sync::Mutex::new(()),
             cache,
+            kv,
+            http,
             breakers: crate::resilience::CircuitBreakers::new(5, Duration::from_secs(30)),
             _ticker: Ticker { stop },
         })
@@ -407,7 +502,7 @@ impl Runtime {
     /// # Errors
     ///
     /// [`PackageError::Read`] when `dir` itself cannot be listed.
-    pub async fn load_dir(&mut self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
+    pub async fn load_dir(&self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
         let read_error = |source| PackageError::Read {
             path: dir.to_owned(),
             source,
@@ -433,10 +528,15 @@ impl Runtime {
     /// Loads one package: parses the manifest, verifies the component's SHA-256, checks it is
     /// a component, compiles and links it, and checks its `describe` against the manifest.
     ///
+    /// This is also the hot-swap install: the new version is published atomically, so the next
+    /// [`lookup`](Self::lookup) or selection sees it and none sees half of it, while invocations
+    /// already running finish on the version they hold. [`rollback`](Self::rollback) undoes it.
+    ///
     /// # Errors
     ///
-    /// A [`PackageError`] naming the first check that failed; nothing is loaded then.
-    pub async fn load_package(&mut self, package_dir: &Path) -> Result<SkillSummary, PackageError> {
+    /// A [`PackageError`] naming the first check that failed; nothing is loaded then, and what
+    /// was loaded before stays as it was.
+    pub async fn load_package(&self, package_dir: &Path) -> Result<SkillSummary, PackageError> {
         let manifest_path = package_dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&manifest_path).map_err(|source| PackageError::Read {
             path: manifest_path.clone(),
@@ -494,7 +594,7 @@ impl Runtime {
         })?;
 
         let descriptor = {
-            let mut store = self.new_store(&manifest, "describe", Vec::new(), None);
+            let mut store = self.new_store(&manifest, "describe", Vec::new(), Effects::default());
             let describe_error = |error: wasmtime::Error| PackageError::Describe {
                 path: component_path.clone(),
                 message: format!("{error:#}"),
@@ -550,19 +650,8 @@ impl Runtime {
             capabilities: manifest.capabilities.clone(),
             digest: actual,
         };
-        let versions = self.skills.entry(manifest.id.clone()).or_default();
-        if versions
-            .iter()
-            .any(|loaded| loaded.manifest.version == manifest.version)
-        {
-            return Err(PackageError::Duplicate {
-                id: manifest.id.clone(),
-                version: manifest.version.clone(),
-            });
-        }
-        tracing::info!(skill = %summary.id, version = %summary.version, digest = %summary.digest, "skill package loaded");
         let manifest_limits_concurrency = manifest.limits.max_concurrency.max(1) as usize;
-        versions.push(Arc::new(LoadedSkill {
+        let loaded = Arc::new(LoadedSkill {
             manifest,
             summary: summary.clone(),
             package_dir: package_dir.to_owned(),
@@ -572,21 +661,106 @@ impl Runtime {
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: tokio::sync::Semaphore::new(manifest_limits_concurrency),
             queued: std::sync::atomic::AtomicU32::new(0),
+            warm: std::sync::Mutex::new(Vec::new()),
             pre,
-        }));
-        versions.sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));
+        });
+        let _guard = self.install_lock.lock().await;
+        let mut registry = BTreeMap::clone(&self.registry.load());
+        let versions = registry.entry(summary.id.clone()).or_default();
+        match versions
+            .loaded
+            .iter()
+            .find(|loaded| loaded.manifest.version == summary.version)
+        {
+            // Installing a rolled-back version again, byte for byte, rolls it forward.
+            Some(existing)
+                if existing.summary.digest == summary.digest && versions.withdrawn.contains(&summary.version) =>
+            {
+                versions.withdrawn.remove(&summary.version);
+            }
+            // A version is immutable: the same number with other bytes (or twice) is refused.
+            Some(_) => {
+                return Err(PackageError::Duplicate {
+                    id: summary.id.clone(),
+                    version: summary.version.clone(),
+                });
+            }
+            None => {
+                versions.loaded.push(loaded);
+                versions
+                    .loaded
+                    .sort_by(|a, b| a.manifest.version.cmp(&b.manifest.version));
+            }
+        }
+        versions.installed.retain(|version| *version != summary.version);
+        versions.installed.push(summary.version.clone());
+        self.registry.store(Arc::new(registry));
+        tracing::info!(skill = %summary.id, version = %summary.version, digest = %summary.digest, "skill package installed");
         Ok(summary)
     }
 
-    /// The highest loaded version of skill `id`.
-    pub fn lookup(&self, id: &str) -> Option<Arc<LoadedSkill>> {
-        self.skills.get(id).and_then(|versions| versions.last()).cloned()
+    /// Rolls skill `id` back: the version installed most recently among the active ones is
+    /// withdrawn from selection, so new invocations get the highest remaining one. In-flight
+    /// invocations of the withdrawn version finish on it. One call, atomic like an install.
+    ///
+    /// # Errors
+    ///
+    /// [`RollbackError`] when the skill is unknown or has no other active version.
+    pub async fn rollback(&self, id: &str) -> Result<Rollback, RollbackError> {
+        let _guard = self.install_lock.lock().await;
+        let mut registry = BTreeMap::clone(&self.registry.load());
+        let versions = registry
+            .get_mut(id)
+            .ok_or_else(|| RollbackError::UnknownSkill(id.to_owned()))?;
+        let active: Vec<semver::Version> = versions
+            .active()
+            .map(|loaded| loaded.manifest.version.clone())
+            .collect();
+        let Some(latest) = versions
+            .installed
+            .iter()
+            .rev()
+            .find(|version| active.contains(version))
+            .cloned()
+        else {
+            return Err(RollbackError::UnknownSkill(id.to_owned()));
+        };
+        if active.len() < 2 {
+            return Err(RollbackError::NothingToRollBackTo {
+                id: id.to_owned(),
+                active: latest,
+            });
+        }
+        versions.withdrawn.insert(latest.clone());
+        let now_active = versions
+            .active()
+            .next_back()
+            .map(|loaded| loaded.manifest.version.clone())
+            .unwrap_or_else(|| latest.clone());
+        self.registry.store(Arc::new(registry));
+        tracing::info!(skill = %id, withdrawn = %latest, active = %now_active, "skill version rolled back");
+        Ok(Rollback {
+            id: id.to_owned(),
+            withdrawn: latest,
+            active: now_active,
+        })
     }
 
-    /// The loaded skill `id` whose component has `digest`.
+    /// The highest active (loaded and not rolled back) version of skill `id`.
+    pub fn lookup(&self, id: &str) -> Option<Arc<LoadedSkill>> {
+        self.registry
+            .load()
+            .get(id)
+            .and_then(|versions| versions.active().next_back())
+            .cloned()
+    }
+
+    /// The loaded skill `id` whose component has `digest`, withdrawn versions included.
     pub fn lookup_digest(&self, id: &str, digest: &str) -> Option<Arc<LoadedSkill>> {
-        self.skills
+        self.registry
+            .load()
             .get(id)?
+            .loaded
             .iter()
             .find(|loaded| loaded.summary.digest == digest)
             .cloned()
@@ -598,14 +772,22 @@ impl Runtime {
         &self.breakers
     }
 
-    /// Every loaded version of `id`, lowest first.
+    /// Every active version of `id` (loaded and not rolled back), lowest first.
     pub fn versions(&self, id: &str) -> Vec<Arc<LoadedSkill>> {
-        self.skills.get(id).cloned().unwrap_or_default()
+        self.registry
+            .load()
+            .get(id)
+            .map(|versions| versions.active().cloned().collect())
+            .unwrap_or_default()
     }
 
-    /// Every loaded skill, by id then version.
-    pub fn skills(&self) -> impl Iterator<Item = &Arc<LoadedSkill>> {
-        self.skills.values().flatten()
+    /// Every active skill version, by id then version.
+    pub fn skills(&self) -> Vec<Arc<LoadedSkill>> {
+        self.registry
+            .load()
+            .values()
+            .flat_map(|versions| versions.active().cloned())
+            .collect()
     }
 
     fn new_store(
@@ -613,14 +795,16 @@ impl Runtime {
         manifest: &Manifest,
         traceparent: &str,
         grants: Vec<Capability>,
-        workspace: Option<PathBuf>,
+        effects: Effects,
     ) -> Store<HostState> {
+        let deadline = Instant::now() + wall_clock_limit(manifest.limits.deadline_ms);
         let state = HostState::new(
             &manifest.id,
             traceparent,
             manifest.limits.memory_bytes,
             grants,
-            workspace,
+            effects,
+            deadline,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -718,8 +902,12 @@ impl Runtime {
             (Some(root), Ok(tenant)) if tenant.segments().count() == 1 => Some(root.join(tenant.as_str())),
             _ => None,
         };
-        let mut store = self.new_store(&skill.manifest, &request.traceparent, request.grants.clone(), workspace);
-        let mut metrics = Metrics::default();
+        let effects = Effects {
+            workspace,
+            tenant: request.tenant.clone(),
+            kv: self.kv.clone(),
+            http: Some(self.http.clone()),
+        };
         let invocation = Invocation {
             schema_version: plugin_abi::INVOKE_SCHEMA_V1.to_owned(),
             run_id: request.run_id.clone(),
@@ -728,21 +916,57 @@ impl Runtime {
             idempotency_key: request.idempotency_key.clone(),
             input: request.input_json.clone(),
         };
+        let mut metrics = Metrics::default();
+        let parked = if limits.max_reuse > 0 {
+            skill.take_warm(&request.tenant)
+        } else {
+            None
+        };
+        let (mut store, warm_instance, calls) = match parked {
+            Some(parked) => {
+                let mut store = parked.store;
+                store.data_mut().rearm(
+                    &request.traceparent,
+                    request.grants.clone(),
+                    effects,
+                    Instant::now() + wall_clock_limit(limits.deadline_ms),
+                );
+                // Cannot fail: fuel consumption is enabled on this engine.
+                let _ = store.set_fuel(limits.fuel);
+                store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
+                (store, Some(parked.instance), parked.calls)
+            }
+            None => (
+                self.new_store(&skill.manifest, &request.traceparent, request.grants.clone(), effects),
+                None,
+                0,
+            ),
+        };
 
         // The epoch deadline stops guest code; this wall-clock backstop, a little later, also
         // covers time spent in host calls.
-        let wall_clock = Duration::from_millis(limits.deadline_ms + (limits.deadline_ms / 10).max(100));
+        let wall_clock = wall_clock_limit(limits.deadline_ms);
         let started = Instant::now();
         let result = tokio::time::timeout(wall_clock, async {
-            let instance = skill.pre.instantiate_async(&mut store).await;
-            metrics.instantiate_us = micros(started.elapsed());
-            let instance = instance.map_err(|error| (error, true))?;
+            let instance = match warm_instance {
+                Some(instance) => instance,
+                None => {
+                    let instance = skill.pre.instantiate_async(&mut store).await;
+                    metrics.instantiate_us = micros(started.elapsed());
+                    instance.map_err(|error| (error, true))?
+                }
+            };
             let executing = Instant::now();
             let result = instance.call_invoke(&mut store, &invocation).await;
             metrics.execute_us = micros(executing.elapsed());
-            result.map_err(|error| (error, false))
+            result.map(|result| (instance, result)).map_err(|error| (error, false))
         })
         .await;
+        let (result, instance) = match result {
+            Ok(Ok((instance, result))) => (Ok(Ok(result)), Some(instance)),
+            Ok(Err(error)) => (Ok(Err(error)), None),
+            Err(elapsed) => (Err(elapsed), None),
+        };
 
         metrics.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let state = store.data();
@@ -790,6 +1014,21 @@ impl Runtime {
         };
         tracing::info!(outcome = outcome.name(), "skill invocation");
         skill.observe_latency(metrics.instantiate_us + metrics.execute_us);
+        // Warm mode: park the instance again only after a call that returned normally, within
+        // its limits and its reuse bound.
+        if let Some(instance) = instance
+            && limits.max_reuse > 0
+            && calls + 1 < limits.max_reuse
+            && matches!(outcome, Outcome::Completed { .. } | Outcome::SkillFailed { .. })
+            && !store.data().limiter.limit_hit
+        {
+            skill.park_warm(WarmInstance {
+                store,
+                instance,
+                tenant: request.tenant.clone(),
+                calls: calls + 1,
+            });
+        }
         DispatchReport {
             skill_id: skill.summary.id.clone(),
             skill_version: skill.summary.version.to_string(),
@@ -804,6 +1043,27 @@ impl LoadedSkill {
     /// Exponentially weighted mean (weight 1/8 for the newest) of recent invocation times, µs.
     pub fn recent_latency_us(&self) -> u64 {
         self.recent_latency_us.load(Ordering::Relaxed)
+    }
+
+    fn take_warm(&self, tenant: &str) -> Option<WarmInstance> {
+        let mut parked = self.warm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let position = parked.iter().rposition(|warm| warm.tenant == tenant)?;
+        Some(parked.swap_remove(position))
+    }
+
+    fn park_warm(&self, instance: WarmInstance) {
+        let mut parked = self.warm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if parked.len() < WARM_PARKED_PER_SKILL {
+            parked.push(instance);
+        }
+    }
+
+    /// Instances parked for reuse (warm mode), for tests and metrics.
+    pub fn parked_instances(&self) -> usize {
+        self.warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     fn observe_latency(&self, micros: u64) {
@@ -825,6 +1085,12 @@ impl SkillFailure {
             | SkillFailure::NeedsHuman(message) => message,
         }
     }
+}
+
+/// The wall-clock backstop of an invocation with an epoch deadline of `deadline_ms`: 10% later,
+/// at least 100 ms later.
+fn wall_clock_limit(deadline_ms: u64) -> Duration {
+    Duration::from_millis(deadline_ms + (deadline_ms / 10).max(100))
 }
 
 fn micros(elapsed: Duration) -> u64 {

@@ -84,7 +84,7 @@ impl App {
     /// Opens the control plane and the runtime, loading every package under `paths.plugins`.
     pub async fn open(paths: &Paths) -> Result<Self> {
         let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
-        let mut runtime = Runtime::new(RuntimeConfig {
+        let runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
             code_cache: Some(paths.state_dir.join("code-cache")),
             ..RuntimeConfig::default()

@@ -94,7 +94,7 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     say(format!(
         "agentd demo: state in {}, {} skill packages verified, policy {}",
         paths.state_dir.display(),
-        app.runtime.skills().count(),
+        app.runtime.skills().len(),
         &app.control_plane.policy().version()[..19]
     ));
     let agent = token_for(&app, "demo-agent", Role::Agent)?;

@@ -528,9 +528,9 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Plugins(PluginsCommand::List) => {
             let app = App::open(&paths).await?;
             if json {
-                let skills: Vec<_> = app
-                    .runtime
-                    .skills()
+                let skills = app.runtime.skills();
+                let skills: Vec<_> = skills
+                    .iter()
                     .map(|skill| (&skill.summary, &skill.manifest.limits, &skill.load))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&skills)?);

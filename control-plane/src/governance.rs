@@ -12,6 +12,7 @@
 //! | `@allowed_decisions("approve,deny,modify")` | what a reviewer may answer | `approve,deny` |
 //! | `@obligations("<name>,...")` | duties the runtime must fulfil or refuse to dispatch | none |
 //! | `@max_autonomy("L1".."L5")` | caps the agent's autonomy level (never raises it) | none |
+//! | `@max_attempts("<n>")` | overrides the skill manifest's `retry.max_attempts` (the lowest wins when several decide) | the manifest's |
 //!
 //! Policies are validated against the Cedar schema [`SCHEMA`] (`policies/agentd.cedarschema`,
 //! strict mode) when loaded; an invalid set refuses to load with every problem listed.
@@ -259,6 +260,10 @@ pub struct Decision {
     pub decided_at_ms: i64,
     /// The lowest `@max_autonomy` of the policies that decided, if any.
     pub autonomy_cap: Option<AutonomyLevel>,
+    /// The lowest `@max_attempts` of the policies that decided, if any: the retry budget the
+    /// runtime must use instead of the manifest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     /// How the agent's autonomy level shaped the verdict (set by the control plane).
     pub autonomy: Option<AutonomyAssessment>,
 }
@@ -354,6 +359,7 @@ pub struct PolicyEngine {
     approvals: std::collections::BTreeMap<PolicyId, ApprovalSettings>,
     obligations: std::collections::BTreeMap<PolicyId, Vec<Obligation>>,
     autonomy_caps: std::collections::BTreeMap<PolicyId, AutonomyLevel>,
+    max_attempts: std::collections::BTreeMap<PolicyId, u32>,
     names: std::collections::BTreeMap<PolicyId, String>,
     /// Policy slices by (action, resource): only policies whose scope can match are evaluated.
     slices: std::sync::RwLock<std::collections::HashMap<(String, String), std::sync::Arc<PolicySet>>>,
@@ -400,6 +406,7 @@ impl PolicyEngine {
         let mut approvals = std::collections::BTreeMap::new();
         let mut obligations = std::collections::BTreeMap::new();
         let mut autonomy_caps = std::collections::BTreeMap::new();
+        let mut max_attempts = std::collections::BTreeMap::new();
         let mut names = std::collections::BTreeMap::new();
         for policy in policies.policies() {
             let name = policy
@@ -484,6 +491,22 @@ impl PolicyEngine {
                 }
                 autonomy_caps.insert(policy.id().clone(), text.parse::<AutonomyLevel>().map_err(problem)?);
             }
+            if let Some(text) = policy.annotation("max_attempts") {
+                if policy.effect() == cedar_policy::Effect::Forbid {
+                    return Err(problem("`@max_attempts` only applies to `permit` policies".into()));
+                }
+                let attempts = text
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        problem(format!(
+                            "@max_attempts(\"{text}\") must be a whole number from 1 to 100"
+                        ))
+                    })?;
+                max_attempts.insert(policy.id().clone(), attempts);
+            }
             if let Some(text) = policy.annotation("obligations") {
                 let list: Vec<Obligation> = text
                     .split(',')
@@ -503,6 +526,7 @@ impl PolicyEngine {
             approvals,
             obligations,
             autonomy_caps,
+            max_attempts,
             names,
             slices: std::sync::RwLock::new(std::collections::HashMap::new()),
         })
@@ -554,6 +578,7 @@ impl PolicyEngine {
             policy_version: self.version.clone(),
             decided_at_ms: now_ms,
             autonomy_cap: None,
+            max_attempts: None,
             autonomy: None,
         };
         if principal.subject.is_empty() || principal.tenant.is_empty() || principal.roles.is_empty() {
@@ -600,6 +625,7 @@ impl PolicyEngine {
                 policy_version: self.version.clone(),
                 decided_at_ms: now_ms,
                 autonomy_cap: None,
+                max_attempts: None,
                 autonomy: None,
             };
         }
@@ -661,6 +687,12 @@ impl PolicyEngine {
             .filter_map(|id| self.autonomy_caps.get(id))
             .min()
             .copied();
+        let max_attempts = invoke
+            .policies
+            .iter()
+            .filter_map(|id| self.max_attempts.get(id))
+            .min()
+            .copied();
         Decision {
             verdict,
             determining_policies,
@@ -670,6 +702,7 @@ impl PolicyEngine {
             policy_version: self.version.clone(),
             decided_at_ms: now_ms,
             autonomy_cap,
+            max_attempts,
             autonomy: None,
         }
     }

@@ -40,7 +40,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::agentd::skill::host::{CapabilityError, LogLevel};
+pub use bindings::agentd::skill::host::{CapabilityError, HttpRequest, HttpResponse, LogLevel};
 pub use bindings::agentd::skill::types::{
     Descriptor, Invocation, Output as OutputRecord, SideEffect as WitSideEffect, SkillError,
 };
@@ -80,6 +80,50 @@ impl Context {
     /// failed to write.
     pub fn workspace_write(&self, path: &str, contents: &[u8]) -> Result<(), CapabilityError> {
         bindings::agentd::skill::host::workspace_write(path, contents)
+    }
+
+    /// Reads the file at `path` in the tenant's workspace, at most `max_bytes` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`CapabilityError::Denied`] without `fs.read` for a prefix of `path`,
+    /// [`CapabilityError::Invalid`] for a malformed path or a file longer than `max_bytes`,
+    /// [`CapabilityError::Io`] when the file is missing or unreadable.
+    pub fn workspace_read(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, CapabilityError> {
+        bindings::agentd::skill::host::workspace_read(path, max_bytes)
+    }
+
+    /// The value under `key` in this tenant's and skill's durable key-value namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`CapabilityError::Denied`] without `kv.read` for a prefix of `key`,
+    /// [`CapabilityError::Invalid`] for a malformed key, [`CapabilityError::Io`] when the host
+    /// store failed.
+    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, CapabilityError> {
+        bindings::agentd::skill::host::kv_get(key)
+    }
+
+    /// Stores `value` under `key`, durably.
+    ///
+    /// # Errors
+    ///
+    /// [`CapabilityError::Denied`] without `kv.write` for a prefix of `key`,
+    /// [`CapabilityError::Invalid`] for a malformed key or a value over 1 MiB,
+    /// [`CapabilityError::Io`] when the host store failed.
+    pub fn kv_set(&self, key: &str, value: &[u8]) -> Result<(), CapabilityError> {
+        bindings::agentd::skill::host::kv_set(key, value)
+    }
+
+    /// Makes an HTTP request through the host.
+    ///
+    /// # Errors
+    ///
+    /// [`CapabilityError::Denied`] without `net.http` for the URL's origin,
+    /// [`CapabilityError::Invalid`] for a malformed request or an oversized body,
+    /// [`CapabilityError::Io`] when the connection failed or timed out.
+    pub fn http_fetch(&self, request: &HttpRequest) -> Result<HttpResponse, CapabilityError> {
+        bindings::agentd::skill::host::http_fetch(request)
     }
 }
 

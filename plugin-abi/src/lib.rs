@@ -16,7 +16,9 @@ mod envelope;
 #[cfg(feature = "guest")]
 pub mod guest;
 
-pub use capability::{Capability, CapabilityParseError, WorkspacePath, WorkspacePathError};
+pub use capability::{
+    Capability, CapabilityParseError, Effect, Origin, OriginError, WorkspacePath, WorkspacePathError,
+};
 pub use envelope::{EnvelopeError, InvokeRequest, OutputEnvelope};
 
 use std::fmt;

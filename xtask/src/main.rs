@@ -5,7 +5,9 @@
 //!   manifest and the component's SHA-256; `demo` and `test` pass that directory on as
 //!   `AGENTD_PLUGINS`.
 //! - `demo [ARGS..]`: `build-plugins`, then `agentd demo ARGS..`.
-//! - `test`: `build-plugins`, then the whole test suite.
+//! - `test`: `build-plugins`, then the whole test suite (the default members).
+//! - `bench-extism`: `build-plugins`, builds `bench/extism/plugin` for `wasm32-unknown-unknown`
+//!   (installing the target if missing), then runs the agentd-vs-Extism benchmark.
 //! - `ci`: formatting, clippy with `-D warnings`, then `test`.
 
 #![allow(clippy::print_stderr, reason = "xtask reports progress on stderr")]
@@ -37,8 +39,21 @@ fn main() -> Result<()> {
             let packages = build_plugins(&root)?;
             let mut test = cargo(&root);
             test.env("AGENTD_PLUGINS", &packages);
-            test.args(["test", "--workspace"]).args(&rest);
+            // The default members: everything but the Extism comparison bench.
+            test.args(["test"]).args(&rest);
             run(test)
+        }
+        "bench-extism" => {
+            let packages = build_plugins(&root)?;
+            let plugin = build_extism_plugin(&root)?;
+            let mut bench = cargo(&root);
+            bench
+                .env("AGENTD_PLUGINS", &packages)
+                .env("EXTISM_SKILLS_WASM", &plugin);
+            bench
+                .args(["bench", "--package", "extism-compare", "--bench", "compare"])
+                .args(&rest);
+            run(bench)
         }
         "ci" => {
             let mut fmt = cargo(&root);
@@ -46,14 +61,14 @@ fn main() -> Result<()> {
             run(fmt)?;
             let packages = build_plugins(&root)?;
             let mut clippy = cargo(&root);
-            clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
             run(clippy)?;
             let mut test = cargo(&root);
             test.env("AGENTD_PLUGINS", &packages);
-            test.args(["test", "--workspace"]);
+            test.args(["test"]);
             run(test)
         }
-        _ => bail!("usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | ci>"),
+        _ => bail!("usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci>"),
     }
 }
 
@@ -101,18 +116,45 @@ fn run(mut command: Command) -> Result<()> {
 
 /// Installs the wasm target through rustup when the toolchain lacks it.
 fn ensure_wasm_target() -> Result<()> {
+    ensure_target(WASM_TARGET)
+}
+
+/// Builds the Extism flavour of the benchmark skills (`bench/extism/plugin`, a core module for
+/// `wasm32-unknown-unknown`, the target extism-pdk documents); returns the `.wasm` path.
+fn build_extism_plugin(root: &Path) -> Result<PathBuf> {
+    const EXTISM_TARGET: &str = "wasm32-unknown-unknown";
+    ensure_target(EXTISM_TARGET)?;
+    let mut build = cargo(root);
+    build.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--target",
+        EXTISM_TARGET,
+        "--package",
+        "extism-skills",
+    ]);
+    run(build)?;
+    Ok(target_dir(root)
+        .join(EXTISM_TARGET)
+        .join("release")
+        .join("extism_skills.wasm"))
+}
+
+/// Installs `target` through rustup when the toolchain lacks it.
+fn ensure_target(target: &str) -> Result<()> {
     let output = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .output()
         .context("could not run rustc")?;
     let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     if output.status.success() && libdir.is_dir() {
         return Ok(());
     }
-    eprintln!("xtask: installing the {WASM_TARGET} target with rustup");
+    eprintln!("xtask: installing the {target} target with rustup");
     let mut rustup = Command::new("rustup");
-    rustup.args(["target", "add", WASM_TARGET]);
-    run(rustup).context("the wasm32-wasip2 target is missing and rustup could not install it")
+    rustup.args(["target", "add", target]);
+    run(rustup).with_context(|| format!("the {target} target is missing and rustup could not install it"))
 }
 
 /// The plugin crates: every directory under `plugins/` holding a `skill.toml`.
@@ -151,14 +193,16 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
         let skill_toml = std::fs::read_to_string(dir.join("skill.toml"))?;
         let mut manifest: toml::Table =
             toml::from_str(&skill_toml).with_context(|| format!("{}/skill.toml", dir.display()))?;
-        let id = manifest["id"].as_str().context("skill.toml lacks id")?.to_owned();
+        manifest["id"].as_str().context("skill.toml lacks id")?;
         let wasm = target
             .join(WASM_TARGET)
             .join("release")
             .join(format!("{}.wasm", crate_name.replace('-', "_")));
         let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let package = packages.join(&id);
+        // Named after the plugin's directory, not its skill id: two versions of one skill
+        // (plugins/noop and plugins/noop-v2) are two packages.
+        let package = packages.join(dir.file_name().context("a plugin directory has no name")?);
         std::fs::create_dir_all(&package)?;
         std::fs::write(package.join("skill.wasm"), &bytes)?;
         manifest.insert("component".into(), "skill.wasm".into());

@@ -25,7 +25,7 @@ async fn spin_forever_with(extra_limits: &str) -> (tempfile::TempDir, Runtime) {
     let package = package_copy(dir.path(), "spin-forever", |manifest| {
         format!("{manifest}{extra_limits}\n")
     });
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
     })
@@ -114,7 +114,7 @@ async fn a_thousand_runaway_runs_leave_a_benign_skill_unchanged() {
     let hostile = package_copy(dir.path(), "spin-forever", |manifest| {
         manifest.replace("deadline_ms = 500", "deadline_ms = 5")
     });
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
     })

@@ -7,7 +7,7 @@ use agent_runtime::{Runtime, RuntimeConfig};
 use crate::packages_dir;
 
 async fn load(cache: &std::path::Path) -> (CacheOutcome, u64) {
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         code_cache: Some(cache.to_path_buf()),
         max_instances: 4,
         ..RuntimeConfig::default()

@@ -6,7 +6,12 @@
 mod admission;
 mod cache;
 mod dispatch;
+mod host_calls;
+mod hostile;
+mod hot_swap;
+mod ladder;
 mod packages;
+mod warm;
 
 use std::path::{Path, PathBuf};
 
@@ -28,17 +33,27 @@ pub fn packages_dir() -> PathBuf {
     dir
 }
 
+/// Every package `cargo xtask build-plugins` makes (two of them are versions of `noop`).
+pub const PACKAGES: usize = 14;
+
+/// A compiled-code cache shared by the tests of this run, so each component is compiled once
+/// rather than once per test.
+pub fn test_code_cache() -> PathBuf {
+    packages_dir().with_file_name("agent-runtime-test-code-cache")
+}
+
 /// A runtime with every real package loaded and a workspace under `workspace`.
 pub async fn runtime_with_packages(workspace: Option<&Path>) -> Runtime {
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         workspace_root: workspace.map(Path::to_owned),
         max_instances: 16,
+        code_cache: Some(test_code_cache()),
         ..RuntimeConfig::default()
     })
     .unwrap();
     let (loaded, refused) = runtime.load_dir(&packages_dir()).await.unwrap();
     assert!(refused.is_empty(), "{refused:?}");
-    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded.len(), PACKAGES);
     runtime
 }
 

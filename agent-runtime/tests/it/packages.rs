@@ -42,7 +42,7 @@ fn copy_package(
 }
 
 async fn load(dir: &Path) -> Result<plugin_abi::SkillSummary, PackageError> {
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
     })
@@ -147,7 +147,7 @@ async fn each_bad_package_gets_its_own_error() {
 
     // The directory as a whole: the good package loads, every bad one is reported.
     copy_package("publish-report", root, "good", |_, _| {}, false);
-    let mut runtime = Runtime::new(RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()
     })
@@ -187,7 +187,7 @@ async fn memory_and_fuel_limits_map_to_their_outcomes() {
         (small_memory, RuntimeFailure::MemoryLimit { limit_bytes: 2_097_152 }),
         (small_fuel, RuntimeFailure::FuelExhausted { fuel: 200_000 }),
     ] {
-        let mut runtime = Runtime::new(RuntimeConfig {
+        let runtime = Runtime::new(RuntimeConfig {
             max_instances: 4,
             ..RuntimeConfig::default()
         })

@@ -103,7 +103,9 @@ fn run_approve_and_audit_through_the_cli() {
         stdout(&output)
     );
     assert!(
-        stdout(&output).contains("attempt 1: timeout; attempt 2: timeout; attempt 3: timeout; escalated to a human"),
+        stdout(&output).contains(
+            "spin-forever@0.1.0 attempt 1: timeout; spin-forever@0.1.0 attempt 2: timeout; spin-forever@0.1.0 attempt 3: timeout; escalated to a human"
+        ),
         "{}",
         stdout(&output)
     );

@@ -13,7 +13,6 @@
 
 use std::sync::OnceLock;
 
-use plugin_abi::guest::{Context, SkillError};
 use regex::Regex;
 
 /// The text to redact.
@@ -217,20 +216,27 @@ pub fn redact_text(text: &str) -> (String, Counts) {
     (redacted, counts)
 }
 
+/// Redacts `input.text` into an [`Output`].
+pub fn redact_input(input: &Input) -> Output {
+    let (redacted, counts) = redact_text(&input.text);
+    Output {
+        redacted,
+        counts,
+        bytes_scanned: input.text.len() as u64,
+    }
+}
+
 /// The skill's handler.
 ///
 /// # Errors
 ///
 /// Never fails on valid input; malformed input is rejected by the SDK as `invalid-input`.
-pub fn redact(_context: &Context, input: Input) -> Result<Output, SkillError> {
-    let (redacted, counts) = redact_text(&input.text);
-    Ok(Output {
-        redacted,
-        counts,
-        bytes_scanned: input.text.len() as u64,
-    })
+#[cfg(feature = "component")]
+pub fn redact(_context: &plugin_abi::guest::Context, input: Input) -> Result<Output, plugin_abi::guest::SkillError> {
+    Ok(redact_input(&input))
 }
 
+#[cfg(feature = "component")]
 plugin_abi::skill!(id: "pii-redact", side_effect: Pure, capabilities: [], handler: redact);
 
 #[cfg(test)]

@@ -1,0 +1,205 @@
+//! Hostile plugins: each fault maps to exactly one typed outcome, the host stays up, and after
+//! 1,000 hostile runs in a row a benign skill's result is unchanged.
+
+use std::sync::Arc;
+
+use agent_runtime::{Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailure};
+use serde_json::json;
+
+use crate::{request, runtime_with_packages, skill, test_code_cache};
+
+/// Runs `id` on `input` with no grants and returns its outcome.
+async fn outcome(runtime: &Runtime, id: &str, input: serde_json::Value) -> Outcome {
+    runtime
+        .dispatch(&skill(runtime, id), &request(input, &[]))
+        .await
+        .outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_plugin_maps_to_exactly_one_typed_outcome() {
+    let workspace = tempfile::tempdir().unwrap();
+    let runtime = runtime_with_packages(Some(workspace.path())).await;
+
+    let spin = outcome(&runtime, "spin-forever", json!({})).await;
+    assert_eq!(
+        spin,
+        Outcome::Failed {
+            failure: RuntimeFailure::Timeout {
+                deadline_ms: 500,
+                in_guest: true
+            }
+        }
+    );
+
+    let bomb = outcome(&runtime, "memory-bomb", json!({})).await;
+    assert_eq!(
+        bomb,
+        Outcome::Failed {
+            failure: RuntimeFailure::MemoryLimit {
+                limit_bytes: 16 * 1024 * 1024
+            }
+        }
+    );
+
+    let recursion = outcome(&runtime, "deep-recursion", json!({ "depth": 100_000_000u64 })).await;
+    assert!(
+        matches!(&recursion, Outcome::Failed { failure: RuntimeFailure::Trap { message } } if message.contains("call stack exhausted")),
+        "{recursion:?}"
+    );
+    // A shallow recursion of the same skill completes: the trap is the depth, not the skill.
+    assert_eq!(
+        outcome(&runtime, "deep-recursion", json!({ "depth": 1000 }))
+            .await
+            .name(),
+        "completed"
+    );
+
+    let huge = outcome(&runtime, "huge-output", json!({ "bytes": 9 * 1024 * 1024 })).await;
+    assert!(
+        matches!(&huge, Outcome::Failed { failure: RuntimeFailure::InvalidOutput { message } } if message.contains("the limit is 8388608")),
+        "{huge:?}"
+    );
+
+    let started = std::time::Instant::now();
+    let slow = outcome(&runtime, "slow-host-call", json!({ "sleep_ms": 60_000 })).await;
+    assert_eq!(
+        slow,
+        Outcome::Failed {
+            failure: RuntimeFailure::Timeout {
+                deadline_ms: 300,
+                in_guest: false
+            }
+        }
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let invalid = outcome(&runtime, "invalid-output", json!({})).await;
+    assert!(
+        matches!(&invalid, Outcome::Failed { failure: RuntimeFailure::InvalidOutput { message } } if message.contains("line 1")),
+        "{invalid:?}"
+    );
+
+    let ungranted = outcome(&runtime, "ungranted-capability", json!({})).await;
+    assert!(
+        matches!(&ungranted, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability == "fs.write:secrets/stolen.txt"),
+        "{ungranted:?}"
+    );
+    assert!(
+        !workspace.path().join("acme/secrets").exists(),
+        "a denied write left a file"
+    );
+
+    // flaky without its key-value grants cannot count, and says which grant is missing.
+    let flaky = outcome(&runtime, "flaky", json!({ "fail_first": 1 })).await;
+    assert!(
+        matches!(&flaky, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability.starts_with("kv.read:attempts/")),
+        "{flaky:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_fails_its_first_attempts_then_succeeds_and_its_count_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let kv_path = state.path().join("kv.sqlite");
+    let grants = ["kv.read:attempts/", "kv.write:attempts/"];
+    let open = || async {
+        let runtime = Runtime::new(RuntimeConfig {
+            kv_path: Some(kv_path.clone()),
+            code_cache: Some(test_code_cache()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        runtime
+            .load_package(&crate::packages_dir().join("flaky"))
+            .await
+            .unwrap();
+        runtime
+    };
+    let runtime = open().await;
+    let flaky = skill(&runtime, "flaky");
+    let input = json!({ "fail_first": 2 });
+    for attempt in 1..=2 {
+        let report = runtime.dispatch(&flaky, &request(input.clone(), &grants)).await;
+        assert!(
+            matches!(&report.outcome, Outcome::SkillFailed { error: SkillFailure::Transient(message) } if message.contains(&format!("attempt {attempt} "))),
+            "{:?}",
+            report.outcome
+        );
+        assert!(report.outcome.is_retryable());
+    }
+    drop(runtime);
+    // A new runtime on the same store: the count of this idempotency key was durable.
+    let runtime = open().await;
+    let report = runtime
+        .dispatch(&skill(&runtime, "flaky"), &request(input.clone(), &grants))
+        .await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Completed {
+            output: json!({ "attempt": 3 }).as_object().unwrap().clone()
+        }
+    );
+    // Another tenant has its own namespace: its first attempt fails again.
+    let mut other = request(input, &grants);
+    other.tenant = "globex".into();
+    let report = runtime.dispatch(&skill(&runtime, "flaky"), &other).await;
+    assert_eq!(report.outcome.name(), "transient");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mixed_hostile_runs_leave_a_benign_skill_unchanged() {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 8,
+        code_cache: Some(test_code_cache()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    for name in [
+        "pii-redact",
+        "memory-bomb",
+        "deep-recursion",
+        "invalid-output",
+        "ungranted-capability",
+    ] {
+        runtime.load_package(&crate::packages_dir().join(name)).await.unwrap();
+    }
+    let benign = skill(&runtime, "pii-redact");
+    let input = json!({ "text": "mail ops@example.org from 10.0.0.1" });
+    let before = runtime.dispatch(&benign, &request(input.clone(), &[])).await;
+    assert_eq!(before.outcome.name(), "completed");
+    let hostile = [
+        ("memory-bomb", json!({}), "memory-limit"),
+        ("deep-recursion", json!({ "depth": 100_000_000u64 }), "trap"),
+        ("invalid-output", json!({}), "invalid-output"),
+        ("ungranted-capability", json!({}), "capability-denied"),
+    ];
+    for round in 0..1_000 {
+        let (id, hostile_input, expected) = &hostile[round % hostile.len()];
+        let report = runtime
+            .dispatch(&skill(&runtime, id), &request(hostile_input.clone(), &[]))
+            .await;
+        assert_eq!(report.outcome.name(), *expected, "round {round}: {:?}", report.outcome);
+    }
+    let after = runtime.dispatch(&benign, &request(input, &[])).await;
+    assert_eq!(
+        serde_json::to_string(&before.outcome).unwrap(),
+        serde_json::to_string(&after.outcome).unwrap(),
+        "the benign skill's result changed after 1,000 hostile runs"
+    );
+    // Every pooled slot was returned: as many concurrent instances as the pool holds still fit.
+    let runtime = Arc::new(runtime);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (runtime, benign) = (Arc::clone(&runtime), Arc::clone(&benign));
+            tokio::spawn(async move { runtime.dispatch(&benign, &request(json!({ "text": "x" }), &[])).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().outcome.name(), "completed");
+    }
+}

@@ -1,0 +1,156 @@
+//! The escalation ladder through the control plane: retries (with the policy's `@max_attempts`
+//! overriding the manifest), then a fallback plugin governed on its own, then a human.
+
+use std::collections::BTreeSet;
+
+use agent_runtime::{Outcome, Runtime, RuntimeConfig, StepOutcome, run_step};
+use control_plane::{ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal, Role, Store};
+use plugin_abi::InvokeRequest;
+
+use crate::{packages_dir, test_code_cache};
+
+const SCHEMA_HEADER: &str = r#"
+@id("spin-forever-gets-one-attempt")
+@max_attempts("1")
+permit(principal, action == Agentd::Action::"invoke", resource)
+when { principal.roles.contains("agent") && resource.id == "spin-forever" };
+"#;
+
+async fn setup(policy: &str) -> (tempfile::TempDir, Runtime, ControlPlane) {
+    let dir = tempfile::tempdir().unwrap();
+    // spin-forever with a short deadline and `noop` as its fallback plugin.
+    let package = dir.path().join("spin-forever");
+    std::fs::create_dir_all(&package).unwrap();
+    let source = packages_dir().join("spin-forever");
+    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
+    std::fs::write(
+        package.join("skill.toml"),
+        format!(
+            "fallbacks = [\"noop\"]\n{}",
+            manifest.replace("deadline_ms = 500", "deadline_ms = 20")
+        ),
+    )
+    .unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        code_cache: Some(test_code_cache()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    runtime.load_package(&package).await.unwrap();
+    runtime.load_package(&packages_dir().join("noop")).await.unwrap();
+    let control_plane = ControlPlane::new(
+        Identity::from_secret(&[9; 32], IdentityConfig::default()).unwrap(),
+        PolicyEngine::from_text(&format!("{SCHEMA_HEADER}{policy}"), "test policy").unwrap(),
+        Store::open(&dir.path().join("state.db")).await.unwrap(),
+    );
+    (dir, runtime, control_plane)
+}
+
+fn agent() -> Principal {
+    Principal {
+        subject: "alice".into(),
+        tenant: "acme".into(),
+        roles: [Role::Agent].into_iter().collect::<BTreeSet<_>>(),
+    }
+}
+
+fn empty_request() -> InvokeRequest {
+    InvokeRequest::parse(r#"{"schema_version":"agentd.invoke.v1","input":{}}"#).unwrap()
+}
+
+/// The `rung` and `attempt` of every dispatch entry in the audit log, in order.
+async fn dispatch_rungs(control_plane: &ControlPlane) -> Vec<(String, String, u64)> {
+    control_plane
+        .store()
+        .audit_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == "dispatch")
+        .map(|entry| {
+            let payload: serde_json::Value = serde_json::from_str(&entry.payload).unwrap();
+            let record = &payload["outcome"];
+            (
+                record["rung"].as_str().unwrap_or_default().to_owned(),
+                record["outcome"].as_str().unwrap_or_default().to_owned(),
+                record["attempt"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_fall_back_to_a_plugin_with_its_own_verdict() {
+    let (_dir, runtime, control_plane) = setup(
+        r#"
+        @id("agents-run-pure-skills")
+        permit(principal, action == Agentd::Action::"invoke", resource)
+        when { principal.roles.contains("agent") && resource.side_effect == "pure" };
+        "#,
+    )
+    .await;
+    let outcome = run_step(&runtime, &control_plane, &agent(), "spin-forever", &empty_request())
+        .await
+        .unwrap();
+    let StepOutcome::Dispatched { report, decision, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    // The fallback ran under its own verdict, which carries no @max_attempts.
+    assert_eq!(report.skill_id, "noop");
+    assert!(
+        matches!(report.outcome, Outcome::Completed { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(decision.max_attempts, None);
+    // One attempt of spin-forever (the policy overrode the manifest's 3), then the fallback.
+    let rungs = dispatch_rungs(&control_plane).await;
+    assert_eq!(
+        rungs,
+        [
+            ("primary".to_owned(), "timeout".to_owned(), 1),
+            ("fallback noop@0.1.0".to_owned(), "completed".to_owned(), 1),
+        ],
+        "{rungs:?}"
+    );
+    assert!(matches!(
+        control_plane.store().verify_audit().await.unwrap(),
+        control_plane::ChainVerification::Intact { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_the_policy_does_not_allow_is_skipped_and_a_human_is_asked() {
+    let (_dir, runtime, control_plane) = setup(
+        r#"
+        @id("agents-run-pure-skills")
+        permit(principal, action == Agentd::Action::"invoke", resource)
+        when { principal.roles.contains("agent") && resource.side_effect == "pure" };
+
+        @id("no-noop")
+        forbid(principal, action == Agentd::Action::"invoke", resource)
+        when { resource.id == "noop" };
+        "#,
+    )
+    .await;
+    let outcome = run_step(&runtime, &control_plane, &agent(), "spin-forever", &empty_request())
+        .await
+        .unwrap();
+    let StepOutcome::Escalated { history, approval, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        history,
+        &[
+            "spin-forever@0.1.0 attempt 1: timeout".to_owned(),
+            "fallback noop@0.1.0 skipped: governance said deny".to_owned(),
+        ]
+    );
+    assert_eq!(approval.skill.id, "spin-forever");
+    assert_eq!(
+        dispatch_rungs(&control_plane).await.len(),
+        1,
+        "the denied fallback never ran"
+    );
+}
