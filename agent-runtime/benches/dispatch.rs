@@ -234,6 +234,19 @@ fn main() {
             );
         }
 
+        let noop_summary = agentd.lookup("noop").unwrap().summary.clone();
+        let mut verdicts = Vec::with_capacity(5_000);
+        for _ in 0..5_000 {
+            let started = Instant::now();
+            std::hint::black_box(policy.decide(&agent, "noop", Some(&noop_summary), 0));
+            verdicts.push(started.elapsed());
+        }
+        println!(
+            "  the verdict alone (PolicyEngine::decide, policies/default.cedar): p50 {:.1} µs, p99 {:.1} µs",
+            us(percentile(&mut verdicts, 0.5)),
+            us(percentile(&mut verdicts, 0.99))
+        );
+
         println!("\nbenign latency (pii-redact, tiny input) before and after 1,000 hostile runs:");
         let benign = |n: usize| {
             let (agentd, skill, small) = (Arc::clone(&agentd), Arc::clone(&skill), small.clone());
