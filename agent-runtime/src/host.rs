@@ -78,6 +78,9 @@ pub struct HostState {
     pub(crate) http: Option<reqwest::Client>,
     /// When the invocation's wall-clock deadline passes; bounds outgoing HTTP requests.
     pub(crate) deadline: Instant,
+    /// When guest code must stop (the manifest's `deadline_ms` after the store was armed);
+    /// checked at every epoch tick.
+    pub(crate) guest_deadline: Instant,
     /// Bytes moved through host calls so far, against [`MAX_HOST_IO_BYTES`].
     pub(crate) io_bytes: u64,
     pub(crate) skill_id: String,
@@ -107,6 +110,7 @@ impl HostState {
         memory_limit_bytes: u64,
         grants: Vec<Capability>,
         effects: Effects,
+        guest_deadline: Instant,
         deadline: Instant,
     ) -> Self {
         HostState {
@@ -125,6 +129,7 @@ impl HostState {
             kv: effects.kv,
             http: effects.http,
             deadline,
+            guest_deadline,
             io_bytes: 0,
             skill_id: skill_id.to_owned(),
             traceparent: traceparent.to_owned(),
@@ -138,7 +143,15 @@ impl HostState {
 impl HostState {
     /// Readies a parked (warm-mode) store for its next call: new grants, effects, trace context
     /// and deadline; per-call counters back to zero. The memory peak is the instance's.
-    pub(crate) fn rearm(&mut self, traceparent: &str, grants: Vec<Capability>, effects: Effects, deadline: Instant) {
+    pub(crate) fn rearm(
+        &mut self,
+        traceparent: &str,
+        grants: Vec<Capability>,
+        effects: Effects,
+        guest_deadline: Instant,
+        deadline: Instant,
+    ) {
+        self.guest_deadline = guest_deadline;
         self.grants = grants;
         self.workspace = effects.workspace;
         self.tenant = effects.tenant;

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use plugin_abi::{Capability, OutputEnvelope, SideEffect, SkillSummary, WorkspacePath};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use crate::bindings::agentd::skill::types::{Invocation, SideEffect as WitSideEffect, SkillError};
 use crate::bindings::{Skill, SkillPre};
 use crate::host::{Effects, HostState};
 use crate::package::{LimitCeilings, MANIFEST_FILE, Manifest, PackageError, check_component_header, digest};
 
-/// How often the epoch advances, ms. Deadlines are rounded up to whole ticks.
+/// How often the epoch advances, ms. At every tick a running guest yields to the executor and
+/// checks its deadline, so it is stopped at most one tick (plus scheduling) after it.
 pub const EPOCH_TICK_MS: u64 = 2;
 
 /// The largest input JSON a guest is given, bytes; larger input is refused as invalid input.
@@ -797,21 +798,31 @@ impl Runtime {
         grants: Vec<Capability>,
         effects: Effects,
     ) -> Store<HostState> {
-        let deadline = Instant::now() + wall_clock_limit(manifest.limits.deadline_ms);
+        let now = Instant::now();
         let state = HostState::new(
             &manifest.id,
             traceparent,
             manifest.limits.memory_bytes,
             grants,
             effects,
-            deadline,
+            now + Duration::from_millis(manifest.limits.deadline_ms),
+            now + wall_clock_limit(manifest.limits.deadline_ms),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Cannot fail: fuel consumption is enabled on this engine.
         let _ = store.set_fuel(manifest.limits.fuel);
-        store.set_epoch_deadline(manifest.limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
-        store.epoch_deadline_trap();
+        // At every epoch tick the guest yields to the tokio executor (a spinning guest does not
+        // hold a worker thread for its whole deadline) and is interrupted once its deadline has
+        // passed: a `Trap::Interrupt`, classified as a timeout in the guest.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().guest_deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         store
     }
 
@@ -925,15 +936,17 @@ impl Runtime {
         let (mut store, warm_instance, calls) = match parked {
             Some(parked) => {
                 let mut store = parked.store;
+                let now = Instant::now();
                 store.data_mut().rearm(
                     &request.traceparent,
                     request.grants.clone(),
                     effects,
-                    Instant::now() + wall_clock_limit(limits.deadline_ms),
+                    now + Duration::from_millis(limits.deadline_ms),
+                    now + wall_clock_limit(limits.deadline_ms),
                 );
                 // Cannot fail: fuel consumption is enabled on this engine.
                 let _ = store.set_fuel(limits.fuel);
-                store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
+                store.set_epoch_deadline(1);
                 (store, Some(parked.instance), parked.calls)
             }
             None => (

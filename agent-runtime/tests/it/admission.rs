@@ -152,3 +152,28 @@ async fn a_thousand_runaway_runs_leave_a_benign_skill_unchanged() {
         assert_eq!(call.await.unwrap().outcome.name(), "completed");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_yields_its_thread_at_every_epoch_tick() {
+    // One executor thread: if the guest held it, nothing else could run until its deadline.
+    let (_dir, runtime) = spin_forever_with("").await;
+    let runtime = Arc::new(runtime);
+    let skill = runtime.lookup("spin-forever").unwrap();
+    let spinner = {
+        let (runtime, skill) = (Arc::clone(&runtime), Arc::clone(&skill));
+        tokio::spawn(async move { runtime.dispatch(&skill, &request(serde_json::json!({}), &[])).await })
+    };
+    // This timer fires while the 500 ms guest still spins, on the same thread.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(!spinner.is_finished(), "the timer only fired after the guest gave its thread back");
+    let report = spinner.await.unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::Failed {
+            failure: RuntimeFailure::Timeout {
+                deadline_ms: 500,
+                in_guest: true
+            }
+        }
+    );
+}
