@@ -165,7 +165,10 @@ async fn a_spinning_guest_yields_its_thread_at_every_epoch_tick() {
     };
     // This timer fires while the 500 ms guest still spins, on the same thread.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    assert!(!spinner.is_finished(), "the timer only fired after the guest gave its thread back");
+    assert!(
+        !spinner.is_finished(),
+        "the timer only fired after the guest gave its thread back"
+    );
     let report = spinner.await.unwrap();
     assert_eq!(
         report.outcome,

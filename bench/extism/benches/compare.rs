@@ -147,7 +147,9 @@ fn main() {
             let mut validation = Vec::new();
             for _ in 0..n.min(300) {
                 let started = Instant::now();
-                std::hint::black_box(plugin_abi::OutputEnvelope::parse(plugin_abi::OUTPUT_SCHEMA_V1, &extism_output).unwrap());
+                std::hint::black_box(
+                    plugin_abi::OutputEnvelope::parse(plugin_abi::OUTPUT_SCHEMA_V1, &extism_output).unwrap(),
+                );
                 validation.push(started.elapsed());
             }
             println!(
