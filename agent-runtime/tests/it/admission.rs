@@ -5,19 +5,7 @@ use std::sync::Arc;
 
 use agent_runtime::{Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailure};
 
-use crate::{packages_dir, request};
-
-/// A copy of package `name` in `dir` with its manifest edited by `edit` (the digest covers the
-/// component only, so the copy still verifies).
-fn package_copy(dir: &std::path::Path, name: &str, edit: impl Fn(String) -> String) -> std::path::PathBuf {
-    let package = dir.join(name);
-    std::fs::create_dir_all(&package).unwrap();
-    let source = packages_dir().join(name);
-    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
-    std::fs::write(package.join("skill.toml"), edit(manifest)).unwrap();
-    package
-}
+use crate::{assert_pool_slots_returned, package_copy, packages_dir, request};
 
 /// spin-forever, packaged with `extra_limits` appended to its `[limits]` table.
 async fn spin_forever_with(extra_limits: &str) -> (tempfile::TempDir, Runtime) {
@@ -137,20 +125,7 @@ async fn a_thousand_runaway_runs_leave_a_benign_skill_unchanged() {
         "the benign skill's result changed after 1,000 hostile runs"
     );
     // Every pooled slot was returned: as many concurrent instances as the pool holds still fit.
-    let runtime = Arc::new(runtime);
-    let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let (runtime, benign) = (Arc::clone(&runtime), Arc::clone(&benign));
-            tokio::spawn(async move {
-                runtime
-                    .dispatch(&benign, &request(serde_json::json!({ "text": "x" }), &[]))
-                    .await
-            })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().outcome.name(), "completed");
-    }
+    assert_pool_slots_returned(Arc::new(runtime), benign, 4).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use agent_runtime::{Outcome, Runtime, RuntimeConfig, RuntimeFailure, SkillFailure};
 use serde_json::json;
 
-use crate::{request, runtime_with_packages, skill, test_code_cache};
+use crate::{assert_pool_slots_returned, request, runtime_with_packages, skill, test_code_cache};
 
 /// Runs `id` on `input` with no grants and returns its outcome.
 async fn outcome(runtime: &Runtime, id: &str, input: serde_json::Value) -> Outcome {
@@ -192,14 +192,5 @@ async fn a_thousand_mixed_hostile_runs_leave_a_benign_skill_unchanged() {
         "the benign skill's result changed after 1,000 hostile runs"
     );
     // Every pooled slot was returned: as many concurrent instances as the pool holds still fit.
-    let runtime = Arc::new(runtime);
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let (runtime, benign) = (Arc::clone(&runtime), Arc::clone(&benign));
-            tokio::spawn(async move { runtime.dispatch(&benign, &request(json!({ "text": "x" }), &[])).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap().outcome.name(), "completed");
-    }
+    assert_pool_slots_returned(Arc::new(runtime), benign, 8).await;
 }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use agent_runtime::{Outcome, PackageError, RollbackError, Runtime, RuntimeConfig};
+use agent_runtime::{Outcome, PackageError, RollbackError};
 use serde_json::json;
 
-use crate::{packages_dir, request, test_code_cache};
+use crate::{empty_runtime, packages_dir, request};
 
 fn version_of(outcome: &Outcome) -> String {
     match outcome {
@@ -17,13 +17,7 @@ fn version_of(outcome: &Outcome) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_switches_new_calls_while_in_flight_calls_finish_on_their_version() {
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            code_cache: Some(test_code_cache()),
-            ..RuntimeConfig::default()
-        })
-        .unwrap(),
-    );
+    let runtime = Arc::new(empty_runtime());
     runtime.load_package(&packages_dir().join("noop")).await.unwrap();
     let v1 = runtime.lookup("noop").unwrap();
     assert_eq!(v1.summary.version.to_string(), "0.1.0");
@@ -91,13 +85,7 @@ async fn install_switches_new_calls_while_in_flight_calls_finish_on_their_versio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_never_see_a_half_installed_registry() {
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            code_cache: Some(test_code_cache()),
-            ..RuntimeConfig::default()
-        })
-        .unwrap(),
-    );
+    let runtime = Arc::new(empty_runtime());
     runtime.load_package(&packages_dir().join("noop")).await.unwrap();
     let callers: Vec<_> = (0..4)
         .map(|_| {

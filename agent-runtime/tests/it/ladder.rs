@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use agent_runtime::{Outcome, Runtime, RuntimeConfig, StepOutcome, run_step};
+use agent_runtime::{Outcome, Runtime, StepOutcome, run_step};
 use control_plane::{ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal, Role, Store};
 use plugin_abi::InvokeRequest;
 
-use crate::{packages_dir, test_code_cache};
+use crate::{empty_runtime, package_copy, packages_dir};
 
 const SCHEMA_HEADER: &str = r#"
 @id("spin-forever-gets-one-attempt")
@@ -19,24 +19,13 @@ when { principal.roles.contains("agent") && resource.id == "spin-forever" };
 async fn setup(policy: &str) -> (tempfile::TempDir, Runtime, ControlPlane) {
     let dir = tempfile::tempdir().unwrap();
     // spin-forever with a short deadline and `noop` as its fallback plugin.
-    let package = dir.path().join("spin-forever");
-    std::fs::create_dir_all(&package).unwrap();
-    let source = packages_dir().join("spin-forever");
-    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
-    std::fs::write(
-        package.join("skill.toml"),
+    let package = package_copy(dir.path(), "spin-forever", |manifest| {
         format!(
             "fallbacks = [\"noop\"]\n{}",
             manifest.replace("deadline_ms = 500", "deadline_ms = 20")
-        ),
-    )
-    .unwrap();
-    let runtime = Runtime::new(RuntimeConfig {
-        code_cache: Some(test_code_cache()),
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+        )
+    });
+    let runtime = empty_runtime();
     runtime.load_package(&package).await.unwrap();
     runtime.load_package(&packages_dir().join("noop")).await.unwrap();
     let control_plane = ControlPlane::new(

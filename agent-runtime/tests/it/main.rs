@@ -74,3 +74,45 @@ pub fn request(input: serde_json::Value, grants: &[&str]) -> DispatchRequest {
 pub fn skill(runtime: &Runtime, id: &str) -> std::sync::Arc<LoadedSkill> {
     runtime.lookup(id).unwrap_or_else(|| panic!("{id} is not loaded"))
 }
+
+/// A runtime with no package loaded, sharing the tests' code cache.
+pub fn empty_runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        code_cache: Some(test_code_cache()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+/// A copy of package `name` in `dir` with its manifest edited by `edit` (the digest covers the
+/// component only, so the copy still verifies).
+pub fn package_copy(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let package = dir.join(name);
+    std::fs::create_dir_all(&package).unwrap();
+    let source = packages_dir().join(name);
+    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
+    std::fs::write(package.join("skill.toml"), edit(manifest)).unwrap();
+    package
+}
+
+/// Every pooled slot came back: `slots` concurrent calls of `benign` all complete.
+pub async fn assert_pool_slots_returned(
+    runtime: std::sync::Arc<Runtime>,
+    benign: std::sync::Arc<LoadedSkill>,
+    slots: usize,
+) {
+    let calls: Vec<_> = (0..slots)
+        .map(|_| {
+            let (runtime, benign) = (std::sync::Arc::clone(&runtime), std::sync::Arc::clone(&benign));
+            tokio::spawn(async move {
+                runtime
+                    .dispatch(&benign, &request(serde_json::json!({ "text": "x" }), &[]))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().outcome.name(), "completed");
+    }
+}

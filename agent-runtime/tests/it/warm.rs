@@ -2,34 +2,25 @@
 //! `max_reuse` calls of one tenant and is never reused after a trap or a limit hit; fresh
 //! instances stay the default.
 
-use agent_runtime::{PackageError, Runtime, RuntimeConfig};
+use agent_runtime::PackageError;
 use serde_json::json;
 
-use crate::{request, test_code_cache};
+use crate::{empty_runtime, package_copy, request};
 
 /// A copy of package `name` with `extra_limits` appended to its `[limits]` table.
 fn package_with(dir: &std::path::Path, name: &str, extra_limits: &str) -> std::path::PathBuf {
-    let package = dir.join(name);
-    std::fs::create_dir_all(&package).unwrap();
-    let source = crate::packages_dir().join(name);
-    std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
-    std::fs::write(package.join("skill.toml"), format!("{manifest}{extra_limits}\n")).unwrap();
-    package
-}
-
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        code_cache: Some(test_code_cache()),
-        ..RuntimeConfig::default()
+    package_copy(dir, name, |manifest| {
+        format!(
+            "{manifest}{extra_limits}
+"
+        )
     })
-    .unwrap()
 }
 
 #[tokio::test]
 async fn an_instance_serves_at_most_max_reuse_calls_of_one_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
+    let runtime = empty_runtime();
     runtime
         .load_package(&package_with(dir.path(), "noop", "max_reuse = 3"))
         .await
@@ -54,7 +45,7 @@ async fn an_instance_serves_at_most_max_reuse_calls_of_one_tenant() {
 #[tokio::test]
 async fn an_instance_that_trapped_is_never_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
+    let runtime = empty_runtime();
     runtime
         .load_package(&package_with(dir.path(), "deep-recursion", "max_reuse = 100"))
         .await
@@ -80,7 +71,7 @@ async fn an_instance_that_trapped_is_never_reused() {
 #[tokio::test]
 async fn warm_mode_is_refused_for_skills_that_are_not_pure() {
     let dir = tempfile::tempdir().unwrap();
-    let error = runtime()
+    let error = empty_runtime()
         .load_package(&package_with(dir.path(), "publish-report", "max_reuse = 10"))
         .await
         .unwrap_err();
