@@ -385,6 +385,76 @@ async fn govern_step(
         );
         fallbacks.extend(other.candidates.first().cloned());
     }
+    // The selector's rule: a candidate runs only with every capability it requests granted.
+    // When the verdict withheld one, the next candidate is governed in its place; when none is
+    // left, the step fails as `capability-denied` without creating an instance.
+    let (mut skill, mut decision, mut explanation) = (skill, decision, explanation);
+    while let Some(withheld) = decision.withheld_capabilities.first().cloned() {
+        let reason = format!(
+            "{}@{} requests `{withheld}`, which the policy did not grant",
+            skill.summary.id, skill.summary.version
+        );
+        if let Some(rejected) = explanation
+            .get_mut("rejected")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            rejected.push(serde_json::json!({ "version": skill.summary.version.to_string(), "reason": reason }));
+        }
+        let mut replacement = None;
+        while !fallbacks.is_empty() {
+            let candidate = fallbacks.remove(0);
+            let verdict = control_plane
+                .govern(
+                    principal,
+                    &context,
+                    &candidate.summary.id,
+                    Some(&candidate.summary),
+                    &digest,
+                )
+                .await?;
+            if matches!(verdict.verdict, Verdict::Allow { .. }) {
+                replacement = Some((candidate, verdict));
+                break;
+            }
+        }
+        let Some((candidate, verdict)) = replacement else {
+            let report = DispatchReport {
+                skill_id: skill.summary.id.clone(),
+                skill_version: skill.summary.version.to_string(),
+                digest: skill.summary.digest.clone(),
+                outcome: crate::runtime::Outcome::Failed {
+                    failure: crate::runtime::RuntimeFailure::CapabilityDenied {
+                        capability: withheld,
+                        message: format!("not dispatched: {reason}, and no other candidate is allowed"),
+                    },
+                },
+                metrics: crate::runtime::Metrics::default(),
+            };
+            let refused = serde_json::json!({
+                "skill_id": report.skill_id,
+                "skill_version": report.skill_version,
+                "digest": report.digest,
+                "outcome": report.outcome.name(),
+                "selection": explanation,
+                "detail": report.outcome,
+            });
+            let node = node_id();
+            let payload = RunEventPayload::StepFailed {
+                step_id: context.step_id.clone(),
+                reason: format!("capability-denied (not retryable): {reason}"),
+            };
+            control_plane
+                .record_step_end(principal, &context, &refused, Some((&node, payload)), None)
+                .await?;
+            return Ok(StepOutcome::Dispatched {
+                context,
+                decision,
+                report,
+            });
+        };
+        skill = candidate;
+        decision = verdict;
+    }
     dispatch_and_record(
         runtime,
         control_plane,

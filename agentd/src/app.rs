@@ -87,6 +87,7 @@ impl App {
         let runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
             code_cache: Some(paths.state_dir.join("code-cache")),
+            kv_path: Some(paths.state_dir.join("kv.db")),
             ..RuntimeConfig::default()
         })?;
         let (loaded, refused) = runtime.load_dir(&paths.plugins).await.with_context(|| {

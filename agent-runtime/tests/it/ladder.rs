@@ -143,3 +143,45 @@ async fn a_fallback_the_policy_does_not_allow_is_skipped_and_a_human_is_asked() 
         "the denied fallback never ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_whose_capability_is_withheld_is_not_dispatched() {
+    let (_dir, runtime, control_plane) = setup(
+        r#"
+        @id("agents-run-read-only-skills")
+        permit(principal, action == Agentd::Action::"invoke", resource)
+        when { principal.roles.contains("agent") && resource.side_effect == "read-only" };
+        "#,
+    )
+    .await;
+    runtime.load_package(&packages_dir().join("http-get")).await.unwrap();
+    // Autonomy high enough that a read-only skill with a capability needs no reviewer.
+    let admin = Principal {
+        roles: [Role::Admin].into_iter().collect(),
+        subject: "root".into(),
+        ..agent()
+    };
+    control_plane
+        .grant_autonomy(&admin, "alice", "http-get", control_plane::AutonomyLevel::L5, 3_600)
+        .await
+        .unwrap();
+    let request =
+        InvokeRequest::parse(r#"{"schema_version":"agentd.invoke.v1","input":{"url":"http://127.0.0.1:8080/"}}"#)
+            .unwrap();
+    let outcome = run_step(&runtime, &control_plane, &agent(), "http-get", &request)
+        .await
+        .unwrap();
+    let StepOutcome::Dispatched { report, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    // No policy grants net.http: the selector's rule refuses the candidate before any instance.
+    assert!(
+        matches!(&report.outcome, Outcome::Failed { failure: agent_runtime::RuntimeFailure::CapabilityDenied { capability, message } }
+            if capability == "net.http:http://127.0.0.1:8080" && message.starts_with("not dispatched")),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.metrics, agent_runtime::Metrics::default());
+    let rungs = dispatch_rungs(&control_plane).await;
+    assert_eq!(rungs, [(String::new(), "capability-denied".to_owned(), 0)], "{rungs:?}");
+}
