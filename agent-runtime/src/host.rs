@@ -224,12 +224,13 @@ impl Host for HostState {
         }
         self.spend(contents.len())?;
         let target = self.workspace_file(&path)?;
+        // Before any directory is created: creating through a link would already act outside.
+        self.refuse_links(&path).await?;
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
         }
-        self.refuse_links(&path, &target).await?;
         let result = async {
             // Write to a sibling temp file and rename, so a reader never sees half a file.
             let temporary = target.with_extension("agentd-partial");
@@ -246,7 +247,7 @@ impl Host for HostState {
         self.check(&Effect::FsRead(&path))?;
         let max_bytes = max_bytes.min(MAX_READ_BYTES);
         let target = self.workspace_file(&path)?;
-        self.refuse_links(&path, &target).await?;
+        self.refuse_links(&path).await?;
         let length = tokio::fs::metadata(&target)
             .await
             .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))?
@@ -445,17 +446,16 @@ impl HostState {
         Ok(())
     }
 
-    /// Refuses a path that resolves through a symbolic link (or any other indirection): its
-    /// canonical form must be the workspace root joined with its segments, so a link placed in
-    /// a granted directory cannot lead out of the grant. A target that does not exist yet is
-    /// checked through its parent.
+    /// Refuses a path any existing component of which is a symbolic link, so a link placed in a
+    /// granted directory cannot lead out of the grant (or out of the workspace). Components that
+    /// do not exist yet hold no link.
     fn refuse_links<'a>(
         &self,
         path: &'a WorkspacePath,
-        target: &'a std::path::Path,
     ) -> impl Future<Output = Result<(), CapabilityError>> + Send + 'a {
-        refuse_links(self.workspace.clone(), path, target)
+        refuse_links(self.workspace.clone(), path)
     }
+
     fn workspace_file(&self, path: &WorkspacePath) -> Result<PathBuf, CapabilityError> {
         let Some(root) = &self.workspace else {
             return Err(CapabilityError::Io("this invocation has no workspace".to_owned()));
@@ -465,44 +465,22 @@ impl HostState {
 }
 
 /// See [`HostState::refuse_links`].
-async fn refuse_links(
-    root: Option<PathBuf>,
-    path: &WorkspacePath,
-    target: &std::path::Path,
-) -> Result<(), CapabilityError> {
-    let Some(root) = root else {
+async fn refuse_links(root: Option<PathBuf>, path: &WorkspacePath) -> Result<(), CapabilityError> {
+    let Some(mut current) = root else {
         return Ok(());
     };
-
-    let io = |error: std::io::Error| CapabilityError::Io(format!("resolving `{path}`: {error}"));
-    let root = tokio::fs::canonicalize(root).await.map_err(io)?;
-    let (resolved, expected) = match tokio::fs::symlink_metadata(target).await {
-        Ok(_) => (
-            tokio::fs::canonicalize(target).await.map_err(io)?,
-            path.segments().fold(root, |dir, segment| dir.join(segment)),
-        ),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let Some(parent) = target.parent() else {
-                return Ok(());
-            };
-            let segments: Vec<&str> = path.segments().collect();
-            let parent_segments = &segments[..segments.len() - 1];
-            match tokio::fs::canonicalize(parent).await {
-                Ok(resolved) => (
-                    resolved,
-                    parent_segments.iter().fold(root, |dir, segment| dir.join(segment)),
-                ),
-                // A missing parent holds no link; the read or write reports the miss.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(error) => return Err(io(error)),
+    for segment in path.segments() {
+        current.push(segment);
+        match tokio::fs::symlink_metadata(&current).await {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(CapabilityError::Invalid(format!(
+                    "`{path}` passes through a symbolic link; links are not followed in workspaces"
+                )));
             }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(CapabilityError::Io(format!("resolving `{path}`: {error}"))),
         }
-        Err(error) => return Err(io(error)),
-    };
-    if resolved != expected {
-        return Err(CapabilityError::Invalid(format!(
-            "`{path}` resolves through a symbolic link; links are not followed in workspaces"
-        )));
     }
     Ok(())
 }

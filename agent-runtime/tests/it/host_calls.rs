@@ -238,3 +238,35 @@ async fn workspace_read_needs_fs_read_and_cannot_leave_the_workspace() {
         assert_eq!(report.outcome.name(), "invalid-input", "{:?}", report.outcome);
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn workspace_write_never_creates_or_writes_through_a_link() {
+    let workspace = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(workspace.path().join("acme")).unwrap();
+    // `reports` is a link to a directory outside the workspace.
+    std::os::unix::fs::symlink(outside.path(), workspace.path().join("acme/reports")).unwrap();
+    let runtime = runtime_with_packages(Some(workspace.path())).await;
+    for path in ["reports/a.md", "reports/new/dir/b.md"] {
+        let report = runtime
+            .dispatch(
+                &skill(&runtime, "publish-report"),
+                &request(
+                    json!({ "title": "T", "body": "B", "path": path }),
+                    &["fs.write:reports/"],
+                ),
+            )
+            .await;
+        assert!(
+            matches!(&report.outcome, Outcome::SkillFailed { error: SkillFailure::InvalidInput(message) } if message.contains("symbolic link")),
+            "{path}: {:?}",
+            report.outcome
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "something was created through the link"
+    );
+}
