@@ -389,6 +389,7 @@ async fn govern_step(
     // When the verdict withheld one, the next candidate is governed in its place; when none is
     // left, the step fails as `capability-denied` without creating an instance.
     let (mut skill, mut decision, mut explanation) = (skill, decision, explanation);
+    let mut remaining = fallbacks.into_iter();
     while let Some(withheld) = decision.withheld_capabilities.first().cloned() {
         let reason = format!(
             "{}@{} requests `{withheld}`, which the policy did not grant",
@@ -400,36 +401,27 @@ async fn govern_step(
         {
             rejected.push(serde_json::json!({ "version": skill.summary.version.to_string(), "reason": reason }));
         }
-        let mut replacement = None;
-        while !fallbacks.is_empty() {
-            let candidate = fallbacks.remove(0);
-            let verdict = control_plane
-                .govern(
-                    principal,
-                    &context,
-                    &candidate.summary.id,
-                    Some(&candidate.summary),
-                    &digest,
-                )
-                .await?;
-            if matches!(verdict.verdict, Verdict::Allow { .. }) {
-                replacement = Some((candidate, verdict));
-                break;
-            }
-        }
+        let mut skipped = Vec::new();
+        let replacement = next_allowed_fallback(
+            control_plane,
+            principal,
+            &context,
+            &digest,
+            &mut remaining,
+            None,
+            &mut skipped,
+        )
+        .await?;
         let Some((candidate, verdict)) = replacement else {
-            let report = DispatchReport {
-                skill_id: skill.summary.id.clone(),
-                skill_version: skill.summary.version.to_string(),
-                digest: skill.summary.digest.clone(),
-                outcome: crate::runtime::Outcome::Failed {
+            let report = DispatchReport::not_dispatched(
+                &skill,
+                crate::runtime::Outcome::Failed {
                     failure: crate::runtime::RuntimeFailure::CapabilityDenied {
                         capability: withheld,
                         message: format!("not dispatched: {reason}, and no other candidate is allowed"),
                     },
                 },
-                metrics: crate::runtime::Metrics::default(),
-            };
+            );
             let refused = serde_json::json!({
                 "skill_id": report.skill_id,
                 "skill_version": report.skill_version,
@@ -462,7 +454,7 @@ async fn govern_step(
         context,
         decision,
         skill,
-        fallbacks,
+        remaining.collect(),
         input_json,
         Some(explanation),
     )
@@ -710,16 +702,15 @@ async fn escalate(
     control_plane
         .record_outcome(principal, &skill.summary.id, "escalation")
         .await?;
-    let report = report.unwrap_or_else(|| DispatchReport {
-        skill_id: skill.summary.id.clone(),
-        skill_version: skill.summary.version.to_string(),
-        digest: skill.summary.digest.clone(),
-        outcome: crate::runtime::Outcome::Failed {
-            failure: crate::runtime::RuntimeFailure::Host {
-                message: "not dispatched: the circuit is open".into(),
+    let report = report.unwrap_or_else(|| {
+        DispatchReport::not_dispatched(
+            skill,
+            crate::runtime::Outcome::Failed {
+                failure: crate::runtime::RuntimeFailure::Host {
+                    message: "not dispatched: the circuit is open".into(),
+                },
             },
-        },
-        metrics: crate::runtime::Metrics::default(),
+        )
     });
     Ok(StepOutcome::Escalated {
         context,
@@ -835,6 +826,51 @@ async fn attempt_candidate(
     }
 }
 
+/// The next of `fallbacks` that its own verdict allows, each skipped one noted in `history`:
+/// one more effectful than `ceiling` is skipped without asking, one the policy does not allow
+/// after asking.
+async fn next_allowed_fallback(
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    context: &StepContext,
+    input_digest: &str,
+    fallbacks: &mut impl Iterator<Item = std::sync::Arc<crate::runtime::LoadedSkill>>,
+    ceiling: Option<plugin_abi::SideEffect>,
+    history: &mut Vec<String>,
+) -> Result<Option<(std::sync::Arc<crate::runtime::LoadedSkill>, Decision)>, StepError> {
+    for candidate in fallbacks {
+        let name = format!("{}@{}", candidate.summary.id, candidate.summary.version);
+        if let Some(ceiling) = ceiling
+            && candidate.summary.side_effect > ceiling
+        {
+            history.push(format!(
+                "fallback {name} skipped: it is {}, more than {ceiling}",
+                candidate.summary.side_effect
+            ));
+            continue;
+        }
+        let verdict = control_plane
+            .govern(
+                principal,
+                context,
+                &candidate.summary.id,
+                Some(&candidate.summary),
+                input_digest,
+            )
+            .await?;
+        if !matches!(verdict.verdict, Verdict::Allow { .. }) {
+            history.push(format!(
+                "fallback {name} skipped: governance said {}",
+                verdict.verdict.name()
+            ));
+            continue;
+        }
+        history.push(format!("falling back to {name}"));
+        return Ok(Some((candidate, verdict)));
+    }
+    Ok(None)
+}
+
 /// Dispatches a governed step through the escalation ladder and records how it ended:
 ///
 /// 1. the selected candidate, with retries;
@@ -929,36 +965,16 @@ async fn dispatch_and_record(
             control_plane.record_dispatch(principal, &context, audited).await?;
         }
         // The next rung: a fallback candidate with a verdict of its own, else a human.
-        let mut next = None;
-        for candidate in fallbacks.by_ref() {
-            let name = format!("{}@{}", candidate.summary.id, candidate.summary.version);
-            if candidate.summary.side_effect > current.summary.side_effect {
-                history.push(format!(
-                    "fallback {name} skipped: it is {}, more than {}",
-                    candidate.summary.side_effect, current.summary.side_effect
-                ));
-                continue;
-            }
-            let verdict = control_plane
-                .govern(
-                    principal,
-                    &context,
-                    &candidate.summary.id,
-                    Some(&candidate.summary),
-                    &digest,
-                )
-                .await?;
-            if !matches!(verdict.verdict, Verdict::Allow { .. }) {
-                history.push(format!(
-                    "fallback {name} skipped: governance said {}",
-                    verdict.verdict.name()
-                ));
-                continue;
-            }
-            history.push(format!("falling back to {name}"));
-            next = Some((candidate, verdict));
-            break;
-        }
+        let next = next_allowed_fallback(
+            control_plane,
+            principal,
+            &context,
+            &digest,
+            &mut fallbacks,
+            Some(current.summary.side_effect),
+            &mut history,
+        )
+        .await?;
         match next {
             Some((candidate, verdict)) => {
                 request.grants = verdict.grants();

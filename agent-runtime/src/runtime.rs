@@ -318,6 +318,20 @@ pub struct DispatchReport {
     pub metrics: Metrics,
 }
 
+impl DispatchReport {
+    /// The report of an invocation refused before any instance existed: `outcome` says why, and
+    /// the metrics are all zero.
+    pub fn not_dispatched(skill: &LoadedSkill, outcome: Outcome) -> Self {
+        DispatchReport {
+            skill_id: skill.summary.id.clone(),
+            skill_version: skill.summary.version.to_string(),
+            digest: skill.summary.digest.clone(),
+            outcome,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
 /// Stops the epoch ticker thread when the runtime is dropped.
 struct Ticker {
     stop: Arc<AtomicBool>,
@@ -860,13 +874,7 @@ impl Runtime {
     /// Admission: bounded input, then a concurrency slot of this skill version, waiting in a
     /// bounded queue (backpressure: a full queue refuses at once, retryably).
     async fn dispatch_admitted(&self, skill: &LoadedSkill, request: &DispatchRequest) -> DispatchReport {
-        let refuse = |outcome: Outcome| DispatchReport {
-            skill_id: skill.summary.id.clone(),
-            skill_version: skill.summary.version.to_string(),
-            digest: skill.summary.digest.clone(),
-            outcome,
-            metrics: Metrics::default(),
-        };
+        let refuse = |outcome: Outcome| DispatchReport::not_dispatched(skill, outcome);
         if request.input_json.len() > MAX_INPUT_BYTES {
             return refuse(Outcome::SkillFailed {
                 error: SkillFailure::InvalidInput(format!(
