@@ -167,7 +167,7 @@ fn main() {
         let agentd_call = |id: &'static str, input: String, governed: bool| {
             let (agentd, policy, agent) = (Arc::clone(&agentd), &policy, &agent);
             async move {
-                let selection = agent_runtime::resilience::select(
+                let selection = agent_runtime::selector::select(
                     &agentd,
                     id,
                     &semver::VersionReq::STAR,
@@ -180,7 +180,7 @@ fn main() {
                 if governed {
                     let decision = policy.decide(agent, id, Some(&skill.summary), 0);
                     assert_eq!(decision.verdict.name(), "allow");
-                    request.grants = decision.grants();
+                    request.grants = decision.grants().to_vec();
                 }
                 let report = agentd.dispatch(skill, &request).await;
                 assert_eq!(report.outcome.name(), "completed");

@@ -91,26 +91,13 @@ impl CodeCache {
     /// The I/O error when the directory or key cannot be created or read.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let key_path = dir.join("cache.key");
-        let key = match std::fs::read(&key_path) {
-            Ok(bytes) => bytes.try_into().map_err(|bytes: Vec<u8>| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: the cache key must be 32 bytes, found {}",
-                        key_path.display(),
-                        bytes.len()
-                    ),
-                )
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|error| std::io::Error::other(error.to_string()))?;
-                write_private(&key_path, &key)?;
-                key
-            }
-            Err(error) => return Err(error),
-        };
+        let key = control_plane::keys::load_or_create_exact::<32>(&dir.join("cache.key")).map_err(|error| {
+            let kind = match &error {
+                control_plane::keys::KeyFileError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::InvalidData,
+            };
+            std::io::Error::new(kind, error.to_string())
+        })?;
         Ok(CodeCache {
             dir: dir.to_path_buf(),
             key,
@@ -202,20 +189,6 @@ impl CodeCache {
         let component = unsafe { Component::deserialize(engine, bytes) };
         component.map_err(|error| format!("wasmtime refused the entry: {error}"))
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -86,7 +86,8 @@ pub struct HostState {
     pub(crate) skill_id: String,
     pub(crate) traceparent: String,
     pub(crate) host_calls: u64,
-    pub(crate) denials: Vec<String>,
+    /// The narrowest capability each denied call would have needed, in order.
+    pub(crate) denials: Vec<Capability>,
     pub(crate) events: Vec<(String, String)>,
 }
 
@@ -425,7 +426,7 @@ impl HostState {
             return Ok(());
         }
         let needed = effect.needed();
-        self.denials.push(needed.clone());
+        self.denials.push(effect.capability());
         tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
         Err(CapabilityError::Denied(format!(
             "{needed} (granted: {})",

@@ -1,28 +1,51 @@
-//! agentd's runtime: it decides *how to run* a skill.
+//! agentd's runtime: it decides *how to run* a skill. The code is cut along the pipeline a step
+//! travels:
 //!
-//! - [`package`]: skill packages (`skill.toml` + component), verified by SHA-256.
-//! - [`runtime`]: the wasmtime host: one engine, one `SkillPre` per component, one store per
-//!   invocation under memory, fuel and epoch-deadline limits; typed [`Outcome`]s.
-//! - [`host`]: the host functions a skill imports, each a capability checked at call time.
-//! - [`orchestrate`]: one governed step: the control plane's verdict, then dispatch, then record.
+//! - loading: [`package`] (`skill.toml`, SHA-256, limits), [`loader`] (the checks, in order),
+//!   [`cache`] (verified compiled code), [`registry`] (versions, hot swap, rollback);
+//! - running: [`engine`] (one wasmtime engine, one store per invocation), [`dispatch`]
+//!   (admission, limits, warm instances), [`host`] and [`kv`] (the host functions, each a
+//!   capability checked at call time), [`outcome`] (typed outcomes);
+//! - resilience: [`retry`], [`breaker`], [`selector`];
+//! - governing: [`step`] (the typed step value), [`plan`] (runs of steps), `pep` (the policy
+//!   enforcement point: ask the control plane before every dispatch), `ladder` (retries,
+//!   fallbacks, escalation to a human), [`resume`] (the approval flow after a human decides).
+//!
+//! [`Runtime`] is the embeddable host; [`run_step`], [`run_plan`], [`answer_approval`] and
+//! [`resume_approved`] drive it under a [`control_plane::ControlPlane`].
 //!
 //! **Architecture invariant:** agent-runtime never writes the audit log itself; it goes through
-//! [`control_plane::ControlPlane`].
+//! [`control_plane::ControlPlane`], the only door into the control plane.
 
+pub mod breaker;
 pub mod cache;
+pub mod dispatch;
+pub mod engine;
 pub mod host;
 pub mod kv;
-pub mod orchestrate;
+mod ladder;
+pub mod loader;
+pub mod outcome;
 pub mod package;
-pub mod resilience;
+mod pep;
+pub mod plan;
+pub mod registry;
+pub mod resume;
+pub mod retry;
 pub mod runtime;
+pub mod selector;
+pub mod step;
 
-pub use orchestrate::{StepError, StepOutcome, close_unapproved, node_id, resume_approved, run_plan, run_step};
+pub use dispatch::{DispatchRequest, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
+pub use engine::{EPOCH_TICK_MS, EngineError};
+pub use ladder::SUPPORTED_OBLIGATIONS;
+pub use outcome::{DispatchReport, Metrics, Outcome, RuntimeFailure, SkillFailure};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
-pub use runtime::{
-    DispatchReport, DispatchRequest, EngineError, LoadedSkill, Metrics, Outcome, Rollback, RollbackError, Runtime,
-    RuntimeConfig, RuntimeFailure, SkillFailure,
-};
+pub use plan::{run_plan, run_step};
+pub use registry::{LoadedSkill, Rollback, RollbackError};
+pub use resume::{Answered, answer_approval, close_unapproved, resume_approved};
+pub use runtime::{Runtime, RuntimeConfig};
+pub use step::{Step, StepError, StepOutcome, node_id};
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.
 #[allow(missing_docs)]

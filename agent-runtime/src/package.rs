@@ -90,7 +90,7 @@ pub struct Manifest {
     pub limits: Limits,
     /// How failed invocations are retried (`[retry]`; defaults when absent).
     #[serde(default)]
-    pub retry: crate::resilience::RetryPolicy,
+    pub retry: crate::retry::RetryPolicy,
     /// Skill ids to fall back to, in order, when this skill's retries are exhausted or its
     /// circuit is open (after its own other versions). Each fallback is governed on its own and
     /// skipped if it is more effectful than this skill.
@@ -113,13 +113,14 @@ pub enum PackageError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The manifest is not valid TOML or has the wrong shape.
-    #[error("invalid manifest {path}: {message}")]
+    /// The manifest is not valid TOML, has the wrong shape, or breaks rules: every problem
+    /// found, listed at once.
+    #[error("invalid manifest {path}: {}", problems.join("; "))]
     Manifest {
         /// The manifest file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// Every problem found.
+        problems: Vec<String>,
     },
     /// The manifest's `abi` is not this build's.
     #[error("{path} declares abi = {found}; this agentd runs abi = {ABI_VERSION}")]
@@ -218,8 +219,8 @@ impl PackageError {
     }
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`: the digest format of components, inputs and outputs.
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -231,64 +232,72 @@ impl Manifest {
     /// [`PackageError::Manifest`] for bad TOML, unknown fields, an id that is not kebab-case,
     /// limits of zero or above `ceilings`; [`PackageError::UnsupportedAbi`].
     pub fn parse(text: &str, path: &Path, ceilings: &LimitCeilings) -> Result<Self, PackageError> {
-        let invalid = |message: String| PackageError::Manifest {
+        let manifest: Manifest = toml::from_str(text).map_err(|error| PackageError::Manifest {
             path: path.to_owned(),
-            message,
-        };
-        let manifest: Manifest =
-            toml::from_str(text).map_err(|error| invalid(error.to_string().trim_end().to_owned()))?;
+            problems: vec![error.to_string().trim_end().to_owned()],
+        })?;
         if manifest.abi != ABI_VERSION {
             return Err(PackageError::UnsupportedAbi {
                 path: path.to_owned(),
                 found: manifest.abi,
             });
         }
-        let kebab = !manifest.id.is_empty()
-            && manifest.id.len() <= 64
-            && manifest
+        let problems = manifest.problems(ceilings);
+        if problems.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(PackageError::Manifest {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every rule the parsed manifest breaks.
+    fn problems(&self, ceilings: &LimitCeilings) -> Vec<String> {
+        let mut problems = Vec::new();
+        let kebab = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
                 .id
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !manifest.id.starts_with('-');
+            && !self.id.starts_with('-');
         if !kebab {
-            return Err(invalid(format!(
+            problems.push(format!(
                 "id `{}` must be 1 to 64 characters of a-z, 0-9 and `-`",
-                manifest.id
-            )));
+                self.id
+            ));
         }
-        if manifest.component.contains(['/', '\\']) || manifest.component.starts_with('.') {
-            return Err(invalid(format!(
+        if self.component.contains(['/', '\\']) || self.component.starts_with('.') {
+            problems.push(format!(
                 "component `{}` must be a plain file name in the package",
-                manifest.component
-            )));
+                self.component
+            ));
         }
         for (name, value, ceiling) in [
-            (
-                "limits.memory_bytes",
-                manifest.limits.memory_bytes,
-                ceilings.memory_bytes,
-            ),
-            ("limits.fuel", manifest.limits.fuel, ceilings.fuel),
-            ("limits.deadline_ms", manifest.limits.deadline_ms, ceilings.deadline_ms),
+            ("limits.memory_bytes", self.limits.memory_bytes, ceilings.memory_bytes),
+            ("limits.fuel", self.limits.fuel, ceilings.fuel),
+            ("limits.deadline_ms", self.limits.deadline_ms, ceilings.deadline_ms),
         ] {
             if value == 0 || value > ceiling {
-                return Err(invalid(format!("{name} = {value} must be between 1 and {ceiling}")));
+                problems.push(format!("{name} = {value} must be between 1 and {ceiling}"));
             }
         }
-        if manifest.limits.max_reuse > 0 && manifest.side_effect != SideEffect::Pure {
-            return Err(invalid(format!(
+        if self.limits.max_reuse > 0 && self.side_effect != SideEffect::Pure {
+            problems.push(format!(
                 "limits.max_reuse = {} is only allowed for pure skills; `{}` is {}: an instance that \
                  touched the world must not carry state into another call",
-                manifest.limits.max_reuse, manifest.id, manifest.side_effect
-            )));
+                self.limits.max_reuse, self.id, self.side_effect
+            ));
         }
-        if manifest.limits.max_reuse > MAX_REUSE {
-            return Err(invalid(format!(
+        if self.limits.max_reuse > MAX_REUSE {
+            problems.push(format!(
                 "limits.max_reuse = {} must be at most {MAX_REUSE}",
-                manifest.limits.max_reuse
-            )));
+                self.limits.max_reuse
+            ));
         }
-        Ok(manifest)
+        problems
     }
 }
 
@@ -354,6 +363,29 @@ deadline_ms = 100
         check_error(
             &GOOD.replace("fs.write:reports/", "net.any:x"),
             "unknown kind `net.any`",
+        );
+    }
+
+    #[test]
+    fn every_manifest_problem_is_reported_at_once() {
+        let text = GOOD
+            .replace("id = \"pii-redact\"", "id = \"PII\"")
+            .replace("fuel = 1000", "fuel = 0")
+            .replace("deadline_ms = 100", "deadline_ms = 100\nmax_reuse = 20000");
+        let PackageError::Manifest { problems, .. } =
+            Manifest::parse(&text, Path::new("skill.toml"), &LimitCeilings::default()).unwrap_err()
+        else {
+            panic!("expected manifest problems");
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].starts_with("id `PII` must be"), "{problems:#?}");
+        assert!(
+            problems[1].starts_with("limits.fuel = 0 must be between 1 and"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].starts_with("limits.max_reuse = 20000 must be at most"),
+            "{problems:#?}"
         );
     }
 

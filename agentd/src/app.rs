@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use agent_runtime::{Outcome, Runtime, RuntimeConfig, StepOutcome};
 use anyhow::{Context, Result};
 use control_plane::{
-    ApprovalRequest, ApprovalStatus, ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal,
-    ReviewDecisionKind, Store, Verdict,
+    ApprovalRequest, ControlPlane, PolicyEngine, Principal, ReviewDecisionKind, Store, TokenAuthority, TokenConfig,
+    Verdict,
 };
 use plugin_abi::InvokeRequest;
 
@@ -38,9 +38,12 @@ fn ensure_state_dir(paths: &Paths) -> Result<()> {
         .with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))
 }
 
-pub fn open_identity(paths: &Paths) -> Result<Identity> {
+pub fn open_authority(paths: &Paths) -> Result<TokenAuthority> {
     ensure_state_dir(paths)?;
-    Ok(Identity::load_or_create(&paths.key_file(), IdentityConfig::default())?)
+    Ok(TokenAuthority::load_or_create(
+        &paths.key_file(),
+        TokenConfig::default(),
+    )?)
 }
 
 /// Reads `path`, or standard input for `-`.
@@ -73,11 +76,11 @@ pub struct App {
 impl App {
     /// Opens the control plane only: enough for approvals lists, denials and audit checks.
     pub async fn open_control_plane(paths: &Paths) -> Result<ControlPlaneApp> {
-        let identity = open_identity(paths)?;
+        let authority = open_authority(paths)?;
         let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
         let store = Store::open(&paths.state_file()).await?;
         Ok(ControlPlaneApp {
-            control_plane: ControlPlane::new(identity, policy, store),
+            control_plane: ControlPlane::new(authority, policy, store),
         })
     }
 
@@ -126,10 +129,8 @@ impl App {
         Ok(StepReport::from(outcome))
     }
 
-    /// Records a reviewer's answer (policy, separation of duties, quorum and expiry are checked
-    /// by the control plane). When the answer completes the request as approved or modified, the
-    /// waiting step resumes (a modified step is governed again with the edited input); while the
-    /// quorum is not reached, no step is returned.
+    /// Records a reviewer's answer and, when it releases the step, resumes it: the library's
+    /// approval flow ([`agent_runtime::answer_approval`]).
     pub async fn review(
         &self,
         reviewer: &Principal,
@@ -138,31 +139,17 @@ impl App {
         reason: Option<&str>,
         modified_request_json: Option<&str>,
     ) -> Result<(ApprovalRequest, Option<StepReport>)> {
-        let decided = match self
-            .control_plane
-            .review(id, reviewer, decision, reason, modified_request_json)
-            .await
-        {
-            Ok(decided) => decided,
-            Err(error @ control_plane::ApprovalError::Expired { .. }) => {
-                // The expiry was recorded; the waiting run fails with it.
-                if let Some(expired) = self.control_plane.store().approval(&reviewer.tenant, id).await? {
-                    agent_runtime::close_unapproved(&self.control_plane, &expired).await?;
-                }
-                return Err(error.into());
-            }
-            Err(error) => return Err(error.into()),
-        };
-        if matches!(decided.status, ApprovalStatus::Denied) {
-            agent_runtime::close_unapproved(&self.control_plane, &decided).await?;
-        }
-        if !matches!(decided.status, ApprovalStatus::Approved | ApprovalStatus::Modified) {
-            return Ok((decided, None));
-        }
-        let outcome = agent_runtime::resume_approved(&self.runtime, &self.control_plane, &reviewer.tenant, id)
-            .await
-            .with_context(|| format!("the answer to approval #{id} was recorded, but the step could not resume"))?;
-        Ok((decided, Some(StepReport::from(outcome))))
+        let answered = agent_runtime::answer_approval(
+            &self.runtime,
+            &self.control_plane,
+            reviewer,
+            id,
+            decision,
+            reason,
+            modified_request_json,
+        )
+        .await?;
+        Ok((answered.approval, answered.step.map(StepReport::from)))
     }
 }
 

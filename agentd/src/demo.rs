@@ -66,7 +66,7 @@ fn text_request(text: &str) -> InvokeRequest {
 fn token_for(app: &App, subject: &str, role: Role) -> Result<Principal> {
     let token = app
         .control_plane
-        .identity()
+        .authority()
         .issue(subject, TENANT, &[role], Duration::from_secs(600))?;
     app.authenticate(&token)
 }
@@ -302,7 +302,7 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
 
     // 4. The audit chain.
     say("\n[4/4] audit verify".into());
-    let verification = app.control_plane.store().verify_audit().await?;
+    let verification = app.control_plane.verify_audit().await?;
     match &verification {
         ChainVerification::Intact { entries, head } => {
             say(format!("  audit chain intact: {entries} entries, head {}", &head[..16]))

@@ -319,13 +319,13 @@ async fn execute(cli: Cli) -> Result<Exit> {
             tenant,
             ttl_secs,
         }) => {
-            let identity = app::open_identity(&paths)?;
+            let authority = app::open_authority(&paths)?;
             let roles = roles
                 .iter()
                 .map(|role| role.parse::<Role>())
                 .collect::<Result<Vec<_>, _>>()
                 .context("--role")?;
-            let token = identity.issue(&sub, &tenant, &roles, Duration::from_secs(ttl_secs))?;
+            let token = authority.issue(&sub, &tenant, &roles, Duration::from_secs(ttl_secs))?;
             if json {
                 println!("{}", serde_json::json!({ "token": token, "expires_in_secs": ttl_secs }));
             } else {
@@ -365,11 +365,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .context("--status")?;
             let app = App::open_control_plane(&paths).await?;
             let principal = app.authenticate(&token.token)?;
-            let requests = app
-                .control_plane
-                .store()
-                .list_approvals(&principal.tenant, status)
-                .await?;
+            let requests = app.control_plane.list_approvals(&principal.tenant, status).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&requests)?);
             } else if requests.is_empty() {
@@ -431,8 +427,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let caller = app.authenticate(&token.token)?;
             let cancelled = app
                 .control_plane
-                .store()
-                .cancel_approval(id, &caller, reason.as_deref(), control_plane::now_ms())
+                .cancel_approval(id, &caller, reason.as_deref())
                 .await?;
             agent_runtime::close_unapproved(&app.control_plane, &cancelled).await?;
             if json {
@@ -466,7 +461,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Audit(AuditCommand::Verify) => {
             let app = App::open_control_plane(&paths).await?;
-            let verification = app.control_plane.store().verify_audit().await?;
+            let verification = app.control_plane.verify_audit().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&verification)?);
             }
@@ -489,15 +484,14 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Runs(RunsCommand::Show { run_id, token }) => {
             let app = App::open_control_plane(&paths).await?;
             let caller = app.authenticate(&token.token)?;
-            let store = app.control_plane.store();
-            let view = match store.run(&run_id).await {
-                Ok(view) if view.tenant == caller.tenant => view,
-                Ok(_) | Err(control_plane::RunStoreError::Run(control_plane::RunError::NotFound(_))) => {
+            let view = match app.control_plane.run(&caller.tenant, &run_id).await {
+                Ok(view) => view,
+                Err(control_plane::RunStoreError::Run(control_plane::RunError::NotFound(_))) => {
                     bail!("run `{run_id}` does not exist in tenant `{}`", caller.tenant)
                 }
                 Err(error) => return Err(error).context(format!("run `{run_id}`")),
             };
-            let events = store.run_events(&run_id).await?;
+            let events = app.control_plane.run_events(&caller.tenant, &run_id).await?;
             if json {
                 println!(
                     "{}",

@@ -10,10 +10,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use control_plane::emitter::Record;
 use control_plane::{
-    ApprovalBinding, KernelEmitter, NewApproval, PolicyEngine, Principal, Quorum, ReviewDecisionKind, Role,
-    RunEventPayload, StepSpec, Store, TraceContext,
+    ApprovalBinding, ControlPlane, NewApproval, PolicyEngine, Principal, Quorum, Record, ReviewDecisionKind, Role,
+    RunEventDraft, RunEventPayload, StepSpec, Store, TokenAuthority, TokenConfig, TraceContext,
 };
 use plugin_abi::{SideEffect, SkillSummary};
 
@@ -109,7 +108,12 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     runtime.block_on(async {
         let store = Store::open(&dir.path().join("state.db")).await.unwrap();
-        let emitter = KernelEmitter::new(store.clone());
+        let control = ControlPlane::new(
+            TokenAuthority::from_secret(&[9; 32], TokenConfig::default()).unwrap(),
+            PolicyEngine::from_text(include_str!("../../policies/default.cedar"), "default").unwrap(),
+            store,
+        );
+        let emitter = control.emitter();
         println!("\nrecording throughput (SQLite WAL, synchronous=FULL: one fsync per commit):");
         let n = 2_000;
         let started = Instant::now();
@@ -155,19 +159,21 @@ fn main() {
             single.as_secs_f64() / batched.as_secs_f64()
         );
 
-        println!("\nHITL decision to run resume (vote, consume approval, run event; each durable), 200 requests:");
+        println!(
+            "\nHITL decision to run resume (policy check and vote, audited consumption, run event; each durable), 200 requests:"
+        );
         let reviewer = principal("bob", &[Role::Reviewer]);
         let now = control_plane::now_ms();
         let mut samples = Vec::new();
         for i in 0..200 {
             let run_id = format!("run-{i}");
             let tp = TraceContext::new_root().to_string();
-            store
-                .append_run_event(
-                    &run_id,
-                    "bench",
-                    &tp,
-                    RunEventPayload::RunCreated {
+            control
+                .append_run_event(RunEventDraft {
+                    run_id: run_id.clone(),
+                    node_id: "bench".into(),
+                    traceparent: tp.clone(),
+                    payload: RunEventPayload::RunCreated {
                         tenant: "acme".into(),
                         principal: "alice@acme".into(),
                         steps: vec![StepSpec {
@@ -176,22 +182,22 @@ fn main() {
                             input: serde_json::json!({}),
                         }],
                     },
-                )
+                })
                 .await
                 .unwrap();
-            store
-                .append_run_event(
-                    &run_id,
-                    "bench",
-                    &tp,
-                    RunEventPayload::StepStarted {
+            control
+                .append_run_event(RunEventDraft {
+                    run_id: run_id.clone(),
+                    node_id: "bench".into(),
+                    traceparent: tp.clone(),
+                    payload: RunEventPayload::StepStarted {
                         step_id: "step-1".into(),
                     },
-                )
+                })
                 .await
                 .unwrap();
-            let request = store
-                .create_approval(
+            let request = control
+                .request_approval(
                     &NewApproval {
                         requester: agent.clone(),
                         acting_agent: "alice".into(),
@@ -208,28 +214,27 @@ fn main() {
                         allowed_decisions: vec![ReviewDecisionKind::Approve, ReviewDecisionKind::Deny],
                         parent_id: None,
                     },
-                    &serde_json::json!({}),
                 )
                 .await
                 .unwrap();
-            store
-                .append_run_event(
-                    &run_id,
-                    "bench",
-                    &tp,
-                    RunEventPayload::StepAwaitingApproval {
+            control
+                .append_run_event(RunEventDraft {
+                    run_id: run_id.clone(),
+                    node_id: "bench".into(),
+                    traceparent: tp.clone(),
+                    payload: RunEventPayload::StepAwaitingApproval {
                         step_id: "step-1".into(),
                         approval_id: request.id,
                     },
-                )
+                })
                 .await
                 .unwrap();
             let started = Instant::now();
-            store
-                .cast_vote(request.id, &reviewer, ReviewDecisionKind::Approve, None, None, now)
+            control
+                .review(request.id, &reviewer, ReviewDecisionKind::Approve, None, None)
                 .await
                 .unwrap();
-            store
+            control
                 .consume_approval(
                     request.id,
                     &ApprovalBinding {
@@ -241,19 +246,18 @@ fn main() {
                         input_digest: "sha256:in".into(),
                         policy_version: "sha256:p".into(),
                     },
-                    now,
                 )
                 .await
                 .unwrap();
-            store
-                .append_run_event(
-                    &run_id,
-                    "bench",
-                    &tp,
-                    RunEventPayload::StepStarted {
+            control
+                .append_run_event(RunEventDraft {
+                    run_id: run_id.clone(),
+                    node_id: "bench".into(),
+                    traceparent: tp.clone(),
+                    payload: RunEventPayload::StepStarted {
                         step_id: "step-1".into(),
                     },
-                )
+                })
                 .await
                 .unwrap();
             samples.push(started.elapsed());

@@ -26,7 +26,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::governance::RiskTier;
+use crate::risk::RiskTier;
 
 /// The level used when an agent has no valid certificate for a skill.
 pub const DEFAULT_LEVEL: AutonomyLevel = AutonomyLevel::L2;
@@ -127,7 +127,7 @@ pub struct AutonomyCertificate {
 
 /// Failures and escalations an agent may have per skill within `window_ms` before it is
 /// demoted one level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBudget {
     /// Failures and escalations allowed in the window; one more demotes.
     pub allowed: u32,
@@ -145,12 +145,67 @@ impl Default for ErrorBudget {
 }
 
 /// Spending limits, micro-euros; over a limit, a step is escalated to a human.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Budgets {
     /// Per run.
     pub per_run_micro_eur: Option<i64>,
     /// Per tenant (all time).
     pub per_tenant_micro_eur: Option<i64>,
+}
+
+/// The error budget and spending budgets in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AutonomyLimits {
+    /// Failures and escalations tolerated before a demotion.
+    pub error_budget: ErrorBudget,
+    /// Spending limits.
+    pub budgets: Budgets,
+}
+
+/// How a step ended, as far as the error budget is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepResult {
+    /// It did its work.
+    Success,
+    /// It failed for good; counts against the budget.
+    Failure,
+    /// A human had to be asked; counts against the budget.
+    Escalation,
+}
+
+impl StepResult {
+    /// `success`, `failure` or `escalation`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepResult::Success => "success",
+            StepResult::Failure => "failure",
+            StepResult::Escalation => "escalation",
+        }
+    }
+
+    /// Whether it counts against the error budget.
+    pub fn counts_against_budget(self) -> bool {
+        !matches!(self, StepResult::Success)
+    }
+}
+
+/// The demotion rule: `bad` failures and escalations counted since the budget window opened
+/// (or since the last demotion, whichever is later) demote the agent one level when they exceed
+/// `budget.allowed`. Returns the recorded reason, or `None` when the budget holds.
+pub fn demotion_due(bad: u32, budget: ErrorBudget) -> Option<String> {
+    (bad > budget.allowed).then(|| {
+        format!(
+            "{bad} failures and escalations within {} ms exceed the error budget of {}",
+            budget.window_ms, budget.allowed
+        )
+    })
+}
+
+/// Where the error budget's window opens at `now_ms`: `window_ms` back, or just after the last
+/// demotion if that is later (a demotion spends the budget).
+pub fn budget_window_start(now_ms: i64, budget: ErrorBudget, last_demotion_ms: Option<i64>) -> i64 {
+    (now_ms - budget.window_ms).max(last_demotion_ms.map_or(i64::MIN, |at| at + 1))
 }
 
 /// How autonomy shaped a decision.
@@ -192,5 +247,21 @@ mod tests {
         assert_eq!(L5.demoted(), L4);
         assert_eq!(L1.demoted(), L1);
         assert!("L9".parse::<AutonomyLevel>().is_err());
+    }
+
+    #[test]
+    fn the_budget_demotes_past_its_allowance_and_restarts_after_a_demotion() {
+        let budget = ErrorBudget {
+            allowed: 2,
+            window_ms: 60_000,
+        };
+        assert_eq!(demotion_due(2, budget), None);
+        assert_eq!(
+            demotion_due(3, budget).as_deref(),
+            Some("3 failures and escalations within 60000 ms exceed the error budget of 2")
+        );
+        assert_eq!(budget_window_start(100_000, budget, None), 40_000);
+        assert_eq!(budget_window_start(100_000, budget, Some(90_000)), 90_001);
+        assert_eq!(budget_window_start(100_000, budget, Some(10_000)), 40_000);
     }
 }

@@ -739,6 +739,8 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
         }
     }
 
+    module_findings(workspace, config, &files, &mut findings)?;
+
     // Vacuity of allowlist scopes: each must name a module or match a file that exists.
     let scopes = config
         .caller_allowlists
@@ -1009,4 +1011,146 @@ mod tests {
             Some((14, 21, 23))
         );
     }
+}
+
+/// Findings of the module rules (`[[module-rule]]`, `[[acyclic-modules]]`): each named crate's
+/// module graph ([`crate::modules`]), checked.
+///
+/// # Errors
+///
+/// [`Error::UnknownCrate`] for a crate that is not a member with a library,
+/// [`Error::UnknownScope`] for a `from` or `forbidden` module that does not exist.
+fn module_findings(
+    workspace: &Workspace,
+    config: &Config,
+    files: &[SourceFile],
+    findings: &mut Vec<Finding>,
+) -> Result<(), Error> {
+    let mut graphs: BTreeMap<String, crate::modules::ModuleGraph> = BTreeMap::new();
+    let wanted = config
+        .module_rules
+        .iter()
+        .map(|rule| (rule.name.as_str(), rule.krate.as_str()))
+        .chain(
+            config
+                .acyclic_modules
+                .iter()
+                .flat_map(|rule| rule.crates.iter().map(|krate| (rule.name.as_str(), krate.as_str()))),
+        );
+    for (rule, krate) in wanted {
+        if graphs.contains_key(krate) {
+            continue;
+        }
+        let Some(index) = workspace.member(krate) else {
+            return Err(Error::UnknownCrate {
+                rule: rule.to_owned(),
+                name: krate.to_owned(),
+                what: "is not a workspace member",
+            });
+        };
+        let Some(lib) = workspace.packages[index]
+            .targets
+            .iter()
+            .find(|target| target.kind == TargetKind::Lib)
+        else {
+            return Err(Error::UnknownCrate {
+                rule: rule.to_owned(),
+                name: krate.to_owned(),
+                what: "has no library target",
+            });
+        };
+        let crate_files: Vec<&SourceFile> = files
+            .iter()
+            .filter(|file| {
+                file.package == index
+                    && file.target == TargetKind::Lib
+                    && file.crate_name.as_deref() == Some(lib.crate_name.as_str())
+            })
+            .collect();
+        graphs.insert(krate.to_owned(), crate::modules::graph(&lib.crate_name, &crate_files));
+    }
+    let mut lines: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut line_text = |file: &str, line: u32| -> String {
+        lines
+            .entry(file.to_owned())
+            .or_insert_with(|| read_lines(&workspace.root.join(file)))
+            .get(line as usize - 1)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for rule in &config.module_rules {
+        let graph = &graphs[&rule.krate];
+        for module in rule.from.iter().chain(&rule.forbidden) {
+            if !graph.modules.iter().any(|known| module_has_prefix(known, module)) {
+                return Err(Error::UnknownScope {
+                    rule: rule.name.clone(),
+                    scope: module.clone(),
+                });
+            }
+        }
+        for reference in crate::modules::forbidden(graph, &rule.from, &rule.forbidden, rule.include_tests) {
+            findings.push(
+                Finding {
+                    code: Code::ForbiddenModuleReference,
+                    rule: rule.name.clone(),
+                    message: format!(
+                        "`{}` refers to `{}` ({}), in module `{}`, which rule `{}` forbids",
+                        reference.from, reference.path, reference.form, reference.to, rule.name
+                    ),
+                    file: reference.file.clone(),
+                    span: reference.span.into(),
+                    target: if reference.in_test {
+                        TargetKind::Test
+                    } else {
+                        TargetKind::Lib
+                    },
+                    module: Some(reference.from.clone()),
+                    form: reference.form.to_owned(),
+                    chain: Vec::new(),
+                    reason: rule.reason.clone(),
+                    hint: rule.hint.clone().unwrap_or_else(|| DEFAULT_HINT.to_owned()),
+                    line_text: line_text(&reference.file, reference.span.line),
+                    fingerprint: String::new(),
+                }
+                .seal(),
+            );
+        }
+    }
+    for rule in &config.acyclic_modules {
+        for krate in &rule.crates {
+            for cycle in crate::modules::cycles(&graphs[krate], rule.include_tests) {
+                let circle = format!("{} -> {}", cycle.modules.join(" -> "), cycle.modules[0]);
+                for (from, to, reference) in &cycle.edges {
+                    findings.push(
+                        Finding {
+                            code: Code::ModuleCycle,
+                            rule: rule.name.clone(),
+                            message: format!(
+                                "`{from}` refers to `{to}` here ({}, `{}`), and `{to}` leads back to `{from}`: these modules form a circle ({circle})",
+                                reference.form, reference.path
+                            ),
+                            file: reference.file.clone(),
+                            span: reference.span.into(),
+                            target: if reference.in_test {
+                                TargetKind::Test
+                            } else {
+                                TargetKind::Lib
+                            },
+                            module: Some(reference.from.clone()),
+                            form: reference.form.to_owned(),
+                            chain: Vec::new(),
+                            reason: rule.reason.clone(),
+                            hint: rule.hint.clone().unwrap_or_else(|| {
+                                "move what both modules need into a module below them, or invert the reference with a value passed down".to_owned()
+                            }),
+                            line_text: line_text(&reference.file, reference.span.line),
+                            fingerprint: String::new(),
+                        }
+                        .seal(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -34,8 +34,50 @@ pub struct Config {
     pub caller_allowlists: Vec<CallerAllowlist>,
     /// `[[forbidden-pattern]]` entries.
     pub patterns: Vec<ForbiddenPattern>,
+    /// `[[module-rule]]` entries.
+    pub module_rules: Vec<ModuleRule>,
+    /// `[[acyclic-modules]]` entries.
+    pub acyclic_modules: Vec<AcyclicModules>,
     /// `[[exemption]]` entries.
     pub exemptions: Vec<Exemption>,
+}
+
+/// "Inside crate `krate`, modules under `from` never reference modules under `forbidden`."
+#[derive(Debug, Clone)]
+pub struct ModuleRule {
+    /// Stable kebab-case name.
+    pub name: String,
+    /// The package whose library the rule is about.
+    pub krate: String,
+    /// Module path prefixes the rule applies to (`control_plane::storage`).
+    pub from: Vec<String>,
+    /// Module path prefixes they must not reference.
+    pub forbidden: Vec<String>,
+    /// Whether references in test code count.
+    pub include_tests: bool,
+    /// Why.
+    pub reason: String,
+    /// What to do instead.
+    pub hint: Option<String>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
+}
+
+/// "Inside each crate of `crates`, sibling modules reference each other without a circle."
+#[derive(Debug, Clone)]
+pub struct AcyclicModules {
+    /// Stable kebab-case name.
+    pub name: String,
+    /// The packages whose libraries the rule is about.
+    pub crates: Vec<String>,
+    /// Whether references in test code count.
+    pub include_tests: bool,
+    /// Why.
+    pub reason: String,
+    /// What to do instead.
+    pub hint: Option<String>,
+    /// 1-based line of the entry in the config.
+    pub line: u32,
 }
 
 /// "Crates in `from` must never reach a crate in `forbidden`", in the manifest graph and in source.
@@ -259,7 +301,34 @@ struct RawConfig {
     #[serde(default)]
     forbidden_pattern: Vec<Spanned<RawPattern>>,
     #[serde(default)]
+    module_rule: Vec<Spanned<RawModuleRule>>,
+    #[serde(default)]
+    acyclic_modules: Vec<Spanned<RawAcyclicModules>>,
+    #[serde(default)]
     exemption: Vec<Spanned<RawExemption>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawModuleRule {
+    name: String,
+    #[serde(rename = "crate")]
+    krate: String,
+    from: Vec<String>,
+    forbidden: Vec<String>,
+    include_tests: Option<bool>,
+    reason: String,
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAcyclicModules {
+    name: String,
+    crates: Vec<String>,
+    include_tests: Option<bool>,
+    reason: String,
+    hint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,17 +414,18 @@ impl Config {
     ///
     /// As [`Config::load`].
     pub fn parse(path: &Path, text: String) -> Result<Self, Error> {
-        let bad = |line: u32, message: String| Error::Config {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
         let raw: RawConfig = toml::from_str(&text).map_err(|error| {
             let line = error.span().map_or(1, |span| line_of(&text, span.start));
-            bad(line, error.message().to_owned())
+            Error::Config {
+                path: path.to_path_buf(),
+                line,
+                message: error.message().to_owned(),
+            }
         })?;
+        // Every problem is collected (cargo-deny style): the author fixes them in one pass.
+        let mut problems: Vec<(u32, String)> = Vec::new();
         if raw.version != CONFIG_VERSION {
-            return Err(bad(
+            problems.push((
                 1,
                 format!(
                     "version {} is not supported (this guardrails reads version {CONFIG_VERSION})",
@@ -364,29 +434,30 @@ impl Config {
             ));
         }
         let mut names: Vec<String> = Vec::new();
-        let mut claim = |name: &str, line: u32| -> Result<(), Error> {
+        let mut claim = |name: &str, line: u32, problems: &mut Vec<(u32, String)>| {
             if !is_kebab(name) {
-                return Err(bad(line, format!("rule name `{name}` must be kebab-case")));
+                problems.push((line, format!("rule name `{name}` must be kebab-case")));
+            } else if names.iter().any(|known| known == name) {
+                problems.push((line, format!("rule name `{name}` is used twice")));
+            } else {
+                names.push(name.to_owned());
             }
-            if names.iter().any(|known| known == name) {
-                return Err(bad(line, format!("rule name `{name}` is used twice")));
-            }
-            names.push(name.to_owned());
-            Ok(())
         };
-        let scopes = |list: &[String], line: u32, what: &str| -> Result<Vec<Scope>, Error> {
+        let scopes = |list: &[String], line: u32, what: &str, problems: &mut Vec<(u32, String)>| -> Vec<Scope> {
             if list.is_empty() {
-                return Err(bad(line, format!("`{what}` must not be empty")));
+                problems.push((line, format!("`{what}` must not be empty")));
             }
             list.iter()
-                .map(|entry| Scope::parse(entry).map_err(|message| bad(line, message)))
+                .filter_map(|entry| {
+                    Scope::parse(entry)
+                        .map_err(|message| problems.push((line, message)))
+                        .ok()
+                })
                 .collect()
         };
-        let require = |value: &str, line: u32, what: &str| -> Result<(), Error> {
+        let require = |value: &str, line: u32, what: &str, problems: &mut Vec<(u32, String)>| {
             if value.trim().is_empty() {
-                Err(bad(line, format!("`{what}` must not be empty")))
-            } else {
-                Ok(())
+                problems.push((line, format!("`{what}` must not be empty")));
             }
         };
 
@@ -394,17 +465,17 @@ impl Config {
         for entry in raw.dependency_rule {
             let line = line_of(&text, entry.span().start);
             let rule = entry.into_inner();
-            claim(&rule.name, line)?;
-            require(&rule.reason, line, "reason")?;
+            claim(&rule.name, line, &mut problems);
+            require(&rule.reason, line, "reason", &mut problems);
             if rule.from.is_empty() || rule.forbidden.is_empty() {
-                return Err(bad(
+                problems.push((
                     line,
                     format!("rule `{}`: `from` and `forbidden` must not be empty", rule.name),
                 ));
             }
             let mut edges = rule.edges.unwrap_or_else(|| EdgeKind::ALL.to_vec());
             if edges.is_empty() {
-                return Err(bad(line, format!("rule `{}`: `edges` must not be empty", rule.name)));
+                problems.push((line, format!("rule `{}`: `edges` must not be empty", rule.name)));
             }
             edges.sort();
             edges.dedup();
@@ -424,15 +495,15 @@ impl Config {
         for entry in raw.caller_allowlist {
             let line = line_of(&text, entry.span().start);
             let list = entry.into_inner();
-            claim(&list.name, line)?;
-            require(&list.reason, line, "reason")?;
+            claim(&list.name, line, &mut problems);
+            require(&list.reason, line, "reason", &mut problems);
             let segments: Vec<&str> = list.function.split("::").collect();
             if segments.len() < 2
                 || segments
                     .iter()
                     .any(|s| s.is_empty() || !s.chars().all(|c| c.is_alphanumeric() || c == '_'))
             {
-                return Err(bad(
+                problems.push((
                     line,
                     format!(
                         "function `{}` must be a full path such as `krate::module::function`",
@@ -441,7 +512,7 @@ impl Config {
                 ));
             }
             caller_allowlists.push(CallerAllowlist {
-                allowed: scopes(&list.allowed, line, "allowed")?,
+                allowed: scopes(&list.allowed, line, "allowed", &mut problems),
                 name: list.name,
                 function: list.function,
                 reason: list.reason,
@@ -454,12 +525,18 @@ impl Config {
         for entry in raw.forbidden_pattern {
             let line = line_of(&text, entry.span().start);
             let pattern = entry.into_inner();
-            claim(&pattern.name, line)?;
-            require(&pattern.reason, line, "reason")?;
-            let regex = Regex::new(&pattern.regex)
-                .map_err(|error| bad(line, format!("pattern `{}`: bad regex: {error}", pattern.name)))?;
+            claim(&pattern.name, line, &mut problems);
+            require(&pattern.reason, line, "reason", &mut problems);
+            let allowed = scopes(&pattern.allowed, line, "allowed", &mut problems);
+            let regex = match Regex::new(&pattern.regex) {
+                Ok(regex) => regex,
+                Err(error) => {
+                    problems.push((line, format!("pattern `{}`: bad regex: {error}", pattern.name)));
+                    continue;
+                }
+            };
             if !regex.is_match(&pattern.example) {
-                return Err(bad(
+                problems.push((
                     line,
                     format!(
                         "pattern `{}`: its example {:?} does not match its regex, so the rule may match nothing",
@@ -468,7 +545,7 @@ impl Config {
                 ));
             }
             patterns.push(ForbiddenPattern {
-                allowed: scopes(&pattern.allowed, line, "allowed")?,
+                allowed,
                 name: pattern.name,
                 regex,
                 example: pattern.example,
@@ -479,44 +556,104 @@ impl Config {
             });
         }
 
+        let module_path = |text: &str| {
+            !text.is_empty()
+                && text
+                    .split("::")
+                    .all(|segment| !segment.is_empty() && segment.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        };
+        let mut module_rules = Vec::new();
+        for entry in raw.module_rule {
+            let line = line_of(&text, entry.span().start);
+            let rule = entry.into_inner();
+            claim(&rule.name, line, &mut problems);
+            require(&rule.reason, line, "reason", &mut problems);
+            require(&rule.krate, line, "crate", &mut problems);
+            if rule.from.is_empty() || rule.forbidden.is_empty() {
+                problems.push((
+                    line,
+                    format!("module rule `{}`: `from` and `forbidden` must not be empty", rule.name),
+                ));
+            }
+            for wrong in rule
+                .from
+                .iter()
+                .chain(&rule.forbidden)
+                .filter(|module| !module_path(module))
+            {
+                problems.push((
+                    line,
+                    format!(
+                        "module rule `{}`: `{wrong}` is not a module path such as `krate::module`",
+                        rule.name
+                    ),
+                ));
+            }
+            module_rules.push(ModuleRule {
+                name: rule.name,
+                krate: rule.krate,
+                from: rule.from,
+                forbidden: rule.forbidden,
+                include_tests: rule.include_tests.unwrap_or(true),
+                reason: rule.reason,
+                hint: rule.hint,
+                line,
+            });
+        }
+        let mut acyclic_modules = Vec::new();
+        for entry in raw.acyclic_modules {
+            let line = line_of(&text, entry.span().start);
+            let rule = entry.into_inner();
+            claim(&rule.name, line, &mut problems);
+            require(&rule.reason, line, "reason", &mut problems);
+            if rule.crates.is_empty() {
+                problems.push((line, format!("rule `{}`: `crates` must not be empty", rule.name)));
+            }
+            acyclic_modules.push(AcyclicModules {
+                name: rule.name,
+                crates: rule.crates,
+                include_tests: rule.include_tests.unwrap_or(false),
+                reason: rule.reason,
+                hint: rule.hint,
+                line,
+            });
+        }
+
         let mut exemptions = Vec::new();
         for entry in raw.exemption {
             let line = line_of(&text, entry.span().start);
             let exemption = entry.into_inner();
             if !names.iter().any(|name| name == &exemption.rule) {
-                return Err(bad(
+                problems.push((
                     line,
                     format!("exemption names rule `{}`, which does not exist", exemption.rule),
                 ));
             }
-            require(&exemption.reason, line, "reason")?;
-            require(&exemption.adr, line, "adr")?;
-            match (&exemption.file, &exemption.module) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => {
-                    return Err(bad(
-                        line,
-                        format!(
-                            "exemption from `{}` must name exactly one of `file` or `module`",
-                            exemption.rule
-                        ),
-                    ));
-                }
+            require(&exemption.reason, line, "reason", &mut problems);
+            require(&exemption.adr, line, "adr", &mut problems);
+            if exemption.file.is_some() == exemption.module.is_some() {
+                problems.push((
+                    line,
+                    format!(
+                        "exemption from `{}` must name exactly one of `file` or `module`",
+                        exemption.rule
+                    ),
+                ));
             }
             if let Some(file) = &exemption.file
                 && (file.contains('*') || file.contains('?') || file.contains('['))
             {
-                return Err(bad(
-                    line,
-                    format!("exemption `file` must be one file, not a glob: `{file}`"),
-                ));
+                problems.push((line, format!("exemption `file` must be one file, not a glob: `{file}`")));
             }
             let expires = match &exemption.expires {
                 None => None,
-                Some(text) => Some(
-                    Date::parse(text)
-                        .ok_or_else(|| bad(line, format!("`expires` must be a date YYYY-MM-DD, not `{text}`")))?,
-                ),
+                Some(text) => {
+                    let date = Date::parse(text);
+                    if date.is_none() {
+                        problems.push((line, format!("`expires` must be a date YYYY-MM-DD, not `{text}`")));
+                    }
+                    date
+                }
             };
             exemptions.push(Exemption {
                 rule: exemption.rule,
@@ -530,19 +667,49 @@ impl Config {
             });
         }
 
+        if !problems.is_empty() {
+            problems.sort();
+            let (line, _) = problems[0];
+            let message = problems
+                .iter()
+                .map(|(line, message)| {
+                    if problems.len() == 1 {
+                        message.clone()
+                    } else {
+                        format!("\n  line {line}: {message}")
+                    }
+                })
+                .collect::<String>();
+            let message = if problems.len() == 1 {
+                message
+            } else {
+                format!("{} problems:{message}", problems.len())
+            };
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                line,
+                message,
+            });
+        }
         Ok(Config {
             path: path.to_path_buf(),
             text,
             dependency_rules,
             caller_allowlists,
             patterns,
+            module_rules,
+            acyclic_modules,
             exemptions,
         })
     }
 
     /// Number of rules of all kinds.
     pub fn rule_count(&self) -> usize {
-        self.dependency_rules.len() + self.caller_allowlists.len() + self.patterns.len()
+        self.dependency_rules.len()
+            + self.caller_allowlists.len()
+            + self.patterns.len()
+            + self.module_rules.len()
+            + self.acyclic_modules.len()
     }
 
     /// The reason and hint of the rule called `name`.
@@ -552,6 +719,8 @@ impl Config {
             .map(|r| (&r.name, &r.reason, &r.hint))
             .chain(self.caller_allowlists.iter().map(|r| (&r.name, &r.reason, &r.hint)))
             .chain(self.patterns.iter().map(|r| (&r.name, &r.reason, &r.hint)))
+            .chain(self.module_rules.iter().map(|r| (&r.name, &r.reason, &r.hint)))
+            .chain(self.acyclic_modules.iter().map(|r| (&r.name, &r.reason, &r.hint)))
             .find(|(rule, _, _)| *rule == name)
             .map(|(_, reason, hint)| (reason.as_str(), hint.as_deref()))
     }
@@ -570,6 +739,49 @@ mod tests {
         assert!(Date::parse("2024-02-29").is_some());
         assert!(Date::parse("2026-1-01").is_none());
         assert!(Date::parse("2026-13-01").is_none());
+    }
+
+    #[test]
+    fn every_config_problem_is_reported_at_once() {
+        let text = r#"
+version = 1
+
+[[dependency-rule]]
+name = "Bad Name"
+from = []
+forbidden = ["x"]
+reason = ""
+
+[[forbidden-pattern]]
+name = "p"
+regex = "abc"
+example = "xyz"
+allowed = ["not a scope!"]
+reason = "r"
+
+[[exemption]]
+rule = "nowhere"
+file = "a/*.rs"
+reason = "r"
+adr = "0001"
+"#;
+        let Err(Error::Config { line, message, .. }) = Config::parse(Path::new("guardrails.toml"), text.to_owned())
+        else {
+            panic!("expected a config error");
+        };
+        assert_eq!(line, 4, "{message}");
+        for expected in [
+            "7 problems:",
+            "line 4: rule name `Bad Name` must be kebab-case",
+            "line 4: `reason` must not be empty",
+            "line 4: rule `Bad Name`: `from` and `forbidden` must not be empty",
+            "line 10: `not a scope!` is neither a module path",
+            "does not match its regex",
+            "line 17: exemption names rule `nowhere`, which does not exist",
+            "line 17: exemption `file` must be one file, not a glob",
+        ] {
+            assert!(message.contains(expected), "`{expected}` missing from:\n{message}");
+        }
     }
 
     #[test]

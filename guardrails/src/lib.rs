@@ -30,6 +30,7 @@ use std::time::Instant;
 
 pub mod check;
 pub mod config;
+pub mod modules;
 pub mod output;
 pub mod report;
 pub mod selftest;

@@ -63,6 +63,8 @@ fn human(report: &Report, color: bool) -> String {
             Code::ForbiddenInclude => "reaches into a forbidden crate".to_owned(),
             Code::DisallowedCaller => "not in the allowlist".to_owned(),
             Code::ForbiddenPattern => "forbidden here".to_owned(),
+            Code::ForbiddenModuleReference => format!("{} reaches a forbidden module", finding.form),
+            Code::ModuleCycle => "closes a circle of modules".to_owned(),
             _ => "this exemption".to_owned(),
         };
         let title = finding.message.clone();
@@ -198,6 +200,27 @@ fn sarif(report: &Report, config: &Config) -> String {
             format!("text matching {} only where allowed", pattern.regex),
             pattern.reason.clone(),
             pattern.hint.clone().unwrap_or_default(),
+        );
+    }
+    for rule in &config.module_rules {
+        add_rule(
+            rule.name.clone(),
+            format!(
+                "in {}, {} never refers to {}",
+                rule.krate,
+                rule.from.join(", "),
+                rule.forbidden.join(", ")
+            ),
+            rule.reason.clone(),
+            rule.hint.clone().unwrap_or_default(),
+        );
+    }
+    for rule in &config.acyclic_modules {
+        add_rule(
+            rule.name.clone(),
+            format!("sibling modules of {} form no circle", rule.crates.join(", ")),
+            rule.reason.clone(),
+            rule.hint.clone().unwrap_or_default(),
         );
     }
     for code in Code::ALL.iter().filter(|code| code.is_about_exemption()) {

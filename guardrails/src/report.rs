@@ -25,6 +25,10 @@ pub enum Code {
     DisallowedCaller,
     /// Text matching a forbidden pattern outside its allowlist.
     ForbiddenPattern,
+    /// A module references a module of the same crate that a module rule forbids.
+    ForbiddenModuleReference,
+    /// Sibling modules of one crate reference each other in a circle.
+    ModuleCycle,
     /// An exemption cites an ADR that does not exist.
     ExemptionAdrMissing,
     /// An exemption cites an ADR whose status is not Accepted.
@@ -37,12 +41,14 @@ pub enum Code {
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 11] = [
         Code::ForbiddenDependency,
         Code::ForbiddenReference,
         Code::ForbiddenInclude,
         Code::DisallowedCaller,
         Code::ForbiddenPattern,
+        Code::ForbiddenModuleReference,
+        Code::ModuleCycle,
         Code::ExemptionAdrMissing,
         Code::ExemptionAdrNotAccepted,
         Code::ExemptionExpired,
@@ -57,6 +63,8 @@ impl Code {
             Code::ForbiddenInclude => "forbidden-include",
             Code::DisallowedCaller => "disallowed-caller",
             Code::ForbiddenPattern => "forbidden-pattern",
+            Code::ForbiddenModuleReference => "forbidden-module-reference",
+            Code::ModuleCycle => "module-cycle",
             Code::ExemptionAdrMissing => "exemption-adr-missing",
             Code::ExemptionAdrNotAccepted => "exemption-adr-not-accepted",
             Code::ExemptionExpired => "exemption-expired",
@@ -72,6 +80,8 @@ impl Code {
             Code::ForbiddenInclude => "A #[path] module or include! reaches into a forbidden crate's directory.",
             Code::DisallowedCaller => "A function under a caller allowlist is referenced outside the allowlist.",
             Code::ForbiddenPattern => "Text matching a forbidden pattern appears outside its allowlist.",
+            Code::ForbiddenModuleReference => "A module references a module of its crate that a module rule forbids.",
+            Code::ModuleCycle => "Sibling modules of one crate reference each other in a circle.",
             Code::ExemptionAdrMissing => "An exemption cites an ADR that does not exist in adr/.",
             Code::ExemptionAdrNotAccepted => "An exemption cites an ADR whose status is not Accepted.",
             Code::ExemptionExpired => "An exemption is past its expiry date.",

@@ -908,6 +908,9 @@ fn plan(workspace: &Workspace, config: &Config) -> Result<Vec<Mutant>, Error> {
         }
     }
 
+    plan_module_rules(workspace, config, &mut mutants);
+    plan_acyclic_modules(workspace, config, &mut mutants);
+
     for pattern in &config.patterns {
         let host = workspace.members.iter().copied().find_map(|i| {
             let package = &workspace.packages[i];
@@ -957,4 +960,164 @@ fn plan(workspace: &Workspace, config: &Config) -> Result<Vec<Mutant>, Error> {
         }
     }
     Ok(mutants)
+}
+
+/// The library target of member `krate`.
+fn library<'w>(workspace: &'w Workspace, krate: &str) -> Option<&'w crate::workspace::Target> {
+    let index = workspace.member(krate)?;
+    workspace.packages[index]
+        .targets
+        .iter()
+        .find(|target| target.kind == crate::workspace::TargetKind::Lib)
+}
+
+/// A new file in module `module` (`krate::a::b`) of the library rooted at `src_path`:
+/// `<src dir>/a/b/guardrails_mutant.rs`, module `krate::a::b::guardrails_mutant`.
+fn mutant_file_in(src_path: &Path, module: &str) -> PathBuf {
+    let mut dir = src_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for segment in module.split("::").skip(1) {
+        dir.push(segment);
+    }
+    dir.join("guardrails_mutant.rs")
+}
+
+/// The reference forms a mutant in module `from` can use to reach `target` (both full module
+/// paths of crate `crate_name`): `(form, lines, line carrying the finding)`.
+fn module_forms(from: &str, target: &str, include_tests: bool) -> Vec<(&'static str, Vec<String>, usize)> {
+    let relative = target.split_once("::").map_or("", |(_, rest)| rest).to_owned();
+    // The mutant module is one level below `from`: one `super` per segment of it.
+    let supers = "super::".repeat(from.split("::").count());
+    let call = |path: String| format!("pub fn guardrails_mutant() {{ let _ = {path}::guardrails_mutant(); }}");
+    let mut forms = vec![
+        ("use", vec![format!("use crate::{relative}::GuardrailsMutant;")], 0),
+        (
+            "use-group",
+            vec![format!("use crate::{{{relative}::GuardrailsMutant}};")],
+            0,
+        ),
+        ("path", vec![call(format!("crate::{relative}"))], 0),
+        ("super-path", vec![call(format!("{supers}{relative}"))], 0),
+        (
+            "macro-body",
+            vec![format!(
+                "pub fn guardrails_mutant() {{ println!(\"{{:?}}\", crate::{relative}::guardrails_mutant()); }}"
+            )],
+            0,
+        ),
+        (
+            "path-through-alias",
+            vec![
+                format!("use crate::{relative} as guardrails_mutant_alias;"),
+                "pub fn guardrails_mutant() { let _ = guardrails_mutant_alias::guardrails_mutant(); }".to_owned(),
+            ],
+            1,
+        ),
+    ];
+    if include_tests {
+        forms.push((
+            "cfg-test",
+            vec![
+                "#[cfg(test)]".to_owned(),
+                "mod guardrails_mutant_tests {".to_owned(),
+                format!("    fn probe() {{ let _ = crate::{relative}::guardrails_mutant(); }}"),
+                "}".to_owned(),
+            ],
+            2,
+        ));
+    }
+    forms
+}
+
+/// Mutants of `[[module-rule]]`s: a new module under the first `from` module reaching the first
+/// `forbidden` module in each reference form, and through a re-export at the crate root.
+fn plan_module_rules(workspace: &Workspace, config: &Config, mutants: &mut Vec<Mutant>) {
+    for rule in &config.module_rules {
+        let Some(lib) = library(workspace, &rule.krate) else {
+            continue;
+        };
+        let (from, forbidden) = (&rule.from[0], &rule.forbidden[0]);
+        let file = mutant_file_in(&lib.src_path, from);
+        let mut add = |form: &str, edits: Vec<Edit>, at: usize| {
+            mutants.push(Mutant {
+                rule: rule.name.clone(),
+                form: form.to_owned(),
+                expected: Code::ForbiddenModuleReference,
+                file: file.clone(),
+                line_offset: Some(at),
+                edits,
+                needs_metadata: false,
+            });
+        };
+        for (form, lines, at) in module_forms(from, forbidden, rule.include_tests) {
+            add(
+                form,
+                vec![Edit::Append {
+                    file: file.clone(),
+                    lines,
+                }],
+                at,
+            );
+        }
+        let relative = forbidden.split_once("::").map_or("", |(_, rest)| rest);
+        add(
+            "path-through-root-re-export",
+            vec![
+                Edit::Append {
+                    file: file.clone(),
+                    lines: vec!["pub fn guardrails_mutant() { let _ = crate::GuardrailsMutantReexport; }".to_owned()],
+                },
+                Edit::Append {
+                    file: lib.src_path.clone(),
+                    lines: vec![format!("pub use {relative}::GuardrailsMutantReexport;")],
+                },
+            ],
+            0,
+        );
+    }
+}
+
+/// Mutants of `[[acyclic-modules]]`: for the first reference between two top-level modules of
+/// a crate (`a` to `b`), a new module in `b` reaching back to `a`, in each reference form.
+fn plan_acyclic_modules(workspace: &Workspace, config: &Config, mutants: &mut Vec<Mutant>) {
+    let files = crate::source::discover(workspace);
+    for rule in &config.acyclic_modules {
+        for krate in &rule.crates {
+            let Some(lib) = library(workspace, krate) else { continue };
+            let crate_files: Vec<&crate::source::SourceFile> = files
+                .iter()
+                .filter(|file| {
+                    workspace.packages[file.package].name == *krate
+                        && file.target == crate::workspace::TargetKind::Lib
+                        && file.crate_name.as_deref() == Some(lib.crate_name.as_str())
+                })
+                .collect();
+            let graph = crate::modules::graph(&lib.crate_name, &crate_files);
+            let top = |module: &str| module.split("::").take(2).collect::<Vec<_>>().join("::");
+            let edge = graph.references.iter().find(|reference| {
+                !reference.in_test
+                    && reference.from.split("::").count() >= 2
+                    && reference.to.split("::").count() >= 2
+                    && top(&reference.from) != top(&reference.to)
+            });
+            let Some(edge) = edge else { continue };
+            let (a, b) = (top(&edge.from), top(&edge.to));
+            let file = mutant_file_in(&lib.src_path, &b);
+            for (form, lines, at) in module_forms(&b, &a, rule.include_tests) {
+                // The edge's finding sits at its first reference in the new module.
+                let at = if form == "cfg-test" { at } else { 0 };
+                mutants.push(Mutant {
+                    rule: rule.name.clone(),
+                    form: format!("{krate} {form}"),
+                    expected: Code::ModuleCycle,
+                    file: file.clone(),
+                    line_offset: Some(at),
+                    edits: vec![Edit::Append {
+                        file: file.clone(),
+                        lines,
+                    }],
+                    needs_metadata: false,
+                });
+            }
+        }
+    }
 }

@@ -191,7 +191,8 @@ impl Span {
         }
     }
 
-    fn of_span(span: proc_macro2::Span) -> Self {
+    /// The span of a `proc_macro2` token (`span-locations` on).
+    pub(crate) fn of_span(span: proc_macro2::Span) -> Self {
         Span::of(span.start(), span.end())
     }
 }
@@ -409,7 +410,8 @@ struct Scanner<'a> {
     inline_modules: Vec<String>,
 }
 
-fn is_test_attr(attr: &syn::Attribute) -> bool {
+/// Whether `attr` marks test code: `#[test]`, `#[tokio::test]`, `#[cfg(test)]`.
+pub(crate) fn is_test_attr(attr: &syn::Attribute) -> bool {
     let path = attr.path();
     if path.segments.last().is_some_and(|segment| segment.ident == "test") {
         return true; // #[test], #[tokio::test]

@@ -63,7 +63,19 @@ pub enum Effect<'a> {
 }
 
 impl Effect<'_> {
-    /// The narrowest capability that permits this effect, as text (named in denials).
+    /// The narrowest capability that permits this effect: named in denials.
+    pub fn capability(&self) -> Capability {
+        match *self {
+            Effect::FsRead(path) => Capability::FsRead { prefix: path.clone() },
+            Effect::FsWrite(path) => Capability::FsWrite { prefix: path.clone() },
+            Effect::KvRead(key) => Capability::KvRead { prefix: key.clone() },
+            Effect::KvWrite(key) => Capability::KvWrite { prefix: key.clone() },
+            Effect::Http(origin) => Capability::NetHttp { origin: origin.clone() },
+        }
+    }
+
+    /// The narrowest capability that permits this effect, as text naming the exact path, key or
+    /// origin (without a prefix's trailing `/`).
     pub fn needed(&self) -> String {
         match self {
             Effect::FsRead(path) => format!("fs.read:{path}"),
@@ -302,6 +314,21 @@ impl FromStr for Capability {
 impl serde::Serialize for Capability {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Capability {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Capability".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A capability, written `kind:scope`: `fs.read:<prefix>`, `fs.write:<prefix>`, `kv.read:<prefix>`, `kv.write:<prefix>` or `net.http:<scheme>://<host>[:<port>]`.",
+            "type": "string",
+            "pattern": "^(fs\\.read|fs\\.write|kv\\.read|kv\\.write|net\\.http):.+$"
+        })
     }
 }
 

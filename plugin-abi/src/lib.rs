@@ -44,6 +44,7 @@ pub const OUTPUT_SCHEMA_V1: &str = "agentd.output.v1";
 ///
 /// Ordered from least to most dangerous, so `a < b` means `a` is the safer class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum SideEffect {
     /// Output depends only on input; no host effects.
@@ -94,10 +95,12 @@ impl FromStr for SideEffect {
 /// Built by the runtime from a verified package (manifest checked against the component's own
 /// `describe`), so the control plane never looks inside a component.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SkillSummary {
     /// Skill id, e.g. `pii-redact`.
     pub id: String,
     /// The package's semantic version.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub version: semver::Version,
     /// The side-effect class.
     pub side_effect: SideEffect,

@@ -83,7 +83,7 @@ async fn a_queued_call_waits_for_the_slot() {
 async fn oversized_input_is_invalid_input_before_any_instance_exists() {
     let runtime = crate::runtime_with_packages(None).await;
     let skill = crate::skill(&runtime, "pii-redact");
-    let huge = "x".repeat(agent_runtime::runtime::MAX_INPUT_BYTES);
+    let huge = "x".repeat(agent_runtime::MAX_INPUT_BYTES);
     let report = runtime
         .dispatch(&skill, &request(serde_json::json!({ "text": huge }), &[]))
         .await;

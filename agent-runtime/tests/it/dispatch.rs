@@ -86,7 +86,11 @@ async fn publish_report_without_the_grant_is_capability_denied() {
     else {
         panic!("{report:?}")
     };
-    assert_eq!(capability, "fs.write:reports/r.md");
+    assert_eq!(
+        *capability,
+        "fs.write:reports/r.md".parse::<plugin_abi::Capability>().unwrap()
+    );
+    assert_eq!(capability.to_string(), "fs.write:reports/r.md/");
     assert!(
         message.contains("capability denied: fs.write:reports/r.md (granted: none)"),
         "{message}"

@@ -96,7 +96,7 @@ async fn http_fetch_reaches_only_the_granted_origin_and_carries_the_trace_contex
         .dispatch(&http_get, &request(json!({ "url": other_port }), &[grant.as_str()]))
         .await;
     assert!(
-        matches!(&report.outcome, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability.starts_with("net.http:http://127.0.0.1:")),
+        matches!(&report.outcome, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability.to_string().starts_with("net.http:http://127.0.0.1:")),
         "{:?}",
         report.outcome
     );
@@ -207,7 +207,7 @@ async fn workspace_read_needs_fs_read_and_cannot_leave_the_workspace() {
             .dispatch(&word_count, &request(json!({ "path": path }), &grants))
             .await;
         assert!(
-            matches!(&report.outcome, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if *capability == format!("fs.read:{path}")),
+            matches!(&report.outcome, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if *capability == format!("fs.read:{path}").parse::<plugin_abi::Capability>().unwrap()),
             "{path}: {:?}",
             report.outcome
         );

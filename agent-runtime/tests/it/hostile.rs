@@ -86,7 +86,7 @@ async fn every_hostile_plugin_maps_to_exactly_one_typed_outcome() {
 
     let ungranted = outcome(&runtime, "ungranted-capability", json!({})).await;
     assert!(
-        matches!(&ungranted, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability == "fs.write:secrets/stolen.txt"),
+        matches!(&ungranted, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if *capability == "fs.write:secrets/stolen.txt".parse::<plugin_abi::Capability>().unwrap()),
         "{ungranted:?}"
     );
     assert!(
@@ -97,7 +97,7 @@ async fn every_hostile_plugin_maps_to_exactly_one_typed_outcome() {
     // flaky without its key-value grants cannot count, and says which grant is missing.
     let flaky = outcome(&runtime, "flaky", json!({ "fail_first": 1 })).await;
     assert!(
-        matches!(&flaky, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability.starts_with("kv.read:attempts/")),
+        matches!(&flaky, Outcome::Failed { failure: RuntimeFailure::CapabilityDenied { capability, .. } } if capability.to_string().starts_with("kv.read:attempts/")),
         "{flaky:?}"
     );
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use agent_runtime::{Outcome, Runtime, StepOutcome, run_step};
-use control_plane::{ControlPlane, Identity, IdentityConfig, PolicyEngine, Principal, Role, Store};
+use control_plane::{ControlPlane, PolicyEngine, Principal, Role, Store, TokenAuthority, TokenConfig};
 use plugin_abi::InvokeRequest;
 
 use crate::{empty_runtime, package_copy, packages_dir};
@@ -29,7 +29,7 @@ async fn setup(policy: &str) -> (tempfile::TempDir, Runtime, ControlPlane) {
     runtime.load_package(&package).await.unwrap();
     runtime.load_package(&packages_dir().join("noop")).await.unwrap();
     let control_plane = ControlPlane::new(
-        Identity::from_secret(&[9; 32], IdentityConfig::default()).unwrap(),
+        TokenAuthority::from_secret(&[9; 32], TokenConfig::default()).unwrap(),
         PolicyEngine::from_text(&format!("{SCHEMA_HEADER}{policy}"), "test policy").unwrap(),
         Store::open(&dir.path().join("state.db")).await.unwrap(),
     );
@@ -51,7 +51,6 @@ fn empty_request() -> InvokeRequest {
 /// The `rung` and `attempt` of every dispatch entry in the audit log, in order.
 async fn dispatch_rungs(control_plane: &ControlPlane) -> Vec<(String, String, u64)> {
     control_plane
-        .store()
         .audit_entries()
         .await
         .unwrap()
@@ -104,7 +103,7 @@ async fn exhausted_retries_fall_back_to_a_plugin_with_its_own_verdict() {
         "{rungs:?}"
     );
     assert!(matches!(
-        control_plane.store().verify_audit().await.unwrap(),
+        control_plane.verify_audit().await.unwrap(),
         control_plane::ChainVerification::Intact { .. }
     ));
 }
@@ -177,7 +176,7 @@ async fn a_candidate_whose_capability_is_withheld_is_not_dispatched() {
     // No policy grants net.http: the selector's rule refuses the candidate before any instance.
     assert!(
         matches!(&report.outcome, Outcome::Failed { failure: agent_runtime::RuntimeFailure::CapabilityDenied { capability, message } }
-            if capability == "net.http:http://127.0.0.1:8080" && message.starts_with("not dispatched")),
+            if *capability == "net.http:http://127.0.0.1:8080".parse::<plugin_abi::Capability>().unwrap() && message.starts_with("not dispatched")),
         "{:?}",
         report.outcome
     );

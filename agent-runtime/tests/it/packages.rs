@@ -21,7 +21,7 @@ fn copy_package(
     let mut bytes = std::fs::read(source.join("skill.wasm")).unwrap();
     edit(&mut manifest, &mut bytes);
     if fix_digest {
-        let digest = agent_runtime::package::digest(&bytes);
+        let digest = agent_runtime::package::sha256_digest(&bytes);
         manifest = manifest
             .lines()
             .map(|line| {

@@ -76,7 +76,7 @@ async fn warm_mode_is_refused_for_skills_that_are_not_pure() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, PackageError::Manifest { message, .. } if message.contains("only allowed for pure skills")),
+        matches!(&error, PackageError::Manifest { problems, .. } if problems.iter().any(|problem| problem.contains("only allowed for pure skills"))),
         "{error}"
     );
 }

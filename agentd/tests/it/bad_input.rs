@@ -1,6 +1,6 @@
 //! Bad input gets a clear, typed error naming what was wrong, and nothing stored is lost.
 
-use control_plane::IdentityConfig;
+use control_plane::TokenConfig;
 use serde_json::json;
 
 use crate::{Env, agent_token, envelope, stderr};
@@ -73,7 +73,7 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
         2,
     );
 
-    let stranger = control_plane::Identity::from_secret(&[7; 32], IdentityConfig::default()).unwrap();
+    let stranger = control_plane::TokenAuthority::from_secret(&[7; 32], TokenConfig::default()).unwrap();
     let forged = agent_token(&stranger);
     check_refused(
         &env,
@@ -82,9 +82,9 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
         2,
     );
 
-    let foreign = agent_token(&env.identity(IdentityConfig {
+    let foreign = agent_token(&env.identity(TokenConfig {
         audience: "another-service".into(),
-        ..IdentityConfig::default()
+        ..TokenConfig::default()
     }));
     check_refused(
         &env,

@@ -118,10 +118,10 @@ fn run_approve_and_audit_through_the_cli() {
     assert_eq!(output.status.code(), Some(3));
     assert!(stdout(&output).contains("unknown skill `ghost`"), "{}", stdout(&output));
 
-    // 2 x (verdict, dispatch); verdict, approval-requested; approval-decision, verdict, dispatch
-    // (the resumed step); spin-forever: 3 x (verdict, dispatch) and the escalation request;
-    // verdict (ghost).
-    assert_eq!(env.audit_entries(), 17);
+    // 2 x (verdict, dispatch); verdict, approval-requested; approval-decision, verdict,
+    // approval-consumed, dispatch (the resumed step); spin-forever: 3 x (verdict, dispatch) and
+    // the escalation request; verdict (ghost).
+    assert_eq!(env.audit_entries(), 18);
 
     let output = env.agentd(&["plugins", "list"], None);
     assert!(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use control_plane::{Identity, IdentityConfig, Role};
+use control_plane::{Role, TokenAuthority, TokenConfig};
 
 /// A scratch state directory and the paths the CLI needs.
 pub struct Env {
@@ -79,13 +79,13 @@ impl Env {
     }
 
     /// The state directory's key, for crafting tokens the CLI would not issue.
-    pub fn identity(&self, config: IdentityConfig) -> Identity {
+    pub fn identity(&self, config: TokenConfig) -> TokenAuthority {
         std::fs::create_dir_all(self.state_dir()).unwrap();
-        Identity::load_or_create(&self.state_dir().join("jwt-hs256.key"), config).unwrap()
+        TokenAuthority::load_or_create(&self.state_dir().join("jwt-hs256.key"), config).unwrap()
     }
 
     pub fn expired_token(&self) -> String {
-        let identity = self.identity(IdentityConfig::default());
+        let identity = self.identity(TokenConfig::default());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -153,7 +153,7 @@ pub fn stderr(output: &Output) -> String {
 }
 
 /// A one-minute agent token for `alice@acme` signed by `identity`.
-pub fn agent_token(identity: &Identity) -> String {
+pub fn agent_token(identity: &TokenAuthority) -> String {
     identity
         .issue("alice", "acme", &[Role::Agent], Duration::from_secs(60))
         .unwrap()

@@ -1,32 +1,66 @@
 //! The audit log is append-only and its hash chain names the first tampered entry.
 
-use control_plane::store::GENESIS_HASH;
-use control_plane::{ChainVerification, Role, Store};
-use serde_json::json;
+use std::sync::Arc;
 
-use crate::{principal, temp_store};
+use control_plane::audit::{self, GENESIS_HASH};
+use control_plane::{
+    ChainVerification, ControlPlane, DispatchDetail, DispatchRecord, ManualClock, OutcomeKind, Role, StepContext,
+};
+
+use crate::{DEFAULT_POLICY, NOW, Plane, open_plane, plane, principal};
+
+/// Appends one audit entry: a verdict on a pure skill for run `run-<n>`.
+async fn append(control: &ControlPlane, n: i64) {
+    let step = StepContext {
+        run_id: format!("run-{n}"),
+        step_id: "step-1".into(),
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    };
+    let skill = plugin_abi::SkillSummary {
+        id: "pii-redact".into(),
+        version: semver::Version::new(0, 1, 0),
+        side_effect: plugin_abi::SideEffect::Pure,
+        capabilities: vec![],
+        digest: "sha256:cafe".into(),
+    };
+    control
+        .govern(
+            &principal("alice", &[Role::Agent]),
+            &step,
+            "pii-redact",
+            Some(&skill),
+            &format!("sha256:{n}"),
+        )
+        .await
+        .unwrap();
+}
+
+fn pool_url(plane: &Plane) -> String {
+    format!("sqlite://{}", plane.state_file().display())
+}
 
 #[tokio::test]
 async fn chain_links_each_entry_to_the_previous_one() {
-    let (_dir, store) = temp_store().await;
+    let plane = plane().await;
+    let control = &plane.control;
     assert_eq!(
-        store.verify_audit().await.unwrap(),
+        control.verify_audit().await.unwrap(),
         ChainVerification::Intact {
             entries: 0,
             head: GENESIS_HASH.into()
         }
     );
-    let alice = principal("alice", &[Role::Agent]);
-    let first = store.append_audit("verdict", &alice, &json!({ "n": 1 })).await.unwrap();
-    let second = store
-        .append_audit("dispatch", &alice, &json!({ "n": 2 }))
-        .await
-        .unwrap();
+    append(control, 1).await;
+    append(control, 2).await;
+    let entries = control.audit_entries().await.unwrap();
+    let (first, second) = (entries[0].clone(), entries[1].clone());
     assert_eq!((first.seq, second.seq), (1, 2));
     assert_eq!(first.prev_hash, GENESIS_HASH);
     assert_eq!(second.prev_hash, first.hash);
+    // Every entry reads back as a typed event of the vocabulary.
+    assert!(matches!(first.event().unwrap(), control_plane::AuditEvent::Verdict(_)));
     assert_eq!(
-        store.verify_audit().await.unwrap(),
+        control.verify_audit().await.unwrap(),
         ChainVerification::Intact {
             entries: 2,
             head: second.hash
@@ -36,14 +70,9 @@ async fn chain_links_each_entry_to_the_previous_one() {
 
 #[tokio::test]
 async fn updates_and_deletes_are_refused_by_the_database() {
-    let (dir, store) = temp_store().await;
-    store
-        .append_audit("verdict", &principal("alice", &[Role::Agent]), &json!({}))
-        .await
-        .unwrap();
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
-        .await
-        .unwrap();
+    let plane = plane().await;
+    append(&plane.control, 1).await;
+    let pool = sqlx::SqlitePool::connect(&pool_url(&plane)).await.unwrap();
     for statement in ["UPDATE audit SET kind = 'x'", "DELETE FROM audit"] {
         let error = sqlx::query(statement).execute(&pool).await.unwrap_err();
         assert!(error.to_string().contains("the audit log is append-only"), "{error}");
@@ -52,15 +81,13 @@ async fn updates_and_deletes_are_refused_by_the_database() {
 
 #[tokio::test]
 async fn tampering_is_detected_at_the_first_broken_entry() {
-    let (dir, store) = temp_store().await;
-    let alice = principal("alice", &[Role::Agent]);
+    let plane = plane().await;
+    let control = &plane.control;
     for n in 1..=4 {
-        store.append_audit("verdict", &alice, &json!({ "n": n })).await.unwrap();
+        append(control, n).await;
     }
     // An attacker with write access to the file drops the triggers and edits entry 3.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
-        .await
-        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&pool_url(&plane)).await.unwrap();
     sqlx::raw_sql("DROP TRIGGER audit_no_update; UPDATE audit SET payload = '{\"n\":30}' WHERE seq = 3")
         .execute(&pool)
         .await
@@ -69,7 +96,7 @@ async fn tampering_is_detected_at_the_first_broken_entry() {
         seq,
         reason,
         verified_before,
-    } = store.verify_audit().await.unwrap()
+    } = control.verify_audit().await.unwrap()
     else {
         panic!()
     };
@@ -80,8 +107,8 @@ async fn tampering_is_detected_at_the_first_broken_entry() {
     );
 
     // Re-hashing entry 3 to hide the edit breaks the link from entry 4 instead.
-    let entries = store.audit_entries().await.unwrap();
-    let forged = control_plane::store::entry_hash(
+    let entries = control.audit_entries().await.unwrap();
+    let forged = audit::entry_hash(
         &entries[2].prev_hash,
         3,
         entries[2].recorded_at_ms,
@@ -95,7 +122,7 @@ async fn tampering_is_detected_at_the_first_broken_entry() {
         .execute(&pool)
         .await
         .unwrap();
-    let ChainVerification::Broken { seq, reason, .. } = store.verify_audit().await.unwrap() else {
+    let ChainVerification::Broken { seq, reason, .. } = control.verify_audit().await.unwrap() else {
         panic!()
     };
     assert_eq!(seq, 4);
@@ -106,26 +133,25 @@ async fn tampering_is_detected_at_the_first_broken_entry() {
 async fn reopening_keeps_everything_and_newer_schemas_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
+    let clock = Arc::new(ManualClock::new(NOW));
     {
-        let store = Store::open(&path).await.unwrap();
-        store
-            .append_audit("verdict", &principal("alice", &[Role::Agent]), &json!({}))
-            .await
-            .unwrap();
+        let control = open_plane(&path, DEFAULT_POLICY, Arc::clone(&clock)).await;
+        append(&control, 1).await;
     }
-    let store = Store::open(&path).await.unwrap();
+    let control = open_plane(&path, DEFAULT_POLICY, clock).await;
     assert!(matches!(
-        store.verify_audit().await.unwrap(),
+        control.verify_audit().await.unwrap(),
         ChainVerification::Intact { entries: 1, .. }
     ));
-    drop(store);
+    drop(control);
 
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
     sqlx::raw_sql("PRAGMA user_version = 99").execute(&pool).await.unwrap();
     pool.close().await;
-    let error = Store::open(&path).await.unwrap_err();
+    let error = control_plane::Store::open(&path).await.unwrap_err();
+    assert!(!error.is_retryable());
     assert!(
         error
             .to_string()
@@ -134,25 +160,22 @@ async fn reopening_keeps_everything_and_newer_schemas_are_refused() {
     );
 }
 
-/// A store with entries 1..=n and a raw connection that bypasses it (the attacker's).
-async fn tampered_setup(n: i64) -> (tempfile::TempDir, Store, sqlx::SqlitePool) {
-    let (dir, store) = temp_store().await;
-    let alice = principal("alice", &[Role::Agent]);
+/// A control plane with entries 1..=n and a raw connection that bypasses it (the attacker's).
+async fn tampered_setup(n: i64) -> (Plane, sqlx::SqlitePool) {
+    let plane = plane().await;
     for i in 1..=n {
-        store.append_audit("verdict", &alice, &json!({ "n": i })).await.unwrap();
+        append(&plane.control, i).await;
     }
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
-        .await
-        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&pool_url(&plane)).await.unwrap();
     sqlx::raw_sql("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete")
         .execute(&pool)
         .await
         .unwrap();
-    (dir, store, pool)
+    (plane, pool)
 }
 
-async fn broken_at(store: &Store) -> (i64, String) {
-    match store.verify_audit().await.unwrap() {
+async fn broken_at(plane: &Plane) -> (i64, String) {
+    match plane.control.verify_audit().await.unwrap() {
         ChainVerification::Broken { seq, reason, .. } => (seq, reason),
         intact => panic!("tampering went unnoticed: {intact:?}"),
     }
@@ -161,33 +184,33 @@ async fn broken_at(store: &Store) -> (i64, String) {
 #[tokio::test]
 async fn deleting_reordering_and_truncating_are_detected() {
     // Delete a middle entry.
-    let (_dir, store, pool) = tampered_setup(5).await;
+    let (plane, pool) = tampered_setup(5).await;
     sqlx::query("DELETE FROM audit WHERE seq = 3")
         .execute(&pool)
         .await
         .unwrap();
-    let (seq, reason) = broken_at(&store).await;
+    let (seq, reason) = broken_at(&plane).await;
     assert_eq!(seq, 4);
     assert!(reason.contains("sequence gap"), "{reason}");
 
     // Reorder two entries (swap their contents but keep the sequence numbers).
-    let (_dir, store, pool) = tampered_setup(5).await;
+    let (plane, pool) = tampered_setup(5).await;
     sqlx::raw_sql(
         "UPDATE audit SET seq = -2 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = -2",
     )
     .execute(&pool)
     .await
     .unwrap();
-    let (seq, _) = broken_at(&store).await;
+    let (seq, _) = broken_at(&plane).await;
     assert_eq!(seq, 2);
 
     // Truncate the tail: the chain that is left is internally consistent, the anchor is not.
-    let (_dir, store, pool) = tampered_setup(5).await;
+    let (plane, pool) = tampered_setup(5).await;
     sqlx::query("DELETE FROM audit WHERE seq > 3")
         .execute(&pool)
         .await
         .unwrap();
-    let (seq, reason) = broken_at(&store).await;
+    let (seq, reason) = broken_at(&plane).await;
     assert_eq!(seq, 4);
     assert!(
         reason.starts_with("truncated: the anchor records 5 entries, the log holds 3"),
@@ -197,16 +220,16 @@ async fn deleting_reordering_and_truncating_are_detected() {
 
 #[tokio::test]
 async fn re_hashing_the_tail_or_forging_the_anchor_is_detected() {
-    let (_dir, store, pool) = tampered_setup(5).await;
+    let (plane, pool) = tampered_setup(5).await;
     // Edit entry 3 and recompute every hash from there on: the chain itself verifies again.
     sqlx::query("UPDATE audit SET payload = '{\"n\":30}' WHERE seq = 3")
         .execute(&pool)
         .await
         .unwrap();
-    let entries = store.audit_entries().await.unwrap();
+    let entries = plane.control.audit_entries().await.unwrap();
     let mut prev = entries[1].hash.clone();
     for entry in &entries[2..] {
-        let hash = control_plane::store::entry_hash(
+        let hash = audit::entry_hash(
             &prev,
             entry.seq,
             entry.recorded_at_ms,
@@ -225,10 +248,10 @@ async fn re_hashing_the_tail_or_forging_the_anchor_is_detected() {
         prev = hash;
     }
     assert!(matches!(
-        control_plane::store::verify_chain(&store.audit_entries().await.unwrap()),
+        audit::verify_chain(&plane.control.audit_entries().await.unwrap()),
         ChainVerification::Intact { .. }
     ));
-    let (seq, reason) = broken_at(&store).await;
+    let (seq, reason) = broken_at(&plane).await;
     assert_eq!(seq, 5);
     assert!(reason.contains("the tail was re-hashed"), "{reason}");
 
@@ -238,15 +261,15 @@ async fn re_hashing_the_tail_or_forging_the_anchor_is_detected() {
         .execute(&pool)
         .await
         .unwrap();
-    let (_, reason) = broken_at(&store).await;
+    let (_, reason) = broken_at(&plane).await;
     assert!(reason.contains("MAC does not verify"), "{reason}");
 }
 
 #[tokio::test]
 async fn entries_appended_without_the_key_are_detected() {
-    let (_dir, store, pool) = tampered_setup(2).await;
-    let entries = store.audit_entries().await.unwrap();
-    let forged = control_plane::store::entry_hash(&entries[1].hash, 3, 0, "verdict", "acme", "mallory@acme", "{}");
+    let (plane, pool) = tampered_setup(2).await;
+    let entries = plane.control.audit_entries().await.unwrap();
+    let forged = audit::entry_hash(&entries[1].hash, 3, 0, "verdict", "acme", "mallory@acme", "{}");
     sqlx::query(
         "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash) VALUES (3, 0, 'verdict', 'acme', 'mallory@acme', '{}', ?, ?)",
     )
@@ -255,22 +278,15 @@ async fn entries_appended_without_the_key_are_detected() {
     .execute(&pool)
     .await
     .unwrap();
-    let (seq, reason) = broken_at(&store).await;
+    let (seq, reason) = broken_at(&plane).await;
     assert_eq!(seq, 3);
     assert!(reason.contains("appended without the anchor key"), "{reason}");
 }
 
 #[tokio::test]
 async fn a_run_exports_as_prov_o_json_ld() {
-    use control_plane::{ControlPlane, Identity, IdentityConfig, PolicyEngine, StepContext};
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
-    let policy = PolicyEngine::from_text(include_str!("../../../policies/default.cedar"), "default").unwrap();
-    let control = ControlPlane::new(
-        Identity::from_secret(&[3; 32], IdentityConfig::default()).unwrap(),
-        policy,
-        store,
-    );
+    let plane = plane().await;
+    let control = &plane.control;
     let alice = principal("alice", &[Role::Agent]);
     let step = StepContext {
         run_id: "run-7".into(),
@@ -292,7 +308,22 @@ async fn a_run_exports_as_prov_o_json_ld() {
         .record_dispatch(
             &alice,
             &step,
-            &json!({ "outcome": "completed", "detail": { "output_digest": "sha256:output" } }),
+            &DispatchRecord {
+                skill_id: "pii-redact".into(),
+                skill_version: Some("0.1.0".into()),
+                digest: Some("sha256:cafe".into()),
+                rung: Some("primary".into()),
+                attempt: Some(1),
+                max_attempts: Some(1),
+                selection: None,
+                outcome: OutcomeKind::Completed,
+                retryable: Some(false),
+                reason: None,
+                detail: Some(DispatchDetail::Output {
+                    output_digest: "sha256:output".into(),
+                }),
+                metrics: None,
+            },
         )
         .await
         .unwrap();
@@ -326,7 +357,54 @@ async fn a_run_exports_as_prov_o_json_ld() {
         "urn:agentd:principal:alice@acme"
     );
     assert_eq!(node("urn:agentd:principal:alice@acme")["@type"], "prov:Agent");
+    assert_eq!(invocation["agentd:outcome"], "completed");
     // Other tenants see nothing of it.
     let other = control.provenance("globex", "run-7").await.unwrap();
     assert_eq!(other["@graph"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn entries_written_before_the_typed_vocabulary_read_back_as_events() {
+    // Payloads exactly as the untyped writer of issue 5 produced them.
+    let old = [
+        (
+            "dispatch",
+            r#"{"outcome":{"attempt":1,"detail":{"outcome":"failed","failure":{"deadline_ms":500,"failure":"timeout","in_guest":true}},"digest":"sha256:aa","max_attempts":3,"metrics":{"denials":0,"execute_us":5,"fuel_consumed":9,"host_calls":0,"instantiate_us":3,"peak_memory_bytes":65536},"outcome":"timeout","retryable":true,"rung":"primary","selection":null,"skill_id":"spin-forever","skill_version":"0.1.0"},"step":{"run_id":"run-1","step_id":"step-1","traceparent":"tp"}}"#,
+        ),
+        (
+            "dispatch",
+            r#"{"outcome":{"outcome":"refused","reason":"unsupported obligation `x`","skill_id":"publish-report"},"step":{"run_id":"run-1","step_id":"step-1","traceparent":"tp"}}"#,
+        ),
+        (
+            "approval-decision",
+            r#"{"approval_id":3,"expires_at_ms":10,"input_digest":"sha256:bb","policy_version":"sha256:cc","run_id":"run-1","skill_id":"s","status":"expired","step_id":"step-1","was":"pending"}"#,
+        ),
+        (
+            "approval-decision",
+            r#"{"approval_id":4,"input_digest":"sha256:bb","policy_version":"sha256:cc","reason":null,"run_id":"run-2","skill_id":"s","status":"cancelled","step_id":"step-1"}"#,
+        ),
+        (
+            "enforcement-change",
+            r#"{"change":"policy-set","new_version":"sha256:2","old_version":"sha256:1","origin":"x","policies":3}"#,
+        ),
+        ("autonomy-demotion", r#"{"agent":"alice","reason":"r","skill":"demo"}"#),
+    ];
+    for (kind, payload) in old {
+        let event = control_plane::AuditEvent::parse(kind, payload).unwrap_or_else(|error| panic!("{kind}: {error}"));
+        assert_eq!(event.kind(), kind);
+    }
+    let control_plane::AuditEvent::ApprovalDecision(decided) =
+        control_plane::AuditEvent::parse(old[2].0, old[2].1).unwrap()
+    else {
+        panic!()
+    };
+    assert!(matches!(decided, audit::ApprovalDecided::Expired(_)));
+    let control_plane::AuditEvent::ApprovalDecision(decided) =
+        control_plane::AuditEvent::parse(old[3].0, old[3].1).unwrap()
+    else {
+        panic!()
+    };
+    assert!(matches!(decided, audit::ApprovalDecided::Cancelled(_)));
+    // A kind outside the vocabulary is an error, not a guess.
+    assert!(control_plane::AuditEvent::parse("mystery", "{}").is_err());
 }

@@ -2,21 +2,17 @@
 //! budgets escalate. Gates only ever add approvals.
 
 use control_plane::{
-    AutonomyLevel, AutonomyLimits, Budgets, ControlPlane, Cost, CostStatus, DenyKind, ErrorBudget, Identity,
-    IdentityConfig, KernelEmitter, LlmCall, PolicyEngine, Role, StepContext, TraceContext, Verdict,
+    AutonomyLevel, AutonomyLimits, Budgets, ControlPlane, Cost, CostStatus, DenyKind, ErrorBudget, LlmCall, Role,
+    StepContext, StepResult, TokenAuthority, TokenConfig, TraceContext, Verdict,
 };
 use plugin_abi::{SideEffect, SkillSummary};
 
-use crate::principal;
+use crate::{DEFAULT_POLICY, Plane, plane_at, principal};
 
-const DEFAULT_POLICY: &str = include_str!("../../../policies/default.cedar");
-
-async fn control(policy: &str) -> (tempfile::TempDir, ControlPlane) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = control_plane::Store::open(&dir.path().join("state.db")).await.unwrap();
-    let identity = Identity::from_secret(&[9; 32], IdentityConfig::default()).unwrap();
-    let policy = PolicyEngine::from_text(policy, "test").unwrap();
-    (dir, ControlPlane::new(identity, policy, store))
+async fn control(policy: &str) -> (Plane, std::sync::Arc<ControlPlane>) {
+    let plane = plane_at(policy, control_plane::now_ms()).await;
+    let control = std::sync::Arc::clone(&plane.control);
+    (plane, control)
 }
 
 fn skill(side_effect: SideEffect, capabilities: &[&str]) -> SkillSummary {
@@ -52,7 +48,7 @@ async fn verdict(control: &ControlPlane, skill: &SkillSummary, run: &str) -> con
 
 #[tokio::test]
 async fn certificates_cap_the_level_and_only_admins_issue_them() {
-    let (_dir, control) = control(DEFAULT_POLICY).await;
+    let (_plane, control) = control(DEFAULT_POLICY).await;
     let pure = skill(SideEffect::Pure, &[]);
     // Default L2: a pure, capability-free skill runs without approval.
     let decision = verdict(&control, &pure, "run-1").await;
@@ -114,14 +110,14 @@ async fn certificates_cap_the_level_and_only_admins_issue_them() {
         }
     ));
     // Issuing is audited as an enforcement change.
-    let entries = control.store().audit_entries().await.unwrap();
+    let entries = control.audit_entries().await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.kind == "enforcement-change").count(), 2);
 }
 
 #[tokio::test]
 async fn a_certificate_signed_with_another_key_is_ignored() {
-    let (_dir, control) = control(DEFAULT_POLICY).await;
-    let forger = Identity::from_secret(&[1; 32], IdentityConfig::default()).unwrap();
+    let (plane, control) = control(DEFAULT_POLICY).await;
+    let forger = TokenAuthority::from_secret(&[1; 32], TokenConfig::default()).unwrap();
     let token = forger
         .sign_certificate(&control_plane::AutonomyCertificate {
             agent: "alice".into(),
@@ -134,26 +130,19 @@ async fn a_certificate_signed_with_another_key_is_ignored() {
         })
         .unwrap();
     let admin = principal("root", &[Role::Admin]);
-    let certificate = control.identity().verify_certificate(&token);
+    let certificate = control.authority().verify_certificate(&token);
     assert!(certificate.is_err(), "a forged certificate must not verify");
-    // Even stored, it does not count.
-    control
-        .store()
-        .put_certificate(
-            &admin,
-            &control_plane::AutonomyCertificate {
-                agent: "alice".into(),
-                skill: "*".into(),
-                tenant: "acme".into(),
-                level: AutonomyLevel::L5,
-                issued_by: "mallory".into(),
-                issued_at: 0,
-                expires_at: 0,
-            },
-            &token,
-        )
+    // Even stored (by someone with write access to the state file), it does not count.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", plane.state_file().display()))
         .await
         .unwrap();
+    sqlx::query(
+        "INSERT INTO autonomy_certificates (tenant, agent, skill, token, issued_at_ms) VALUES ('acme', 'alice', '*', ?, 0)",
+    )
+    .bind(&token)
+    .execute(&pool)
+    .await
+    .unwrap();
     let (level, source) = control
         .autonomy_level(&principal("alice", &[Role::Agent]), "demo")
         .await
@@ -170,17 +159,17 @@ async fn a_certificate_signed_with_another_key_is_ignored() {
         .grant_autonomy(&admin, "alice", "*", AutonomyLevel::L4, 60)
         .await
         .unwrap();
-    assert!(control.identity().verify(&real).is_err());
+    assert!(control.authority().verify(&real).is_err());
     let access = control
-        .identity()
+        .authority()
         .issue("alice", "acme", &[Role::Agent], std::time::Duration::from_secs(60))
         .unwrap();
-    assert!(control.identity().verify_certificate(&access).is_err());
+    assert!(control.authority().verify_certificate(&access).is_err());
 }
 
 #[tokio::test]
 async fn an_exhausted_error_budget_demotes_one_level_and_policy_caps_autonomy() {
-    let (_dir, control) = control(DEFAULT_POLICY).await;
+    let (_plane, control) = control(DEFAULT_POLICY).await;
     let admin = principal("root", &[Role::Admin]);
     control
         .set_limits(
@@ -200,15 +189,40 @@ async fn an_exhausted_error_budget_demotes_one_level_and_policy_caps_autonomy() 
         .await
         .unwrap();
     let alice = principal("alice", &[Role::Agent]);
-    assert!(!control.record_outcome(&alice, "demo", "failure").await.unwrap());
-    assert!(!control.record_outcome(&alice, "demo", "escalation").await.unwrap());
-    assert!(!control.record_outcome(&alice, "demo", "success").await.unwrap());
-    assert!(control.record_outcome(&alice, "demo", "failure").await.unwrap());
+    assert!(
+        !control
+            .record_outcome(&alice, "demo", StepResult::Failure)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !control
+            .record_outcome(&alice, "demo", StepResult::Escalation)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !control
+            .record_outcome(&alice, "demo", StepResult::Success)
+            .await
+            .unwrap()
+    );
+    assert!(
+        control
+            .record_outcome(&alice, "demo", StepResult::Failure)
+            .await
+            .unwrap()
+    );
     let (level, source) = control.autonomy_level(&alice, "demo").await.unwrap();
     assert_eq!(level, AutonomyLevel::L3, "{source:?}");
     // The budget restarts after a demotion.
-    assert!(!control.record_outcome(&alice, "demo", "failure").await.unwrap());
-    let entries = control.store().audit_entries().await.unwrap();
+    assert!(
+        !control
+            .record_outcome(&alice, "demo", StepResult::Failure)
+            .await
+            .unwrap()
+    );
+    let entries = control.audit_entries().await.unwrap();
     let demotion = entries.iter().find(|e| e.kind == "autonomy-demotion").unwrap();
     assert_eq!(demotion.principal, "system:autonomy-demotion@acme");
 
@@ -228,7 +242,7 @@ async fn an_exhausted_error_budget_demotes_one_level_and_policy_caps_autonomy() 
 
 #[tokio::test]
 async fn an_exceeded_budget_escalates_to_a_human() {
-    let (_dir, control) = control(DEFAULT_POLICY).await;
+    let (_plane, control) = control(DEFAULT_POLICY).await;
     let admin = principal("root", &[Role::Admin]);
     control
         .set_limits(
@@ -248,7 +262,8 @@ async fn an_exceeded_budget_escalates_to_a_human() {
         verdict(&control, &pure, "run-1").await.verdict,
         Verdict::Allow { .. }
     ));
-    KernelEmitter::new(control.store().clone())
+    control
+        .emitter()
         .record_llm_call(
             "acme",
             &TraceContext::new_root(),

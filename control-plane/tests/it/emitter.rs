@@ -1,8 +1,8 @@
 //! The kernel emitter: replays are stored once, conflicts are errors, concurrency is safe.
 
-use control_plane::{ConnectorCall, Cost, CostStatus, EmitError, KernelEmitter, LlmCall, TraceContext};
+use control_plane::{ConnectorCall, Cost, CostStatus, EmitError, LlmCall, TraceContext};
 
-use crate::temp_store;
+use crate::plane;
 
 fn call(tokens: u64) -> LlmCall {
     LlmCall {
@@ -21,8 +21,8 @@ fn call(tokens: u64) -> LlmCall {
 
 #[tokio::test]
 async fn a_thousand_replays_store_one_record_and_different_content_conflicts() {
-    let (_dir, store) = temp_store().await;
-    let emitter = KernelEmitter::new(store.clone());
+    let plane = plane().await;
+    let emitter = plane.control.emitter();
     let trace = TraceContext::new_root();
     let first = emitter.record_llm_call("acme", &trace, &call(100)).await.unwrap();
     assert!(!first.replayed);
@@ -31,11 +31,11 @@ async fn a_thousand_replays_store_one_record_and_different_content_conflicts() {
         assert_eq!(again.id, first.id);
         assert!(again.replayed);
     }
-    assert_eq!(store.record_count("acme").await.unwrap(), 1);
+    assert_eq!(emitter.record_count("acme").await.unwrap(), 1);
     let error = emitter.record_llm_call("acme", &trace, &call(101)).await.unwrap_err();
     assert!(matches!(error, EmitError::IdempotencyConflict(_)), "{error}");
     assert!(!error.is_retryable());
-    assert_eq!(store.record_count("acme").await.unwrap(), 1);
+    assert_eq!(emitter.record_count("acme").await.unwrap(), 1);
     // Another span is another logical identity.
     emitter
         .record_llm_call("acme", &trace.child(), &call(101))
@@ -47,8 +47,8 @@ async fn a_thousand_replays_store_one_record_and_different_content_conflicts() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_identical_emits_store_one_record() {
-    let (_dir, store) = temp_store().await;
-    let emitter = KernelEmitter::new(store.clone());
+    let plane = plane().await;
+    let emitter = plane.control.emitter();
     let trace = TraceContext::new_root();
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -71,13 +71,13 @@ async fn a_hundred_concurrent_identical_emits_store_one_record() {
         }
     }
     assert_eq!(fresh, 1);
-    assert_eq!(store.record_count("acme").await.unwrap(), 1);
+    assert_eq!(emitter.record_count("acme").await.unwrap(), 1);
 }
 
 #[tokio::test]
 async fn inconsistent_costs_are_refused() {
-    let (_dir, store) = temp_store().await;
-    let emitter = KernelEmitter::new(store);
+    let plane = plane().await;
+    let emitter = plane.control.emitter();
     let trace = TraceContext::new_root();
     let mut connector = ConnectorCall {
         run_id: "run-1".into(),

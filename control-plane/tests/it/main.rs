@@ -1,4 +1,5 @@
-//! control-plane integration tests: the SQLite store, approvals and the audit chain.
+//! control-plane integration tests, through the one door (`ControlPlane`): approvals, the audit
+//! chain, runs, records, autonomy, schema migration and crash safety.
 
 #![allow(missing_docs, reason = "test helpers are not public API")]
 
@@ -13,15 +14,73 @@ mod runs;
 mod schemas;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use control_plane::{ApprovalBinding, NewApproval, Principal, Quorum, ReviewDecisionKind, Role, Store};
+use control_plane::{
+    ApprovalBinding, ControlPlane, ManualClock, NewApproval, PolicyEngine, Principal, Quorum, ReviewDecisionKind, Role,
+    Store, TokenAuthority, TokenConfig,
+};
 use plugin_abi::{SideEffect, SkillSummary};
 
-/// A store in a fresh temporary directory (kept alive by the returned guard).
-pub async fn temp_store() -> (tempfile::TempDir, Store) {
+/// The default policy.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.cedar");
+
+/// Lets every principal review, so that the approval rules themselves (not policy) decide who
+/// may answer.
+pub const ANYONE_REVIEWS: &str =
+    "@id(\"anyone-reviews\")\npermit(principal, action == Agentd::Action::\"review\", resource);\n";
+
+/// A control plane over a fresh state directory, its clock set to [`NOW`].
+pub struct Plane {
+    /// Keeps the state directory alive.
+    pub dir: tempfile::TempDir,
+    /// The control plane.
+    pub control: Arc<ControlPlane>,
+    /// Its clock.
+    pub clock: Arc<ManualClock>,
+}
+
+impl Plane {
+    /// The SQLite file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+}
+
+/// The token authority of the tests.
+pub fn authority() -> TokenAuthority {
+    TokenAuthority::from_secret(&[9; 32], TokenConfig::default()).unwrap()
+}
+
+/// A control plane over the store at `path` under `policy`, reading `clock`.
+pub async fn open_plane(path: &std::path::Path, policy: &str, clock: Arc<ManualClock>) -> ControlPlane {
+    let store = Store::open(path).await.unwrap();
+    let policy = PolicyEngine::from_text(policy, "test").unwrap();
+    ControlPlane::new(authority(), policy, store).with_clock(clock)
+}
+
+/// A fresh control plane under `policy`, its clock at [`NOW`].
+pub async fn plane_with(policy: &str) -> Plane {
+    plane_at(policy, NOW).await
+}
+
+/// A fresh control plane under `policy`, its clock at `now_ms` (tokens and certificates are
+/// checked against the system clock, so tests of them start at the real time).
+pub async fn plane_at(policy: &str, now_ms: i64) -> Plane {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
-    (dir, store)
+    let clock = Arc::new(ManualClock::new(now_ms));
+    let control = open_plane(&dir.path().join("state.db"), policy, Arc::clone(&clock)).await;
+    Plane {
+        dir,
+        control: Arc::new(control),
+        clock,
+    }
+}
+
+/// A fresh control plane under the default policy in which anyone may review.
+pub async fn plane() -> Plane {
+    plane_with(&format!("{DEFAULT_POLICY}\n{ANYONE_REVIEWS}")).await
 }
 
 /// A principal of tenant `acme`.

@@ -1,6 +1,10 @@
 //! A state file written by schema 1 is migrated in place: nothing already stored is lost.
 
-use control_plane::{ApprovalStatus, ChainVerification, ReviewDecisionKind, Store};
+use std::sync::Arc;
+
+use control_plane::{ApprovalStatus, ChainVerification, ManualClock, ReviewDecisionKind};
+
+use crate::{DEFAULT_POLICY, NOW, open_plane};
 
 /// Schema 1 exactly as agentd 0.1 (issue 2) created it.
 const SCHEMA_1: &str = r#"
@@ -34,8 +38,9 @@ async fn schema_1_files_are_migrated_with_every_request_kept() {
             .unwrap();
         sqlx::raw_sql(SCHEMA_1).execute(&mut connection).await.unwrap();
     }
-    let store = Store::open(&path).await.unwrap();
-    let requests = store.list_approvals("acme", None).await.unwrap();
+    let clock = Arc::new(ManualClock::new(NOW));
+    let control = open_plane(&path, DEFAULT_POLICY, Arc::clone(&clock)).await;
+    let requests = control.list_approvals("acme", None).await.unwrap();
     assert_eq!(requests.len(), 2);
     let denied = &requests[0];
     assert_eq!((denied.id, denied.status), (2, ApprovalStatus::Denied));
@@ -49,11 +54,11 @@ async fn schema_1_files_are_migrated_with_every_request_kept() {
     assert_eq!(pending.expires_at_ms, 1000 + 86_400_000);
     assert_eq!(pending.acting_agent, "alice");
     assert!(matches!(
-        store.verify_audit().await.unwrap(),
+        control.verify_audit().await.unwrap(),
         ChainVerification::Intact { entries: 0, .. }
     ));
-    drop(store);
+    drop(control);
     // Opening again is a no-op.
-    let again = Store::open(&path).await.unwrap();
+    let again = open_plane(&path, DEFAULT_POLICY, clock).await;
     assert_eq!(again.list_approvals("acme", None).await.unwrap().len(), 2);
 }

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use control_plane::{ApprovalStatus, Quorum, ReviewDecisionKind, Role, Store};
+use control_plane::{ApprovalStatus, Clock, Quorum, ReviewDecisionKind, Role};
 use proptest::prelude::*;
 
-use crate::{NOW, binding, new_approval, principal};
+use crate::{binding, new_approval, plane, principal};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -68,9 +68,8 @@ fn reviewer(index: usize) -> control_plane::Principal {
 }
 
 async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
-    let mut now = NOW;
+    let plane = plane().await;
+    let (control, clock) = (&plane.control, &plane.clock);
     let mut ids: Vec<i64> = Vec::new();
     let mut terminal: BTreeMap<i64, ApprovalStatus> = BTreeMap::new();
     let mut consumed: BTreeSet<i64> = BTreeSet::new();
@@ -86,8 +85,8 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     required,
                     deny_threshold,
                 };
-                asked.expires_at_ms = now + ttl_ms;
-                ids.push(store.create_approval(&asked, &serde_json::json!({})).await.unwrap().id);
+                asked.expires_at_ms = clock.now_ms() + ttl_ms;
+                ids.push(control.request_approval(&asked).await.unwrap().id);
             }
             Op::Vote {
                 request,
@@ -102,7 +101,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ][decision as usize];
                 let edited = (decision == ReviewDecisionKind::Modify)
                     .then_some("{\"schema_version\":\"agentd.invoke.v1\",\"input\":{}}");
-                let _ = store.cast_vote(id, &reviewer(who), decision, None, edited, now).await;
+                let _ = control.review(id, &reviewer(who), decision, None, edited).await;
             }
             Op::Cancel { request, by_requester } => {
                 let Some(&id) = ids.get(request) else { continue };
@@ -111,12 +110,13 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     reviewer(0)
                 };
-                let _ = store.cancel_approval(id, &who, None, now).await;
+                let _ = control.cancel_approval(id, &who, None).await;
             }
-            Op::Advance { ms } => now += ms,
+            Op::Advance { ms } => clock.advance(ms),
             Op::Consume { request, tamper } => {
                 let Some(&id) = ids.get(request) else { continue };
-                let before = store.approval("acme", id).await.unwrap().unwrap();
+                let before = control.approval("acme", id).await.unwrap().unwrap();
+                let now = clock.now_ms();
                 let mut offered = binding();
                 match tamper {
                     1 => offered.input_digest = "sha256:other".into(),
@@ -124,7 +124,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     3 => offered.policy_version = "sha256:newer".into(),
                     _ => {}
                 }
-                if store.consume_approval(id, &offered, now).await.is_ok() {
+                if control.consume_approval(id, &offered).await.is_ok() {
                     // The property: only an approved, unexpired, never-consumed request, for
                     // exactly what was approved, by a quorum of distinct non-requesters.
                     prop_assert_eq!(before.status, ApprovalStatus::Approved);
@@ -142,12 +142,12 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Sweep => {
-                store.expire_due(now).await.unwrap();
+                control.expire_due().await.unwrap();
             }
         }
         // Terminal statuses never change.
         for &id in &ids {
-            let status = store.approval("acme", id).await.unwrap().unwrap().status;
+            let status = control.approval("acme", id).await.unwrap().unwrap().status;
             if let Some(&was) = terminal.get(&id) {
                 prop_assert_eq!(status, was, "request {} left terminal status {}", id, was);
             } else if status.is_terminal() {
@@ -175,24 +175,24 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
         runtime.block_on(async move {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+            let plane = plane().await;
+            let control = &plane.control;
             let mut asked = new_approval();
             asked.quorum = Quorum { required, deny_threshold };
-            let id = store.create_approval(&asked, &serde_json::json!({})).await.unwrap().id;
+            let id = control.request_approval(&asked).await.unwrap().id;
             let mut tasks = Vec::new();
             for (index, vote) in votes.iter().enumerate() {
-                let store = store.clone();
+                let control = std::sync::Arc::clone(control);
                 let decision = if *vote == 0 { ReviewDecisionKind::Approve } else { ReviewDecisionKind::Deny };
                 tasks.push(tokio::spawn(async move {
-                    store.cast_vote(id, &principal(&format!("r{index}"), &[Role::Reviewer]), decision, None, None, NOW).await
+                    control.review(id, &principal(&format!("r{index}"), &[Role::Reviewer]), decision, None, None).await
                 }));
             }
             for task in tasks {
                 let _ = task.await.unwrap();
             }
-            let stored = store.approval("acme", id).await.unwrap().unwrap();
-            let decisions = store
+            let stored = control.approval("acme", id).await.unwrap().unwrap();
+            let decisions = control
                 .audit_entries()
                 .await
                 .unwrap()

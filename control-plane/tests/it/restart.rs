@@ -8,14 +8,33 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control_plane::{
-    ChainVerification, KernelEmitter, ReviewDecisionKind, Role, RunEventPayload, RunState, StepSpec, Store,
-    TraceContext,
+    ChainVerification, ControlPlane, PolicyEngine, ReviewDecisionKind, Role, RunEventDraft, RunEventPayload, RunState,
+    StepContext, StepSpec, Store, TraceContext,
 };
 
-use crate::{NOW, new_approval, principal};
+use crate::{DEFAULT_POLICY, authority, new_approval, principal};
 
 const STATE_ENV: &str = "AGENTD_CRASH_TEST_STATE";
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The control plane over the state file at `path`, on the system clock.
+async fn open(path: &std::path::Path) -> ControlPlane {
+    let store = Store::open(path).await.unwrap();
+    ControlPlane::new(
+        authority(),
+        PolicyEngine::from_text(DEFAULT_POLICY, "default").unwrap(),
+        store,
+    )
+}
+
+fn draft(run_id: &str, node_id: &str, payload: RunEventPayload) -> RunEventDraft {
+    RunEventDraft {
+        run_id: run_id.into(),
+        node_id: node_id.into(),
+        traceparent: TP.into(),
+        payload,
+    }
+}
 
 /// The writer. Ignored in normal runs; the test below starts it in a child process.
 #[test]
@@ -29,7 +48,7 @@ fn crash_writer() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let store = Store::open(std::path::Path::new(&path)).await.unwrap();
+        let control = open(std::path::Path::new(&path)).await;
         let out = std::io::stdout();
         let ack = |line: String| {
             let mut out = out.lock();
@@ -38,11 +57,10 @@ fn crash_writer() {
         };
         for n in 0..3 {
             let run_id = format!("run-{n}");
-            store
-                .append_run_event(
+            control
+                .append_run_event(draft(
                     &run_id,
                     "writer",
-                    TP,
                     RunEventPayload::RunCreated {
                         tenant: "acme".into(),
                         principal: "alice@acme".into(),
@@ -52,52 +70,62 @@ fn crash_writer() {
                             input: serde_json::json!({}),
                         }],
                     },
-                )
+                ))
                 .await
                 .unwrap();
-            store
-                .append_run_event(
+            control
+                .append_run_event(draft(
                     &run_id,
                     "writer",
-                    TP,
                     RunEventPayload::StepStarted {
                         step_id: "step-1".into(),
                     },
-                )
+                ))
                 .await
                 .unwrap();
             let mut asked = new_approval();
             asked.run_id = run_id.clone();
             asked.expires_at_ms = i64::MAX / 2;
-            let approval = store.create_approval(&asked, &serde_json::json!({})).await.unwrap();
-            store
-                .append_run_event(
+            let approval = control.request_approval(&asked).await.unwrap();
+            control
+                .append_run_event(draft(
                     &run_id,
                     "writer",
-                    TP,
                     RunEventPayload::StepAwaitingApproval {
                         step_id: "step-1".into(),
                         approval_id: approval.id,
                     },
-                )
+                ))
                 .await
                 .unwrap();
             ack(format!("waiting {run_id} {}", approval.id));
         }
-        let emitter = KernelEmitter::new(store.clone());
+        let emitter = control.emitter();
         let alice = principal("alice", &[Role::Agent]);
-        for n in 0u64.. {
+        let skill = plugin_abi::SkillSummary {
+            id: "pii-redact".into(),
+            version: semver::Version::new(0, 1, 0),
+            side_effect: plugin_abi::SideEffect::Pure,
+            capabilities: vec![],
+            digest: "sha256:cafe".into(),
+        };
+        for n in 1u64.. {
             let trace = TraceContext::new_root();
             let recorded = emitter
                 .emit_telemetry("acme", &trace, "crash.test", serde_json::json!({ "n": n }))
                 .await
                 .unwrap();
             ack(format!("record {}", recorded.id));
-            let entry = store
-                .append_audit("verdict", &alice, &serde_json::json!({ "n": n }))
+            let step = StepContext {
+                run_id: format!("verdicts-{n}"),
+                step_id: "step-1".into(),
+                traceparent: TP.into(),
+            };
+            control
+                .govern(&alice, &step, "pii-redact", Some(&skill), "sha256:input")
                 .await
                 .unwrap();
-            ack(format!("audit {}", entry.seq));
+            ack(format!("audit {n}"));
         }
     });
 }
@@ -150,51 +178,49 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
         audits.len()
     );
 
-    let store = Store::open(&path).await.unwrap();
-    // Nothing acknowledged is lost.
-    let entries = store.audit_entries().await.unwrap();
+    let control = open(&path).await;
+    // Nothing acknowledged is lost: every acknowledged verdict is in the log.
+    let entries = control.audit_entries().await.unwrap();
     let last_acked = *audits.last().unwrap();
-    assert!(
-        entries.len() as i64 >= last_acked,
-        "{} entries, {last_acked} acknowledged",
-        entries.len()
-    );
-    assert!(store.record_count("acme").await.unwrap() >= records.len() as i64);
+    let verdicts = entries.iter().filter(|entry| entry.kind == "verdict").count() as i64;
+    assert!(verdicts >= last_acked, "{verdicts} verdicts, {last_acked} acknowledged");
+    assert!(control.emitter().record_count("acme").await.unwrap() >= records.len() as i64);
     // The chain and its anchor verify.
-    let verification = store.verify_audit().await.unwrap();
+    let verification = control.verify_audit().await.unwrap();
     assert!(
         matches!(verification, ChainVerification::Intact { .. }),
         "{verification:?}"
     );
     // Waiting runs survived, and one resumes after its decision.
     for (run_id, _) in &waiting {
-        assert_eq!(store.run(run_id).await.unwrap().state, RunState::AwaitingApproval);
+        assert_eq!(
+            control.run("acme", run_id).await.unwrap().state,
+            RunState::AwaitingApproval
+        );
     }
     let (run_id, approval_id) = &waiting[0];
-    store
-        .cast_vote(
+    control
+        .review(
             *approval_id,
             &principal("bob", &[Role::Reviewer]),
             ReviewDecisionKind::Approve,
             None,
             None,
-            NOW,
         )
         .await
         .unwrap();
     let mut offered = crate::binding();
     offered.run_id = run_id.clone();
-    store.consume_approval(*approval_id, &offered, NOW).await.unwrap();
-    store
-        .append_run_event(
+    control.consume_approval(*approval_id, &offered).await.unwrap();
+    control
+        .append_run_event(draft(
             run_id,
             "restarted",
-            TP,
             RunEventPayload::StepStarted {
                 step_id: "step-1".into(),
             },
-        )
+        ))
         .await
         .unwrap();
-    assert_eq!(store.run(run_id).await.unwrap().state, RunState::Running);
+    assert_eq!(control.run("acme", run_id).await.unwrap().state, RunState::Running);
 }

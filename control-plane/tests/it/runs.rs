@@ -1,8 +1,8 @@
 //! Runs: events are appended only when the run still reduces; state survives reopening.
 
-use control_plane::{RunError, RunEventPayload, RunState, RunStoreError, StepSpec, Store};
+use control_plane::{RunError, RunEventDraft, RunEventPayload, RunState, RunStoreError, StepSpec};
 
-use crate::temp_store;
+use crate::{DEFAULT_POLICY, open_plane, plane};
 
 fn created() -> RunEventPayload {
     RunEventPayload::RunCreated {
@@ -18,47 +18,57 @@ fn created() -> RunEventPayload {
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+fn draft(run_id: &str, node_id: &str, payload: RunEventPayload) -> RunEventDraft {
+    RunEventDraft {
+        run_id: run_id.into(),
+        node_id: node_id.into(),
+        traceparent: TP.into(),
+        payload,
+    }
+}
+
 #[tokio::test]
 async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
-    let (dir, store) = temp_store().await;
-    store.append_run_event("run-1", "node-a", TP, created()).await.unwrap();
-    store
-        .append_run_event(
+    let plane = plane().await;
+    let control = &plane.control;
+    control
+        .append_run_event(draft("run-1", "node-a", created()))
+        .await
+        .unwrap();
+    control
+        .append_run_event(draft(
             "run-1",
             "node-a",
-            TP,
             RunEventPayload::StepStarted {
                 step_id: "publish".into(),
             },
-        )
+        ))
         .await
         .unwrap();
-    let waiting = store
-        .append_run_event(
+    let waiting = control
+        .append_run_event(draft(
             "run-1",
             "node-a",
-            TP,
             RunEventPayload::StepAwaitingApproval {
                 step_id: "publish".into(),
                 approval_id: 1,
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(waiting.lamport, 3);
 
     // Succeeding a step that waits for approval is illegal and is not stored.
-    let error = store
-        .append_run_event(
+    let error = control
+        .append_run_event(draft(
             "run-1",
             "node-b",
-            TP,
             RunEventPayload::StepSucceeded {
                 step_id: "publish".into(),
                 output_digest: "sha256:00".into(),
                 output: serde_json::json!({}),
             },
-        )
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -66,59 +76,67 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
         "{error}"
     );
     // Events for a run that does not exist, and a second creation, are refused.
-    let error = store
-        .append_run_event(
+    let error = control
+        .append_run_event(draft(
             "run-9",
             "node-a",
-            TP,
             RunEventPayload::StepStarted { step_id: "x".into() },
-        )
+        ))
         .await
         .unwrap_err();
     assert!(matches!(error, RunStoreError::Run(RunError::NotFound(_))), "{error}");
-    let error = store
-        .append_run_event("run-1", "node-a", TP, created())
+    let error = control
+        .append_run_event(draft("run-1", "node-a", created()))
         .await
         .unwrap_err();
     assert!(
         matches!(error, RunStoreError::Run(RunError::BadCreation { .. })),
         "{error}"
     );
-    drop(store);
+    let path = plane.state_file();
+    let crate::Plane {
+        dir: _dir,
+        control,
+        clock,
+    } = plane;
+    drop(control);
 
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
-    let view = store.run("run-1").await.unwrap();
+    let control = open_plane(&path, DEFAULT_POLICY, clock).await;
+    let view = control.run("acme", "run-1").await.unwrap();
     assert_eq!(view.state, RunState::AwaitingApproval);
     assert_eq!(view.steps[0].approval_id, Some(1));
     assert_eq!(view.events, 3);
     assert_eq!(
-        store.runs_in_state("acme", RunState::AwaitingApproval).await.unwrap(),
+        control.runs_in_state("acme", RunState::AwaitingApproval).await.unwrap(),
         vec!["run-1".to_owned()]
     );
     // Resume after the decision.
-    store
-        .append_run_event(
+    control
+        .append_run_event(draft(
             "run-1",
             "node-b",
-            TP,
             RunEventPayload::StepStarted {
                 step_id: "publish".into(),
             },
-        )
+        ))
         .await
         .unwrap();
-    store
-        .append_run_event(
+    control
+        .append_run_event(draft(
             "run-1",
             "node-b",
-            TP,
             RunEventPayload::StepSucceeded {
                 step_id: "publish".into(),
                 output_digest: "sha256:00".into(),
                 output: serde_json::json!({ "path": "reports/t.md" }),
             },
-        )
+        ))
         .await
         .unwrap();
-    assert_eq!(store.run("run-1").await.unwrap().state, RunState::Succeeded);
+    assert_eq!(control.run("acme", "run-1").await.unwrap().state, RunState::Succeeded);
+    // Runs are read within their tenant only.
+    assert!(matches!(
+        control.run("globex", "run-1").await.unwrap_err(),
+        RunStoreError::Run(RunError::NotFound(_))
+    ));
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use control_plane::{ConnectorCall, Decision, LlmCall, RunEvent};
+use control_plane::{AuditEvent, ConnectorCall, Decision, LlmCall, RunEvent};
 
 fn check(name: &str, schema: schemars::Schema) -> Option<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(name);
@@ -28,6 +28,7 @@ fn checked_in_schemas_match_the_rust_types() {
         check("decision.v1.json", schemars::schema_for!(Decision)),
         check("llm-call.v1.json", schemars::schema_for!(LlmCall)),
         check("connector-call.v1.json", schemars::schema_for!(ConnectorCall)),
+        check("audit-event.v1.json", schemars::schema_for!(AuditEvent)),
     ]
     .into_iter()
     .flatten()

@@ -1,8 +1,8 @@
-//! The kernel emitter: the one recording API the runtime uses.
+//! Kernel records: telemetry, governance, LLM and connector calls with their costs, each stored
+//! once under an idempotency key. The values and the idempotency rule live here; the
+//! [`KernelEmitter`](crate::KernelEmitter) is the recording API that stores them.
 //!
-//! [`KernelEmitter::emit_telemetry`], [`KernelEmitter::emit_governance`],
-//! [`KernelEmitter::record_llm_call`] and [`KernelEmitter::record_connector_call`] each store
-//! one record under an idempotency key: SHA-256 over (tenant, trace id, span id, event type,
+//! Each record is stored under an idempotency key: SHA-256 over (tenant, trace id, span id, event type,
 //! SHA-256 of the canonical JSON content). The *logical identity* is (tenant, trace id, span id,
 //! event type):
 //!
@@ -17,9 +17,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::governance::Decision;
-use crate::store::{Store, StoreError};
-use crate::trace::TraceContext;
+use crate::error::StoreError;
 
 /// Whether a cost is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -204,13 +202,57 @@ impl Record {
     }
 }
 
-/// The recording API over the control plane's store. Cheap to clone; `Send + Sync`.
-#[derive(Debug, Clone)]
-pub struct KernelEmitter {
-    store: Store,
+/// What the store found when it inserted a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    /// Stored as a new row.
+    Inserted {
+        /// Row id.
+        id: i64,
+    },
+    /// A record with the same logical identity exists.
+    Existing {
+        /// Its row id.
+        id: i64,
+        /// Its content hash.
+        content_hash: String,
+    },
 }
 
-fn validate_cost(event_type: &str, cost: &Cost) -> Result<(), EmitError> {
+/// The idempotency rule: a new row is a fresh record; an existing one with the same content is
+/// a replay of it; an existing one with other content is a conflict.
+///
+/// # Errors
+///
+/// [`EmitError::IdempotencyConflict`] for the same logical identity with different content.
+pub fn judge(record: &Record, insertion: Insertion) -> Result<Recorded, EmitError> {
+    match insertion {
+        Insertion::Inserted { id } => Ok(Recorded { id, replayed: false }),
+        Insertion::Existing { id, content_hash } => {
+            let offered = record.content_hash();
+            if content_hash == offered {
+                Ok(Recorded { id, replayed: true })
+            } else {
+                Err(EmitError::IdempotencyConflict(Box::new(Conflict {
+                    tenant: record.tenant.clone(),
+                    trace_id: record.trace_id.clone(),
+                    span_id: record.span_id.clone(),
+                    event_type: record.event_type.clone(),
+                    stored: content_hash,
+                    offered,
+                })))
+            }
+        }
+    }
+}
+
+/// Checks a cost for consistency: an amount exactly when `calculated`, never negative, always
+/// with its pricing version.
+///
+/// # Errors
+///
+/// [`EmitError::Invalid`] naming the inconsistency.
+pub fn validate_cost(event_type: &str, cost: &Cost) -> Result<(), EmitError> {
     let invalid = |message: &str| EmitError::Invalid {
         event_type: event_type.to_owned(),
         message: message.to_owned(),
@@ -223,149 +265,5 @@ fn validate_cost(event_type: &str, cost: &Cost) -> Result<(), EmitError> {
         (_, Some(amount)) if amount < 0 => Err(invalid("a cost cannot be negative")),
         _ if cost.pricing_version.trim().is_empty() => Err(invalid("a cost needs its pricing version")),
         _ => Ok(()),
-    }
-}
-
-impl KernelEmitter {
-    /// An emitter writing to `store`.
-    pub fn new(store: Store) -> Self {
-        KernelEmitter { store }
-    }
-
-    fn record(
-        tenant: &str,
-        trace: &TraceContext,
-        event_type: String,
-        run_id: Option<String>,
-        content: serde_json::Value,
-        cost: Option<Cost>,
-    ) -> Record {
-        Record {
-            tenant: tenant.to_owned(),
-            trace_id: trace.trace_id_hex(),
-            span_id: trace.span_id_hex(),
-            event_type,
-            run_id,
-            content,
-            cost,
-        }
-    }
-
-    /// Records a telemetry event `name` with `attributes`.
-    ///
-    /// # Errors
-    ///
-    /// [`EmitError::IdempotencyConflict`] when the same span already emitted `name` with other
-    /// attributes; [`EmitError::Store`].
-    pub async fn emit_telemetry(
-        &self,
-        tenant: &str,
-        trace: &TraceContext,
-        name: &str,
-        attributes: serde_json::Value,
-    ) -> Result<Recorded, EmitError> {
-        let record = Self::record(tenant, trace, format!("telemetry:{name}"), None, attributes, None);
-        self.store.put_record(&record).await
-    }
-
-    /// Records a governance decision made for `run_id`.
-    ///
-    /// # Errors
-    ///
-    /// As [`KernelEmitter::emit_telemetry`].
-    pub async fn emit_governance(
-        &self,
-        tenant: &str,
-        trace: &TraceContext,
-        run_id: &str,
-        decision: &Decision,
-    ) -> Result<Recorded, EmitError> {
-        let content = serde_json::to_value(decision).map_err(|error| EmitError::Invalid {
-            event_type: "governance".into(),
-            message: error.to_string(),
-        })?;
-        let record = Self::record(
-            tenant,
-            trace,
-            "governance".into(),
-            Some(run_id.to_owned()),
-            content,
-            None,
-        );
-        self.store.put_record(&record).await
-    }
-
-    /// Records an LLM call with its cost.
-    ///
-    /// # Errors
-    ///
-    /// [`EmitError::Invalid`] for an inconsistent cost (an amount without `calculated`, a
-    /// negative amount, no pricing version); otherwise as [`KernelEmitter::emit_telemetry`].
-    pub async fn record_llm_call(
-        &self,
-        tenant: &str,
-        trace: &TraceContext,
-        call: &LlmCall,
-    ) -> Result<Recorded, EmitError> {
-        validate_cost("llm-call", &call.cost)?;
-        let content = serde_json::to_value(call).map_err(|error| EmitError::Invalid {
-            event_type: "llm-call".into(),
-            message: error.to_string(),
-        })?;
-        let record = Self::record(
-            tenant,
-            trace,
-            "llm-call".into(),
-            Some(call.run_id.clone()),
-            content,
-            Some(call.cost.clone()),
-        );
-        self.store.put_record(&record).await
-    }
-
-    /// Records a connector call with its cost.
-    ///
-    /// # Errors
-    ///
-    /// As [`KernelEmitter::record_llm_call`].
-    pub async fn record_connector_call(
-        &self,
-        tenant: &str,
-        trace: &TraceContext,
-        call: &ConnectorCall,
-    ) -> Result<Recorded, EmitError> {
-        validate_cost("connector-call", &call.cost)?;
-        let content = serde_json::to_value(call).map_err(|error| EmitError::Invalid {
-            event_type: "connector-call".into(),
-            message: error.to_string(),
-        })?;
-        let record = Self::record(
-            tenant,
-            trace,
-            "connector-call".into(),
-            Some(call.run_id.clone()),
-            content,
-            Some(call.cost.clone()),
-        );
-        self.store.put_record(&record).await
-    }
-
-    /// Stores several records in one transaction (for throughput); each is judged like a
-    /// single emit, and the first conflict aborts the whole batch.
-    ///
-    /// # Errors
-    ///
-    /// [`EmitError`]; nothing of the batch is stored then.
-    pub async fn record_batch(&self, records: &[Record]) -> Result<Vec<Recorded>, EmitError> {
-        self.store.put_records(records).await
-    }
-
-    /// Calculated spend in micro-euros of `tenant`, or of one run when `run_id` is given.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`].
-    pub async fn spent_micro_eur(&self, tenant: &str, run_id: Option<&str>) -> Result<i64, StoreError> {
-        self.store.spent_micro_eur(tenant, run_id).await
     }
 }

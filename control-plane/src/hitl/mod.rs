@@ -10,19 +10,89 @@
 //! Pending -> Cancelled                     (the requester or an admin withdrew it)
 //! ```
 //!
-//! Every transition is a compare-and-set inside one `BEGIN IMMEDIATE` transaction with its audit
-//! entry ([`Store::cast_vote`](crate::store::Store::cast_vote)), so exactly one terminal
-//! transition happens even with concurrent reviewers. Expiry is decided from the stored
-//! `expires_at_ms`, never from a client's wait.
+//! The rules are pure functions over values ([`rules`]): given a stored request and an answer,
+//! they return the [`ApprovalTransition`] to apply (checked against
+//! [`ApprovalStatus::can_become`]) or the [`ApprovalError`] naming the rule that refused it.
+//! The control plane applies a transition as a compare-and-set on the status it read, in one
+//! transaction with its audit entry, so exactly one terminal transition happens even with
+//! concurrent reviewers. Expiry is decided from the stored `expires_at_ms`, never from a
+//! client's wait.
+
+pub mod rules;
+
+pub use rules::VoteOutcome;
 
 use std::fmt;
 use std::str::FromStr;
 
 use plugin_abi::SkillSummary;
 
-use crate::governance::{Quorum, ReviewDecisionKind};
+use crate::error::StoreError;
 use crate::identity::{Principal, Role};
-use crate::store::StoreError;
+
+/// What a reviewer may answer to an approval request.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReviewDecisionKind {
+    /// Let the step run as requested.
+    Approve,
+    /// Refuse it.
+    Deny,
+    /// Edit the input; the edited step is governed again as a new request.
+    Modify,
+}
+
+impl ReviewDecisionKind {
+    /// `approve`, `deny` or `modify`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecisionKind::Approve => "approve",
+            ReviewDecisionKind::Deny => "deny",
+            ReviewDecisionKind::Modify => "modify",
+        }
+    }
+}
+
+impl FromStr for ReviewDecisionKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "approve" => Ok(ReviewDecisionKind::Approve),
+            "deny" => Ok(ReviewDecisionKind::Deny),
+            "modify" => Ok(ReviewDecisionKind::Modify),
+            other => Err(format!(
+                "unknown review decision `{other}`: expected approve, deny or modify"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ReviewDecisionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// M-of-N approval: `required` distinct approvals approve, `deny_threshold` denials deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Quorum {
+    /// Distinct approving reviewers needed (at least 1).
+    pub required: u32,
+    /// Denials that end the request as denied (at least 1).
+    pub deny_threshold: u32,
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Quorum {
+            required: 1,
+            deny_threshold: 1,
+        }
+    }
+}
 
 /// Where an approval request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -317,6 +387,17 @@ pub enum ApprovalError {
         /// Its status.
         status: ApprovalStatus,
     },
+    /// A transition the state machine does not have (a defect in a rule, reported rather than
+    /// stored).
+    #[error("approval request {id} cannot move from {from} to {to}")]
+    IllegalTransition {
+        /// The id.
+        id: i64,
+        /// Its status.
+        from: ApprovalStatus,
+        /// The status asked for.
+        to: ApprovalStatus,
+    },
     /// The dispatch differs from what was approved.
     #[error("approval request {id} was granted for {what} {bound}, not {offered}")]
     BindingMismatch {
@@ -376,4 +457,35 @@ impl ApprovalRequest {
             roles: self.requester_roles.clone(),
         }
     }
+}
+
+/// Who decided a transition, and why (absent for a consumption, which is the dispatch itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// The deciding subject (the last voter, the canceller, `system:approval-expiry`).
+    pub by: String,
+    /// The reason given.
+    pub reason: Option<String>,
+    /// For a modification: the edited `agentd.invoke.v1` request.
+    pub modified_request_json: Option<String>,
+}
+
+/// A compare-and-set: request `id` moves from `from` to `to` at `at_ms`, if it is still `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalTransition {
+    /// The request.
+    pub id: i64,
+    /// The status it was read in.
+    pub from: ApprovalStatus,
+    /// The status it moves to.
+    pub to: ApprovalStatus,
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Who decided; `None` for a consumption.
+    pub decided: Option<Decided>,
+}
+
+/// The allowed decisions as stored and shown: `approve,deny,modify`.
+pub fn decisions_text(decisions: &[ReviewDecisionKind]) -> String {
+    decisions.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",")
 }

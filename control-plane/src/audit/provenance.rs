@@ -1,20 +1,32 @@
 //! A run's provenance as W3C PROV-O (<https://www.w3.org/TR/prov-o/>) in JSON-LD, built from the
-//! audit log alone (the system of record):
+//! audit log alone (the system of record), reading its typed [`AuditEvent`]s:
 //!
 //! - each skill invocation is a `prov:Activity` that `prov:used` its input (an entity named by
 //!   the input digest) and `prov:generated` its output (named by the output digest);
 //! - the skill is a `prov:SoftwareAgent` that `prov:actedOnBehalfOf` the principal who asked,
 //!   and reviewers who decided approvals are `prov:Agent`s associated with the activity;
 //! - the policy version a verdict was made under is the association's `prov:hadPlan`.
+//!
+//! An entry whose payload is not in the vocabulary is skipped and counted in
+//! `agentd:unreadableEntries`, never guessed at.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::store::AuditEntry;
+use super::{ApprovalDecided, AuditEntry, AuditEvent};
 
 fn id(kind: &str, name: &str) -> String {
     format!("urn:agentd:{kind}:{name}")
+}
+
+fn invocation_node<'n>(nodes: &'n mut BTreeMap<String, Value>, invocation: &str, run: &str) -> &'n mut Value {
+    nodes.entry(invocation.to_owned()).or_insert_with(|| {
+        json!({
+            "@id": invocation, "@type": "prov:Activity", "prov:wasInformedBy": { "@id": run },
+            "prov:used": [], "prov:generated": [], "prov:qualifiedAssociation": [],
+        })
+    })
 }
 
 /// The PROV-O JSON-LD document of `run_id`, from the audit entries (in chain order). Entries of
@@ -26,48 +38,26 @@ pub fn run_provenance(entries: &[AuditEntry], run_id: &str) -> Value {
         run.clone(),
         json!({ "@id": run, "@type": "prov:Activity", "prov:label": format!("agentd run {run_id}") }),
     );
+    let mut unreadable = 0_u64;
     for entry in entries {
-        let Ok(payload) = serde_json::from_str::<Value>(&entry.payload) else {
+        let Ok(event) = entry.event() else {
+            unreadable += 1;
             continue;
         };
-        let entry_run = payload
-            .pointer("/step/run_id")
-            .or_else(|| payload.get("run_id"))
-            .and_then(Value::as_str);
-        if entry_run != Some(run_id) {
+        if event.run_id() != Some(run_id) {
             continue;
         }
-        let step_id = payload
-            .pointer("/step/step_id")
-            .or_else(|| payload.get("step_id"))
-            .and_then(Value::as_str)
-            .unwrap_or("step");
+        let step_id = event.step_id().unwrap_or("step");
         let invocation = id("invocation", &format!("{run_id}/{step_id}"));
-        let principal = id("principal", &entry.principal);
-        match entry.kind.as_str() {
-            "verdict" => {
-                let skill = payload
-                    .pointer("/skill/resolved/id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown");
-                let version = payload
-                    .pointer("/skill/resolved/version")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let digest = payload
-                    .pointer("/skill/resolved/digest")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+        match &event {
+            AuditEvent::Verdict(record) => {
+                let principal = id("principal", &entry.principal);
+                let (skill, version, digest) = match &record.skill.resolved {
+                    Some(summary) => (summary.id.clone(), summary.version.to_string(), summary.digest.clone()),
+                    None => ("unknown".to_owned(), String::new(), String::new()),
+                };
                 let skill_agent = id("skill", &format!("{skill}@{version}"));
-                let input = payload.get("input_digest").and_then(Value::as_str).unwrap_or("");
-                let policy = payload
-                    .pointer("/decision/policy_version")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let verdict = payload
-                    .pointer("/decision/verdict/verdict")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let decision = &record.decision;
                 nodes.insert(
                     principal.clone(),
                     json!({ "@id": principal, "@type": "prov:Agent", "prov:label": entry.principal }),
@@ -79,57 +69,54 @@ pub fn run_provenance(entries: &[AuditEntry], run_id: &str) -> Value {
                         "agentd:componentDigest": digest, "prov:actedOnBehalfOf": { "@id": principal },
                     }),
                 );
-                let input_entity = id("digest", input);
+                let input_entity = id("digest", &record.input_digest);
                 nodes.insert(
                     input_entity.clone(),
                     json!({ "@id": input_entity, "@type": "prov:Entity" }),
                 );
-                let plan = id("policy", policy);
+                let plan = id("policy", &decision.policy_version);
                 nodes.insert(
                     plan.clone(),
                     json!({ "@id": plan, "@type": ["prov:Entity", "prov:Plan"] }),
                 );
-                let node = nodes.entry(invocation.clone()).or_insert_with(|| {
-                    json!({
-                        "@id": invocation, "@type": "prov:Activity", "prov:wasInformedBy": { "@id": run },
-                        "prov:used": [], "prov:generated": [], "prov:qualifiedAssociation": [],
-                    })
-                });
+                let node = invocation_node(&mut nodes, &invocation, &run);
                 push(node, "prov:used", json!({ "@id": input_entity }));
                 push(
                     node,
                     "prov:qualifiedAssociation",
                     json!({
                         "@type": "prov:Association", "prov:agent": { "@id": skill_agent },
-                        "prov:hadPlan": { "@id": plan }, "agentd:verdict": verdict, "agentd:auditSeq": entry.seq,
-                        "agentd:autonomyLevel": payload.pointer("/decision/autonomy/level"),
+                        "prov:hadPlan": { "@id": plan }, "agentd:verdict": decision.verdict.name(),
+                        "agentd:auditSeq": entry.seq,
+                        "agentd:autonomyLevel": decision.autonomy.as_ref().map(|autonomy| autonomy.level),
                     }),
                 );
             }
-            "approval-decision" | "approval-vote" => {
+            AuditEvent::ApprovalVote(_) | AuditEvent::ApprovalDecision(_) => {
                 let reviewer = id("principal", &entry.principal);
                 nodes.insert(
                     reviewer.clone(),
                     json!({ "@id": reviewer, "@type": "prov:Agent", "prov:label": entry.principal }),
                 );
-                let node = nodes.entry(invocation.clone()).or_insert_with(|| {
-                    json!({
-                        "@id": invocation, "@type": "prov:Activity", "prov:wasInformedBy": { "@id": run },
-                        "prov:used": [], "prov:generated": [], "prov:qualifiedAssociation": [],
-                    })
-                });
+                let decision = match &event {
+                    AuditEvent::ApprovalVote(record) => record.vote.as_str(),
+                    AuditEvent::ApprovalDecision(ApprovalDecided::Vote(record)) => record.vote.as_str(),
+                    AuditEvent::ApprovalDecision(decided) => decided.status().as_str(),
+                    _ => "",
+                };
+                let node = invocation_node(&mut nodes, &invocation, &run);
                 push(
                     node,
                     "prov:qualifiedAssociation",
                     json!({
                         "@type": "prov:Association", "prov:agent": { "@id": reviewer }, "prov:hadRole": "reviewer",
-                        "agentd:decision": payload.get("vote").or_else(|| payload.get("status")),
-                        "agentd:auditSeq": entry.seq,
+                        "agentd:decision": decision, "agentd:auditSeq": entry.seq,
                     }),
                 );
             }
-            "dispatch" => {
-                if let Some(output) = payload.pointer("/outcome/detail/output_digest").and_then(Value::as_str) {
+            AuditEvent::Dispatch(dispatch) => {
+                let record = &dispatch.outcome;
+                if let Some(output) = record.output_digest() {
                     let output_entity = id("digest", output);
                     nodes.insert(
                         output_entity.clone(),
@@ -137,22 +124,29 @@ pub fn run_provenance(entries: &[AuditEntry], run_id: &str) -> Value {
                     );
                     if let Some(node) = nodes.get_mut(&invocation) {
                         push(node, "prov:generated", json!({ "@id": output_entity }));
-                        node["agentd:outcome"] = payload.pointer("/outcome/outcome").cloned().unwrap_or(Value::Null);
                     }
-                } else if let Some(node) = nodes.get_mut(&invocation) {
-                    node["agentd:outcome"] = payload.pointer("/outcome/outcome").cloned().unwrap_or(Value::Null);
+                }
+                if let Some(node) = nodes.get_mut(&invocation) {
+                    node["agentd:outcome"] = json!(record.outcome);
                 }
             }
-            _ => {}
+            AuditEvent::ApprovalRequested(_)
+            | AuditEvent::ApprovalConsumed(_)
+            | AuditEvent::EnforcementChange(_)
+            | AuditEvent::AutonomyDemotion(_) => {}
         }
     }
-    json!({
+    let mut document = json!({
         "@context": {
             "prov": "http://www.w3.org/ns/prov#",
             "agentd": "urn:agentd:vocab#",
         },
         "@graph": nodes.into_values().collect::<Vec<_>>(),
-    })
+    });
+    if unreadable > 0 {
+        document["agentd:unreadableEntries"] = json!(unreadable);
+    }
+    document
 }
 
 fn push(node: &mut Value, key: &str, value: Value) {

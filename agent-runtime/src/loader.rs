@@ -1,0 +1,256 @@
+//! Loading a skill package, one check after another; the first that fails refuses the package
+//! and nothing is installed:
+//!
+//! 1. the manifest parses and validates ([`Manifest::parse`], every problem listed);
+//! 2. the component's SHA-256 equals the manifest's, before a byte is compiled;
+//! 3. it is a component, not a core module;
+//! 4. it compiles (or comes from the verified code cache) and links against the host;
+//! 5. it implements the `agentd:skill` world;
+//! 6. its `describe` agrees with the manifest (id, version, side effect, capabilities).
+//!
+//! A package that passes is installed into the registry: this is also the hot swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use plugin_abi::{Capability, SideEffect, SkillSummary};
+use wasmtime::component::Component;
+
+use crate::bindings::SkillPre;
+use crate::bindings::agentd::skill::types::{Descriptor, SideEffect as WitSideEffect};
+use crate::cache::{CacheOutcome, LoadStats};
+use crate::host::Effects;
+use crate::package::{MANIFEST_FILE, Manifest, PackageError, check_component_header, sha256_digest};
+use crate::registry::LoadedSkill;
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// Loads every package directory directly under `dir` (those holding a `skill.toml`), in
+    /// name order. Returns what loaded and, separately, what was refused and why, so one bad
+    /// package does not hide the good ones.
+    ///
+    /// # Errors
+    ///
+    /// [`PackageError::Read`] when `dir` itself cannot be listed.
+    pub async fn load_dir(&self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
+        let read_error = |source| PackageError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut package_dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_error)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.join(MANIFEST_FILE).is_file())
+            .collect();
+        package_dirs.sort();
+        let mut loaded = Vec::new();
+        let mut refused = Vec::new();
+        for package_dir in package_dirs {
+            match self.load_package(&package_dir).await {
+                Ok(summary) => loaded.push(summary),
+                Err(error) => refused.push(error),
+            }
+        }
+        Ok((loaded, refused))
+    }
+
+    /// Loads one package (the checks of this module, in order) and installs it.
+    ///
+    /// This is also the hot-swap install: the new version is published atomically, so the next
+    /// [`lookup`](Self::lookup) or selection sees it and none sees half of it, while invocations
+    /// already running finish on the version they hold. [`rollback`](Self::rollback) undoes it.
+    ///
+    /// # Errors
+    ///
+    /// A [`PackageError`] naming the first check that failed; nothing is loaded then, and what
+    /// was loaded before stays as it was.
+    pub async fn load_package(&self, package_dir: &Path) -> Result<SkillSummary, PackageError> {
+        let manifest = self.read_manifest(package_dir)?;
+        let component_path = package_dir.join(&manifest.component);
+        let (bytes, digest) = read_verified_component(&manifest, &component_path)?;
+        let (component, load) = self.compile(&bytes, &digest, &component_path)?;
+        let pre = self.link(&component, &component_path)?;
+        let descriptor = self.describe(&manifest, &pre, &component_path).await?;
+        check_descriptor(&manifest, &descriptor, &component_path)?;
+        let summary = SkillSummary {
+            id: manifest.id.clone(),
+            version: manifest.version.clone(),
+            side_effect: manifest.side_effect,
+            capabilities: manifest.capabilities.clone(),
+            digest,
+        };
+        let loaded = LoadedSkill::new(
+            manifest,
+            summary,
+            package_dir.to_owned(),
+            (descriptor.input_schema, descriptor.output_schema),
+            load,
+            pre,
+        );
+        self.registry.install(Arc::new(loaded)).await
+    }
+
+    fn read_manifest(&self, package_dir: &Path) -> Result<Manifest, PackageError> {
+        let manifest_path = package_dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| PackageError::Read {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        Manifest::parse(&text, &manifest_path, &self.config.ceilings)
+    }
+
+    /// Compiles the verified bytes, or loads them from the code cache.
+    fn compile(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+        component_path: &Path,
+    ) -> Result<(Component, LoadStats), PackageError> {
+        let compile = || {
+            Component::new(&self.engine.engine, bytes).map_err(|error| PackageError::Compile {
+                path: component_path.to_owned(),
+                message: format!("{error:#}"),
+            })
+        };
+        match &self.cache {
+            Some(cache) => cache.load(&self.engine.engine, digest, compile),
+            None => {
+                let started = Instant::now();
+                let component = compile()?;
+                let load_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                Ok((
+                    component,
+                    LoadStats {
+                        outcome: CacheOutcome::Disabled,
+                        load_us,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Links the component against the host and checks it implements the world.
+    fn link(
+        &self,
+        component: &Component,
+        component_path: &Path,
+    ) -> Result<SkillPre<crate::host::HostState>, PackageError> {
+        let instance_pre = self
+            .engine
+            .linker
+            .instantiate_pre(component)
+            .map_err(|error| PackageError::Link {
+                path: component_path.to_owned(),
+                message: format!("{error:#}"),
+            })?;
+        SkillPre::new(instance_pre).map_err(|error| PackageError::WrongWorld {
+            path: component_path.to_owned(),
+            message: format!("{error:#}"),
+        })
+    }
+
+    /// Instantiates the skill once, with no capability, and asks it to `describe` itself.
+    async fn describe(
+        &self,
+        manifest: &Manifest,
+        pre: &SkillPre<crate::host::HostState>,
+        component_path: &Path,
+    ) -> Result<Descriptor, PackageError> {
+        let mut store = self.engine.new_store(
+            &manifest.id,
+            &manifest.limits,
+            "describe",
+            Vec::new(),
+            Effects::default(),
+        );
+        let describe_error = |error: wasmtime::Error| PackageError::Describe {
+            path: component_path.to_owned(),
+            message: format!("{error:#}"),
+        };
+        let skill = pre.instantiate_async(&mut store).await.map_err(describe_error)?;
+        skill.call_describe(&mut store).await.map_err(describe_error)
+    }
+}
+
+/// The component's bytes, once its SHA-256 matches the manifest's and its header says it is a
+/// component; with the digest.
+fn read_verified_component(manifest: &Manifest, component_path: &Path) -> Result<(Vec<u8>, String), PackageError> {
+    let Some(expected) = manifest.sha256.clone() else {
+        return Err(PackageError::MissingDigest {
+            path: component_path.with_file_name(MANIFEST_FILE),
+        });
+    };
+    let bytes = std::fs::read(component_path).map_err(|source| PackageError::Read {
+        path: component_path.to_owned(),
+        source,
+    })?;
+    let actual = sha256_digest(&bytes);
+    if actual != expected {
+        return Err(PackageError::DigestMismatch {
+            path: component_path.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    check_component_header(&bytes, component_path)?;
+    Ok((bytes, actual))
+}
+
+fn wit_side_effect(class: WitSideEffect) -> SideEffect {
+    match class {
+        WitSideEffect::Pure => SideEffect::Pure,
+        WitSideEffect::ReadOnly => SideEffect::ReadOnly,
+        WitSideEffect::Effectful => SideEffect::Effectful,
+    }
+}
+
+/// `describe` must agree with the manifest: id, version, side effect and capabilities.
+fn check_descriptor(manifest: &Manifest, descriptor: &Descriptor, component_path: &Path) -> Result<(), PackageError> {
+    let component_capabilities = descriptor
+        .capabilities
+        .iter()
+        .map(|text| text.parse::<Capability>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| PackageError::Describe {
+            path: component_path.to_owned(),
+            message: error.to_string(),
+        })?;
+    let mismatch = |field, manifest: String, component: String| PackageError::DescriptorMismatch {
+        path: component_path.to_owned(),
+        field,
+        manifest,
+        component,
+    };
+    if descriptor.id != manifest.id {
+        return Err(mismatch("id", manifest.id.clone(), descriptor.id.clone()));
+    }
+    if descriptor.version != manifest.version.to_string() {
+        return Err(mismatch(
+            "version",
+            manifest.version.to_string(),
+            descriptor.version.clone(),
+        ));
+    }
+    if wit_side_effect(descriptor.side_effect) != manifest.side_effect {
+        return Err(mismatch(
+            "side-effect",
+            manifest.side_effect.to_string(),
+            wit_side_effect(descriptor.side_effect).to_string(),
+        ));
+    }
+    let mut sorted_component = component_capabilities;
+    sorted_component.sort();
+    let mut sorted_manifest = manifest.capabilities.clone();
+    sorted_manifest.sort();
+    if sorted_component != sorted_manifest {
+        let render = |list: &[Capability]| list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        return Err(mismatch(
+            "capabilities",
+            render(&sorted_manifest),
+            render(&sorted_component),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! How an invocation ended: an [`Outcome`] (a value, never an error) with its [`Metrics`], in a
+//! [`DispatchReport`]. Every runtime failure and skill error says whether a retry can help.
+
+use control_plane::{DispatchMetrics, OutcomeKind};
+use plugin_abi::{Capability, SkillSummary};
+
+use crate::bindings::agentd::skill::types::SkillError;
+
+/// A runtime failure: the skill did not produce a result of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "failure", rename_all = "kebab-case")]
+pub enum RuntimeFailure {
+    /// The deadline passed. Retryable.
+    Timeout {
+        /// The deadline, ms.
+        deadline_ms: u64,
+        /// `true` when the epoch deadline interrupted guest code; `false` when the wall-clock
+        /// backstop fired (the guest was waiting on the host).
+        in_guest: bool,
+    },
+    /// The fuel budget ran out. Not retryable: the same input burns the same fuel.
+    FuelExhausted {
+        /// The budget.
+        fuel: u64,
+    },
+    /// Linear memory would have grown past the limit. Not retryable.
+    MemoryLimit {
+        /// The limit, bytes.
+        limit_bytes: u64,
+    },
+    /// The guest trapped. Not retryable.
+    Trap {
+        /// The trap and its backtrace.
+        message: String,
+    },
+    /// The guest needed a capability that was not granted. Not retryable.
+    CapabilityDenied {
+        /// The narrowest capability that would have allowed the call.
+        capability: Capability,
+        /// What the skill reported.
+        message: String,
+    },
+    /// The guest's output is not a valid envelope. Not retryable.
+    InvalidOutput {
+        /// What is wrong.
+        message: String,
+    },
+    /// The host failed around the guest (instantiation, I/O). Retryable.
+    Host {
+        /// What failed.
+        message: String,
+    },
+    /// Every slot of this skill version is busy and its queue is full (backpressure). Retryable.
+    Overloaded {
+        /// Invocations running.
+        in_flight: u32,
+        /// Invocations waiting.
+        queued: u32,
+    },
+}
+
+impl RuntimeFailure {
+    /// Whether a retry can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RuntimeFailure::Timeout { .. } | RuntimeFailure::Host { .. } | RuntimeFailure::Overloaded { .. }
+        )
+    }
+}
+
+/// A skill's own error, as classified by the skill.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+pub enum SkillFailure {
+    /// Bad input; not retryable.
+    InvalidInput(String),
+    /// Passing fault; retryable.
+    Transient(String),
+    /// Will fail again; not retryable.
+    Permanent(String),
+    /// A human must decide; not retryable.
+    NeedsHuman(String),
+}
+
+impl SkillFailure {
+    /// Whether a retry can help: only `transient`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SkillFailure::Transient(_))
+    }
+}
+
+impl From<SkillError> for SkillFailure {
+    fn from(error: SkillError) -> Self {
+        match error {
+            SkillError::InvalidInput(message) => SkillFailure::InvalidInput(message),
+            SkillError::Transient(message) => SkillFailure::Transient(message),
+            SkillError::Permanent(message) => SkillFailure::Permanent(message),
+            SkillError::NeedsHuman(message) => SkillFailure::NeedsHuman(message),
+        }
+    }
+}
+
+/// How an invocation ended. A value, never an error.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The skill returned an output object.
+    Completed {
+        /// The output object.
+        output: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The skill returned its own error.
+    SkillFailed {
+        /// The classified error.
+        error: SkillFailure,
+    },
+    /// The runtime stopped or rejected the invocation.
+    Failed {
+        /// The classified failure.
+        failure: RuntimeFailure,
+    },
+}
+
+impl Outcome {
+    /// Whether a retry of the same invocation can help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Outcome::Completed { .. } => false,
+            Outcome::SkillFailed { error } => error.is_retryable(),
+            Outcome::Failed { failure } => failure.is_retryable(),
+        }
+    }
+
+    /// The outcome's kind, as the audit log names it.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Completed { .. } => OutcomeKind::Completed,
+            Outcome::SkillFailed { error } => match error {
+                SkillFailure::InvalidInput(_) => OutcomeKind::InvalidInput,
+                SkillFailure::Transient(_) => OutcomeKind::Transient,
+                SkillFailure::Permanent(_) => OutcomeKind::Permanent,
+                SkillFailure::NeedsHuman(_) => OutcomeKind::NeedsHuman,
+            },
+            Outcome::Failed { failure } => match failure {
+                RuntimeFailure::Timeout { .. } => OutcomeKind::Timeout,
+                RuntimeFailure::FuelExhausted { .. } => OutcomeKind::FuelExhausted,
+                RuntimeFailure::MemoryLimit { .. } => OutcomeKind::MemoryLimit,
+                RuntimeFailure::Trap { .. } => OutcomeKind::Trap,
+                RuntimeFailure::CapabilityDenied { .. } => OutcomeKind::CapabilityDenied,
+                RuntimeFailure::InvalidOutput { .. } => OutcomeKind::InvalidOutput,
+                RuntimeFailure::Host { .. } => OutcomeKind::HostError,
+                RuntimeFailure::Overloaded { .. } => OutcomeKind::Overloaded,
+            },
+        }
+    }
+
+    /// The kind's kebab-case name: `completed`, `invalid-input`, `timeout`, ...
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// Measurements of one invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metrics {
+    /// Time to instantiate from the `InstancePre`, µs.
+    pub instantiate_us: u64,
+    /// Time inside `invoke`, µs.
+    pub execute_us: u64,
+    /// Fuel consumed. When an epoch deadline interrupts the guest this is a lower bound:
+    /// compiled code keeps its fuel counter in a register and flushes it to the store at calls
+    /// and returns, not at the interruption. Equal inputs burn equal fuel only in a guest that
+    /// reads no randomness: Rust's `HashMap` seeds itself from WASI `random`, which varies the
+    /// work by a few hundred units in a million.
+    pub fuel_consumed: u64,
+    /// Largest linear memory reached, bytes.
+    pub peak_memory_bytes: u64,
+    /// Host function calls made by the guest.
+    pub host_calls: u64,
+    /// Capability denials.
+    pub denials: u64,
+}
+
+/// The result of [`Runtime::dispatch`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DispatchReport {
+    /// Skill id.
+    pub skill_id: String,
+    /// Skill version.
+    pub skill_version: String,
+    /// Component digest.
+    pub digest: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What it cost.
+    pub metrics: Metrics,
+}
+
+impl DispatchReport {
+    /// The report of an invocation refused before any instance existed: `outcome` says why, and
+    /// the metrics are all zero.
+    pub fn not_dispatched(skill: &SkillSummary, outcome: Outcome) -> Self {
+        DispatchReport {
+            skill_id: skill.id.clone(),
+            skill_version: skill.version.to_string(),
+            digest: skill.digest.clone(),
+            outcome,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl From<Metrics> for DispatchMetrics {
+    fn from(metrics: Metrics) -> Self {
+        DispatchMetrics {
+            instantiate_us: metrics.instantiate_us,
+            execute_us: metrics.execute_us,
+            fuel_consumed: metrics.fuel_consumed,
+            peak_memory_bytes: metrics.peak_memory_bytes,
+            host_calls: metrics.host_calls,
+            denials: metrics.denials,
+        }
+    }
+}
+
+impl SkillFailure {
+    /// The skill's message.
+    pub fn message(&self) -> &str {
+        match self {
+            SkillFailure::InvalidInput(message)
+            | SkillFailure::Transient(message)
+            | SkillFailure::Permanent(message)
+            | SkillFailure::NeedsHuman(message) => message,
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The token authority: issues and verifies HS256 JWTs (RFC 7519, RFC 7518 §3.2) with
+//! `jsonwebtoken`, for access tokens and for autonomy certificates alike.
+//!
+//! An access token must carry `sub`, `iss`, `aud` and `exp` (plus agentd's `tenant` and `roles`
+//! claims); clock skew is tolerated up to [`TokenConfig::leeway_secs`], set explicitly. The
+//! two kinds of token differ only in their audience, so neither passes as the other; both go
+//! through the one verification path, [`TokenAuthority::decode`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
+
+use super::{IdentityError, Principal, Role, SYSTEM_SUBJECT_PREFIX};
+use crate::autonomy::{AutonomyCertificate, AutonomyLevel, CERTIFICATE_AUDIENCE};
+
+/// Bytes of a freshly generated HS256 key; also the minimum accepted (RFC 7518 §3.2).
+pub const HS256_KEY_BYTES: usize = 32;
+
+/// The JWT claims agentd issues and requires of an access token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Tenant.
+    pub tenant: String,
+    /// Role names.
+    pub roles: Vec<String>,
+}
+
+/// The JWT claims of an autonomy certificate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CertificateClaims {
+    sub: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+    tenant: String,
+    skill: String,
+    level: AutonomyLevel,
+    issued_by: String,
+}
+
+/// What a token must say to be accepted.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` of access tokens.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            issuer: "agentd-local".to_owned(),
+            audience: "agentd".to_owned(),
+            leeway_secs: 5,
+        }
+    }
+}
+
+/// Issues and verifies tokens with one HS256 key: the authority that turns a bearer token into
+/// a [`Principal`], and signs autonomy certificates.
+pub struct TokenAuthority {
+    config: TokenConfig,
+    encoding_key: EncodingKey,
+    decoding_key: DecodingKey,
+}
+
+impl fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAuthority")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+impl TokenAuthority {
+    /// An authority over `secret`.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::WeakKey`] when `secret` is shorter than [`HS256_KEY_BYTES`].
+    pub fn from_secret(secret: &[u8], config: TokenConfig) -> Result<Self, IdentityError> {
+        if secret.len() < HS256_KEY_BYTES {
+            return Err(IdentityError::WeakKey(secret.len()));
+        }
+        Ok(TokenAuthority {
+            config,
+            encoding_key: EncodingKey::from_secret(secret),
+            decoding_key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// Loads the key at `path`, creating it with [`HS256_KEY_BYTES`] random bytes (mode 0600)
+    /// if it does not exist ([`crate::keys::load_or_create`]).
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::KeyFile`] on I/O failure, [`IdentityError::WeakKey`] for a short key file.
+    pub fn load_or_create(path: &Path, config: TokenConfig) -> Result<Self, IdentityError> {
+        let secret = crate::keys::load_or_create(path, HS256_KEY_BYTES)?;
+        Self::from_secret(&secret, config)
+    }
+
+    /// The configuration tokens are checked against.
+    pub fn config(&self) -> &TokenConfig {
+        &self.config
+    }
+
+    /// Signs a token for `subject` in `tenant` with `roles`, valid for `ttl`.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Incomplete`] for an empty subject, tenant or role list,
+    /// [`IdentityError::ReservedSubject`] for a `system:` subject.
+    pub fn issue(&self, subject: &str, tenant: &str, roles: &[Role], ttl: Duration) -> Result<String, IdentityError> {
+        self.issue_at(subject, tenant, roles, now_secs(), ttl)
+    }
+
+    /// Like [`TokenAuthority::issue`] with an explicit issue time (seconds since the epoch);
+    /// tests use it to make expired tokens.
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenAuthority::issue`].
+    pub fn issue_at(
+        &self,
+        subject: &str,
+        tenant: &str,
+        roles: &[Role],
+        issued_at_secs: u64,
+        ttl: Duration,
+    ) -> Result<String, IdentityError> {
+        if subject.is_empty() || tenant.is_empty() || roles.is_empty() {
+            return Err(IdentityError::Incomplete);
+        }
+        if subject.starts_with(SYSTEM_SUBJECT_PREFIX) {
+            return Err(IdentityError::ReservedSubject(subject.to_owned()));
+        }
+        let claims = Claims {
+            sub: subject.to_owned(),
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            exp: issued_at_secs + ttl.as_secs(),
+            iat: issued_at_secs,
+            tenant: tenant.to_owned(),
+            roles: roles.iter().map(|role| role.as_str().to_owned()).collect(),
+        };
+        self.sign(&claims)
+    }
+
+    /// Verifies an access token and returns its principal.
+    ///
+    /// # Errors
+    ///
+    /// An [`IdentityError`] naming exactly what was wrong: expired, bad signature, wrong audience
+    /// or issuer, missing claim, wrong algorithm, unknown role, reserved subject, malformed.
+    pub fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
+        let claims: Claims = self.decode(token, &self.config.audience)?;
+        let roles = claims
+            .roles
+            .iter()
+            .map(|name| name.parse())
+            .collect::<Result<BTreeSet<Role>, _>>()?;
+        if claims.sub.is_empty() || claims.tenant.is_empty() || roles.is_empty() {
+            return Err(IdentityError::Incomplete);
+        }
+        if claims.sub.starts_with(SYSTEM_SUBJECT_PREFIX) {
+            return Err(IdentityError::ReservedSubject(claims.sub));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            tenant: claims.tenant,
+            roles,
+        })
+    }
+
+    /// Signs an autonomy certificate (a JWT with audience [`CERTIFICATE_AUDIENCE`], so it never
+    /// passes as an access token).
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Incomplete`] when agent, skill or tenant is empty,
+    /// [`IdentityError::Signing`] when signing fails.
+    pub fn sign_certificate(&self, certificate: &AutonomyCertificate) -> Result<String, IdentityError> {
+        if certificate.agent.is_empty() || certificate.skill.is_empty() || certificate.tenant.is_empty() {
+            return Err(IdentityError::Incomplete);
+        }
+        self.sign(&CertificateClaims {
+            sub: certificate.agent.clone(),
+            iss: self.config.issuer.clone(),
+            aud: CERTIFICATE_AUDIENCE.to_owned(),
+            exp: certificate.expires_at,
+            iat: certificate.issued_at,
+            tenant: certificate.tenant.clone(),
+            skill: certificate.skill.clone(),
+            level: certificate.level,
+            issued_by: certificate.issued_by.clone(),
+        })
+    }
+
+    /// Verifies an autonomy certificate's signature, issuer, audience and expiry.
+    ///
+    /// # Errors
+    ///
+    /// The [`IdentityError`] naming what is wrong, as for [`TokenAuthority::verify`].
+    pub fn verify_certificate(&self, token: &str) -> Result<AutonomyCertificate, IdentityError> {
+        let claims: CertificateClaims = self.decode(token, CERTIFICATE_AUDIENCE)?;
+        Ok(AutonomyCertificate {
+            agent: claims.sub,
+            skill: claims.skill,
+            tenant: claims.tenant,
+            level: claims.level,
+            issued_by: claims.issued_by,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })
+    }
+
+    fn sign<C: serde::Serialize>(&self, claims: &C) -> Result<String, IdentityError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding_key)
+            .map_err(|error| IdentityError::Signing(error.to_string()))
+    }
+
+    /// The one verification path: signature (HS256 only), `exp` with the leeway, `iss`, `aud`
+    /// equal to `audience`, and the registered claims `exp`, `iss`, `aud` and `sub` present;
+    /// then the claims' shape `C`.
+    fn decode<C: DeserializeOwned>(&self, token: &str, audience: &str) -> Result<C, IdentityError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_exp = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<C>(token.trim(), &self.decoding_key, &validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => IdentityError::Expired,
+                ErrorKind::InvalidSignature => IdentityError::BadSignature,
+                ErrorKind::InvalidAudience => IdentityError::WrongAudience {
+                    expected: audience.to_owned(),
+                },
+                ErrorKind::InvalidIssuer => IdentityError::WrongIssuer {
+                    expected: self.config.issuer.clone(),
+                },
+                ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm,
+                _ => IdentityError::Malformed(error.to_string()),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(secret: u8) -> TokenAuthority {
+        TokenAuthority::from_secret(&[secret; 32], TokenConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn tokens_never_carry_a_system_subject() {
+        let authority = authority(1);
+        let hour = Duration::from_secs(3600);
+        assert!(matches!(
+            authority.issue("system:audit-verifier", "acme", &[Role::Admin], hour),
+            Err(IdentityError::ReservedSubject(_))
+        ));
+        // A token signed with the right key but a reserved subject is still refused.
+        let forged = Claims {
+            sub: "system:audit-verifier".into(),
+            iss: authority.config.issuer.clone(),
+            aud: authority.config.audience.clone(),
+            exp: now_secs() + 3600,
+            iat: now_secs(),
+            tenant: "acme".into(),
+            roles: vec!["admin".into()],
+        };
+        let token = authority.sign(&forged).unwrap();
+        assert!(matches!(
+            authority.verify(&token),
+            Err(IdentityError::ReservedSubject(_))
+        ));
+    }
+
+    #[test]
+    fn round_trip_and_each_rejection() {
+        let authority = authority(1);
+        let hour = Duration::from_secs(3600);
+        let token = authority.issue("alice", "acme", &[Role::Agent], hour).unwrap();
+        let principal = authority.verify(&token).unwrap();
+        assert_eq!(principal.to_string(), "alice@acme");
+        assert!(principal.has_role(Role::Agent) && !principal.has_role(Role::Reviewer));
+
+        let expired = authority
+            .issue_at("alice", "acme", &[Role::Agent], now_secs() - 7200, hour)
+            .unwrap();
+        assert!(matches!(authority.verify(&expired), Err(IdentityError::Expired)));
+
+        assert!(matches!(
+            self::authority(2).verify(&token),
+            Err(IdentityError::BadSignature)
+        ));
+
+        let other_audience = TokenAuthority::from_secret(
+            &[1; 32],
+            TokenConfig {
+                audience: "someone-else".into(),
+                ..TokenConfig::default()
+            },
+        )
+        .unwrap();
+        let foreign = other_audience.issue("alice", "acme", &[Role::Agent], hour).unwrap();
+        assert!(matches!(
+            authority.verify(&foreign),
+            Err(IdentityError::WrongAudience { .. })
+        ));
+
+        assert!(matches!(
+            authority.verify("not-a-jwt"),
+            Err(IdentityError::Malformed(_))
+        ));
+        assert!(matches!(
+            TokenAuthority::from_secret(b"short", TokenConfig::default()),
+            Err(IdentityError::WeakKey(5))
+        ));
+    }
+
+    #[test]
+    fn certificates_get_the_same_error_mappings_as_access_tokens() {
+        // The certificate path once lacked the algorithm and missing-claim mappings (a token
+        // signed with HS384 was reported as malformed); one decode path now serves both kinds.
+        let authority = authority(1);
+        let other_algorithm = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &serde_json::json!({ "sub": "alice" }),
+            &EncodingKey::from_secret(&[1; 32]),
+        )
+        .unwrap();
+        assert!(matches!(
+            authority.verify_certificate(&other_algorithm),
+            Err(IdentityError::WrongAlgorithm)
+        ));
+        assert!(matches!(
+            authority.verify(&other_algorithm),
+            Err(IdentityError::WrongAlgorithm)
+        ));
+        let foreign_issuer = TokenAuthority::from_secret(
+            &[1; 32],
+            TokenConfig {
+                issuer: "elsewhere".into(),
+                ..TokenConfig::default()
+            },
+        )
+        .unwrap();
+        let certificate = AutonomyCertificate {
+            agent: "alice".into(),
+            skill: "*".into(),
+            tenant: "acme".into(),
+            level: AutonomyLevel::L3,
+            issued_by: "root".into(),
+            issued_at: now_secs(),
+            expires_at: now_secs() + 60,
+        };
+        let token = foreign_issuer.sign_certificate(&certificate).unwrap();
+        assert!(matches!(
+            authority.verify_certificate(&token),
+            Err(IdentityError::WrongIssuer { .. })
+        ));
+        let expired = authority
+            .sign_certificate(&AutonomyCertificate {
+                expires_at: now_secs() - 3_600,
+                ..certificate
+            })
+            .unwrap();
+        assert!(matches!(
+            authority.verify_certificate(&expired),
+            Err(IdentityError::Expired)
+        ));
+    }
+
+    #[test]
+    fn leeway_is_honoured() {
+        let authority = authority(1);
+        // Expired two seconds ago: within the default 5 s leeway.
+        let token = authority
+            .issue_at(
+                "alice",
+                "acme",
+                &[Role::Agent],
+                now_secs() - 12,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert!(authority.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let first = TokenAuthority::load_or_create(&path, TokenConfig::default()).unwrap();
+        let token = first
+            .issue("bob", "acme", &[Role::Reviewer], Duration::from_secs(60))
+            .unwrap();
+        let second = TokenAuthority::load_or_create(&path, TokenConfig::default()).unwrap();
+        assert_eq!(second.verify(&token).unwrap().subject, "bob");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}

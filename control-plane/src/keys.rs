@@ -1,0 +1,175 @@
+//! Secret key files: random bytes created once, mode 0600, and read back on every later start.
+//!
+//! One routine serves every key agentd keeps beside its state: the token signing key, the audit
+//! anchor key and the code cache's MAC key. Creation is atomic: the bytes are written and
+//! fsynced under a unique temporary name, then hard-linked to the final name, which fails if
+//! another process got there first. The loser reads the winner's key, so concurrent first uses
+//! agree on one key and nobody ever reads a half-written file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why a key file could not be read or created.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading, creating or linking the file failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file exists but holds the wrong number of bytes.
+    #[error("key file {path} holds {found} bytes; it must hold {expected}")]
+    WrongLength {
+        /// The key file.
+        path: PathBuf,
+        /// Bytes found.
+        found: usize,
+        /// What the key needs: an exact length, or `at least N`.
+        expected: String,
+    },
+    /// The operating system's random source failed.
+    #[error("cannot generate key {path}: the random source failed: {message}")]
+    Random {
+        /// The key file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl KeyFileError {
+    /// Whether retrying can help: only an I/O error might clear.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, KeyFileError::Io { .. })
+    }
+}
+
+/// The key at `path`: its bytes if the file exists, else `create_bytes` fresh random bytes
+/// written there first (mode 0600 on Unix). The caller checks the length it needs.
+///
+/// # Errors
+///
+/// [`KeyFileError::Io`] when the file cannot be read or created, [`KeyFileError::Random`] when
+/// no random bytes can be had.
+pub fn load_or_create(path: &Path, create_bytes: usize) -> Result<Vec<u8>, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => return Ok(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    let mut key = vec![0u8; create_bytes];
+    getrandom::fill(&mut key).map_err(|error| KeyFileError::Random {
+        path: path.to_owned(),
+        message: error.to_string(),
+    })?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|error| KeyFileError::Random {
+        path: path.to_owned(),
+        message: error.to_string(),
+    })?;
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", hex::encode(suffix)));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary)?;
+        file.write_all(&key)?;
+        file.sync_all()
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(error));
+    }
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            sync_parent(path);
+            Ok(key)
+        }
+        // Another process created the key first: use theirs, which is complete (it was linked
+        // only after it was written and synced).
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path).map_err(io),
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// [`load_or_create`] for a key of exactly `N` bytes.
+///
+/// # Errors
+///
+/// As [`load_or_create`], and [`KeyFileError::WrongLength`] when the file holds another length.
+pub fn load_or_create_exact<const N: usize>(path: &Path) -> Result<[u8; N], KeyFileError> {
+    let bytes = load_or_create(path, N)?;
+    bytes.try_into().map_err(|bytes: Vec<u8>| KeyFileError::WrongLength {
+        path: path.to_owned(),
+        found: bytes.len(),
+        expected: N.to_string(),
+    })
+}
+
+/// Makes the new directory entry durable (best effort: not every file system supports syncing
+/// a directory).
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent()
+        && let Ok(directory) = std::fs::File::open(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+    {
+        let _ = directory.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_created_once_with_mode_0600_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let first: [u8; 32] = load_or_create_exact(&path).unwrap();
+        let again: [u8; 32] = load_or_create_exact(&path).unwrap();
+        assert_eq!(first, again);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(
+            load_or_create_exact::<32>(&path),
+            Err(KeyFileError::WrongLength { found: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_first_uses_agree_on_one_complete_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.key");
+        let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| load_or_create_exact::<32>(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|pair| pair[0] == pair[1]));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

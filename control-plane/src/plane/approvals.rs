@@ -1,0 +1,332 @@
+//! Approvals: the HITL rules of [`crate::hitl::rules`] applied as compare-and-sets, each with its
+//! audit entry in the same unit of work.
+
+use sha2::{Digest, Sha256};
+
+use super::{ControlPlane, audit_log};
+use crate::audit::{
+    ApprovalConsumed, ApprovalDecided, ApprovalRequested, AuditEvent, CancellationRecord, ExpiryRecord, VoteRecord,
+};
+use crate::error::StoreError;
+use crate::hitl::ApprovalTransition;
+use crate::hitl::rules::{self, EXPIRY_JOB, VoteOutcome};
+use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, ReviewDecisionKind};
+use crate::identity::{Principal, Role, with_system_identity};
+use crate::storage::UnitOfWork;
+
+impl ControlPlane {
+    /// Stores a pending approval request (audited in the same unit of work), before anyone is
+    /// notified.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`]; nothing is stored then.
+    pub async fn request_approval(&self, request: &NewApproval) -> Result<ApprovalRequest, StoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let id = unit.insert_approval(request, now).await?;
+        let event = AuditEvent::ApprovalRequested(ApprovalRequested {
+            approval_id: id,
+            run_id: request.run_id.clone(),
+            step_id: request.step_id.clone(),
+            traceparent: request.traceparent.clone(),
+            acting_agent: request.acting_agent.clone(),
+            skill: request.skill.clone(),
+            input_digest: request.input_digest.clone(),
+            policy_version: request.policy_version.clone(),
+            reviewer_role: request.reviewer_role,
+            quorum: request.quorum,
+            expires_at_ms: request.expires_at_ms,
+            allowed_decisions: request.allowed_decisions.clone(),
+            parent_id: request.parent_id,
+        });
+        audit_log::append(&mut *unit, self.store.anchor_key(), &event, &request.requester, now).await?;
+        let stored = unit
+            .approval(id)
+            .await?
+            .ok_or_else(|| StoreError::corrupt(format!("approval {id} vanished")))?;
+        unit.commit().await?;
+        Ok(stored)
+    }
+
+    /// One approval request of `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the read fails.
+    pub async fn approval(&self, tenant: &str, id: i64) -> Result<Option<ApprovalRequest>, StoreError> {
+        let mut unit = self.read().await?;
+        Ok(unit.approval(id).await?.filter(|request| request.tenant == tenant))
+    }
+
+    /// Approval requests of `tenant`, newest first, optionally only those in `status`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the read fails.
+    pub async fn list_approvals(
+        &self,
+        tenant: &str,
+        status: Option<ApprovalStatus>,
+    ) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let mut unit = self.read().await?;
+        let mut requests = Vec::new();
+        for id in unit.approval_ids(tenant, status).await? {
+            if let Some(request) = unit.approval(id).await? {
+                requests.push(request);
+            }
+        }
+        Ok(requests)
+    }
+
+    /// A reviewer answers approval request `id`: policy must permit the review (action `review`
+    /// on the skill, in the request's tenant and risk tier), then the vote is recorded under the
+    /// rules of [`rules::vote`] (separation of duties, allowed answers, one vote per reviewer),
+    /// and the transition it completes (quorum, deny threshold, modification) is a
+    /// compare-and-set, made once even under concurrent reviewers. A request past its stored
+    /// expiry becomes `expired` (audited) and the answer is refused.
+    /// `modified_request_json` is the edited `agentd.invoke.v1` request of a `modify` answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ApprovalError`] naming the rule that refused the answer; the stored request is
+    /// unchanged then (except for an expiry, which is recorded).
+    pub async fn review(
+        &self,
+        id: i64,
+        reviewer: &Principal,
+        decision: ReviewDecisionKind,
+        reason: Option<&str>,
+        modified_request_json: Option<&str>,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let request = self
+            .approval(&reviewer.tenant, id)
+            .await?
+            .ok_or(ApprovalError::NotFound { id })?;
+        self.policy()
+            .may_review(reviewer, &request.skill, &request.tenant, &request.requester)
+            .map_err(|reason| ApprovalError::ReviewNotPermitted { id, reason })?;
+        let now = self.now_ms();
+        let unit = self.write().await?;
+        let (mut unit, request) = self
+            .unexpired(unit, id, &reviewer.tenant, ApprovalStatus::Pending, now)
+            .await?;
+        let outcome = rules::vote(&request, reviewer, decision, reason, modified_request_json, now)?;
+        unit.insert_vote(id, &outcome.vote).await?;
+        if let Some(transition) = &outcome.transition {
+            self.apply(&mut *unit, &request, transition).await?;
+        }
+        let record = vote_record(&request, reviewer, &outcome, modified_request_json);
+        let event = match outcome.transition {
+            Some(_) => AuditEvent::ApprovalDecision(ApprovalDecided::Vote(Box::new(record))),
+            None => AuditEvent::ApprovalVote(record),
+        };
+        audit_log::append(&mut *unit, self.store.anchor_key(), &event, reviewer, now).await?;
+        let decided = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        unit.commit().await?;
+        Ok(decided)
+    }
+
+    /// Withdraws a pending request: only its requester or an admin of its tenant may.
+    ///
+    /// # Errors
+    ///
+    /// [`ApprovalError::NotAllowedToCancel`], [`ApprovalError::AlreadyDecided`],
+    /// [`ApprovalError::NotFound`], or a store error.
+    pub async fn cancel_approval(
+        &self,
+        id: i64,
+        principal: &Principal,
+        reason: Option<&str>,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let request = unit
+            .approval(id)
+            .await?
+            .filter(|request| request.tenant == principal.tenant)
+            .ok_or(ApprovalError::NotFound { id })?;
+        let transition = rules::cancel(&request, principal, reason, now)?;
+        self.apply(&mut *unit, &request, &transition).await?;
+        let event = AuditEvent::ApprovalDecision(ApprovalDecided::Cancelled(CancellationRecord {
+            approval_id: id,
+            status: ApprovalStatus::Cancelled,
+            reason: reason.map(str::to_owned),
+            run_id: request.run_id.clone(),
+            step_id: request.step_id.clone(),
+            skill_id: request.skill.id.clone(),
+            input_digest: request.input_digest.clone(),
+            policy_version: request.policy_version.clone(),
+        }));
+        audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
+        let cancelled = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        unit.commit().await?;
+        Ok(cancelled)
+    }
+
+    /// Expires every pending or approved-but-unconsumed request whose stored `expires_at_ms` is
+    /// at or before now (each audited as decided by `system:approval-expiry`), and returns their
+    /// ids.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`]; no request is expired then.
+    pub async fn expire_due(&self) -> Result<Vec<i64>, StoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let ids = unit.due_approval_ids(now).await?;
+        for &id in &ids {
+            if let Some(request) = unit.approval(id).await?
+                && let Some(transition) = rules::expiry(&request, request.status, now)
+            {
+                self.record_expiry(&mut *unit, &request, &transition).await?;
+            }
+        }
+        unit.commit().await?;
+        Ok(ids)
+    }
+
+    /// Consumes an approved request for the dispatch it was granted for, exactly once, and
+    /// audits the consumption in the same unit of work.
+    ///
+    /// The approval binds tenant, run id, step id, skill id, skill digest, input digest and
+    /// policy version; any difference, a second consumption or an expired approval is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`ApprovalError::NotApproved`], [`ApprovalError::BindingMismatch`],
+    /// [`ApprovalError::Expired`] or [`ApprovalError::NotFound`].
+    pub async fn consume_approval(&self, id: i64, binding: &ApprovalBinding) -> Result<ApprovalRequest, ApprovalError> {
+        let now = self.now_ms();
+        let unit = self.write().await?;
+        let (mut unit, request) = self
+            .unexpired(unit, id, &binding.tenant, ApprovalStatus::Approved, now)
+            .await?;
+        let transition = rules::consume(&request, binding, now)?;
+        self.apply(&mut *unit, &request, &transition).await?;
+        let event = AuditEvent::ApprovalConsumed(ApprovalConsumed {
+            approval_id: id,
+            run_id: request.run_id.clone(),
+            step_id: request.step_id.clone(),
+            skill_id: request.skill.id.clone(),
+            skill_digest: request.skill.digest.clone(),
+            input_digest: request.input_digest.clone(),
+            policy_version: binding.policy_version.clone(),
+        });
+        let consumer = request.requester_principal();
+        audit_log::append(&mut *unit, self.store.anchor_key(), &event, &consumer, now).await?;
+        let consumed = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        unit.commit().await?;
+        Ok(consumed)
+    }
+
+    /// Fetches request `id` of `tenant` inside `unit`. If it is `live` but its stored
+    /// `expires_at_ms` has passed, the expiry is recorded and committed, and the result is
+    /// [`ApprovalError::Expired`]: expiry is decided from the stored time, never the caller's.
+    async fn unexpired(
+        &self,
+        mut unit: Box<dyn UnitOfWork>,
+        id: i64,
+        tenant: &str,
+        live: ApprovalStatus,
+        now: i64,
+    ) -> Result<(Box<dyn UnitOfWork>, ApprovalRequest), ApprovalError> {
+        let request = unit
+            .approval(id)
+            .await?
+            .filter(|request| request.tenant == tenant)
+            .ok_or(ApprovalError::NotFound { id })?;
+        if let Some(transition) = rules::expiry(&request, live, now) {
+            self.record_expiry(&mut *unit, &request, &transition).await?;
+            unit.commit().await?;
+            return Err(ApprovalError::Expired {
+                id,
+                expires_at_ms: request.expires_at_ms,
+            });
+        }
+        Ok((unit, request))
+    }
+
+    async fn record_expiry(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        request: &ApprovalRequest,
+        transition: &ApprovalTransition,
+    ) -> Result<(), StoreError> {
+        if !unit.apply_transition(transition).await? {
+            return Ok(());
+        }
+        let system = with_system_identity(EXPIRY_JOB, &request.tenant, &[Role::Admin]).map_err(StoreError::corrupt)?;
+        let event = AuditEvent::ApprovalDecision(ApprovalDecided::Expired(ExpiryRecord {
+            approval_id: request.id,
+            status: ApprovalStatus::Expired,
+            was: request.status,
+            expires_at_ms: request.expires_at_ms,
+            run_id: request.run_id.clone(),
+            step_id: request.step_id.clone(),
+            skill_id: request.skill.id.clone(),
+            input_digest: request.input_digest.clone(),
+            policy_version: request.policy_version.clone(),
+        }));
+        audit_log::append(unit, self.store.anchor_key(), &event, &system, transition.at_ms).await?;
+        Ok(())
+    }
+
+    /// Executes `transition` as a compare-and-set; another writer got there first when it
+    /// finds the request no longer in `transition.from`.
+    async fn apply(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        request: &ApprovalRequest,
+        transition: &ApprovalTransition,
+    ) -> Result<(), ApprovalError> {
+        if unit.apply_transition(transition).await? {
+            return Ok(());
+        }
+        Err(match transition.to {
+            ApprovalStatus::Consumed => ApprovalError::NotApproved {
+                id: request.id,
+                status: ApprovalStatus::Consumed,
+            },
+            _ => ApprovalError::AlreadyDecided {
+                id: request.id,
+                status: request.status,
+                decided_by: request.decided_by.clone(),
+            },
+        })
+    }
+}
+
+fn vote_record(
+    request: &ApprovalRequest,
+    reviewer: &Principal,
+    outcome: &VoteOutcome,
+    modified_request_json: Option<&str>,
+) -> VoteRecord {
+    VoteRecord {
+        approval_id: request.id,
+        vote: outcome.vote.decision,
+        reviewer: reviewer.subject.clone(),
+        reviewer_roles: reviewer.roles.iter().copied().collect(),
+        reason: outcome.vote.reason.clone(),
+        approvals: outcome.approvals,
+        denials: outcome.denials,
+        quorum: request.quorum,
+        status: outcome
+            .transition
+            .as_ref()
+            .map_or(ApprovalStatus::Pending, |transition| transition.to),
+        modified_request_digest: modified_request_json
+            .map(|text| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))),
+        requester: request.requester.clone(),
+        acting_agent: request.acting_agent.clone(),
+        run_id: request.run_id.clone(),
+        step_id: request.step_id.clone(),
+        traceparent: request.traceparent.clone(),
+        skill_id: request.skill.id.clone(),
+        skill_version: request.skill.version.to_string(),
+        skill_digest: request.skill.digest.clone(),
+        input_digest: request.input_digest.clone(),
+        policy_version: request.policy_version.clone(),
+    }
+}

@@ -1,0 +1,111 @@
+//! [`ControlPlane`]: the one door into the control plane. Every state change goes through one
+//! of its methods, which applies the domain rule (a pure function of `hitl`, `run`, `audit`,
+//! `records` or `autonomy`), stores the result and its audit entry in one unit of work, and
+//! commits. Callers never see the store.
+//!
+//! - `govern`: verdicts (the policy decision point) with autonomy gates;
+//! - `approvals`: requesting, reviewing, cancelling, expiring and consuming approvals;
+//! - `runs`: run events, and recording how steps ended;
+//! - `admin`: enforcement changes (policy set, limits, certificates) and the error budget;
+//! - `audit_log`: appending to, verifying and exporting the audit log;
+//! - `emitter`: [`KernelEmitter`], the recording API for telemetry and costs.
+
+mod admin;
+mod approvals;
+mod audit_log;
+mod emitter;
+mod govern;
+mod runs;
+
+pub use admin::AdminError;
+pub use emitter::KernelEmitter;
+
+use std::sync::{Arc, RwLock};
+
+use crate::autonomy::AutonomyLimits;
+use crate::clock::{Clock, SystemClock};
+use crate::error::StoreError;
+use crate::governance::PolicyEngine;
+use crate::identity::{IdentityError, Principal, TokenAuthority};
+use crate::storage::{Access, UnitOfWork};
+use crate::store::Store;
+
+/// The control plane: token authority, policy and store behind one handle. `Send + Sync`; the
+/// policy set can be replaced while it is in use (callers holding the old one finish with it).
+#[derive(Debug)]
+pub struct ControlPlane {
+    authority: TokenAuthority,
+    policy: RwLock<Arc<PolicyEngine>>,
+    store: Store,
+    limits: RwLock<AutonomyLimits>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ControlPlane {
+    /// Assembles a control plane reading the system clock.
+    pub fn new(authority: TokenAuthority, policy: PolicyEngine, store: Store) -> Self {
+        ControlPlane {
+            authority,
+            policy: RwLock::new(Arc::new(policy)),
+            store,
+            limits: RwLock::new(AutonomyLimits::default()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same control plane reading `clock` (tests move time with a
+    /// [`ManualClock`](crate::ManualClock)).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by this control plane's clock, ms since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The token issuer and verifier.
+    pub fn authority(&self) -> &TokenAuthority {
+        &self.authority
+    }
+
+    /// Verifies a bearer token.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError`] naming what is wrong with the token.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
+        self.authority.verify(token)
+    }
+
+    /// The policy set in force.
+    pub fn policy(&self) -> Arc<PolicyEngine> {
+        match self.policy.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The error budget and spending budgets in force.
+    pub fn limits(&self) -> AutonomyLimits {
+        match self.limits.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Where the state is stored, for messages.
+    pub fn store_location(&self) -> &str {
+        self.store.location()
+    }
+
+    async fn write(&self) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        self.store.backend().begin(Access::Write).await
+    }
+
+    async fn read(&self) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        self.store.backend().begin(Access::Read).await
+    }
+}

@@ -1,0 +1,190 @@
+//! Runs: appending events under the run's rules, reading runs back (tenant-scoped), and
+//! recording how a step's dispatch ended together with its run event and telemetry.
+
+use super::{ControlPlane, audit_log};
+use crate::audit::{AuditEntry, AuditEvent, DispatchEntry, DispatchRecord};
+use crate::error::StoreError;
+use crate::identity::Principal;
+use crate::records::{self, EmitError, Record, Recorded};
+use crate::run::{
+    self, RunError, RunEvent, RunEventDraft, RunEventPayload, RunState, RunStoreError, RunView, StepContext,
+};
+use crate::storage::UnitOfWork;
+use crate::trace::{TraceContext, random_id};
+
+/// Appends a run event inside `unit`, at the next Lamport clock, only if the run still reduces.
+pub(super) async fn append_run_event(
+    unit: &mut dyn UnitOfWork,
+    draft: RunEventDraft,
+    now_ms: i64,
+) -> Result<RunEvent, RunStoreError> {
+    let existing = unit.run_events(&draft.run_id).await?;
+    let event = run::next_event(&existing, draft, random_id("evt"), now_ms)?;
+    unit.insert_run_event(&event).await?;
+    Ok(event)
+}
+
+/// Stores a kernel record inside `unit` under its idempotency key.
+pub(super) async fn put_record(unit: &mut dyn UnitOfWork, record: &Record, now_ms: i64) -> Result<Recorded, EmitError> {
+    let insertion = unit.insert_record(record, now_ms).await?;
+    records::judge(record, insertion)
+}
+
+/// Stores a record that copies an audited fact (telemetry of a verdict or a dispatch): a
+/// conflicting copy is skipped and logged, since the audit entry is the record of authority.
+pub(super) async fn put_copy_record(unit: &mut dyn UnitOfWork, record: &Record, now_ms: i64) -> Result<(), StoreError> {
+    match put_record(unit, record, now_ms).await {
+        Ok(_) => Ok(()),
+        Err(EmitError::Store(error)) => Err(error),
+        Err(error) => {
+            tracing::warn!(%error, "a kernel record copying an audited fact was skipped");
+            Ok(())
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Appends a run event at the next Lamport clock of its run, only if the run's events with
+    /// it still reduce ([`crate::run::reduce`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] for an illegal transition or a bad creation (nothing is stored),
+    /// [`RunStoreError::Store`] when the write fails.
+    pub async fn append_run_event(&self, draft: RunEventDraft) -> Result<RunEvent, RunStoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let event = append_run_event(&mut *unit, draft, now).await?;
+        unit.commit().await?;
+        Ok(event)
+    }
+
+    /// The events of `run_id` in Lamport order, if the run belongs to `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] with [`RunError::NotFound`] when the run does not exist in
+    /// `tenant`; [`RunStoreError::Store`].
+    pub async fn run_events(&self, tenant: &str, run_id: &str) -> Result<Vec<RunEvent>, RunStoreError> {
+        let mut unit = self.read().await?;
+        let events = unit.run_events(run_id).await?;
+        let view = reduce_existing(run_id, &events)?;
+        if view.tenant != tenant {
+            return Err(RunError::NotFound(run_id.to_owned()).into());
+        }
+        Ok(events)
+    }
+
+    /// The run as [`crate::run::reduce`] derives it from its stored events, if it belongs to
+    /// `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] when the run does not exist in `tenant` or its events do not
+    /// reduce; [`RunStoreError::Store`].
+    pub async fn run(&self, tenant: &str, run_id: &str) -> Result<RunView, RunStoreError> {
+        let mut unit = self.read().await?;
+        let events = unit.run_events(run_id).await?;
+        let view = reduce_existing(run_id, &events)?;
+        if view.tenant != tenant {
+            return Err(RunError::NotFound(run_id.to_owned()).into());
+        }
+        Ok(view)
+    }
+
+    /// Ids of the runs of `tenant` currently in `state` (derived by reducing each run).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError`].
+    pub async fn runs_in_state(&self, tenant: &str, state: RunState) -> Result<Vec<String>, RunStoreError> {
+        let mut unit = self.read().await?;
+        let mut found = Vec::new();
+        for id in unit.run_ids().await? {
+            let events = unit.run_events(&id).await?;
+            let view = reduce_existing(&id, &events)?;
+            if view.tenant == tenant && view.state == state {
+                found.push(id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records one dispatch attempt of a step in the audit log (an attempt that will be
+    /// retried, or a refusal).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the entry could not be written.
+    pub async fn record_dispatch(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        record: &DispatchRecord,
+    ) -> Result<AuditEntry, StoreError> {
+        let event = AuditEvent::Dispatch(DispatchEntry {
+            step: step.clone(),
+            outcome: record.clone(),
+        });
+        self.append_audit(&event, principal).await
+    }
+
+    /// Records a step's final dispatch outcome, the run event it causes and a `telemetry`
+    /// kernel record (`skill.dispatch`, its own span) in one unit of work (one fsync).
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::Run`] when the run event is illegal, [`RunStoreError::Store`] when the
+    /// write fails; nothing is stored then.
+    pub async fn record_step_end(
+        &self,
+        principal: &Principal,
+        step: &StepContext,
+        record: &DispatchRecord,
+        run_event: Option<(&str, RunEventPayload)>,
+        telemetry: Option<serde_json::Value>,
+    ) -> Result<(), RunStoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let event = AuditEvent::Dispatch(DispatchEntry {
+            step: step.clone(),
+            outcome: record.clone(),
+        });
+        audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
+        if let Some((node_id, payload)) = run_event {
+            append_run_event(
+                &mut *unit,
+                RunEventDraft {
+                    run_id: step.run_id.clone(),
+                    node_id: node_id.to_owned(),
+                    traceparent: step.traceparent.clone(),
+                    payload,
+                },
+                now,
+            )
+            .await?;
+        }
+        if let (Some(attributes), Ok(trace)) = (telemetry, step.traceparent.parse::<TraceContext>()) {
+            let record = Record {
+                tenant: principal.tenant.clone(),
+                trace_id: trace.trace_id_hex(),
+                span_id: trace.child().span_id_hex(),
+                event_type: "telemetry:skill.dispatch".into(),
+                run_id: Some(step.run_id.clone()),
+                content: attributes,
+                cost: None,
+            };
+            put_copy_record(&mut *unit, &record, now).await?;
+        }
+        unit.commit().await?;
+        Ok(())
+    }
+}
+
+/// Reduces the stored events of a run that must exist.
+fn reduce_existing(run_id: &str, events: &[RunEvent]) -> Result<RunView, RunStoreError> {
+    if events.is_empty() {
+        return Err(RunError::NotFound(run_id.to_owned()).into());
+    }
+    Ok(run::reduce(events)?)
+}

@@ -1,0 +1,161 @@
+//! The storage interface: what the control plane needs from a database, and nothing more.
+//!
+//! Every read and write happens inside a [`UnitOfWork`] (one database transaction) begun by
+//! [`Storage::begin`]; it is stored together on [`UnitOfWork::commit`], or not at all when the
+//! unit is dropped. A write unit is serialised against every other writer (SQLite `BEGIN
+//! IMMEDIATE`; row or advisory locks on a server database), so a status read inside it is
+//! still the status when the unit's compare-and-set runs.
+//!
+//! The interface is split by area (audit, approvals, runs, records, autonomy); its signatures
+//! use the control plane's own values and [`StoreError`], never a backend's types, so another
+//! backend plugs in without touching a caller. Storage holds no rules: which transition is
+//! legal, which hash comes next, when an agent is demoted is decided above it (the `hitl`,
+//! `audit`, `run`, `records` and `autonomy` modules) and handed down as values to store.
+//!
+//! **Architecture invariant:** storage never imports governance, the policy engine or the
+//! control plane (guardrails rule `storage-holds-no-rules`).
+
+pub(crate) mod sqlite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::audit::{Anchor, AuditEntry};
+use crate::autonomy::{AutonomyCertificate, StepResult};
+use crate::error::StoreError;
+use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote};
+use crate::records::{Insertion, Record};
+use crate::run::RunEvent;
+
+/// What a unit of work may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Reads only: a consistent snapshot, never blocked by writers for long.
+    Read,
+    /// Reads and writes, serialised against every other writer.
+    Write,
+}
+
+/// A database the control plane keeps its state in.
+#[async_trait]
+pub(crate) trait Storage: Send + Sync + fmt::Debug {
+    /// Begins a unit of work.
+    async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError>;
+
+    /// Where the state is, for messages: a file path or a URL without credentials.
+    fn location(&self) -> &str;
+}
+
+/// One transaction over every table.
+#[async_trait]
+pub(crate) trait UnitOfWork: AuditRows + ApprovalRows + RunRows + RecordRows + AutonomyRows + Send {
+    /// Makes everything done in this unit durable, atomically.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The audit log and its anchor.
+#[async_trait]
+pub(crate) trait AuditRows {
+    /// `(seq, hash)` of the last entry; `None` for an empty log.
+    async fn audit_head(&mut self) -> Result<Option<(i64, String)>, StoreError>;
+    /// Appends an entry (its seq, links and hash are the caller's).
+    async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Every entry in `seq` order.
+    async fn audit_entries(&mut self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The stored anchor, if any.
+    async fn anchor(&mut self) -> Result<Option<Anchor>, StoreError>;
+    /// Replaces the anchor.
+    async fn put_anchor(&mut self, anchor: &Anchor) -> Result<(), StoreError>;
+}
+
+/// Approval requests and their votes.
+#[async_trait]
+pub(crate) trait ApprovalRows {
+    /// Stores a new pending request; returns its id.
+    async fn insert_approval(&mut self, request: &NewApproval, created_at_ms: i64) -> Result<i64, StoreError>;
+    /// Request `id` with its votes (of any tenant: the caller checks the tenant).
+    async fn approval(&mut self, id: i64) -> Result<Option<ApprovalRequest>, StoreError>;
+    /// Ids of `tenant`'s requests, newest first, optionally only those in `status`.
+    async fn approval_ids(&mut self, tenant: &str, status: Option<ApprovalStatus>) -> Result<Vec<i64>, StoreError>;
+    /// Ids of pending or approved requests whose stored expiry is at or before `now_ms`.
+    async fn due_approval_ids(&mut self, now_ms: i64) -> Result<Vec<i64>, StoreError>;
+    /// Records one reviewer's vote on request `id`.
+    async fn insert_vote(&mut self, id: i64, vote: &Vote) -> Result<(), StoreError>;
+    /// Executes the compare-and-set: returns whether the request was still in
+    /// `transition.from` (and so moved).
+    async fn apply_transition(&mut self, transition: &ApprovalTransition) -> Result<bool, StoreError>;
+}
+
+/// Run events.
+#[async_trait]
+pub(crate) trait RunRows {
+    /// The events of `run_id` in Lamport order.
+    async fn run_events(&mut self, run_id: &str) -> Result<Vec<RunEvent>, StoreError>;
+    /// Stores an event (its clock and id are the caller's; a duplicate clock is refused).
+    async fn insert_run_event(&mut self, event: &RunEvent) -> Result<(), StoreError>;
+    /// Every run id that has events, in order.
+    async fn run_ids(&mut self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Kernel records.
+#[async_trait]
+pub(crate) trait RecordRows {
+    /// Inserts `record` unless its logical identity exists; says which happened.
+    async fn insert_record(&mut self, record: &Record, recorded_at_ms: i64) -> Result<Insertion, StoreError>;
+    /// Records of `tenant`.
+    async fn record_count(&mut self, tenant: &str) -> Result<i64, StoreError>;
+    /// Calculated spend of `tenant` (or one run), micro-euros.
+    async fn spent_micro_eur(&mut self, tenant: &str, run_id: Option<&str>) -> Result<i64, StoreError>;
+}
+
+/// Autonomy certificates, step results and demotions.
+#[async_trait]
+pub(crate) trait AutonomyRows {
+    /// Stores a signed certificate; returns its id.
+    async fn insert_certificate(
+        &mut self,
+        certificate: &AutonomyCertificate,
+        token: &str,
+        issued_at_ms: i64,
+    ) -> Result<i64, StoreError>;
+    /// Unrevoked certificate tokens for `agent` in `tenant` naming `skill` or `*` (specific
+    /// first, then newest first), with their issue time (ms).
+    async fn certificates(&mut self, tenant: &str, agent: &str, skill: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Records a step result.
+    async fn insert_step_result(
+        &mut self,
+        tenant: &str,
+        agent: &str,
+        skill: &str,
+        at_ms: i64,
+        result: StepResult,
+    ) -> Result<(), StoreError>;
+    /// Failures and escalations at or after `since_ms`.
+    async fn bad_results_since(
+        &mut self,
+        tenant: &str,
+        agent: &str,
+        skill: &str,
+        since_ms: i64,
+    ) -> Result<u32, StoreError>;
+    /// Time of the last demotion, if any.
+    async fn last_demotion(&mut self, tenant: &str, agent: &str, skill: &str) -> Result<Option<i64>, StoreError>;
+    /// Demotions at or after `since_ms`.
+    async fn demotions_since(
+        &mut self,
+        tenant: &str,
+        agent: &str,
+        skill: &str,
+        since_ms: i64,
+    ) -> Result<u32, StoreError>;
+    /// Records a demotion.
+    async fn insert_demotion(
+        &mut self,
+        tenant: &str,
+        agent: &str,
+        skill: &str,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+}

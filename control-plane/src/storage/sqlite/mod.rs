@@ -1,0 +1,236 @@
+//! The SQLite backend: one file through sqlx, WAL journal, `synchronous=FULL` (every commit is
+//! an fsync), foreign keys on, writers serialised by `BEGIN IMMEDIATE`.
+//!
+//! Errors are classified by SQLite's result code (`sqlite3_extended_errcode`, of which the low
+//! byte is the primary code), never by message text.
+
+mod approvals;
+mod audit;
+mod autonomy;
+mod records;
+mod runs;
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::{Access, Storage, UnitOfWork};
+use crate::error::StoreError;
+
+pub(crate) use schema::SCHEMA_VERSION;
+
+/// An open SQLite state file.
+#[derive(Debug)]
+pub(crate) struct SqliteStorage {
+    pool: SqlitePool,
+    location: String,
+}
+
+/// A unit of work: one SQLite transaction.
+pub(crate) struct SqliteUnit {
+    transaction: Transaction<'static, Sqlite>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the file at `path` and brings its schema up to
+    /// [`SCHEMA_VERSION`], in one transaction: a crash leaves the old schema, never half of it.
+    pub(crate) async fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let open_error = |error: sqlx::Error| StoreError::Open {
+            location: location.clone(),
+            source: Box::new(classify(error)),
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await.map_err(open_error)?;
+        let found: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(open_error)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                location,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let version_pragma = format!("PRAGMA user_version = {SCHEMA_VERSION}");
+        let mut statements: Vec<&str> = vec![schema::AUDIT_SCHEMA];
+        if found < SCHEMA_VERSION {
+            let has_v1_approvals: bool = sqlx::query_scalar(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'",
+            )
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(open_error)?;
+            let migrate = found == 1 && has_v1_approvals;
+            if migrate {
+                statements.push(schema::MIGRATE_1_TO_2);
+            }
+            statements.push(schema::APPROVALS_SCHEMA);
+            if migrate {
+                statements.push(schema::MIGRATE_1_TO_2_COPY);
+            }
+            statements.push(&version_pragma);
+        }
+        for statement in statements {
+            sqlx::raw_sql(statement)
+                .execute(&mut *transaction)
+                .await
+                .map_err(open_error)?;
+        }
+        transaction.commit().await.map_err(open_error)?;
+        Ok(SqliteStorage { pool, location })
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        let transaction = match access {
+            Access::Read => self.pool.begin().await,
+            Access::Write => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(classify)?;
+        Ok(Box::new(SqliteUnit { transaction }))
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+}
+
+#[async_trait]
+impl UnitOfWork for SqliteUnit {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.transaction.commit().await.map_err(classify)
+    }
+}
+
+/// SQLite primary result codes (<https://www.sqlite.org/rescode.html>).
+mod code {
+    pub(super) const BUSY: i64 = 5;
+    pub(super) const LOCKED: i64 = 6;
+    pub(super) const NOMEM: i64 = 7;
+    pub(super) const READONLY: i64 = 8;
+    pub(super) const IOERR: i64 = 10;
+    pub(super) const CORRUPT: i64 = 11;
+    pub(super) const FULL: i64 = 13;
+    pub(super) const CANTOPEN: i64 = 14;
+    pub(super) const CONSTRAINT: i64 = 19;
+    pub(super) const NOTADB: i64 = 26;
+}
+
+/// Classifies a sqlx error by SQLite's result code, or by the I/O error's OS code.
+pub(crate) fn classify(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(database) => {
+            let detail = database.message().to_owned();
+            let primary = database
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .map_or(0, |code| code & 0xff);
+            match primary {
+                code::BUSY | code::LOCKED => StoreError::Busy { detail },
+                code::FULL => StoreError::Full { detail },
+                code::READONLY => StoreError::ReadOnly { detail },
+                code::CORRUPT | code::NOTADB => StoreError::Corrupt { detail },
+                code::IOERR | code::CANTOPEN | code::NOMEM => StoreError::Io { detail },
+                code::CONSTRAINT => StoreError::Constraint { detail },
+                _ => StoreError::Backend { detail },
+            }
+        }
+        sqlx::Error::Io(io) => {
+            let detail = io.to_string();
+            match io.raw_os_error() {
+                Some(28) => StoreError::Full { detail },     // ENOSPC
+                Some(30) => StoreError::ReadOnly { detail }, // EROFS
+                _ => StoreError::Io { detail },
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Busy {
+            detail: "no connection came free in time".to_owned(),
+        },
+        error @ (sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }) => StoreError::Corrupt {
+            detail: error.to_string(),
+        },
+        other => StoreError::Backend {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// `u32` from a stored count.
+fn count(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_are_classified_by_result_code_not_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("state.db")).await.unwrap();
+        // A trigger's RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER: a constraint, not retryable.
+        sqlx::raw_sql("INSERT INTO audit VALUES (1, 0, 'k', 't', 'p', '{}', 'a', 'b')")
+            .execute(&storage.pool)
+            .await
+            .unwrap();
+        let error = classify(
+            sqlx::query("DELETE FROM audit")
+                .execute(&storage.pool)
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(error, StoreError::Constraint { .. }), "{error:?}");
+        assert!(!error.is_retryable());
+        // A second writer while the first holds the lock, with no busy timeout: busy, retryable.
+        let mut holder = storage.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO audit_anchor VALUES (1, 0, 'h', 'm')")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let impatient = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(dir.path().join("state.db"))
+                    .busy_timeout(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        let error = classify(impatient.begin_with("BEGIN IMMEDIATE").await.map(drop).unwrap_err());
+        assert!(matches!(error, StoreError::Busy { .. }), "{error:?}");
+        assert!(error.is_retryable());
+        drop(holder);
+        // A file that is not a database.
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+        let error = SqliteStorage::open(&garbage).await.unwrap_err();
+        let StoreError::Open { source, .. } = &error else {
+            panic!("{error:?}")
+        };
+        assert!(matches!(**source, StoreError::Corrupt { .. }), "{error:?}");
+        assert!(!error.is_retryable());
+    }
+}
