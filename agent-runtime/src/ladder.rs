@@ -56,7 +56,7 @@ fn attempt_record(
         retryable: Some(report.outcome.is_retryable()),
         reason: None,
         detail: Some(detail),
-        metrics: Some(report.metrics.into()),
+        metrics: Some(report.metrics),
     }
 }
 

@@ -43,7 +43,7 @@ pub use outcome::{DispatchReport, Metrics, Outcome, RuntimeFailure, SkillFailure
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
 pub use plan::{run_plan, run_step};
 pub use registry::{LoadedSkill, Rollback, RollbackError};
-pub use resume::{Answered, answer_approval, close_unapproved, resume_approved};
+pub use resume::{Answered, answer_approval, cancel_approval, close_unapproved, resume_approved};
 pub use runtime::{Runtime, RuntimeConfig};
 pub use step::{Step, StepError, StepOutcome, node_id};
 

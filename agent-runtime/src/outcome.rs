@@ -161,28 +161,11 @@ impl Outcome {
     }
 }
 
-/// Measurements of one invocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Metrics {
-    /// Time to instantiate from the `InstancePre`, µs.
-    pub instantiate_us: u64,
-    /// Time inside `invoke`, µs.
-    pub execute_us: u64,
-    /// Fuel consumed. When an epoch deadline interrupts the guest this is a lower bound:
-    /// compiled code keeps its fuel counter in a register and flushes it to the store at calls
-    /// and returns, not at the interruption. Equal inputs burn equal fuel only in a guest that
-    /// reads no randomness: Rust's `HashMap` seeds itself from WASI `random`, which varies the
-    /// work by a few hundred units in a million.
-    pub fuel_consumed: u64,
-    /// Largest linear memory reached, bytes.
-    pub peak_memory_bytes: u64,
-    /// Host function calls made by the guest.
-    pub host_calls: u64,
-    /// Capability denials.
-    pub denials: u64,
-}
+/// Measurements of one invocation: the audit vocabulary's [`DispatchMetrics`], so what the
+/// runtime measures is exactly what the audit log records.
+pub type Metrics = DispatchMetrics;
 
-/// The result of [`Runtime::dispatch`].
+/// The result of [`Runtime::dispatch`](crate::Runtime::dispatch).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DispatchReport {
     /// Skill id.
@@ -207,19 +190,6 @@ impl DispatchReport {
             digest: skill.digest.clone(),
             outcome,
             metrics: Metrics::default(),
-        }
-    }
-}
-
-impl From<Metrics> for DispatchMetrics {
-    fn from(metrics: Metrics) -> Self {
-        DispatchMetrics {
-            instantiate_us: metrics.instantiate_us,
-            execute_us: metrics.execute_us,
-            fuel_consumed: metrics.fuel_consumed,
-            peak_memory_bytes: metrics.peak_memory_bytes,
-            host_calls: metrics.host_calls,
-            denials: metrics.denials,
         }
     }
 }

@@ -1,7 +1,7 @@
-//! After a human decides: the approval flow as a library function ([`answer_approval`]: record
-//! the answer, then close the run or resume the step), resuming an approved or modified step
-//! ([`resume_approved`]), and closing a run whose approval ended without it
-//! ([`close_unapproved`]).
+//! After a human decides: the approval flow as library functions ([`answer_approval`]: record
+//! the answer, then close the run or resume the step; [`cancel_approval`]: withdraw a request and
+//! cancel its run), resuming an approved or modified step ([`resume_approved`]), and closing a run
+//! whose approval ended without it ([`close_unapproved`]).
 
 use control_plane::{
     ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, ControlPlane, Principal, ReviewDecisionKind,
@@ -79,6 +79,24 @@ pub async fn answer_approval(
             source: Box::new(source),
         }),
     }
+}
+
+/// The requester (or an admin) withdraws a pending request; its run is recorded as cancelled.
+///
+/// # Errors
+///
+/// [`StepError::Approval`] naming the rule that refused the cancellation
+/// (`NotAllowedToCancel`, `AlreadyDecided`, `NotFound`); [`StepError::Run`] when the run's event
+/// cannot be written.
+pub async fn cancel_approval(
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    id: i64,
+    reason: Option<&str>,
+) -> Result<ApprovalRequest, StepError> {
+    let cancelled = control_plane.cancel_approval(id, principal, reason).await?;
+    close_unapproved(control_plane, &cancelled).await?;
+    Ok(cancelled)
 }
 
 /// Records in the run's log that a step whose approval request ended without running

@@ -197,12 +197,7 @@ pub(crate) async fn record_event(
     payload: control_plane::RunEventPayload,
 ) -> Result<(), StepError> {
     control_plane
-        .append_run_event(control_plane::RunEventDraft {
-            run_id: context.run_id.clone(),
-            node_id: node_id(),
-            traceparent: context.traceparent.clone(),
-            payload,
-        })
+        .append_run_event(control_plane::RunEventDraft::of_step(context, &node_id(), payload))
         .await?;
     Ok(())
 }

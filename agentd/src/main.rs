@@ -425,11 +425,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         Command::Hitl(HitlCommand::Cancel { id, reason, token }) => {
             let app = App::open_control_plane(&paths).await?;
             let caller = app.authenticate(&token.token)?;
-            let cancelled = app
-                .control_plane
-                .cancel_approval(id, &caller, reason.as_deref())
-                .await?;
-            agent_runtime::close_unapproved(&app.control_plane, &cancelled).await?;
+            let cancelled = agent_runtime::cancel_approval(&app.control_plane, &caller, id, reason.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cancelled)?);
             } else {

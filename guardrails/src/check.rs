@@ -985,34 +985,6 @@ fn apply_exemptions(workspace: &Workspace, config: &Config, today: Date, finding
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn declarations_are_found_in_every_table_shape() {
-        let manifest = "[package]\nname = \"x\"\n\n[dependencies]\nserde = \"1\"\nrt = { package = \"agent-runtime\" }\n\n[dev-dependencies]\n  agent-runtime.workspace = true\n\n[target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n\n[build-dependencies.cc]\nversion = \"1\"\n";
-        let keys = |k: &str| vec![k.to_owned()];
-        assert_eq!(
-            find_declaration(manifest, EdgeKind::Normal, None, &keys("rt")),
-            Some((6, 1, 3))
-        );
-        assert_eq!(
-            find_declaration(manifest, EdgeKind::Dev, None, &keys("agent-runtime")),
-            Some((9, 3, 16))
-        );
-        assert_eq!(
-            find_declaration(manifest, EdgeKind::Normal, Some("cfg(unix)"), &keys("libc")),
-            Some((12, 1, 5))
-        );
-        assert_eq!(find_declaration(manifest, EdgeKind::Normal, None, &keys("libc")), None);
-        assert_eq!(
-            find_declaration(manifest, EdgeKind::Build, None, &keys("cc")),
-            Some((14, 21, 23))
-        );
-    }
-}
-
 /// Findings of the module rules (`[[module-rule]]`, `[[acyclic-modules]]`): each named crate's
 /// module graph ([`crate::modules`]), checked.
 ///
@@ -1078,6 +1050,33 @@ fn module_findings(
             .cloned()
             .unwrap_or_default()
     };
+    let mut finding = |code: Code,
+                       rule: &str,
+                       message: String,
+                       reference: &crate::modules::ModuleReference,
+                       reason: &str,
+                       hint: String| {
+        Finding {
+            code,
+            rule: rule.to_owned(),
+            message,
+            file: reference.file.clone(),
+            span: reference.span.into(),
+            target: if reference.in_test {
+                TargetKind::Test
+            } else {
+                TargetKind::Lib
+            },
+            module: Some(reference.from.clone()),
+            form: reference.form.to_owned(),
+            chain: Vec::new(),
+            reason: reason.to_owned(),
+            hint,
+            line_text: line_text(&reference.file, reference.span.line),
+            fingerprint: String::new(),
+        }
+        .seal()
+    };
     for rule in &config.module_rules {
         let graph = &graphs[&rule.krate];
         for module in rule.from.iter().chain(&rule.forbidden) {
@@ -1089,31 +1088,17 @@ fn module_findings(
             }
         }
         for reference in crate::modules::forbidden(graph, &rule.from, &rule.forbidden, rule.include_tests) {
-            findings.push(
-                Finding {
-                    code: Code::ForbiddenModuleReference,
-                    rule: rule.name.clone(),
-                    message: format!(
-                        "`{}` refers to `{}` ({}), in module `{}`, which rule `{}` forbids",
-                        reference.from, reference.path, reference.form, reference.to, rule.name
-                    ),
-                    file: reference.file.clone(),
-                    span: reference.span.into(),
-                    target: if reference.in_test {
-                        TargetKind::Test
-                    } else {
-                        TargetKind::Lib
-                    },
-                    module: Some(reference.from.clone()),
-                    form: reference.form.to_owned(),
-                    chain: Vec::new(),
-                    reason: rule.reason.clone(),
-                    hint: rule.hint.clone().unwrap_or_else(|| DEFAULT_HINT.to_owned()),
-                    line_text: line_text(&reference.file, reference.span.line),
-                    fingerprint: String::new(),
-                }
-                .seal(),
-            );
+            findings.push(finding(
+                Code::ForbiddenModuleReference,
+                &rule.name,
+                format!(
+                    "`{}` refers to `{}` ({}), in module `{}`, which rule `{}` forbids",
+                    reference.from, reference.path, reference.form, reference.to, rule.name
+                ),
+                reference,
+                &rule.reason,
+                rule.hint.clone().unwrap_or_else(|| DEFAULT_HINT.to_owned()),
+            ));
         }
     }
     for rule in &config.acyclic_modules {
@@ -1121,36 +1106,50 @@ fn module_findings(
             for cycle in crate::modules::cycles(&graphs[krate], rule.include_tests) {
                 let circle = format!("{} -> {}", cycle.modules.join(" -> "), cycle.modules[0]);
                 for (from, to, reference) in &cycle.edges {
-                    findings.push(
-                        Finding {
-                            code: Code::ModuleCycle,
-                            rule: rule.name.clone(),
-                            message: format!(
-                                "`{from}` refers to `{to}` here ({}, `{}`), and `{to}` leads back to `{from}`: these modules form a circle ({circle})",
-                                reference.form, reference.path
-                            ),
-                            file: reference.file.clone(),
-                            span: reference.span.into(),
-                            target: if reference.in_test {
-                                TargetKind::Test
-                            } else {
-                                TargetKind::Lib
-                            },
-                            module: Some(reference.from.clone()),
-                            form: reference.form.to_owned(),
-                            chain: Vec::new(),
-                            reason: rule.reason.clone(),
-                            hint: rule.hint.clone().unwrap_or_else(|| {
-                                "move what both modules need into a module below them, or invert the reference with a value passed down".to_owned()
-                            }),
-                            line_text: line_text(&reference.file, reference.span.line),
-                            fingerprint: String::new(),
-                        }
-                        .seal(),
-                    );
+                    findings.push(finding(
+                        Code::ModuleCycle,
+                        &rule.name,
+                        format!(
+                            "`{from}` refers to `{to}` here ({}, `{}`), and `{to}` leads back to `{from}`: these modules form a circle ({circle})",
+                            reference.form, reference.path
+                        ),
+                        reference,
+                        &rule.reason,
+                        rule.hint.clone().unwrap_or_else(|| {
+                            "move what both modules need into a module below them, or pass it down as a value".to_owned()
+                        }),
+                    ));
                 }
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_are_found_in_every_table_shape() {
+        let manifest = "[package]\nname = \"x\"\n\n[dependencies]\nserde = \"1\"\nrt = { package = \"agent-runtime\" }\n\n[dev-dependencies]\n  agent-runtime.workspace = true\n\n[target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n\n[build-dependencies.cc]\nversion = \"1\"\n";
+        let keys = |k: &str| vec![k.to_owned()];
+        assert_eq!(
+            find_declaration(manifest, EdgeKind::Normal, None, &keys("rt")),
+            Some((6, 1, 3))
+        );
+        assert_eq!(
+            find_declaration(manifest, EdgeKind::Dev, None, &keys("agent-runtime")),
+            Some((9, 3, 16))
+        );
+        assert_eq!(
+            find_declaration(manifest, EdgeKind::Normal, Some("cfg(unix)"), &keys("libc")),
+            Some((12, 1, 5))
+        );
+        assert_eq!(find_declaration(manifest, EdgeKind::Normal, None, &keys("libc")), None);
+        assert_eq!(
+            find_declaration(manifest, EdgeKind::Build, None, &keys("cc")),
+            Some((14, 21, 23))
+        );
+    }
 }

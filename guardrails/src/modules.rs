@@ -67,15 +67,26 @@ struct RawPath {
     in_test: bool,
 }
 
+/// A `use` as written: the module it is in, a leading `::`, and its path.
+#[derive(Debug, Clone)]
+struct Written {
+    module: Vec<String>,
+    leading_colon: bool,
+    segments: Vec<String>,
+}
+
+/// (module, visible name) → what a `use` there names.
+type UseMap = BTreeMap<(String, String), Written>;
+
 /// What one file contributes.
 #[derive(Default)]
 struct FileFacts {
     file: String,
     paths: Vec<RawPath>,
-    /// `use` imports: (module, visible name) → written path (with the module it was written in).
-    imports: Vec<(Vec<String>, String, bool, Vec<String>)>,
-    /// `pub use` re-exports: (module, visible name) → written path.
-    reexports: Vec<(Vec<String>, String, bool, Vec<String>)>,
+    /// `use` imports, with the names they make visible.
+    imports: Vec<(String, Written)>,
+    /// `pub use` re-exports, with the names they export.
+    reexports: Vec<(String, Written)>,
     inline_modules: Vec<String>,
 }
 
@@ -148,11 +159,15 @@ impl Visitor {
     }
 
     fn record_use(&mut self, segments: Vec<String>, visible: String, leading: bool, public: bool, span: Span) {
-        let entry = (self.module.clone(), visible, leading, segments.clone());
+        let written = Written {
+            module: self.module.clone(),
+            leading_colon: leading,
+            segments: segments.clone(),
+        };
         if public {
-            self.facts.reexports.push(entry.clone());
+            self.facts.reexports.push((visible.clone(), written.clone()));
         }
-        self.facts.imports.push(entry);
+        self.facts.imports.push((visible, written));
         self.push_path(leading, segments, span, "use");
     }
 
@@ -281,10 +296,10 @@ fn scan(file: &SourceFile) -> Option<FileFacts> {
 struct Resolver<'a> {
     crate_name: &'a str,
     modules: &'a BTreeSet<String>,
-    /// (module, visible name) → written path and the module it was written in.
-    imports: BTreeMap<(String, String), (Vec<String>, bool, Vec<String>)>,
-    /// (module, visible name) → written path and the module it was written in.
-    reexports: BTreeMap<(String, String), (Vec<String>, bool, Vec<String>)>,
+    /// What the `use` items of each module make visible.
+    imports: UseMap,
+    /// What the `pub use` items of each module export.
+    reexports: UseMap,
 }
 
 impl Resolver<'_> {
@@ -299,13 +314,13 @@ impl Resolver<'_> {
         'walk: loop {
             for split in 1..path.len() {
                 let key = (path[..split].join("::"), path[split].clone());
-                let Some((origin, leading, written)) = self.reexports.get(&key) else {
+                let Some(written) = self.reexports.get(&key) else {
                     continue;
                 };
                 if !followed.insert(key) {
                     continue;
                 }
-                if let Some(target) = self.base(origin, *leading, written, 0)
+                if let Some(target) = self.base(&written.module, written.leading_colon, &written.segments, 0)
                     && target != path[..=split]
                 {
                     let rest = path[split + 1..].to_vec();
@@ -347,9 +362,8 @@ impl Resolver<'_> {
                 let child = format!("{}::{name}", module.join("::"));
                 if self.modules.contains(&child) {
                     module.iter().chain(segments).cloned().collect()
-                } else if let Some((origin, leading, written)) = self.imports.get(&(module.join("::"), name.to_owned()))
-                {
-                    let mut full = self.base(origin, *leading, written, depth + 1)?;
+                } else if let Some(written) = self.imports.get(&(module.join("::"), name.to_owned())) {
+                    let mut full = self.base(&written.module, written.leading_colon, &written.segments, depth + 1)?;
                     full.extend(segments[1..].iter().cloned());
                     full
                 } else {
@@ -408,17 +422,17 @@ fn build_graph(crate_name: &str, files: &[&SourceFile]) -> ModuleGraph {
         reexports: BTreeMap::new(),
     };
     for fact in &facts {
-        for (module, visible, leading, written) in &fact.imports {
+        for (visible, written) in &fact.imports {
             resolver
                 .imports
-                .entry((module.join("::"), visible.clone()))
-                .or_insert_with(|| (module.clone(), *leading, written.clone()));
+                .entry((written.module.join("::"), visible.clone()))
+                .or_insert_with(|| written.clone());
         }
-        for (module, visible, leading, written) in &fact.reexports {
+        for (visible, written) in &fact.reexports {
             resolver
                 .reexports
-                .entry((module.join("::"), visible.clone()))
-                .or_insert_with(|| (module.clone(), *leading, written.clone()));
+                .entry((written.module.join("::"), visible.clone()))
+                .or_insert_with(|| written.clone());
         }
     }
     let mut references = Vec::new();

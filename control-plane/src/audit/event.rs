@@ -204,11 +204,15 @@ pub enum DispatchDetail {
 /// Measurements of one invocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DispatchMetrics {
-    /// Time to instantiate, µs.
+    /// Time to instantiate from the `InstancePre`, µs (0 for a reused warm instance).
     pub instantiate_us: u64,
     /// Time inside `invoke`, µs.
     pub execute_us: u64,
-    /// Fuel consumed.
+    /// Fuel consumed. When an epoch deadline interrupts the guest this is a lower bound:
+    /// compiled code keeps its fuel counter in a register and flushes it to the store at calls
+    /// and returns, not at the interruption. Equal inputs burn equal fuel only in a guest that
+    /// reads no randomness: Rust's `HashMap` seeds itself from WASI `random`, which varies the
+    /// work by a few hundred units in a million.
     pub fuel_consumed: u64,
     /// Largest linear memory reached, bytes.
     pub peak_memory_bytes: u64,

@@ -116,17 +116,8 @@ impl KernelEmitter {
         trace: &TraceContext,
         call: &LlmCall,
     ) -> Result<Recorded, EmitError> {
-        validate_cost("llm-call", &call.cost)?;
-        let content = content_of("llm-call", call)?;
-        self.put(&record(
-            tenant,
-            trace,
-            "llm-call".into(),
-            Some(call.run_id.clone()),
-            content,
-            Some(call.cost.clone()),
-        ))
-        .await
+        self.record_call(tenant, trace, "llm-call", &call.run_id, &call.cost, call)
+            .await
     }
 
     /// Records a connector call with its cost.
@@ -140,15 +131,28 @@ impl KernelEmitter {
         trace: &TraceContext,
         call: &ConnectorCall,
     ) -> Result<Recorded, EmitError> {
-        validate_cost("connector-call", &call.cost)?;
-        let content = content_of("connector-call", call)?;
+        self.record_call(tenant, trace, "connector-call", &call.run_id, &call.cost, call)
+            .await
+    }
+
+    async fn record_call<T: serde::Serialize>(
+        &self,
+        tenant: &str,
+        trace: &TraceContext,
+        event_type: &str,
+        run_id: &str,
+        cost: &Cost,
+        call: &T,
+    ) -> Result<Recorded, EmitError> {
+        validate_cost(event_type, cost)?;
+        let content = content_of(event_type, call)?;
         self.put(&record(
             tenant,
             trace,
-            "connector-call".into(),
-            Some(call.run_id.clone()),
+            event_type.to_owned(),
+            Some(run_id.to_owned()),
             content,
-            Some(call.cost.clone()),
+            Some(cost.clone()),
         ))
         .await
     }

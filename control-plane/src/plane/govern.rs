@@ -9,10 +9,8 @@ use crate::autonomy::{self, AutonomyAssessment, AutonomyLevel};
 use crate::error::StoreError;
 use crate::governance::{self, Decision, Quorum, ReviewDecisionKind, Verdict};
 use crate::identity::{Principal, Role};
-use crate::records::Record;
 use crate::run::{RunEventDraft, RunEventPayload, RunStoreError, StepContext};
 use crate::storage::UnitOfWork;
-use crate::trace::TraceContext;
 
 impl ControlPlane {
     /// Decides whether `principal` may run `requested_skill` (`skill` is `None` when no verified
@@ -76,28 +74,10 @@ impl ControlPlane {
         });
         audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
         if let Some((node_id, payload)) = run_event {
-            runs::append_run_event(
-                &mut *unit,
-                RunEventDraft {
-                    run_id: step.run_id.clone(),
-                    node_id: node_id.to_owned(),
-                    traceparent: step.traceparent.clone(),
-                    payload,
-                },
-                now,
-            )
-            .await?;
+            runs::append_run_event(&mut *unit, RunEventDraft::of_step(step, node_id, payload), now).await?;
         }
-        if let Ok(trace) = step.traceparent.parse::<TraceContext>() {
-            let record = Record {
-                tenant: principal.tenant.clone(),
-                trace_id: trace.trace_id_hex(),
-                span_id: trace.child().span_id_hex(),
-                event_type: "governance".into(),
-                run_id: Some(step.run_id.clone()),
-                content: serde_json::to_value(&decision).unwrap_or_default(),
-                cost: None,
-            };
+        let content = serde_json::to_value(&decision).unwrap_or_default();
+        if let Some(record) = runs::step_record(principal, step, "governance", content) {
             runs::put_copy_record(&mut *unit, &record, now).await?;
         }
         unit.commit().await?;

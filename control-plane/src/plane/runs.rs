@@ -30,6 +30,26 @@ pub(super) async fn put_record(unit: &mut dyn UnitOfWork, record: &Record, now_m
     records::judge(record, insertion)
 }
 
+/// A kernel record of `event_type` about `step`, on a new span under the step's trace; `None`
+/// when the step's `traceparent` does not parse.
+pub(super) fn step_record(
+    principal: &Principal,
+    step: &StepContext,
+    event_type: &str,
+    content: serde_json::Value,
+) -> Option<Record> {
+    let trace = step.traceparent.parse::<TraceContext>().ok()?;
+    Some(Record {
+        tenant: principal.tenant.clone(),
+        trace_id: trace.trace_id_hex(),
+        span_id: trace.child().span_id_hex(),
+        event_type: event_type.to_owned(),
+        run_id: Some(step.run_id.clone()),
+        content,
+        cost: None,
+    })
+}
+
 /// Stores a record that copies an audited fact (telemetry of a verdict or a dispatch): a
 /// conflicting copy is skipped and logged, since the audit entry is the record of authority.
 pub(super) async fn put_copy_record(unit: &mut dyn UnitOfWork, record: &Record, now_ms: i64) -> Result<(), StoreError> {
@@ -152,28 +172,11 @@ impl ControlPlane {
         });
         audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
         if let Some((node_id, payload)) = run_event {
-            append_run_event(
-                &mut *unit,
-                RunEventDraft {
-                    run_id: step.run_id.clone(),
-                    node_id: node_id.to_owned(),
-                    traceparent: step.traceparent.clone(),
-                    payload,
-                },
-                now,
-            )
-            .await?;
+            append_run_event(&mut *unit, RunEventDraft::of_step(step, node_id, payload), now).await?;
         }
-        if let (Some(attributes), Ok(trace)) = (telemetry, step.traceparent.parse::<TraceContext>()) {
-            let record = Record {
-                tenant: principal.tenant.clone(),
-                trace_id: trace.trace_id_hex(),
-                span_id: trace.child().span_id_hex(),
-                event_type: "telemetry:skill.dispatch".into(),
-                run_id: Some(step.run_id.clone()),
-                content: attributes,
-                cost: None,
-            };
+        if let Some(record) =
+            telemetry.and_then(|attributes| step_record(principal, step, "telemetry:skill.dispatch", attributes))
+        {
             put_copy_record(&mut *unit, &record, now).await?;
         }
         unit.commit().await?;

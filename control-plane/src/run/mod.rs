@@ -125,6 +125,18 @@ pub struct RunEventDraft {
     pub payload: RunEventPayload,
 }
 
+impl RunEventDraft {
+    /// The event `payload` of `step`'s run, appended by `node_id` under the step's trace.
+    pub fn of_step(step: &StepContext, node_id: &str, payload: RunEventPayload) -> Self {
+        RunEventDraft {
+            run_id: step.run_id.clone(),
+            node_id: node_id.to_owned(),
+            traceparent: step.traceparent.clone(),
+            payload,
+        }
+    }
+}
+
 /// Why a run event was not stored or a run cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RunStoreError {

@@ -75,18 +75,12 @@ impl AutonomyRows for SqliteUnit {
         skill: &str,
         since_ms: i64,
     ) -> Result<u32, StoreError> {
-        let bad: i64 = sqlx::query_scalar(
+        self.count_since(
             "SELECT COUNT(*) FROM autonomy_outcomes WHERE tenant = ? AND agent = ? AND skill = ? AND at_ms >= ?
              AND kind IN ('failure', 'escalation')",
+            (tenant, agent, skill, since_ms),
         )
-        .bind(tenant)
-        .bind(agent)
-        .bind(skill)
-        .bind(since_ms)
-        .fetch_one(&mut *self.transaction)
         .await
-        .map_err(classify)?;
-        Ok(count(bad))
     }
 
     async fn last_demotion(&mut self, tenant: &str, agent: &str, skill: &str) -> Result<Option<i64>, StoreError> {
@@ -106,17 +100,11 @@ impl AutonomyRows for SqliteUnit {
         skill: &str,
         since_ms: i64,
     ) -> Result<u32, StoreError> {
-        let demotions: i64 = sqlx::query_scalar(
+        self.count_since(
             "SELECT COUNT(*) FROM autonomy_demotions WHERE tenant = ? AND agent = ? AND skill = ? AND at_ms >= ?",
+            (tenant, agent, skill, since_ms),
         )
-        .bind(tenant)
-        .bind(agent)
-        .bind(skill)
-        .bind(since_ms)
-        .fetch_one(&mut *self.transaction)
         .await
-        .map_err(classify)?;
-        Ok(count(demotions))
     }
 
     async fn insert_demotion(
@@ -137,5 +125,24 @@ impl AutonomyRows for SqliteUnit {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+impl SqliteUnit {
+    /// Runs a `COUNT(*)` over one agent's rows for one skill at or after a time.
+    async fn count_since(
+        &mut self,
+        sql: &str,
+        (tenant, agent, skill, since_ms): (&str, &str, &str, i64),
+    ) -> Result<u32, StoreError> {
+        let rows: i64 = sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(agent)
+            .bind(skill)
+            .bind(since_ms)
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(count(rows))
     }
 }
