@@ -160,6 +160,29 @@ fn main() {
         );
 
         println!(
+            "\naudit appends (ControlPlane::govern: one verdict appended to the audit log with its governance record, one durable transaction each), 1,000 verdicts:"
+        );
+        let n_verdicts = 1_000;
+        let started = Instant::now();
+        for i in 0..n_verdicts {
+            let step = control_plane::StepContext {
+                run_id: format!("append-{i}"),
+                step_id: "step-1".into(),
+                traceparent: TraceContext::new_root().to_string(),
+            };
+            control
+                .govern(&agent, &step, &skill.id, Some(&skill), "sha256:input")
+                .await
+                .unwrap();
+        }
+        let appends = started.elapsed();
+        println!(
+            "  {:>8.0} appends/s ({:.2} ms each)",
+            f64::from(n_verdicts) / appends.as_secs_f64(),
+            appends.as_secs_f64() * 1e3 / f64::from(n_verdicts)
+        );
+
+        println!(
             "\nHITL decision to run resume (policy check and vote, audited consumption, run event; each durable), 200 requests:"
         );
         let reviewer = principal("bob", &[Role::Reviewer]);
