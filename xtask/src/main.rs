@@ -169,6 +169,23 @@ fn plugin_dirs(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// Removes packages whose plugin directory is gone, so the packages directory holds exactly
+/// the plugins of this checkout. The target directory is shared between checkouts (CI keeps it
+/// across clones), and a package left by another branch would otherwise be loaded by the tests.
+fn remove_stale_packages(packages: &Path, dirs: &[PathBuf]) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(packages) else {
+        return Ok(());
+    };
+    let current: Vec<_> = dirs.iter().filter_map(|dir| dir.file_name()).collect();
+    for entry in entries.filter_map(Result::ok) {
+        if !current.contains(&entry.file_name().as_os_str()) && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("removing stale package {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds and packages every plugin; returns the packages directory.
 fn build_plugins(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
@@ -189,6 +206,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
 
     let target = target_dir(root);
     let packages = target.join("plugins");
+    remove_stale_packages(&packages, &dirs)?;
     for (dir, crate_name) in crates {
         let skill_toml = std::fs::read_to_string(dir.join("skill.toml"))?;
         let mut manifest: toml::Table =
