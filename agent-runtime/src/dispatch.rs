@@ -130,6 +130,7 @@ impl Runtime {
             tenant: request.tenant.clone(),
             kv: self.kv.clone(),
             http: Some(self.http.clone()),
+            idempotency_key: request.idempotency_key.clone(),
         };
         let invocation = Invocation {
             schema_version: plugin_abi::INVOKE_SCHEMA_V1.to_owned(),

@@ -5,10 +5,30 @@
 //! `capability-error::denied` instead of trapping, and counts the denial so the dispatcher can
 //! classify the outcome.
 //!
+//! Effects are remembered by the invocation's idempotency key ([`crate::kv`]'s effects
+//! journal), so a step dispatched again under the same key (a retry, a recovery after a crash)
+//! does not repeat them:
+//!
+//! - `kv-set`: **exactly once** per key: the value and its journal row commit together.
+//! - `workspace-write`: **exactly once** per key: a journaled write is skipped; a crash between
+//!   the (fsynced) rename and the journal row repeats the same bytes to the same path, which
+//!   leaves the same file.
+//! - `http-fetch` with POST, PUT, PATCH or DELETE: **at least once, deduplicated by the server**:
+//!   every request carries `Idempotency-Key: <idempotency key>/<seq>` (IETF
+//!   draft-ietf-httpapi-idempotency-key-header); a response that was journaled is replayed
+//!   without a request; a crash between the response and its journal row sends the request
+//!   again with the same header, which a server honouring it applies once.
+//! - `http-fetch` with GET or HEAD, `workspace-read`, `kv-get`: no effect; repeated freely.
+//!
+//! Effects are numbered within an invocation in call order (`seq`), and a journal row matches
+//! only when the request is the same (SHA-256 of skill, target and content): a guest that asks
+//! for something else the second time gets it done.
+//!
 //! Bytes are bounded twice: per call (the `MAX_*` constants below) and per invocation
 //! ([`MAX_HOST_IO_BYTES`] across every call), so a guest cannot make the host buffer or move
 //! more than that however it splits its calls.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,7 +38,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::agentd::skill::host::{CapabilityError, Host, HttpRequest, HttpResponse, LogLevel};
-use crate::kv::{KvStore, MAX_KV_VALUE_BYTES};
+use crate::kv::{EffectId, KvStore, MAX_KV_VALUE_BYTES};
 
 /// Largest single `workspace-write`, bytes.
 pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
@@ -85,6 +105,10 @@ pub struct HostState {
     pub(crate) io_bytes: u64,
     pub(crate) skill_id: String,
     pub(crate) traceparent: String,
+    /// The step's idempotency key; effects are journaled under it.
+    pub(crate) idempotency_key: String,
+    /// Effectful calls made so far in this invocation (the next one's `seq`).
+    pub(crate) effect_seq: u32,
     pub(crate) host_calls: u64,
     /// The narrowest capability each denied call would have needed, in order.
     pub(crate) denials: Vec<Capability>,
@@ -102,6 +126,8 @@ pub(crate) struct Effects {
     pub(crate) kv: Option<KvStore>,
     /// The HTTP client; `None` disables `http-fetch`.
     pub(crate) http: Option<reqwest::Client>,
+    /// The step's idempotency key: effects are journaled under it.
+    pub(crate) idempotency_key: String,
 }
 
 impl HostState {
@@ -134,6 +160,8 @@ impl HostState {
             io_bytes: 0,
             skill_id: skill_id.to_owned(),
             traceparent: traceparent.to_owned(),
+            idempotency_key: effects.idempotency_key,
+            effect_seq: 0,
             host_calls: 0,
             denials: Vec::new(),
             events: Vec::new(),
@@ -158,6 +186,8 @@ impl HostState {
         self.tenant = effects.tenant;
         self.kv = effects.kv;
         self.http = effects.http;
+        self.idempotency_key = effects.idempotency_key;
+        self.effect_seq = 0;
         self.deadline = deadline;
         self.io_bytes = 0;
         traceparent.clone_into(&mut self.traceparent);
@@ -232,14 +262,36 @@ impl Host for HostState {
                 .await
                 .map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
         }
+        let (key, seq, digest) = self.next_effect("workspace-write", &[path.as_str().as_bytes(), &contents]);
+        let effect = EffectId {
+            idempotency_key: &key,
+            seq,
+            kind: "workspace-write",
+            request_digest: digest,
+        };
+        if self.already_done(&effect).await.is_some() {
+            return Ok(());
+        }
         let result = async {
-            // Write to a sibling temp file and rename, so a reader never sees half a file.
+            // Write to a sibling temp file, fsync and rename, so a reader never sees half a
+            // file and the journal never records a write a power loss could undo.
             let temporary = target.with_extension("agentd-partial");
-            tokio::fs::write(&temporary, &contents).await?;
-            tokio::fs::rename(&temporary, &target).await
+            let mut file = tokio::fs::File::create(&temporary).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &contents).await?;
+            file.sync_all().await?;
+            drop(file);
+            tokio::fs::rename(&temporary, &target).await?;
+            if let Some(parent) = target.parent()
+                && let Ok(directory) = tokio::fs::File::open(parent).await
+            {
+                let _ = directory.sync_all().await;
+            }
+            Ok::<(), std::io::Error>(())
         }
         .await;
-        result.map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))
+        result.map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
+        self.journal(&effect, None).await;
+        Ok(())
     }
 
     async fn workspace_read(&mut self, path: String, max_bytes: u64) -> Result<Vec<u8>, CapabilityError> {
@@ -303,8 +355,16 @@ impl Host for HostState {
         let Some(kv) = self.kv.clone() else {
             return Err(CapabilityError::Io("this runtime has no key-value store".to_owned()));
         };
-        kv.set(&self.tenant, &self.skill_id, key.as_str(), &value)
+        let (idempotency_key, seq, digest) = self.next_effect("kv-set", &[key.as_str().as_bytes(), &value]);
+        let effect = EffectId {
+            idempotency_key: &idempotency_key,
+            seq,
+            kind: "kv-set",
+            request_digest: digest,
+        };
+        kv.set_journaled(&self.tenant, &self.skill_id, key.as_str(), &value, Some(&effect))
             .await
+            .map(drop)
             .map_err(|error| match error {
                 crate::kv::KvError::Full { .. } => CapabilityError::Invalid(error.to_string()),
                 crate::kv::KvError::Sqlite { .. } => CapabilityError::Io(error.to_string()),
@@ -371,6 +431,36 @@ impl Host for HostState {
         let Some(client) = self.http.clone() else {
             return Err(CapabilityError::Io("this runtime has no HTTP client".to_owned()));
         };
+        // Unsafe methods are effects: numbered, journaled and sent with an Idempotency-Key.
+        let effect_parts = (!matches!(request.method.as_str(), "GET" | "HEAD")).then(|| {
+            let mut parts: Vec<Vec<u8>> = vec![request.method.clone().into_bytes(), request.url.clone().into_bytes()];
+            for (name, value) in &request.headers {
+                parts.push(format!("{name}: {value}").into_bytes());
+            }
+            parts.push(request.body.clone());
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            self.next_effect("http-fetch", &parts)
+        });
+        let effect = effect_parts.as_ref().map(|(key, seq, digest)| EffectId {
+            idempotency_key: key,
+            seq: *seq,
+            kind: "http-fetch",
+            request_digest: digest.clone(),
+        });
+        if let Some(effect) = &effect {
+            if let Some(Some(stored)) = self.already_done(effect).await
+                && let Some(response) = decode_response(&stored)
+            {
+                self.spend(response.body.len())?;
+                return Ok(response);
+            }
+            if !headers.contains_key("idempotency-key")
+                && let Ok(value) =
+                    reqwest::header::HeaderValue::from_str(&format!("{}/{}", effect.idempotency_key, effect.seq))
+            {
+                headers.insert("idempotency-key", value);
+            }
+        }
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let failed =
             |error: reqwest::Error| CapabilityError::Io(format!("{} {}: {error}", request.method, request.url));
@@ -410,12 +500,98 @@ impl Host for HostState {
             body.extend_from_slice(&chunk);
         }
         self.spend(body.len())?;
-        Ok(HttpResponse {
+        let response = HttpResponse {
             status,
             headers: response_headers,
             body,
-        })
+        };
+        if let Some(effect) = &effect {
+            let encoded = encode_response(&response);
+            self.journal(effect, Some(&encoded)).await;
+        }
+        Ok(response)
     }
+}
+
+impl HostState {
+    /// The next effectful call's `(idempotency key, seq, request digest)`; `parts` are what it
+    /// asks for, hashed length-prefixed with its kind and the skill.
+    fn next_effect(&mut self, kind: &str, parts: &[&[u8]]) -> (String, u32, String) {
+        use sha2::Digest as _;
+        let seq = self.effect_seq;
+        self.effect_seq += 1;
+        let mut hasher = sha2::Sha256::new();
+        for part in [kind.as_bytes(), self.skill_id.as_bytes()]
+            .into_iter()
+            .chain(parts.iter().copied())
+        {
+            hasher.update(part.len().to_be_bytes());
+            hasher.update(part);
+        }
+        (
+            self.idempotency_key.clone(),
+            seq,
+            format!("sha256:{}", hex::encode(hasher.finalize())),
+        )
+    }
+
+    /// `Some(response)` when the journal holds `effect` with the same request: it happened.
+    /// A journal that cannot be read counts as not done (the effect happens again).
+    fn already_done<'a>(&self, effect: &'a EffectId<'a>) -> impl Future<Output = Option<Option<Vec<u8>>>> + Send + 'a {
+        let kv = self.kv.clone();
+        async move {
+            let kv = kv?;
+            match kv.journaled(effect).await {
+                Ok(Some((digest, response))) if digest == effect.request_digest => Some(response),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, key = effect.idempotency_key, "the effects journal cannot be read; the effect happens again");
+                    None
+                }
+            }
+        }
+    }
+
+    /// Records that `effect` happened; a failure is logged (the effect may then repeat after a
+    /// crash).
+    fn journal<'a>(
+        &self,
+        effect: &'a EffectId<'a>,
+        response: Option<&'a [u8]>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let kv = self.kv.clone();
+        async move {
+            if let Some(kv) = kv
+                && let Err(error) = kv.record_effect(effect, response).await
+            {
+                tracing::warn!(%error, key = effect.idempotency_key, "an effect could not be journaled; a re-dispatch may repeat it");
+            }
+        }
+    }
+}
+
+/// A journaled HTTP response: JSON `{status, headers, body}` with the body in base64.
+fn encode_response(response: &HttpResponse) -> Vec<u8> {
+    use base64::Engine as _;
+    serde_json::json!({
+        "status": response.status,
+        "headers": response.headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(&response.body),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn decode_response(stored: &[u8]) -> Option<HttpResponse> {
+    use base64::Engine as _;
+    let value: serde_json::Value = serde_json::from_slice(stored).ok()?;
+    Some(HttpResponse {
+        status: u16::try_from(value["status"].as_u64()?).ok()?,
+        headers: serde_json::from_value(value["headers"].clone()).ok()?,
+        body: base64::engine::general_purpose::STANDARD
+            .decode(value["body"].as_str()?)
+            .ok()?,
+    })
 }
 
 impl HostState {

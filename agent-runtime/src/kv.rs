@@ -4,6 +4,13 @@
 //! tenant's. Values are committed (SQLite WAL, `synchronous=FULL`) before `kv-set` returns, so
 //! a value a guest was told is stored survives a crash of the host.
 //!
+//! The same file holds the **effects journal**: what each invocation's idempotency key already
+//! did, one row per effectful host call (`(idempotency key, seq)`, seq counting the
+//! invocation's effectful calls from 0), with a digest of the request and the response. A step
+//! dispatched again under the same key (a retry, a recovery after a crash) finds its earlier
+//! effects there and does not repeat them. A `kv-set` and its journal row commit in one
+//! transaction.
+//!
 //! The database is opened lazily, at the first call that needs it, so that a runtime whose
 //! skills never touch the store never creates the file.
 
@@ -106,6 +113,15 @@ impl KvStore {
                         value BLOB NOT NULL,
                         updated_at_ms INTEGER NOT NULL,
                         PRIMARY KEY (tenant, skill, key)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE IF NOT EXISTS effects (
+                        idempotency_key TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        kind TEXT NOT NULL,
+                        request_digest TEXT NOT NULL,
+                        response BLOB,
+                        recorded_at_ms INTEGER NOT NULL,
+                        PRIMARY KEY (idempotency_key, seq)
                     ) WITHOUT ROWID",
                 )
                 .execute(&self.pool)
@@ -140,8 +156,38 @@ impl KvStore {
     /// [`KvError::Full`] for a new key in a full namespace, [`KvError::Sqlite`] when the write
     /// failed (nothing is changed then).
     pub async fn set(&self, tenant: &str, skill: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.set_journaled(tenant, skill, key, value, None).await.map(drop)
+    }
+
+    /// [`KvStore::set`], exactly once per `effect`: when the journal already holds `effect`'s
+    /// `(idempotency key, seq)` with the same request digest, nothing is written and `false` is
+    /// returned; otherwise the value and the journal row commit in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`KvStore::set`].
+    pub async fn set_journaled(
+        &self,
+        tenant: &str,
+        skill: &str,
+        key: &str,
+        value: &[u8],
+        effect: Option<&EffectId<'_>>,
+    ) -> Result<bool, KvError> {
         self.ready().await?;
-        let mut transaction = self.pool.begin().await.map_err(|source| self.error(source))?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|source| self.error(source))?;
+        if let Some(effect) = effect
+            && journaled(&mut transaction, effect)
+                .await
+                .map_err(|source| self.error(source))?
+                .is_some_and(|(digest, _)| digest == effect.request_digest)
+        {
+            return Ok(false);
+        }
         let exists: bool = sqlx::query_scalar("SELECT COUNT(*) > 0 FROM kv WHERE tenant = ? AND skill = ? AND key = ?")
             .bind(tenant)
             .bind(skill)
@@ -163,9 +209,6 @@ impl KvStore {
                 });
             }
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
         sqlx::query(
             "INSERT INTO kv (tenant, skill, key, value, updated_at_ms) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (tenant, skill, key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
@@ -174,10 +217,116 @@ impl KvStore {
         .bind(skill)
         .bind(key)
         .bind(value)
-        .bind(now_ms)
+        .bind(now_ms())
         .execute(&mut *transaction)
         .await
         .map_err(|source| self.error(source))?;
-        transaction.commit().await.map_err(|source| self.error(source))
+        if let Some(effect) = effect {
+            record(&mut transaction, effect, None)
+                .await
+                .map_err(|source| self.error(source))?;
+        }
+        transaction.commit().await.map_err(|source| self.error(source))?;
+        Ok(true)
     }
+
+    /// What the journal holds for `effect`'s `(idempotency key, seq)`: the request digest and
+    /// the response recorded, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Sqlite`] when the journal cannot be read.
+    pub async fn journaled(&self, effect: &EffectId<'_>) -> Result<Option<(String, Option<Vec<u8>>)>, KvError> {
+        self.ready().await?;
+        let mut connection = self.pool.acquire().await.map_err(|source| self.error(source))?;
+        journaled(&mut connection, effect)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// Records that `effect` happened, with its `response`, committed before it returns
+    /// (replacing an earlier row of the same `(idempotency key, seq)` with another digest: the
+    /// guest asked for something else this time).
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Sqlite`] when the row cannot be written.
+    pub async fn record_effect(&self, effect: &EffectId<'_>, response: Option<&[u8]>) -> Result<(), KvError> {
+        self.ready().await?;
+        let mut connection = self.pool.acquire().await.map_err(|source| self.error(source))?;
+        record(&mut connection, effect, response)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// Journal rows under idempotency key `key` (for tests and inspection).
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Sqlite`] when the journal cannot be read.
+    pub async fn effects_of(&self, key: &str) -> Result<Vec<(u32, String)>, KvError> {
+        self.ready().await?;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, kind FROM effects WHERE idempotency_key = ? ORDER BY seq")
+                .bind(key)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| self.error(source))?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, kind)| (u32::try_from(seq).unwrap_or(u32::MAX), kind))
+            .collect())
+    }
+}
+
+/// One effectful host call: the invocation's idempotency key, the call's position among the
+/// invocation's effectful calls, its kind (`kv-set`, `workspace-write`, `http-fetch`) and the
+/// SHA-256 of what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectId<'a> {
+    /// The step's idempotency key (`<tenant>/<run>/<step>`).
+    pub idempotency_key: &'a str,
+    /// Position among the invocation's effectful calls, from 0.
+    pub seq: u32,
+    /// The host function.
+    pub kind: &'static str,
+    /// `sha256:<hex>` of the request (skill, target and content).
+    pub request_digest: String,
+}
+
+async fn journaled(
+    connection: &mut sqlx::SqliteConnection,
+    effect: &EffectId<'_>,
+) -> Result<Option<(String, Option<Vec<u8>>)>, sqlx::Error> {
+    sqlx::query_as("SELECT request_digest, response FROM effects WHERE idempotency_key = ? AND seq = ?")
+        .bind(effect.idempotency_key)
+        .bind(i64::from(effect.seq))
+        .fetch_optional(connection)
+        .await
+}
+
+async fn record(
+    connection: &mut sqlx::SqliteConnection,
+    effect: &EffectId<'_>,
+    response: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO effects (idempotency_key, seq, kind, request_digest, response, recorded_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(effect.idempotency_key)
+    .bind(i64::from(effect.seq))
+    .bind(effect.kind)
+    .bind(&effect.request_digest)
+    .bind(response)
+    .bind(now_ms())
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }

@@ -25,7 +25,7 @@ use crate::outcome::{DispatchReport, Outcome, RuntimeFailure};
 use crate::package::sha256_digest;
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
-use crate::step::{Step, StepError, StepOutcome, node_id, record_event};
+use crate::step::{Step, StepError, StepOutcome, record_event};
 
 /// Obligations this runtime fulfils: it always records the output's digest in the audit log.
 pub const SUPPORTED_OBLIGATIONS: &[&str] = &["record-output-digest"];
@@ -122,28 +122,28 @@ async fn escalate(
     report: Option<DispatchReport>,
     history: Vec<String>,
 ) -> Result<StepOutcome, StepError> {
-    let approval = control_plane
-        .request_approval(&approval_for(
-            control_plane,
-            principal,
-            &step,
-            skill,
-            control_plane.policy().version().to_owned(),
-        ))
-        .await?;
-    record_event(
-        control_plane,
-        &step.context,
-        RunEventPayload::StepEscalated {
-            step_id: step.context.step_id.clone(),
-            reason: format!(
-                "escalated to a human (request #{}): {}",
-                approval.id,
-                history.join("; ")
+    // The request and the run's escalation to it are one transaction.
+    let (approval, _) = control_plane
+        .request_step_approval(
+            &approval_for(
+                control_plane,
+                principal,
+                &step,
+                skill,
+                control_plane.policy().version().to_owned(),
             ),
-        },
-    )
-    .await?;
+            |approval_id| {
+                control_plane::RunEventDraft::of_step(
+                    &step.context,
+                    &step.lease,
+                    RunEventPayload::StepEscalated {
+                        step_id: step.context.step_id.clone(),
+                        reason: format!("escalated to a human (request #{approval_id}): {}", history.join("; ")),
+                    },
+                )
+            },
+        )
+        .await?;
     control_plane
         .record_outcome(principal, &skill.summary.id, StepResult::Escalation)
         .await?;
@@ -389,7 +389,7 @@ pub(crate) async fn dispatch_and_record(
             Err(AttemptsStopped::Denied(again)) => {
                 record_event(
                     control_plane,
-                    &step.context,
+                    &step,
                     RunEventPayload::StepFailed {
                         step_id: step.context.step_id.clone(),
                         reason: "denied when governed again before a retry".into(),
@@ -489,13 +489,12 @@ async fn record_step_end(
         "outcome": report.outcome.name(),
         "metrics": report.metrics,
     });
-    let node = node_id();
     control_plane
         .record_step_end(
             principal,
             &step.context,
             audited,
-            Some((&node, payload)),
+            Some((&step.lease, payload)),
             Some(telemetry),
         )
         .await?;

@@ -9,7 +9,8 @@
 //! - resilience: [`retry`], [`breaker`], [`selector`];
 //! - governing: [`step`] (the typed step value), [`plan`] (runs of steps), `pep` (the policy
 //!   enforcement point: ask the control plane before every dispatch), `ladder` (retries,
-//!   fallbacks, escalation to a human), [`resume`] (the approval flow after a human decides).
+//!   fallbacks, escalation to a human), [`resume`] (the approval flow after a human decides),
+//!   [`recovery`] (driving on runs whose owner vanished).
 //!
 //! [`Runtime`] is the embeddable host; [`run_step`], [`run_plan`], [`answer_approval`] and
 //! [`resume_approved`] drive it under a [`control_plane::ControlPlane`].
@@ -29,6 +30,7 @@ pub mod outcome;
 pub mod package;
 mod pep;
 pub mod plan;
+pub mod recovery;
 pub mod registry;
 pub mod resume;
 pub mod retry;
@@ -42,10 +44,11 @@ pub use ladder::SUPPORTED_OBLIGATIONS;
 pub use outcome::{DispatchReport, Metrics, Outcome, RuntimeFailure, SkillFailure};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
 pub use plan::{run_plan, run_step};
+pub use recovery::{Recovered, recover, recover_every};
 pub use registry::{LoadedSkill, Rollback, RollbackError};
 pub use resume::{Answered, answer_approval, cancel_approval, close_unapproved, resume_approved};
 pub use runtime::{Runtime, RuntimeConfig};
-pub use step::{Step, StepError, StepOutcome, node_id};
+pub use step::{Begin, Step, StepError, StepOutcome, node_id};
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.
 #[allow(missing_docs)]

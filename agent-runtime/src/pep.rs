@@ -5,17 +5,20 @@
 
 use std::sync::Arc;
 
-use control_plane::{ControlPlane, Decision, NewApproval, Principal, RejectedCandidate, RunEventPayload, Verdict};
+use control_plane::{
+    ApprovalBinding, ControlPlane, Decision, NewApproval, Principal, RejectedCandidate, RunEventPayload, StepStart,
+    Verdict,
+};
 
 use crate::ladder::{self, approval_for, next_allowed_fallback};
 use crate::outcome::{DispatchReport, Outcome, RuntimeFailure};
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
 use crate::selector::select;
-use crate::step::{Step, StepError, StepOutcome, node_id, record_event};
+use crate::step::{Begin, Step, StepError, StepOutcome, record_event};
 
-/// Governs `step` and then dispatches it, asks for approval, or records the denial.
-/// `parent_id` links a new approval request to the one whose modification this step is.
+/// Governs `step` and then dispatches it, asks for approval, or records the denial. A step
+/// resuming a modified request links a new approval request to it (`parent_id`).
 ///
 /// # Errors
 ///
@@ -25,8 +28,11 @@ pub(crate) async fn govern_step(
     control_plane: &ControlPlane,
     principal: &Principal,
     step: Step,
-    parent_id: Option<i64>,
 ) -> Result<StepOutcome, StepError> {
+    let parent_id = match step.begin {
+        Begin::Resume { approval_id } => Some(approval_id),
+        Begin::Fresh | Begin::Recover { .. } => None,
+    };
     // The selector: highest loaded version whose circuit is not open, every rejection explained.
     let selection = select(
         runtime,
@@ -55,25 +61,29 @@ pub(crate) async fn govern_step(
             },
             Some(skill),
         ) => {
-            let approval = control_plane
-                .request_approval(&NewApproval {
-                    reviewer_role: *reviewer_role,
-                    quorum: *quorum,
-                    expires_at_ms: *expires_at_ms,
-                    allowed_decisions: allowed_decisions.clone(),
-                    parent_id,
-                    ..approval_for(control_plane, principal, &step, &skill, decision.policy_version.clone())
-                })
+            // The request and the run's wait on it are one transaction.
+            let (approval, _) = control_plane
+                .request_step_approval(
+                    &NewApproval {
+                        reviewer_role: *reviewer_role,
+                        quorum: *quorum,
+                        expires_at_ms: *expires_at_ms,
+                        allowed_decisions: allowed_decisions.clone(),
+                        parent_id,
+                        ..approval_for(control_plane, principal, &step, &skill, decision.policy_version.clone())
+                    },
+                    |approval_id| {
+                        control_plane::RunEventDraft::of_step(
+                            &step.context,
+                            &step.lease,
+                            RunEventPayload::StepAwaitingApproval {
+                                step_id: step.context.step_id.clone(),
+                                approval_id,
+                            },
+                        )
+                    },
+                )
                 .await?;
-            record_event(
-                control_plane,
-                &step.context,
-                RunEventPayload::StepAwaitingApproval {
-                    step_id: step.context.step_id.clone(),
-                    approval_id: approval.id,
-                },
-            )
-            .await?;
             return Ok(StepOutcome::AwaitingApproval {
                 context: step.context,
                 decision,
@@ -83,7 +93,7 @@ pub(crate) async fn govern_step(
         _ => {
             record_event(
                 control_plane,
-                &step.context,
+                &step,
                 RunEventPayload::StepFailed {
                     step_id: step.context.step_id.clone(),
                     reason: format!("governance verdict: {}", decision.verdict.name()),
@@ -143,13 +153,12 @@ pub(crate) async fn govern_step(
                 },
             );
             let refused = ladder::refusal_record(&report, explanation);
-            let node = node_id();
             let payload = RunEventPayload::StepFailed {
                 step_id: step.context.step_id.clone(),
                 reason: format!("capability-denied (not retryable): {reason}"),
             };
             control_plane
-                .record_step_end(principal, &step.context, &refused, Some((&node, payload)), None)
+                .record_step_end(principal, &step.context, &refused, Some((&step.lease, payload)), None)
                 .await?;
             return Ok(StepOutcome::Dispatched {
                 context: step.context,
@@ -173,18 +182,49 @@ pub(crate) async fn govern_step(
     .await
 }
 
-/// Records that the step started and governs it, in one transaction with the verdict's audit
-/// entry and its governance record (the verdict is audited before anything runs).
+/// Records that the step started (or was recovered) and governs it, in one transaction with
+/// the verdict's audit entry and its governance record (the verdict is audited before anything
+/// runs). A step resuming an approval consumes it in that transaction, unless the verdict is a
+/// denial.
 pub(crate) async fn start_and_govern(
     control_plane: &ControlPlane,
     principal: &Principal,
     step: &Step,
     skill: Option<&plugin_abi::SkillSummary>,
 ) -> Result<Decision, StepError> {
-    let node = node_id();
-    let started = RunEventPayload::StepStarted {
-        step_id: step.context.step_id.clone(),
+    let step_id = step.context.step_id.clone();
+    let (payload, approval_id) = match &step.begin {
+        Begin::Fresh => (
+            RunEventPayload::StepStarted {
+                step_id,
+                approval_id: None,
+            },
+            None,
+        ),
+        Begin::Resume { approval_id } => (
+            RunEventPayload::StepStarted {
+                step_id,
+                approval_id: Some(*approval_id),
+            },
+            Some(*approval_id),
+        ),
+        Begin::Recover { previous_owner } => (
+            RunEventPayload::StepRecovered {
+                step_id,
+                previous_owner: previous_owner.clone(),
+            },
+            None,
+        ),
     };
+    let binding = approval_id.zip(skill).map(|(_, skill)| ApprovalBinding {
+        tenant: principal.tenant.clone(),
+        run_id: step.context.run_id.clone(),
+        step_id: step.context.step_id.clone(),
+        skill_id: skill.id.clone(),
+        skill_digest: skill.digest.clone(),
+        input_digest: step.input_digest().to_owned(),
+        policy_version: String::new(),
+    });
     let decision = control_plane
         .govern_step(
             principal,
@@ -192,7 +232,12 @@ pub(crate) async fn start_and_govern(
             &step.skill_id,
             skill,
             step.input_digest(),
-            Some((&node, started)),
+            Some(StepStart {
+                lease: &step.lease,
+                payload,
+                approval_id,
+                consume: binding.as_ref(),
+            }),
         )
         .await?;
     Ok(decision)

@@ -3,14 +3,14 @@
 //! "/json/pointer"}`), resolved when the step starts.
 
 use control_plane::{
-    ControlPlane, Principal, RunError, RunEventPayload, RunState, RunStoreError, StepContext, StepSpec, TraceContext,
+    ControlPlane, Lease, Principal, RunError, RunState, RunStoreError, StepContext, StepSpec, TraceContext,
 };
 use plugin_abi::InvokeRequest;
 
 use crate::outcome::Outcome;
 use crate::pep::govern_step;
 use crate::runtime::Runtime;
-use crate::step::{Step, StepError, StepOutcome, record_event};
+use crate::step::{Begin, Step, StepError, StepOutcome, node_id, with_lease};
 
 /// Governs and, if allowed, dispatches one step of a new run (a run with one step).
 ///
@@ -49,36 +49,31 @@ pub async fn run_plan(
 ) -> Result<StepOutcome, StepError> {
     let run_id = control_plane::trace::random_id("run");
     let root = TraceContext::new_root();
-    let context = StepContext {
-        run_id: run_id.clone(),
-        step_id: steps.first().map(|step| step.step_id.clone()).unwrap_or_default(),
-        traceparent: root.to_string(),
-    };
-    record_event(
-        control_plane,
-        &context,
-        RunEventPayload::RunCreated {
-            tenant: principal.tenant.clone(),
-            principal: principal.to_string(),
-            steps,
-        },
-    )
-    .await?;
-    continue_run(runtime, control_plane, principal, &run_id, &root, None).await
+    let lease = control_plane
+        .create_run(&run_id, principal, steps, &root.to_string(), &node_id())
+        .await?;
+    continue_run(runtime, control_plane, principal, &root, lease, None).await
 }
 
-/// Runs the remaining steps of `run_id` in order, from its current step. `last` is the outcome
-/// of the step just finished, returned when no step remains.
+/// Runs the remaining steps of `lease`'s run in order, from its current step, under the lease
+/// (renewed while it works). `last` is the outcome of the step just finished, returned when no
+/// step remains. A run past its deadline is timed out instead of starting another step.
+///
+/// # Errors
+///
+/// [`StepError::TimedOut`] when the run's deadline passed; [`StepError::Run`] when a
+/// reference cannot be resolved or the lease was lost; [`StepError::Store`].
 pub(crate) async fn continue_run(
     runtime: &Runtime,
     control_plane: &ControlPlane,
     principal: &Principal,
-    run_id: &str,
     parent: &TraceContext,
+    lease: Lease,
     mut last: Option<StepOutcome>,
 ) -> Result<StepOutcome, StepError> {
+    let run_id = lease.run_id.clone();
     loop {
-        let view = control_plane.run(&principal.tenant, run_id).await?;
+        let view = control_plane.run(&principal.tenant, &run_id).await?;
         if view.state.is_terminal() {
             break;
         }
@@ -89,24 +84,37 @@ pub(crate) async fn continue_run(
             // Waiting for approval or a human: resumed by the decision, not here.
             break;
         }
+        if let Some(deadline_ms) = view.deadline_ms
+            && deadline_ms <= control_plane.now_ms()
+        {
+            control_plane.time_out_run(&lease, &parent.to_string()).await?;
+            return Err(StepError::TimedOut { run_id, deadline_ms });
+        }
         let input = view.resolve_input(&current.spec.step_id).map_err(RunStoreError::from)?;
         let serde_json::Value::Object(input) = input else {
             return Err(StepError::Run(RunStoreError::Run(RunError::BadReference {
-                run_id: run_id.to_owned(),
+                run_id: run_id.clone(),
                 step_id: current.spec.step_id.clone(),
                 message: "the resolved input is not a JSON object".into(),
             })));
         };
         let step = Step::new(
             StepContext {
-                run_id: run_id.to_owned(),
+                run_id: run_id.clone(),
                 step_id: current.spec.step_id.clone(),
                 traceparent: parent.child().to_string(),
             },
             current.spec.skill.clone(),
             InvokeRequest::new(input),
+            lease.clone(),
+            Begin::Fresh,
         );
-        let outcome = govern_step(runtime, control_plane, principal, step, None).await?;
+        let outcome = with_lease(
+            control_plane,
+            &lease,
+            govern_step(runtime, control_plane, principal, step),
+        )
+        .await?;
         let completed = matches!(
             &outcome,
             StepOutcome::Dispatched { report, .. } if matches!(report.outcome, Outcome::Completed { .. })
@@ -118,7 +126,7 @@ pub(crate) async fn continue_run(
     }
     last.ok_or_else(|| {
         StepError::Run(RunStoreError::Run(RunError::BadStep {
-            run_id: run_id.to_owned(),
+            run_id: run_id.clone(),
             message: "the run has no step left to run".into(),
         }))
     })

@@ -6,8 +6,10 @@
 //! and its digest are computed once, when the step is made, and every later stage (the verdict,
 //! an approval request, the dispatch, an escalation) reads them from the step.
 
+use std::future::Future;
+
 use control_plane::{
-    ApprovalError, ApprovalRequest, ApprovalStatus, Decision, Obligation, RunStoreError, StepContext, StoreError,
+    ApprovalError, ApprovalRequest, ApprovalStatus, Decision, Lease, Obligation, RunStoreError, StepContext, StoreError,
 };
 use plugin_abi::{Capability, EnvelopeError, InvokeRequest};
 
@@ -15,26 +17,59 @@ use crate::dispatch::DispatchRequest;
 use crate::outcome::DispatchReport;
 use crate::package::sha256_digest;
 
-/// One step of a run: where it belongs, the skill asked for, and its input.
+/// One step of a run: where it belongs, the skill asked for, its input, and the claim on the
+/// run under which its events are written.
 #[derive(Debug, Clone)]
 pub struct Step {
     /// Run, step and trace context.
     pub context: StepContext,
     /// The skill id asked for.
     pub skill_id: String,
+    /// The claim on the run: every run event of this step is written under it (fenced).
+    pub lease: Lease,
+    /// How the step begins.
+    pub begin: Begin,
     request: InvokeRequest,
     input_json: String,
     input_digest: String,
 }
 
+/// How a step begins, which says what its starting transaction records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// A step of the plan starts: `step-started`.
+    Fresh,
+    /// A step resumes under approval request `approval_id` (approved, or modified with this
+    /// step's input): `step-started` consuming the approval in the same transaction.
+    Resume {
+        /// The approval.
+        approval_id: i64,
+    },
+    /// A recovery dispatches a step again whose owner vanished after it started:
+    /// `step-recovered`, same idempotency key.
+    Recover {
+        /// The owner whose lease lapsed.
+        previous_owner: String,
+    },
+}
+
 impl Step {
-    /// The step `context` asking `skill_id` to run on `request`.
-    pub fn new(context: StepContext, skill_id: impl Into<String>, request: InvokeRequest) -> Self {
+    /// The step `context` asking `skill_id` to run on `request`, under `lease`, beginning as
+    /// `begin` says.
+    pub fn new(
+        context: StepContext,
+        skill_id: impl Into<String>,
+        request: InvokeRequest,
+        lease: Lease,
+        begin: Begin,
+    ) -> Self {
         let input_json = request.input_json();
         let input_digest = sha256_digest(input_json.as_bytes());
         Step {
             context,
             skill_id: skill_id.into(),
+            lease,
+            begin,
             request,
             input_json,
             input_digest,
@@ -148,6 +183,32 @@ pub enum StepError {
     /// The verdict carries an obligation this runtime cannot fulfil, so it did not dispatch.
     #[error("the verdict obliges `{}`, which this runtime cannot fulfil; the step did not run", .0 .0)]
     UnsupportedObligation(Obligation),
+    /// Another owner holds the run under a live lease (another process resuming or running
+    /// it). Retryable: after its lease lapses a recovery pass takes the run over.
+    #[error("run `{run_id}` is being worked on by another owner; retry after its lease lapses")]
+    RunHeld {
+        /// The run.
+        run_id: String,
+    },
+    /// The run no longer waits on the approval being resumed (it was resumed already, or
+    /// finished).
+    #[error("run `{run_id}` no longer waits on approval #{id}: it is {state}; nothing was resumed")]
+    NotWaiting {
+        /// Approval id.
+        id: i64,
+        /// The run.
+        run_id: String,
+        /// Where the run stands.
+        state: control_plane::RunState,
+    },
+    /// The run's deadline passed: `run-timed-out` was recorded and no further step starts.
+    #[error("run `{run_id}` passed its deadline ({deadline_ms} ms since the Unix epoch) and timed out")]
+    TimedOut {
+        /// The run.
+        run_id: String,
+        /// Its deadline.
+        deadline_ms: i64,
+    },
     /// The approved component is no longer loaded.
     #[error("approval {id} was granted for {skill} with digest {digest}, which is no longer loaded")]
     SkillChanged {
@@ -178,6 +239,8 @@ impl StepError {
             StepError::Approval(error) => error.is_retryable(),
             StepError::Run(error) => error.is_retryable(),
             StepError::NotResumed { source, .. } => source.is_retryable(),
+            StepError::RunHeld { .. } => true,
+            StepError::NotWaiting { .. } | StepError::TimedOut { .. } => false,
             StepError::StoredRequest { .. } | StepError::SkillChanged { .. } | StepError::UnsupportedObligation(_) => {
                 false
             }
@@ -190,14 +253,45 @@ pub fn node_id() -> String {
     std::env::var("AGENTD_NODE_ID").unwrap_or_else(|_| format!("node-{}", std::process::id()))
 }
 
-/// Appends `payload` to the run of `context`, by this node.
+/// Appends `payload` to the run of `step`, under its lease.
 pub(crate) async fn record_event(
     control_plane: &control_plane::ControlPlane,
-    context: &StepContext,
+    step: &Step,
     payload: control_plane::RunEventPayload,
 ) -> Result<(), StepError> {
     control_plane
-        .append_run_event(control_plane::RunEventDraft::of_step(context, &node_id(), payload))
+        .append_run_event(control_plane::RunEventDraft::of_step(
+            &step.context,
+            &step.lease,
+            payload,
+        ))
         .await?;
     Ok(())
+}
+
+/// Runs `work` while renewing `lease` every third of the lease TTL, so a long dispatch keeps
+/// its run; renewal stops quietly once the lease is gone (the run was released, taken over or
+/// cancelled: the work's next write is refused then).
+pub(crate) async fn with_lease<F: Future>(
+    control_plane: &control_plane::ControlPlane,
+    lease: &Lease,
+    work: F,
+) -> F::Output {
+    let period = std::time::Duration::from_millis(u64::try_from(control_plane.lease_ttl_ms() / 3).unwrap_or(1).max(1));
+    let renew = async {
+        loop {
+            tokio::time::sleep(period).await;
+            match control_plane.renew_lease(lease).await {
+                Ok(_) => {}
+                Err(error) if error.is_retryable() => {}
+                Err(_) => break,
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        output = &mut work => output,
+        () = renew => unreachable!("renewal never finishes"),
+    }
 }

@@ -58,6 +58,42 @@ pub fn read_input(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read input file {}", path.display()))
 }
 
+/// The control plane over the state file opened read-only, for the audit commands: nothing is
+/// created or written (a read-only copy works). No token is verified with it, so its token
+/// authority is a throwaway one.
+pub async fn open_read_only(paths: &Paths) -> Result<ControlPlane> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("the random source failed: {error}"))?;
+    let authority = TokenAuthority::from_secret(&secret, TokenConfig::default())?;
+    let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
+    let store = Store::open_read_only(&paths.state_file())
+        .await
+        .with_context(|| format!("cannot open the state {} read-only", paths.state_file().display()))?;
+    Ok(ControlPlane::new(authority, policy, store))
+}
+
+/// The control plane's run timing from the environment: `AGENTD_LEASE_TTL_MS` (how long a
+/// vanished owner's run waits before a recovery takes it over) and `AGENTD_RUN_DEADLINE_MS`.
+fn with_run_timing(control_plane: ControlPlane) -> Result<ControlPlane> {
+    let read = |name: &str| -> Result<Option<i64>> {
+        std::env::var(name)
+            .ok()
+            .map(|text| {
+                text.parse::<i64>()
+                    .with_context(|| format!("{name}=`{text}` is not a number of ms"))
+            })
+            .transpose()
+    };
+    let mut control_plane = control_plane;
+    if let Some(ttl) = read("AGENTD_LEASE_TTL_MS")? {
+        control_plane = control_plane.with_lease_ttl_ms(ttl);
+    }
+    if let Some(deadline) = read("AGENTD_RUN_DEADLINE_MS")? {
+        control_plane = control_plane.with_run_deadline_ms(deadline);
+    }
+    Ok(control_plane)
+}
+
 pub struct ControlPlaneApp {
     pub control_plane: ControlPlane,
 }
@@ -80,7 +116,7 @@ impl App {
         let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
         let store = Store::open(&paths.state_file()).await?;
         Ok(ControlPlaneApp {
-            control_plane: ControlPlane::new(authority, policy, store),
+            control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
         })
     }
 

@@ -304,9 +304,11 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     say("\n[4/4] audit verify".into());
     let verification = app.control_plane.verify_audit().await?;
     match &verification {
-        ChainVerification::Intact { entries, head } => {
-            say(format!("  audit chain intact: {entries} entries, head {}", &head[..16]))
-        }
+        ChainVerification::Intact { entries, head, root } => say(format!(
+            "  audit chain intact: {entries} entries, head {}, Merkle root {}",
+            &head[..16],
+            &root[..16.min(root.len())]
+        )),
         ChainVerification::Broken { seq, reason, .. } => bail!("audit chain broken at entry {seq}: {reason}"),
     }
     if json {

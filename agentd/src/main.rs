@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use control_plane::audit::checkpoint::VerifierKey;
+use control_plane::audit::proof::{CheckpointCheck, ConsistencyProof, InclusionProof};
 use control_plane::{ApprovalRequest, ApprovalStatus, ChainVerification, ReviewDecisionKind, Role};
 
 use crate::app::{App, Paths, StepReport, print_step};
@@ -195,12 +197,68 @@ enum AuditCommand {
         #[command(flatten)]
         token: TokenArg,
     },
-    /// Walk the hash chain and name the first broken entry.
-    Verify,
+    /// Check the log: the hash chain (naming the first broken entry), its anchor and its Merkle
+    /// tree; with --checkpoint, also that the log still extends a checkpoint kept elsewhere.
+    /// Opens the state read-only: it works on a read-only copy and writes nothing.
+    Verify {
+        /// A checkpoint (signed note) from `agentd audit checkpoint`, kept outside the state
+        /// directory.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key to check the checkpoint with (`agentd audit verifier-key`, kept
+        /// with the checkpoint); without it the key beside the state is used, which proves
+        /// less (someone who can write the state directory can replace it).
+        #[arg(long, requires = "checkpoint")]
+        key: Option<String>,
+    },
+    /// Print the log's signed tree head: a C2SP checkpoint (size, RFC 9162 root, Ed25519
+    /// signature) to keep outside the state directory or hand to a witness.
+    Checkpoint,
+    /// Print the checkpoints' verifier key (`<origin>+<key id>+<base64 key>`).
+    VerifierKey,
+    /// Print a proof that checks without the database (`agentd audit check-proof`): of one
+    /// entry's inclusion in the current tree, or of the current tree's consistency with an
+    /// older checkpoint.
+    Prove {
+        /// The entry (its sequence number, from 1).
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        entry: Option<i64>,
+        /// An older checkpoint file.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// Check a proof from `agentd audit prove` without the database.
+    CheckProof {
+        /// The proof (JSON), or `-` for standard input.
+        proof: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum RunsCommand {
+    /// List your tenant's runs with their owner, lease and deadline.
+    List {
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Drive on every run that needs it: runs whose owner vanished (lease lapsed), runs
+    /// nobody works on, approvals decided but not resumed, expired approvals, runs past their
+    /// deadline. Long-lived processes do this by themselves.
+    Recover,
+    /// Cancel a run (its requester or an admin): its owner is fenced out, a pending approval
+    /// it waits on is cancelled, and the cancellation is audited.
+    Cancel {
+        /// Run id.
+        run_id: String,
+        /// Why.
+        #[arg(long, default_value = "cancelled")]
+        reason: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
     /// Show a run of your tenant: its state as reduced from its events, and the events.
     Show {
         /// Run id (as printed by `agentd run`).
@@ -455,27 +513,180 @@ async fn execute(cli: Cli) -> Result<Exit> {
             println!("{}", serde_json::to_string_pretty(&document)?);
             Ok(Exit::Success)
         }
-        Command::Audit(AuditCommand::Verify) => {
-            let app = App::open_control_plane(&paths).await?;
-            let verification = app.control_plane.verify_audit().await?;
+        Command::Audit(AuditCommand::Verify { checkpoint, key }) => {
+            let control_plane = app::open_read_only(&paths).await?;
+            let (local, against) = match checkpoint {
+                None => (control_plane.verify_audit().await?, None),
+                Some(path) => {
+                    let note = app::read_input(&path)?;
+                    let verifier = match key {
+                        Some(key) => key.parse().context("--key")?,
+                        None => control_plane
+                            .checkpoint_verifier()
+                            .await
+                            .context("no --key given and the local verifier key is unavailable")?,
+                    };
+                    let (local, against) = control_plane.verify_audit_against(&note, &verifier).await?;
+                    (local, Some(against))
+                }
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&verification)?);
+                let mut value = serde_json::to_value(&local)?;
+                if let Some(against) = &against {
+                    value["checkpoint"] = serde_json::to_value(against)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             }
-            match verification {
-                ChainVerification::Intact { entries, head } => {
+            let mut problems = Vec::new();
+            match &local {
+                ChainVerification::Intact { entries, head, root } => {
                     if !json {
-                        println!("audit chain intact: {entries} entries, head {head}");
+                        println!("audit log intact: {entries} entries, head {head}, Merkle root {root}");
                     }
-                    Ok(Exit::Success)
                 }
                 ChainVerification::Broken {
                     seq,
                     reason,
                     verified_before,
-                } => {
-                    bail!("audit chain broken at entry {seq} ({verified_before} entries before it verify): {reason}")
+                } => problems.push(format!(
+                    "audit log broken at entry {seq} ({verified_before} entries before it verify): {reason}"
+                )),
+            }
+            match &against {
+                Some(CheckpointCheck::Extends { size }) if !json => {
+                    println!("the log extends the checkpoint of {size} entries unchanged");
+                }
+                None | Some(CheckpointCheck::Extends { .. }) => {}
+                Some(CheckpointCheck::Diverged { reason }) => {
+                    problems.push(format!("the log does not extend the checkpoint: {reason}"));
+                }
+                Some(CheckpointCheck::Refused(error)) => problems.push(format!("checkpoint refused: {error}")),
+            }
+            if problems.is_empty() {
+                Ok(Exit::Success)
+            } else {
+                bail!("{}", problems.join("; "))
+            }
+        }
+        Command::Audit(AuditCommand::Checkpoint) => {
+            let control_plane = app::open_read_only(&paths).await?;
+            let signed = control_plane.checkpoint().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            } else {
+                print!("{}", signed.note);
+            }
+            Ok(Exit::Success)
+        }
+        Command::Audit(AuditCommand::VerifierKey) => {
+            let control_plane = app::open_read_only(&paths).await?;
+            println!("{}", control_plane.checkpoint_verifier().await?);
+            Ok(Exit::Success)
+        }
+        Command::Audit(AuditCommand::Prove { entry, from }) => {
+            let control_plane = app::open_read_only(&paths).await?;
+            let proof = match (entry, from) {
+                (Some(seq), _) => serde_json::to_value(control_plane.prove_inclusion(seq).await?)?,
+                (None, Some(path)) => {
+                    let old = app::read_input(&path)?;
+                    serde_json::to_value(control_plane.prove_consistency(&old).await?)?
+                }
+                (None, None) => bail!("give --entry N or --from CHECKPOINT"),
+            };
+            println!("{}", serde_json::to_string_pretty(&proof)?);
+            Ok(Exit::Success)
+        }
+        Command::Audit(AuditCommand::CheckProof { proof, key }) => {
+            let text = app::read_input(&proof)?;
+            let verifier: VerifierKey = key.parse().context("--key")?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("proof {} is not JSON", proof.display()))?;
+            let said = if value.get("entry").is_some() {
+                let proof: InclusionProof = serde_json::from_value(value).context("not an inclusion proof")?;
+                let checkpoint = proof.check(&verifier)?;
+                format!(
+                    "entry {} ({}) is in the log `{}` of {} entries",
+                    proof.entry.seq, proof.entry.kind, checkpoint.origin, checkpoint.size
+                )
+            } else {
+                let proof: ConsistencyProof = serde_json::from_value(value).context("not a consistency proof")?;
+                let (old, new) = proof.check(&verifier)?;
+                format!(
+                    "the log `{}` of {} entries extends its checkpoint of {} entries unchanged",
+                    new.origin, new.size, old.size
+                )
+            };
+            if json {
+                println!("{}", serde_json::json!({ "verified": true, "statement": said }));
+            } else {
+                println!("proof verified: {said}");
+            }
+            Ok(Exit::Success)
+        }
+        Command::Runs(RunsCommand::List { token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let records = app.control_plane.run_records(&caller.tenant).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else if records.is_empty() {
+                println!("no runs in tenant `{}`", caller.tenant);
+            } else {
+                for record in records {
+                    println!(
+                        "{} {:<17} owner {} (token {}), {}",
+                        record.run_id,
+                        record.state,
+                        record.owner.as_deref().unwrap_or("none"),
+                        record.fencing_token,
+                        record
+                            .approval_id
+                            .filter(|_| record.state.is_waiting())
+                            .map_or_else(String::new, |id| format!("waits on approval #{id}")),
+                    );
                 }
             }
+            Ok(Exit::Success)
+        }
+        Command::Runs(RunsCommand::Recover) => {
+            let app = App::open(&paths).await?;
+            let report =
+                agent_runtime::recover(&app.runtime, &app.control_plane, agent_runtime::recovery::PASS_LIMIT).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.is_empty() {
+                println!("no run needed recovery");
+            } else {
+                for recovered in &report {
+                    println!(
+                        "{}: {} -> {}",
+                        recovered.run_id,
+                        serde_json::to_value(&recovered.action)?["action"]
+                            .as_str()
+                            .unwrap_or("?"),
+                        recovered.result
+                    );
+                }
+            }
+            if report.iter().any(|recovered| recovered.result.starts_with("failed")) {
+                return Ok(Exit::Failed);
+            }
+            Ok(Exit::Success)
+        }
+        Command::Runs(RunsCommand::Cancel { run_id, reason, token }) => {
+            let app = App::open_control_plane(&paths).await?;
+            let caller = app.authenticate(&token.token)?;
+            let view = app
+                .control_plane
+                .cancel_run(&caller, &run_id, &reason)
+                .await
+                .with_context(|| format!("cannot cancel run `{run_id}`"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("run {run_id} cancelled by {}", caller.subject);
+            }
+            Ok(Exit::Success)
         }
         Command::Runs(RunsCommand::Show { run_id, token }) => {
             let app = App::open_control_plane(&paths).await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use control_plane::{
     ApprovalBinding, ControlPlane, NewApproval, PolicyEngine, Principal, Quorum, Record, ReviewDecisionKind, Role,
-    RunEventDraft, RunEventPayload, StepSpec, Store, TokenAuthority, TokenConfig, TraceContext,
+    RunEventDraft, RunEventPayload, StepContext, StepSpec, StepStart, Store, TokenAuthority, TokenConfig, TraceContext,
 };
 use plugin_abi::{SideEffect, SkillSummary};
 
@@ -165,7 +165,7 @@ fn main() {
         let n_verdicts = 1_000;
         let started = Instant::now();
         for i in 0..n_verdicts {
-            let step = control_plane::StepContext {
+            let step = StepContext {
                 run_id: format!("append-{i}"),
                 step_id: "step-1".into(),
                 traceparent: TraceContext::new_root().to_string(),
@@ -183,7 +183,7 @@ fn main() {
         );
 
         println!(
-            "\nHITL decision to run resume (policy check and vote, audited consumption, run event; each durable), 200 requests:"
+            "\nHITL decision to run resume (policy check and vote; claim of the run; verdict, audited consumption and step start in one transaction), 200 requests:"
         );
         let reviewer = principal("bob", &[Role::Reviewer]);
         let now = control_plane::now_ms();
@@ -191,65 +191,56 @@ fn main() {
         for i in 0..200 {
             let run_id = format!("run-{i}");
             let tp = TraceContext::new_root().to_string();
+            let steps = vec![StepSpec {
+                step_id: "step-1".into(),
+                skill: "publish-report".into(),
+                input: serde_json::json!({}),
+            }];
+            let lease = control.create_run(&run_id, &agent, steps, &tp, "bench").await.unwrap();
+            let draft = |lease: &control_plane::Lease, payload| RunEventDraft {
+                run_id: run_id.clone(),
+                node_id: lease.owner.clone(),
+                fencing_token: lease.token,
+                traceparent: tp.clone(),
+                payload,
+            };
             control
-                .append_run_event(RunEventDraft {
-                    run_id: run_id.clone(),
-                    node_id: "bench".into(),
-                    traceparent: tp.clone(),
-                    payload: RunEventPayload::RunCreated {
-                        tenant: "acme".into(),
-                        principal: "alice@acme".into(),
-                        steps: vec![StepSpec {
-                            step_id: "step-1".into(),
-                            skill: "publish-report".into(),
-                            input: serde_json::json!({}),
-                        }],
-                    },
-                })
-                .await
-                .unwrap();
-            control
-                .append_run_event(RunEventDraft {
-                    run_id: run_id.clone(),
-                    node_id: "bench".into(),
-                    traceparent: tp.clone(),
-                    payload: RunEventPayload::StepStarted {
+                .append_run_event(draft(
+                    &lease,
+                    RunEventPayload::StepStarted {
                         step_id: "step-1".into(),
+                        approval_id: None,
                     },
-                })
+                ))
                 .await
                 .unwrap();
             let request = control
-                .request_approval(
-                    &NewApproval {
-                        requester: agent.clone(),
-                        acting_agent: "alice".into(),
-                        run_id: run_id.clone(),
-                        step_id: "step-1".into(),
-                        traceparent: tp.clone(),
-                        skill: skill.clone(),
-                        input_digest: "sha256:in".into(),
-                        request_json: "{}".into(),
-                        policy_version: "sha256:p".into(),
-                        reviewer_role: Role::Reviewer,
-                        quorum: Quorum::default(),
-                        expires_at_ms: now + 3_600_000,
-                        allowed_decisions: vec![ReviewDecisionKind::Approve, ReviewDecisionKind::Deny],
-                        parent_id: None,
-                    },
-                )
+                .request_approval(&NewApproval {
+                    requester: agent.clone(),
+                    acting_agent: "alice".into(),
+                    run_id: run_id.clone(),
+                    step_id: "step-1".into(),
+                    traceparent: tp.clone(),
+                    skill: skill.clone(),
+                    input_digest: "sha256:in".into(),
+                    request_json: "{}".into(),
+                    policy_version: control.policy().version().to_owned(),
+                    reviewer_role: Role::Reviewer,
+                    quorum: Quorum::default(),
+                    expires_at_ms: now + 3_600_000,
+                    allowed_decisions: vec![ReviewDecisionKind::Approve, ReviewDecisionKind::Deny],
+                    parent_id: None,
+                })
                 .await
                 .unwrap();
             control
-                .append_run_event(RunEventDraft {
-                    run_id: run_id.clone(),
-                    node_id: "bench".into(),
-                    traceparent: tp.clone(),
-                    payload: RunEventPayload::StepAwaitingApproval {
+                .append_run_event(draft(
+                    &lease,
+                    RunEventPayload::StepAwaitingApproval {
                         step_id: "step-1".into(),
                         approval_id: request.id,
                     },
-                })
+                ))
                 .await
                 .unwrap();
             let started = Instant::now();
@@ -257,30 +248,38 @@ fn main() {
                 .review(request.id, &reviewer, ReviewDecisionKind::Approve, None, None)
                 .await
                 .unwrap();
+            let resumer = control.claim_run(&run_id, "bench").await.unwrap().unwrap();
+            let step = StepContext {
+                run_id: run_id.clone(),
+                step_id: "step-1".into(),
+                traceparent: tp.clone(),
+            };
+            let binding = ApprovalBinding {
+                tenant: "acme".into(),
+                run_id: run_id.clone(),
+                step_id: "step-1".into(),
+                skill_id: skill.id.clone(),
+                skill_digest: skill.digest.clone(),
+                input_digest: "sha256:in".into(),
+                policy_version: String::new(),
+            };
             control
-                .consume_approval(
-                    request.id,
-                    &ApprovalBinding {
-                        tenant: "acme".into(),
-                        run_id: run_id.clone(),
-                        step_id: "step-1".into(),
-                        skill_id: skill.id.clone(),
-                        skill_digest: skill.digest.clone(),
-                        input_digest: "sha256:in".into(),
-                        policy_version: "sha256:p".into(),
-                    },
+                .govern_step(
+                    &agent,
+                    &step,
+                    &skill.id,
+                    Some(&skill),
+                    "sha256:in",
+                    Some(StepStart {
+                        lease: &resumer,
+                        payload: RunEventPayload::StepStarted {
+                            step_id: "step-1".into(),
+                            approval_id: Some(request.id),
+                        },
+                        approval_id: Some(request.id),
+                        consume: Some(&binding),
+                    }),
                 )
-                .await
-                .unwrap();
-            control
-                .append_run_event(RunEventDraft {
-                    run_id: run_id.clone(),
-                    node_id: "bench".into(),
-                    traceparent: tp.clone(),
-                    payload: RunEventPayload::StepStarted {
-                        step_id: "step-1".into(),
-                    },
-                })
                 .await
                 .unwrap();
             samples.push(started.elapsed());

@@ -70,6 +70,14 @@ pub enum StoreError {
     /// The audit anchor key could not be read or created.
     #[error(transparent)]
     AnchorKey(#[from] crate::keys::KeyFileError),
+    /// The audit evidence (the anchor, its key, or the Merkle tree state) does not match the
+    /// log, so nothing more is appended: an append would bury the tampering under a fresh
+    /// head. Not retryable; `agentd audit verify` says what is wrong.
+    #[error("the audit evidence does not check out, so nothing is appended: {detail}; run `agentd audit verify`")]
+    Evidence {
+        /// What does not check out.
+        detail: String,
+    },
     /// Any other backend failure.
     #[error("state store error: {detail}")]
     Backend {
@@ -92,6 +100,7 @@ impl StoreError {
             | StoreError::Corrupt { .. }
             | StoreError::Constraint { .. }
             | StoreError::NewerSchema { .. }
+            | StoreError::Evidence { .. }
             | StoreError::Backend { .. } => false,
         }
     }

@@ -120,6 +120,31 @@ pub fn load_or_create_exact<const N: usize>(path: &Path) -> Result<[u8; N], KeyF
     })
 }
 
+/// The key of exactly `N` bytes at `path`, or `None` when there is no such file. Never creates
+/// one: for keys whose loss must be noticed, not repaired.
+///
+/// # Errors
+///
+/// [`KeyFileError::Io`] when the file exists but cannot be read, [`KeyFileError::WrongLength`]
+/// when it holds another length.
+pub fn load_exact<const N: usize>(path: &Path) -> Result<Option<[u8; N]>, KeyFileError> {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map(Some)
+            .map_err(|bytes: Vec<u8>| KeyFileError::WrongLength {
+                path: path.to_owned(),
+                found: bytes.len(),
+                expected: N.to_string(),
+            }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Makes the new directory entry durable (best effort: not every file system supports syncing
 /// a directory).
 fn sync_parent(path: &Path) {

@@ -49,10 +49,11 @@ pub use governance::{
 };
 pub use hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 pub use identity::{IdentityError, Principal, Role, TokenAuthority, TokenConfig};
-pub use plane::{ControlPlane, KernelEmitter};
+pub use plane::{CancelError, ControlPlane, KernelEmitter, RECOVERY_JOB, RecoveryCandidate, StepStart};
 pub use records::{ConnectorCall, Cost, CostStatus, EmitError, LlmCall, Record, Recorded};
 pub use run::{
-    RunError, RunEvent, RunEventDraft, RunEventPayload, RunState, RunStoreError, RunView, StepContext, StepSpec,
+    Lease, RecoveryAction, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord, RunState, RunStoreError,
+    RunView, StepContext, StepSpec,
 };
 pub use store::{SCHEMA_VERSION, Store};
 pub use trace::TraceContext;

@@ -7,19 +7,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::audit::AnchorKey;
+use crate::audit::checkpoint::CheckpointKey;
 use crate::error::StoreError;
-use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{Access, Storage};
+use crate::storage::Storage;
+use crate::storage::sqlite::{Creation, SqliteStorage};
 
 /// The schema version the SQLite backend writes (in `PRAGMA user_version`); a file with a newer
 /// one is refused, an older one migrated in place.
 pub const SCHEMA_VERSION: i64 = crate::storage::sqlite::SCHEMA_VERSION;
 
-/// An open state store: a database and the key that anchors its audit log. Cheap to clone.
+/// An open state store: a database, the key that anchors its audit log and the seed of the key
+/// that signs its checkpoints. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Storage>,
-    anchor_key: AnchorKey,
+    anchor_key: Option<AnchorKey>,
+    checkpoint_seed: Option<[u8; 32]>,
+    key_paths: KeyPaths,
+}
+
+/// Where a store's keys live: beside the database, `<db>.audit-key` (HMAC anchor key, 32 bytes)
+/// and `<db>.checkpoint-key` (Ed25519 seed, 32 bytes), both mode 0600.
+#[derive(Debug, Clone)]
+struct KeyPaths {
+    anchor: PathBuf,
+    checkpoint: PathBuf,
+}
+
+impl KeyPaths {
+    fn beside(path: &Path) -> Self {
+        KeyPaths {
+            anchor: PathBuf::from(format!("{}.audit-key", path.display())),
+            checkpoint: PathBuf::from(format!("{}.checkpoint-key", path.display())),
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -32,25 +53,55 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed) the SQLite file at `path` in WAL mode with
-    /// `synchronous=FULL`, brings its schema up to [`SCHEMA_VERSION`], and reads the audit
-    /// anchor key at `<path>.audit-key` (created, mode 0600, on first use). A log that has no
-    /// anchor yet is anchored where it stands (trust on first use).
+    /// `synchronous=FULL` and brings its schema up to [`SCHEMA_VERSION`].
+    ///
+    /// The audit anchor key (`<path>.audit-key`) and the checkpoint signing key
+    /// (`<path>.checkpoint-key`) are created, mode 0600, only with a new database (or by the
+    /// migration that introduces them); afterwards they are only read. A missing key, anchor or
+    /// tree state is never repaired here: appends refuse with [`StoreError::Evidence`] and
+    /// [`ControlPlane::verify_audit`](crate::ControlPlane::verify_audit) reports it.
     ///
     /// # Errors
     ///
     /// [`StoreError::Open`] naming the cause when the file cannot be opened,
     /// [`StoreError::NewerSchema`] when a newer agentd wrote it, [`StoreError::AnchorKey`] when
-    /// the key cannot be read or created.
+    /// a key file exists but cannot be read (or, for a new database, created).
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let backend = SqliteStorage::open(path).await?;
-        let key_path = PathBuf::from(format!("{}.audit-key", path.display()));
-        let anchor_key = AnchorKey::new(crate::keys::load_or_create_exact::<32>(&key_path)?);
-        let store = Store {
-            backend: Arc::new(backend),
-            anchor_key,
-        };
-        store.anchor_on_first_use().await?;
-        Ok(store)
+        let key_paths = KeyPaths::beside(path);
+        let backend = SqliteStorage::open(path, |creation, (seq, hash)| {
+            crate::keys::load_or_create_exact::<32>(&key_paths.checkpoint)?;
+            match creation {
+                Creation::Fresh | Creation::PreAnchor => {
+                    let key = AnchorKey::new(crate::keys::load_or_create_exact::<32>(&key_paths.anchor)?);
+                    Ok(Some(key.anchor(seq, &hash)))
+                }
+                Creation::Upgrade => Ok(None),
+            }
+        })
+        .await?;
+        Store::with_backend(Arc::new(backend), key_paths)
+    }
+
+    /// Opens the SQLite file at `path` read-only, for verification and inspection: nothing is
+    /// created, migrated or written (the file may sit on read-only storage), and every write
+    /// through it fails with [`StoreError::ReadOnly`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when the file is missing or cannot be read, or its schema is not
+    /// [`SCHEMA_VERSION`]; [`StoreError::AnchorKey`] when a key file exists but is unreadable.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let backend = SqliteStorage::open_read_only(path).await?;
+        Store::with_backend(Arc::new(backend), KeyPaths::beside(path))
+    }
+
+    fn with_backend(backend: Arc<dyn Storage>, key_paths: KeyPaths) -> Result<Self, StoreError> {
+        Ok(Store {
+            backend,
+            anchor_key: crate::keys::load_exact::<32>(&key_paths.anchor)?.map(AnchorKey::new),
+            checkpoint_seed: crate::keys::load_exact::<32>(&key_paths.checkpoint)?,
+            key_paths,
+        })
     }
 
     /// Where the state is: a file path, or a URL without credentials.
@@ -62,19 +113,25 @@ impl Store {
         self.backend.as_ref()
     }
 
-    pub(crate) fn anchor_key(&self) -> &AnchorKey {
-        &self.anchor_key
+    /// The anchor key, `None` when its file is missing.
+    pub(crate) fn anchor_key(&self) -> Option<&AnchorKey> {
+        self.anchor_key.as_ref()
     }
 
-    async fn anchor_on_first_use(&self) -> Result<(), StoreError> {
-        let mut unit = self.backend.begin(Access::Write).await?;
-        if unit.anchor().await?.is_none() {
-            let (seq, hash) = unit
-                .audit_head()
-                .await?
-                .unwrap_or_else(|| (0, crate::audit::GENESIS_HASH.to_owned()));
-            unit.put_anchor(&self.anchor_key.anchor(seq, &hash)).await?;
-        }
-        unit.commit().await
+    /// Where the anchor key should be, for messages.
+    pub(crate) fn anchor_key_path(&self) -> &Path {
+        &self.key_paths.anchor
+    }
+
+    /// The checkpoint key of the log named `origin`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Evidence`] naming the missing key file.
+    pub(crate) fn checkpoint_key(&self, origin: &str) -> Result<CheckpointKey, StoreError> {
+        let seed = self.checkpoint_seed.as_ref().ok_or_else(|| StoreError::Evidence {
+            detail: format!("the checkpoint key {} is missing", self.key_paths.checkpoint.display()),
+        })?;
+        Ok(CheckpointKey::from_seed(origin, seed))
     }
 }

@@ -192,7 +192,7 @@ fn a_tampered_state_file_fails_audit_verify_by_name() {
     let output = env.agentd(&["audit", "verify"], None);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("audit chain broken at entry 2 (1 entries before it verify)"),
+        stderr(&output).contains("audit log broken at entry 2 (1 entries before it verify)"),
         "{}",
         stderr(&output)
     );

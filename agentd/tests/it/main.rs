@@ -4,6 +4,8 @@
 #![allow(missing_docs, reason = "test helpers are not public API")]
 
 mod bad_input;
+mod chaos;
+mod evidence;
 mod flow;
 
 use std::path::{Path, PathBuf};

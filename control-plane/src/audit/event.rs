@@ -14,7 +14,7 @@ use crate::autonomy::{AutonomyLevel, AutonomyLimits};
 use crate::governance::Decision;
 use crate::hitl::{ApprovalStatus, Quorum, ReviewDecisionKind};
 use crate::identity::Role;
-use crate::run::StepContext;
+use crate::run::{RunState, StepContext};
 
 /// One audited state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -37,6 +37,8 @@ pub enum AuditEvent {
     EnforcementChange(EnforcementChange),
     /// An agent spent its error budget and was demoted one autonomy level.
     AutonomyDemotion(Demotion),
+    /// A run was taken over from an owner whose lease lapsed, cancelled, or timed out.
+    RunControl(RunControl),
 }
 
 impl AuditEvent {
@@ -51,6 +53,7 @@ impl AuditEvent {
             AuditEvent::ApprovalConsumed(_) => "approval-consumed",
             AuditEvent::EnforcementChange(_) => "enforcement-change",
             AuditEvent::AutonomyDemotion(_) => "autonomy-demotion",
+            AuditEvent::RunControl(_) => "run-control",
         }
     }
 
@@ -87,6 +90,7 @@ impl AuditEvent {
             AuditEvent::ApprovalVote(record) => Some(&record.run_id),
             AuditEvent::ApprovalDecision(decided) => Some(decided.run_id()),
             AuditEvent::ApprovalConsumed(record) => Some(&record.run_id),
+            AuditEvent::RunControl(record) => Some(&record.run_id),
             AuditEvent::EnforcementChange(_) | AuditEvent::AutonomyDemotion(_) => None,
         }
     }
@@ -100,7 +104,7 @@ impl AuditEvent {
             AuditEvent::ApprovalVote(record) => Some(&record.step_id),
             AuditEvent::ApprovalDecision(decided) => Some(decided.step_id()),
             AuditEvent::ApprovalConsumed(record) => Some(&record.step_id),
-            AuditEvent::EnforcementChange(_) | AuditEvent::AutonomyDemotion(_) => None,
+            AuditEvent::EnforcementChange(_) | AuditEvent::AutonomyDemotion(_) | AuditEvent::RunControl(_) => None,
         }
     }
 }
@@ -526,4 +530,34 @@ pub struct Demotion {
     pub skill: String,
     /// Why.
     pub reason: String,
+}
+
+/// What was done to a run from outside its own steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunControlAction {
+    /// A recovery pass took the run over from an owner whose lease lapsed.
+    TakenOver,
+    /// Its requester or an admin cancelled it.
+    Cancelled,
+    /// Its deadline passed while it was working.
+    TimedOut,
+}
+
+/// A run taken over, cancelled or timed out: by whom (the entry's principal), from which state
+/// and owner, under which new fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunControl {
+    /// The run.
+    pub run_id: String,
+    /// What was done.
+    pub action: RunControlAction,
+    /// Why, in words.
+    pub reason: String,
+    /// The run's state before.
+    pub previous_state: RunState,
+    /// Its owner before, if any.
+    pub previous_owner: Option<String>,
+    /// The fencing token after: writes under any older token are refused.
+    pub fencing_token: u64,
 }

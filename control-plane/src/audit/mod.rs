@@ -1,23 +1,61 @@
 //! The audit log, the product's proof: an append-only, SHA-256 hash-chained sequence of typed
-//! [`AuditEvent`]s, its head anchored by a MAC under a key kept outside the database.
+//! [`AuditEvent`]s, its head anchored by a MAC under a key kept outside the database, and its
+//! entries the leaves of an RFC 9162 Merkle tree ([`merkle`]) whose signed heads
+//! ([`checkpoint`]) platforms keep outside the state directory.
 //!
 //! This module holds the values and the pure rules: how an entry is hashed ([`entry_hash`]),
 //! what the next entry after a head is ([`next_entry`]), how a chain and its anchor are checked
-//! ([`verify_chain`], [`check_anchor`]). The control plane appends entries in the same
-//! transaction as the state change they record; storage only inserts the rows it is given.
+//! ([`verify_chain`], [`check_anchor`]), whether the evidence still allows an append
+//! ([`check_evidence`]). The control plane appends entries in the same transaction as the state
+//! change they record; storage only inserts the rows it is given.
+//!
+//! Who guards what: the chain catches an edited or deleted entry; the local anchor (MAC under
+//! the key beside the database) catches truncation and a re-hashed tail by someone without the
+//! key; a checkpoint kept elsewhere catches everything else, including the loss of the anchor,
+//! its key or the whole database, because nothing on this machine can re-sign an older head.
 
+pub mod checkpoint;
 mod event;
+pub mod merkle;
+pub mod proof;
 pub mod provenance;
 
 pub use event::{
     ApprovalConsumed, ApprovalDecided, ApprovalRequested, AuditEvent, CancellationRecord, Demotion, DispatchDetail,
     DispatchEntry, DispatchMetrics, DispatchRecord, EnforcementChange, ExpiryRecord, OutcomeKind, RejectedCandidate,
-    SelectionRecord, SkillResolution, VerdictRecord, VoteRecord,
+    RunControl, RunControlAction, SelectionRecord, SkillResolution, VerdictRecord, VoteRecord,
 };
 
 use sha2::{Digest, Sha256};
 
 use crate::identity::Principal;
+
+/// The log's identity and the right edge of its Merkle tree, kept with the entries and updated
+/// by every append in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogState {
+    /// The checkpoint origin (C2SP `tlog-checkpoint`): `agentd.local/<16 hex digits>`, random
+    /// when the log is created, so checkpoints of two logs never pass for each other.
+    pub origin: String,
+    /// The tree's frontier: its size equals the number of entries.
+    pub frontier: merkle::Frontier,
+}
+
+impl LogState {
+    /// A new log's state with a fresh random origin over `frontier`.
+    ///
+    /// # Errors
+    ///
+    /// When the operating system's random source fails.
+    pub fn new(frontier: merkle::Frontier) -> Result<Self, getrandom::Error> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)?;
+        Ok(LogState {
+            origin: format!("agentd.local/{}", hex::encode(id)),
+            frontier,
+        })
+    }
+}
 
 /// `prev_hash` of the first audit entry: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -64,6 +102,8 @@ pub enum ChainVerification {
         entries: u64,
         /// Hash of the last entry ([`GENESIS_HASH`] when empty).
         head: String,
+        /// The RFC 9162 Merkle root over the entries, hex (empty until the tree is checked).
+        root: String,
     },
     /// The first entry that does not verify.
     Broken {
@@ -187,6 +227,7 @@ pub fn verify_chain(entries: &[AuditEntry]) -> ChainVerification {
     ChainVerification::Intact {
         entries: entries.len() as u64,
         head,
+        root: String::new(),
     }
 }
 
@@ -278,5 +319,95 @@ pub fn check_anchor(key: &AnchorKey, anchor: Option<&Anchor>, entries: u64, head
     ChainVerification::Intact {
         entries,
         head: head.to_owned(),
+        root: String::new(),
     }
+}
+
+/// Checks the stored tree state against intact entries (`entries` in chain order): the tree
+/// must hold exactly the entries and its root must be theirs. Fills in the root when it holds.
+pub fn check_tree(state: Option<&LogState>, entries: &[AuditEntry]) -> ChainVerification {
+    let count = entries.len() as u64;
+    let last_seq = entries.last().map_or(0, |entry| entry.seq);
+    let head = entries
+        .last()
+        .map_or_else(|| GENESIS_HASH.to_owned(), |entry| entry.hash.clone());
+    let broken = |reason: String| ChainVerification::Broken {
+        seq: last_seq,
+        reason,
+        verified_before: count,
+    };
+    let Some(state) = state else {
+        return broken("the Merkle tree state (audit_log) is missing".into());
+    };
+    if state.frontier.size() != count {
+        return broken(format!(
+            "the Merkle tree holds {} entries, the log {count}",
+            state.frontier.size()
+        ));
+    }
+    let leaves = match entry_leaves(entries) {
+        Ok(leaves) => leaves,
+        Err(reason) => return broken(reason),
+    };
+    let root = merkle::root_of(&leaves);
+    if root != state.frontier.root() {
+        return broken("the stored Merkle tree head does not match the entries".into());
+    }
+    ChainVerification::Intact {
+        entries: count,
+        head,
+        root: hex::encode(root),
+    }
+}
+
+/// The Merkle leaf hashes of `entries`.
+///
+/// # Errors
+///
+/// When an entry's stored hash is not 64 hex digits.
+pub fn entry_leaves(entries: &[AuditEntry]) -> Result<Vec<merkle::Hash>, String> {
+    entries.iter().map(|entry| merkle::entry_leaf(&entry.hash)).collect()
+}
+
+/// Whether the log may be appended to after head `head` (`(seq, hash)` of the last entry,
+/// `None` when empty): the anchor key is present, the anchor's MAC verifies and names exactly
+/// that head, and the tree holds exactly the entries. A cheap check (no entry is re-hashed) run
+/// by every append, so that one ordinary append after tampering fails instead of re-anchoring
+/// the tampered log.
+///
+/// # Errors
+///
+/// The first thing that does not hold, as a sentence.
+pub fn check_evidence(
+    key: Option<&AnchorKey>,
+    anchor: Option<&Anchor>,
+    state: Option<&LogState>,
+    head: Option<&(i64, String)>,
+) -> Result<(), String> {
+    let (seq, hash) = head.map_or((0, GENESIS_HASH), |(seq, hash)| (*seq, hash.as_str()));
+    let Some(key) = key else {
+        return Err("the audit anchor key is missing".into());
+    };
+    let Some(anchor) = anchor else {
+        return Err("the audit anchor is missing".into());
+    };
+    if anchor.mac != key.mac(anchor.seq, &anchor.hash) {
+        return Err("the audit anchor's MAC does not verify under the anchor key".into());
+    }
+    if anchor.seq != seq || anchor.hash != hash {
+        return Err(format!(
+            "the audit anchor names entry {} but the log's head is entry {seq}: the log was truncated, extended or re-hashed",
+            anchor.seq
+        ));
+    }
+    let Some(state) = state else {
+        return Err("the Merkle tree state (audit_log) is missing".into());
+    };
+    if state.frontier.size() != u64::try_from(seq).unwrap_or(u64::MAX) {
+        return Err(format!(
+            "the Merkle tree holds {} entries, the log {seq}",
+            state.frontier.size()
+        ));
+    }
+    Ok(())
 }

@@ -133,7 +133,8 @@ pub fn run_provenance(entries: &[AuditEntry], run_id: &str) -> Value {
             AuditEvent::ApprovalRequested(_)
             | AuditEvent::ApprovalConsumed(_)
             | AuditEvent::EnforcementChange(_)
-            | AuditEvent::AutonomyDemotion(_) => {}
+            | AuditEvent::AutonomyDemotion(_)
+            | AuditEvent::RunControl(_) => {}
         }
     }
     let mut document = json!({

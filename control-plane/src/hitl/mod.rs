@@ -149,7 +149,9 @@ impl ApprovalStatus {
         use ApprovalStatus::*;
         matches!(
             (self, next),
-            (Pending, Approved | Denied | Modified | Expired | Cancelled) | (Approved, Consumed | Expired)
+            (Pending, Approved | Denied | Modified | Expired | Cancelled)
+                | (Approved, Consumed | Expired)
+                | (Modified, Consumed)
         )
     }
 }

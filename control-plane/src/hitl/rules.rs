@@ -209,34 +209,49 @@ pub fn cancel(
     )
 }
 
-/// Consuming an approved request for the dispatch it was granted for: the request is approved
-/// and every bound field (run id, step id, skill id, skill digest, input digest, policy
-/// version) equals what the dispatch offers. The caller checks the tenant and expiry first.
+/// Consuming a decided request for the dispatch it released, once:
+///
+/// - an **approved** request: every bound field (run id, step id, skill id, skill digest, input
+///   digest, policy version) must equal what the dispatch offers;
+/// - a **modified** request: the run, step and skill must match and the offered input digest
+///   must be the reviewer's edited input's ([`modified_input_digest`]); the edited step is
+///   governed again under the policy in force, so skill digest and policy version are whatever
+///   that verdict ran under.
+///
+/// The caller checks the tenant and expiry first.
 ///
 /// # Errors
 ///
-/// [`ApprovalError::NotApproved`] or [`ApprovalError::BindingMismatch`] naming the first field
-/// that differs.
+/// [`ApprovalError::NotApproved`] (any other status, including `consumed`: a second
+/// consumption) or [`ApprovalError::BindingMismatch`] naming the first field that differs.
 pub fn consume(
     request: &ApprovalRequest,
     binding: &ApprovalBinding,
     now_ms: i64,
 ) -> Result<ApprovalTransition, ApprovalError> {
     let id = request.id;
-    if request.status != ApprovalStatus::Approved {
-        return Err(ApprovalError::NotApproved {
-            id,
-            status: request.status,
-        });
-    }
-    for (what, bound, offered) in [
-        ("run id", &request.run_id, &binding.run_id),
-        ("step id", &request.step_id, &binding.step_id),
-        ("skill id", &request.skill.id, &binding.skill_id),
-        ("skill digest", &request.skill.digest, &binding.skill_digest),
-        ("input digest", &request.input_digest, &binding.input_digest),
-        ("policy version", &request.policy_version, &binding.policy_version),
-    ] {
+    let modified_digest;
+    let bound: Vec<(&'static str, &String, &String)> = match request.status {
+        ApprovalStatus::Approved => vec![
+            ("run id", &request.run_id, &binding.run_id),
+            ("step id", &request.step_id, &binding.step_id),
+            ("skill id", &request.skill.id, &binding.skill_id),
+            ("skill digest", &request.skill.digest, &binding.skill_digest),
+            ("input digest", &request.input_digest, &binding.input_digest),
+            ("policy version", &request.policy_version, &binding.policy_version),
+        ],
+        ApprovalStatus::Modified => {
+            modified_digest = modified_input_digest(request).unwrap_or_default();
+            vec![
+                ("run id", &request.run_id, &binding.run_id),
+                ("step id", &request.step_id, &binding.step_id),
+                ("skill id", &request.skill.id, &binding.skill_id),
+                ("edited input digest", &modified_digest, &binding.input_digest),
+            ]
+        }
+        status => return Err(ApprovalError::NotApproved { id, status }),
+    };
+    for (what, bound, offered) in bound {
         if bound != offered {
             return Err(ApprovalError::BindingMismatch {
                 id,
@@ -247,6 +262,17 @@ pub fn consume(
         }
     }
     ApprovalTransition::new(request, ApprovalStatus::Consumed, now_ms, None)
+}
+
+/// `sha256:<hex>` of the edited input of a modified request (its canonical JSON text, as a
+/// step computes it); `None` when there is none or it does not parse.
+pub fn modified_input_digest(request: &ApprovalRequest) -> Option<String> {
+    use sha2::Digest as _;
+    let edited = plugin_abi::InvokeRequest::parse(request.modified_request_json.as_deref()?).ok()?;
+    Some(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(edited.input_json().as_bytes()))
+    ))
 }
 
 #[cfg(test)]

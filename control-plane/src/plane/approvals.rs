@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{ControlPlane, audit_log};
+use super::{ControlPlane, audit_log, ownership, runs};
 use crate::audit::{
     ApprovalConsumed, ApprovalDecided, ApprovalRequested, AuditEvent, CancellationRecord, ExpiryRecord, VoteRecord,
 };
@@ -12,6 +12,7 @@ use crate::hitl::ApprovalTransition;
 use crate::hitl::rules::{self, EXPIRY_JOB, VoteOutcome};
 use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, ReviewDecisionKind};
 use crate::identity::{Principal, Role, with_system_identity};
+use crate::run::{RunEvent, RunEventDraft, RunStoreError};
 use crate::storage::UnitOfWork;
 
 impl ControlPlane {
@@ -24,6 +25,40 @@ impl ControlPlane {
     pub async fn request_approval(&self, request: &NewApproval) -> Result<ApprovalRequest, StoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        let stored = self.insert_approval_in(&mut *unit, request, now).await?;
+        unit.commit().await?;
+        Ok(stored)
+    }
+
+    /// Stores a pending approval request for a step of a run together with the run event that
+    /// makes the run wait on it (`event(approval_id)`, typically `step-awaiting-approval` or
+    /// `step-escalated`), in one transaction: a crash leaves either both or neither, so no
+    /// approval is pending for a run that does not wait on it. The event is fenced by its
+    /// draft's lease like every run write.
+    ///
+    /// # Errors
+    ///
+    /// [`RunStoreError::LeaseLost`] when the writer no longer holds the run, the run's rules'
+    /// error when the event does not apply, [`StoreError`] otherwise; nothing is stored then.
+    pub async fn request_step_approval(
+        &self,
+        request: &NewApproval,
+        event: impl FnOnce(i64) -> RunEventDraft,
+    ) -> Result<(ApprovalRequest, RunEvent), RunStoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let stored = self.insert_approval_in(&mut *unit, request, now).await?;
+        let event = runs::append_run_event(&mut *unit, event(stored.id), now, self.lease_ttl_ms).await?;
+        unit.commit().await?;
+        Ok((stored, event))
+    }
+
+    async fn insert_approval_in(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        request: &NewApproval,
+        now: i64,
+    ) -> Result<ApprovalRequest, StoreError> {
         let id = unit.insert_approval(request, now).await?;
         let event = AuditEvent::ApprovalRequested(ApprovalRequested {
             approval_id: id,
@@ -40,13 +75,10 @@ impl ControlPlane {
             allowed_decisions: request.allowed_decisions.clone(),
             parent_id: request.parent_id,
         });
-        audit_log::append(&mut *unit, self.store.anchor_key(), &event, &request.requester, now).await?;
-        let stored = unit
-            .approval(id)
+        audit_log::append(unit, self.store.anchor_key(), &event, &request.requester, now).await?;
+        unit.approval(id)
             .await?
-            .ok_or_else(|| StoreError::corrupt(format!("approval {id} vanished")))?;
-        unit.commit().await?;
-        Ok(stored)
+            .ok_or_else(|| StoreError::corrupt(format!("approval {id} vanished")))
     }
 
     /// One approval request of `tenant`.
@@ -123,11 +155,18 @@ impl ControlPlane {
         };
         audit_log::append(&mut *unit, self.store.anchor_key(), &event, reviewer, now).await?;
         let decided = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        if let Some(payload) = ownership::closing_event(&decided) {
+            let actor = format!("review:{reviewer}");
+            ownership::close_waiting_run(&mut *unit, &decided, &actor, payload, now, self.lease_ttl_ms)
+                .await
+                .map_err(into_store)?;
+        }
         unit.commit().await?;
         Ok(decided)
     }
 
-    /// Withdraws a pending request: only its requester or an admin of its tenant may.
+    /// Withdraws a pending request: only its requester or an admin of its tenant may. The run
+    /// waiting on it is cancelled in the same unit of work.
     ///
     /// # Errors
     ///
@@ -141,13 +180,36 @@ impl ControlPlane {
     ) -> Result<ApprovalRequest, ApprovalError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        let cancelled = self
+            .cancel_pending_in(&mut *unit, id, principal, reason.unwrap_or_default(), now)
+            .await?;
+        if let Some(payload) = ownership::closing_event(&cancelled) {
+            let actor = format!("cancel:{principal}");
+            ownership::close_waiting_run(&mut *unit, &cancelled, &actor, payload, now, self.lease_ttl_ms)
+                .await
+                .map_err(into_store)?;
+        }
+        unit.commit().await?;
+        Ok(cancelled)
+    }
+
+    /// Cancels pending request `id` inside `unit`, audited (not its run).
+    pub(super) async fn cancel_pending_in(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        id: i64,
+        principal: &Principal,
+        reason: &str,
+        now: i64,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let reason = Some(reason).filter(|reason| !reason.is_empty());
         let request = unit
             .approval(id)
             .await?
             .filter(|request| request.tenant == principal.tenant)
             .ok_or(ApprovalError::NotFound { id })?;
         let transition = rules::cancel(&request, principal, reason, now)?;
-        self.apply(&mut *unit, &request, &transition).await?;
+        self.apply(unit, &request, &transition).await?;
         let event = AuditEvent::ApprovalDecision(ApprovalDecided::Cancelled(CancellationRecord {
             approval_id: id,
             status: ApprovalStatus::Cancelled,
@@ -158,10 +220,39 @@ impl ControlPlane {
             input_digest: request.input_digest.clone(),
             policy_version: request.policy_version.clone(),
         }));
-        audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
-        let cancelled = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        audit_log::append(unit, self.store.anchor_key(), &event, principal, now).await?;
+        unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })
+    }
+
+    /// Closes the run of approval request `id` of `tenant` if it still waits on it although the
+    /// request ended without its step running (denied, expired, cancelled): for runs left so
+    /// by an interrupted older agentd (this one closes them in the deciding transaction).
+    /// `false` when there was nothing to close.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`].
+    pub async fn close_after_approval(&self, tenant: &str, id: i64) -> Result<bool, StoreError> {
+        let now = self.now_ms();
+        let mut unit = self.write().await?;
+        let Some(request) = unit.approval(id).await?.filter(|request| request.tenant == tenant) else {
+            return Ok(false);
+        };
+        let Some(payload) = ownership::closing_event(&request) else {
+            return Ok(false);
+        };
+        let closed = ownership::close_waiting_run(
+            &mut *unit,
+            &request,
+            &format!("system:{}", ownership::RECOVERY_JOB),
+            payload,
+            now,
+            self.lease_ttl_ms,
+        )
+        .await
+        .map_err(into_store)?;
         unit.commit().await?;
-        Ok(cancelled)
+        Ok(closed)
     }
 
     /// Expires every pending or approved-but-unconsumed request whose stored `expires_at_ms` is
@@ -186,11 +277,14 @@ impl ControlPlane {
         Ok(ids)
     }
 
-    /// Consumes an approved request for the dispatch it was granted for, exactly once, and
-    /// audits the consumption in the same unit of work.
+    /// Consumes a decided request for the dispatch it released, exactly once, and audits the
+    /// consumption in the same unit of work. Runs start steps under an approval with
+    /// [`ControlPlane::govern_step`], which consumes in the step's starting transaction.
     ///
-    /// The approval binds tenant, run id, step id, skill id, skill digest, input digest and
-    /// policy version; any difference, a second consumption or an expired approval is refused.
+    /// An approved request binds tenant, run id, step id, skill id, skill digest, input digest
+    /// and policy version; a modified one binds run, step, skill and the edited input
+    /// ([`rules::consume`]). Any difference, a second consumption or an expired approval is
+    /// refused.
     ///
     /// # Errors
     ///
@@ -199,25 +293,49 @@ impl ControlPlane {
     pub async fn consume_approval(&self, id: i64, binding: &ApprovalBinding) -> Result<ApprovalRequest, ApprovalError> {
         let now = self.now_ms();
         let unit = self.write().await?;
-        let (mut unit, request) = self
+        let (mut unit, _) = self
             .unexpired(unit, id, &binding.tenant, ApprovalStatus::Approved, now)
             .await?;
+        self.consume_in(&mut *unit, id, binding, now).await?;
+        let consumed = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
+        unit.commit().await?;
+        Ok(consumed)
+    }
+
+    /// Consumes request `id` inside `unit` under `binding`, audited. An expired request is
+    /// refused with [`ApprovalError::Expired`] (nothing written: the caller records the expiry).
+    pub(super) async fn consume_in(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        id: i64,
+        binding: &ApprovalBinding,
+        now: i64,
+    ) -> Result<(), ApprovalError> {
+        let request = unit
+            .approval(id)
+            .await?
+            .filter(|request| request.tenant == binding.tenant)
+            .ok_or(ApprovalError::NotFound { id })?;
+        if rules::expiry(&request, request.status, now).is_some() {
+            return Err(ApprovalError::Expired {
+                id,
+                expires_at_ms: request.expires_at_ms,
+            });
+        }
         let transition = rules::consume(&request, binding, now)?;
-        self.apply(&mut *unit, &request, &transition).await?;
+        self.apply(unit, &request, &transition).await?;
         let event = AuditEvent::ApprovalConsumed(ApprovalConsumed {
             approval_id: id,
             run_id: request.run_id.clone(),
             step_id: request.step_id.clone(),
             skill_id: request.skill.id.clone(),
             skill_digest: request.skill.digest.clone(),
-            input_digest: request.input_digest.clone(),
+            input_digest: binding.input_digest.clone(),
             policy_version: binding.policy_version.clone(),
         });
         let consumer = request.requester_principal();
-        audit_log::append(&mut *unit, self.store.anchor_key(), &event, &consumer, now).await?;
-        let consumed = unit.approval(id).await?.ok_or(ApprovalError::NotFound { id })?;
-        unit.commit().await?;
-        Ok(consumed)
+        audit_log::append(unit, self.store.anchor_key(), &event, &consumer, now).await?;
+        Ok(())
     }
 
     /// Fetches request `id` of `tenant` inside `unit`. If it is `live` but its stored
@@ -269,6 +387,22 @@ impl ControlPlane {
             policy_version: request.policy_version.clone(),
         }));
         audit_log::append(unit, self.store.anchor_key(), &event, &system, transition.at_ms).await?;
+        let expired = ApprovalRequest {
+            status: ApprovalStatus::Expired,
+            ..request.clone()
+        };
+        if let Some(payload) = ownership::closing_event(&expired) {
+            ownership::close_waiting_run(
+                unit,
+                &expired,
+                &system.to_string(),
+                payload,
+                transition.at_ms,
+                self.lease_ttl_ms,
+            )
+            .await
+            .map_err(into_store)?;
+        }
         Ok(())
     }
 
@@ -328,5 +462,14 @@ fn vote_record(
         skill_digest: request.skill.digest.clone(),
         input_digest: request.input_digest.clone(),
         policy_version: request.policy_version.clone(),
+    }
+}
+
+/// A run error met while an approval decision closes its run: the store's error, or a run
+/// whose events no longer reduce (corrupt state).
+fn into_store(error: RunStoreError) -> StoreError {
+    match error {
+        RunStoreError::Store(error) => error,
+        other => StoreError::corrupt(other),
     }
 }

@@ -8,9 +8,23 @@ use crate::audit::{AuditEvent, SkillResolution, VerdictRecord};
 use crate::autonomy::{self, AutonomyAssessment, AutonomyLevel};
 use crate::error::StoreError;
 use crate::governance::{self, Decision, Quorum, ReviewDecisionKind, Verdict};
+use crate::hitl::{ApprovalBinding, ApprovalError};
 use crate::identity::{Principal, Role};
-use crate::run::{RunEventDraft, RunEventPayload, RunStoreError, StepContext};
+use crate::run::{Lease, RunEventDraft, RunEventPayload, RunStoreError, StepContext};
 use crate::storage::UnitOfWork;
+
+/// How a governed step starts, in the verdict's transaction.
+#[derive(Debug, Clone)]
+pub struct StepStart<'a> {
+    /// The writer's claim on the run.
+    pub lease: &'a Lease,
+    /// The event to append: `step-started` (or `step-recovered`).
+    pub payload: RunEventPayload,
+    /// The approval to consume for this dispatch, if it resumes one.
+    pub approval_id: Option<i64>,
+    /// Its binding (the policy version is filled in from the new verdict).
+    pub consume: Option<&'a ApprovalBinding>,
+}
 
 impl ControlPlane {
     /// Decides whether `principal` may run `requested_skill` (`skill` is `None` when no verified
@@ -32,19 +46,25 @@ impl ControlPlane {
             .await
             .map_err(|error| match error {
                 RunStoreError::Store(error) => error,
-                RunStoreError::Run(error) => StoreError::corrupt(error),
+                other => StoreError::corrupt(other),
             })
     }
 
-    /// Like [`ControlPlane::govern`], and in the same unit of work (one fsync) appends
-    /// `run_event` (by `node_id`) to the step's run and a `governance` kernel record of the
-    /// decision (its own span under the step's trace).
+    /// Like [`ControlPlane::govern`], and in the same unit of work (one fsync) starts the step:
+    /// appends `start.payload` (by the holder of `start.lease`, fenced) to the step's run, a
+    /// `governance` kernel record of the decision (its own span under the step's trace) and,
+    /// when `start.consume` names an approval and the verdict is not a denial, consumes it
+    /// (audited) and records it in the `step-started` event: consuming an approval and
+    /// recording the dispatch intent are one transaction, so a crash leaves either both or
+    /// neither. The binding's policy version is the new verdict's.
     ///
     /// # Errors
     ///
     /// [`RunStoreError::Run`] when the run event is illegal for the run,
-    /// [`RunStoreError::Store`] when the decision could not be audited; the caller must then
-    /// treat the step as denied (fail closed).
+    /// [`RunStoreError::LeaseLost`] when the run is no longer the writer's,
+    /// [`RunStoreError::Approval`] when the approval cannot be consumed (an expiry found on the
+    /// way is recorded, with its run's end), [`RunStoreError::Store`] when the decision could
+    /// not be audited; the caller must then treat the step as not started (fail closed).
     pub async fn govern_step(
         &self,
         principal: &Principal,
@@ -52,7 +72,7 @@ impl ControlPlane {
         requested_skill: &str,
         skill: Option<&SkillSummary>,
         input_digest: &str,
-        run_event: Option<(&str, RunEventPayload)>,
+        start: Option<StepStart<'_>>,
     ) -> Result<Decision, RunStoreError> {
         let now = self.now_ms();
         let mut decision = self.policy().decide(principal, requested_skill, skill, now);
@@ -73,8 +93,42 @@ impl ControlPlane {
             decision: decision.clone(),
         });
         audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
-        if let Some((node_id, payload)) = run_event {
-            runs::append_run_event(&mut *unit, RunEventDraft::of_step(step, node_id, payload), now).await?;
+        if let Some(start) = start {
+            let mut payload = start.payload;
+            match (start.consume, &decision.verdict) {
+                (Some(binding), verdict) if !matches!(verdict, Verdict::Deny { .. }) => {
+                    let binding = ApprovalBinding {
+                        policy_version: decision.policy_version.clone(),
+                        ..binding.clone()
+                    };
+                    let id = start.approval_id.unwrap_or_default();
+                    match self.consume_in(&mut *unit, id, &binding, now).await {
+                        Ok(()) => {}
+                        Err(error @ ApprovalError::Expired { .. }) => {
+                            // The expiry (and its run's end) is recorded; the verdict is not.
+                            drop(unit);
+                            self.expire_due().await?;
+                            return Err(error.into());
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                    if let RunEventPayload::StepStarted { approval_id, .. } = &mut payload {
+                        *approval_id = Some(id);
+                    }
+                }
+                _ => {
+                    if let RunEventPayload::StepStarted { approval_id, .. } = &mut payload {
+                        *approval_id = None;
+                    }
+                }
+            }
+            runs::append_run_event(
+                &mut *unit,
+                RunEventDraft::of_step(step, start.lease, payload),
+                now,
+                self.lease_ttl_ms,
+            )
+            .await?;
         }
         let content = serde_json::to_value(&decision).unwrap_or_default();
         if let Some(record) = runs::step_record(principal, step, "governance", content) {

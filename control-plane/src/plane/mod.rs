@@ -15,10 +15,13 @@ mod approvals;
 mod audit_log;
 mod emitter;
 mod govern;
+mod ownership;
 mod runs;
 
 pub use admin::AdminError;
 pub use emitter::KernelEmitter;
+pub use govern::StepStart;
+pub use ownership::{CancelError, RECOVERY_JOB, RecoveryCandidate};
 
 use std::sync::{Arc, RwLock};
 
@@ -39,6 +42,8 @@ pub struct ControlPlane {
     store: Store,
     limits: RwLock<AutonomyLimits>,
     clock: Arc<dyn Clock>,
+    lease_ttl_ms: i64,
+    run_deadline_ms: i64,
 }
 
 impl ControlPlane {
@@ -50,7 +55,31 @@ impl ControlPlane {
             store,
             limits: RwLock::new(AutonomyLimits::default()),
             clock: Arc::new(SystemClock),
+            lease_ttl_ms: crate::run::lease::DEFAULT_LEASE_TTL_MS,
+            run_deadline_ms: crate::run::lease::DEFAULT_RUN_DEADLINE_MS,
         }
+    }
+
+    /// The same control plane granting run leases of `ttl_ms` (default
+    /// [`DEFAULT_LEASE_TTL_MS`](crate::run::lease::DEFAULT_LEASE_TTL_MS)): how long a run whose
+    /// owner vanished waits before a recovery pass takes it over.
+    #[must_use]
+    pub fn with_lease_ttl_ms(mut self, ttl_ms: i64) -> Self {
+        self.lease_ttl_ms = ttl_ms.max(1);
+        self
+    }
+
+    /// The same control plane giving new runs `deadline_ms` to work, from their creation
+    /// (default [`DEFAULT_RUN_DEADLINE_MS`](crate::run::lease::DEFAULT_RUN_DEADLINE_MS)).
+    #[must_use]
+    pub fn with_run_deadline_ms(mut self, deadline_ms: i64) -> Self {
+        self.run_deadline_ms = deadline_ms.max(1);
+        self
+    }
+
+    /// How long a run lease lasts unless renewed, ms.
+    pub fn lease_ttl_ms(&self) -> i64 {
+        self.lease_ttl_ms
     }
 
     /// The same control plane reading `clock` (tests move time with a

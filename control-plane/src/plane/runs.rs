@@ -7,20 +7,66 @@ use crate::error::StoreError;
 use crate::identity::Principal;
 use crate::records::{self, EmitError, Record, Recorded};
 use crate::run::{
-    self, RunError, RunEvent, RunEventDraft, RunEventPayload, RunState, RunStoreError, RunView, StepContext,
+    self, Lease, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord, RunState, RunStoreError, RunView,
+    StepContext, lease,
 };
 use crate::storage::UnitOfWork;
 use crate::trace::{TraceContext, random_id};
 
-/// Appends a run event inside `unit`, at the next Lamport clock, only if the run still reduces.
+/// Appends a run event inside `unit`, at the next Lamport clock, only if the run still reduces
+/// and the writer holds the run (its node id and fencing token are the run's: the check and
+/// the write are one transaction). The run's record follows: a new run is owned by its creator
+/// (fencing token 1), a write renews the owner's lease, and a run that now waits for a human or
+/// is finished is released.
 pub(super) async fn append_run_event(
     unit: &mut dyn UnitOfWork,
     draft: RunEventDraft,
     now_ms: i64,
+    ttl_ms: i64,
 ) -> Result<RunEvent, RunStoreError> {
     let existing = unit.run_events(&draft.run_id).await?;
-    let event = run::next_event(&existing, draft, random_id("evt"), now_ms)?;
+    let creating = matches!(draft.payload, RunEventPayload::RunCreated { .. });
+    let stored = if existing.is_empty() || creating {
+        // A creation of an existing run is refused below, by the run's rules.
+        None
+    } else {
+        let record = unit
+            .run_record(&draft.run_id)
+            .await?
+            .ok_or_else(|| StoreError::corrupt(format!("run `{}` has events but no run record", draft.run_id)))?;
+        lease::check_fence(&record, &draft.node_id, draft.fencing_token)?;
+        Some(record)
+    };
+    let owner = draft.node_id.clone();
+    let (event, view) = run::next_event(&existing, draft, random_id("evt"), now_ms)?;
     unit.insert_run_event(&event).await?;
+    match stored {
+        Some(record) => {
+            let next = lease::after_event(&record, &view, now_ms, ttl_ms);
+            if !unit.replace_run_record(&next, record.fencing_token).await? {
+                return Err(RunStoreError::LeaseLost {
+                    run_id: record.run_id.clone(),
+                    offered: record.fencing_token,
+                    current: record.fencing_token,
+                    owner: record.owner.clone(),
+                });
+            }
+        }
+        None => {
+            let created = RunRecord {
+                run_id: view.run_id.clone(),
+                tenant: view.tenant.clone(),
+                state: view.state,
+                owner: Some(owner),
+                lease_expires_at_ms: now_ms.saturating_add(ttl_ms),
+                fencing_token: 1,
+                deadline_ms: view.deadline_ms,
+                approval_id: None,
+            };
+            unit.put_run_record(&lease::after_event(&created, &view, now_ms, ttl_ms))
+                .await?;
+        }
+    }
     Ok(event)
 }
 
@@ -65,16 +111,19 @@ pub(super) async fn put_copy_record(unit: &mut dyn UnitOfWork, record: &Record, 
 
 impl ControlPlane {
     /// Appends a run event at the next Lamport clock of its run, only if the run's events with
-    /// it still reduce ([`crate::run::reduce`]).
+    /// it still reduce ([`crate::run::reduce`]) and `draft`'s node holds the run with
+    /// `draft.fencing_token`. A `run-created` event creates the run owned by its node with
+    /// fencing token 1 (prefer [`ControlPlane::create_run`], which returns the lease).
     ///
     /// # Errors
     ///
-    /// [`RunStoreError::Run`] for an illegal transition or a bad creation (nothing is stored),
-    /// [`RunStoreError::Store`] when the write fails.
+    /// [`RunStoreError::Run`] for an illegal transition or a bad creation,
+    /// [`RunStoreError::LeaseLost`] when the writer no longer holds the run,
+    /// [`RunStoreError::Store`] when the write fails; nothing is stored then.
     pub async fn append_run_event(&self, draft: RunEventDraft) -> Result<RunEvent, RunStoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
-        let event = append_run_event(&mut *unit, draft, now).await?;
+        let event = append_run_event(&mut *unit, draft, now, self.lease_ttl_ms).await?;
         unit.commit().await?;
         Ok(event)
     }
@@ -161,7 +210,7 @@ impl ControlPlane {
         principal: &Principal,
         step: &StepContext,
         record: &DispatchRecord,
-        run_event: Option<(&str, RunEventPayload)>,
+        run_event: Option<(&Lease, RunEventPayload)>,
         telemetry: Option<serde_json::Value>,
     ) -> Result<(), RunStoreError> {
         let now = self.now_ms();
@@ -171,8 +220,14 @@ impl ControlPlane {
             outcome: record.clone(),
         });
         audit_log::append(&mut *unit, self.store.anchor_key(), &event, principal, now).await?;
-        if let Some((node_id, payload)) = run_event {
-            append_run_event(&mut *unit, RunEventDraft::of_step(step, node_id, payload), now).await?;
+        if let Some((lease, payload)) = run_event {
+            append_run_event(
+                &mut *unit,
+                RunEventDraft::of_step(step, lease, payload),
+                now,
+                self.lease_ttl_ms,
+            )
+            .await?;
         }
         if let Some(record) =
             telemetry.and_then(|attributes| step_record(principal, step, "telemetry:skill.dispatch", attributes))

@@ -15,8 +15,10 @@
 //! pure rule (the next clock, and whether the run still reduces with the event), the store only
 //! inserts the event it is given.
 
+pub mod lease;
 mod reduce;
 
+pub use lease::RecoveryAction;
 pub use reduce::{next_event, reduce};
 
 use std::fmt;
@@ -26,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 /// Version of the event payload schema written by this build (`schemas/run-event.v1.json`).
-pub const RUN_EVENT_SCHEMA_VERSION: u32 = 1;
+/// Version 2 added `step-recovered`, a run's `deadline_ms` and the approval a step starts under.
+pub const RUN_EVENT_SCHEMA_VERSION: u32 = 2;
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -95,6 +98,34 @@ impl RunState {
     }
 }
 
+impl std::str::FromStr for RunState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        use RunState::*;
+        [
+            Pending,
+            Running,
+            AwaitingApproval,
+            Succeeded,
+            Failed,
+            Escalated,
+            Cancelled,
+            TimedOut,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+        .ok_or_else(|| format!("unknown run state `{text}`"))
+    }
+}
+
+impl RunState {
+    /// Whether the run waits for a human: its current step waits on an approval request.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, RunState::AwaitingApproval | RunState::Escalated)
+    }
+}
+
 impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
@@ -117,8 +148,11 @@ pub struct StepContext {
 pub struct RunEventDraft {
     /// The run.
     pub run_id: String,
-    /// The appending node.
+    /// The appending node: it must own the run.
     pub node_id: String,
+    /// The fencing token of the appending node's claim ([`Lease::token`]): the store refuses
+    /// the event when the run's token moved on.
+    pub fencing_token: u64,
     /// W3C `traceparent`.
     pub traceparent: String,
     /// What happened.
@@ -126,15 +160,56 @@ pub struct RunEventDraft {
 }
 
 impl RunEventDraft {
-    /// The event `payload` of `step`'s run, appended by `node_id` under the step's trace.
-    pub fn of_step(step: &StepContext, node_id: &str, payload: RunEventPayload) -> Self {
+    /// The event `payload` of `step`'s run, appended by the holder of `lease` under the step's
+    /// trace.
+    pub fn of_step(step: &StepContext, lease: &Lease, payload: RunEventPayload) -> Self {
         RunEventDraft {
             run_id: step.run_id.clone(),
-            node_id: node_id.to_owned(),
+            node_id: lease.owner.clone(),
+            fencing_token: lease.token,
             traceparent: step.traceparent.clone(),
             payload,
         }
     }
+}
+
+/// The right to write a run's events: held by one owner at a time, until `expires_at_ms`
+/// unless renewed, and fenced by a token that grows with every claim, so a writer that was
+/// paused past its lease cannot write after another took the run over (Kleppmann, "How to do
+/// distributed locking", 2016).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The run.
+    pub run_id: String,
+    /// The owner (a node id).
+    pub owner: String,
+    /// The fencing token of this claim.
+    pub token: u64,
+    /// When the lease lapses unless renewed, ms since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
+/// What the store keeps about a run beside its events: its derived state, its owner and lease,
+/// its deadline and the approval it waits on (kept in step with the events, in the same
+/// transaction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its state, as `reduce` derived it from its events.
+    pub state: RunState,
+    /// Who owns it; `None` while nobody works on it (waiting for a human, or finished).
+    pub owner: Option<String>,
+    /// When the owner's lease lapses, ms since the Unix epoch.
+    pub lease_expires_at_ms: i64,
+    /// The fencing token of the latest claim.
+    pub fencing_token: u64,
+    /// The run's deadline, ms since the Unix epoch.
+    pub deadline_ms: Option<i64>,
+    /// The approval request its current step waits on (or last waited on).
+    pub approval_id: Option<i64>,
 }
 
 /// Why a run event was not stored or a run cannot be read.
@@ -143,6 +218,23 @@ pub enum RunStoreError {
     /// The run's rules refused it.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The writer's lease is no longer the run's: another owner claimed the run (or it was
+    /// cancelled) after this writer's claim. Not retryable: the writer must stop.
+    #[error("run `{run_id}` is no longer yours: your claim has fencing token {offered}, the run's is {current} (owner {})", owner.as_deref().unwrap_or("none"))]
+    LeaseLost {
+        /// The run.
+        run_id: String,
+        /// The token the writer holds.
+        offered: u64,
+        /// The run's current token.
+        current: u64,
+        /// The run's current owner.
+        owner: Option<String>,
+    },
+    /// The approval the step was to start under could not be consumed (nothing is stored,
+    /// except an expiry found on the way, which is recorded with its run's end).
+    #[error(transparent)]
+    Approval(#[from] crate::hitl::ApprovalError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -151,7 +243,11 @@ pub enum RunStoreError {
 impl RunStoreError {
     /// Whether retrying can help: only a store failure may clear.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RunStoreError::Store(error) if error.is_retryable())
+        match self {
+            RunStoreError::Store(error) => error.is_retryable(),
+            RunStoreError::Approval(error) => error.is_retryable(),
+            RunStoreError::Run(_) | RunStoreError::LeaseLost { .. } => false,
+        }
     }
 }
 
@@ -178,11 +274,30 @@ pub enum RunEventPayload {
         principal: String,
         /// The steps, in order.
         steps: Vec<StepSpec>,
+        /// When the run times out if it is still working, ms since the Unix epoch (a run
+        /// waiting for a human follows its approval's expiry instead).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+        /// The principal's roles, so a recovery governs its steps as the same principal.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        principal_roles: Vec<crate::identity::Role>,
     },
-    /// A step started (or restarted after an approval or escalation).
+    /// A step started (or restarted after an approval or escalation): its verdict is recorded
+    /// and its dispatch is about to happen. This is the dispatch intent a recovery acts on.
     StepStarted {
         /// The step.
         step_id: String,
+        /// The approval consumed for this dispatch, in the same transaction.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<i64>,
+    },
+    /// The owner of a running step vanished before recording how it ended; a recovery took the
+    /// run over and dispatches the step again under the same idempotency key.
+    StepRecovered {
+        /// The step.
+        step_id: String,
+        /// The owner whose lease expired.
+        previous_owner: String,
     },
     /// A step waits for approval request `approval_id`.
     StepAwaitingApproval {
@@ -232,6 +347,7 @@ impl RunEventPayload {
         match self {
             RunEventPayload::RunCreated { .. } => "run-created",
             RunEventPayload::StepStarted { .. } => "step-started",
+            RunEventPayload::StepRecovered { .. } => "step-recovered",
             RunEventPayload::StepAwaitingApproval { .. } => "step-awaiting-approval",
             RunEventPayload::StepSucceeded { .. } => "step-succeeded",
             RunEventPayload::StepFailed { .. } => "step-failed",
@@ -272,6 +388,8 @@ pub struct StepView {
     pub state: RunState,
     /// The approval request it waits or waited on.
     pub approval_id: Option<i64>,
+    /// The approval consumed by its latest start (the dispatch intent), if any.
+    pub started_with_approval: Option<i64>,
     /// Its output, once succeeded.
     pub output: Option<serde_json::Value>,
     /// `sha256:<hex>` of the output.
@@ -291,6 +409,10 @@ pub struct RunView {
     pub state: RunState,
     /// Its steps.
     pub steps: Vec<StepView>,
+    /// The run's deadline, ms since the Unix epoch.
+    pub deadline_ms: Option<i64>,
+    /// The principal's roles (empty for runs created before they were recorded).
+    pub principal_roles: Vec<crate::identity::Role>,
     /// The highest Lamport clock seen.
     pub lamport: u64,
     /// Events reduced.

@@ -57,7 +57,7 @@ impl RunView {
                     message: "the run already exists".into(),
                 });
             }
-            RunEventPayload::StepStarted { step_id } => {
+            RunEventPayload::StepStarted { step_id, approval_id } => {
                 let index = self.require_current(step_id)?;
                 let step_state = self.steps[index].state;
                 if !matches!(
@@ -74,6 +74,13 @@ impl RunView {
                 }
                 self.transition(event, RunState::Running)?;
                 self.steps[index].state = RunState::Running;
+                self.steps[index].started_with_approval = *approval_id;
+            }
+            RunEventPayload::StepRecovered { step_id, .. } => {
+                // The step stays running: only its owner changed.
+                let index = self.require_current(step_id)?;
+                self.require_step_running(index, event, RunState::Running)?;
+                self.transition(event, RunState::Running)?;
             }
             RunEventPayload::StepAwaitingApproval { step_id, approval_id } => {
                 let index = self.require_current(step_id)?;
@@ -187,7 +194,7 @@ impl RunView {
 
 /// The event that appending `draft` to a run whose stored events are `existing` (in Lamport
 /// order) would store: the next Lamport clock, `event_id` and `recorded_at_ms` filled in, and
-/// only if the run still reduces with it.
+/// only if the run still reduces with it; with the run as it stands after it.
 ///
 /// # Errors
 ///
@@ -199,7 +206,7 @@ pub fn next_event(
     draft: RunEventDraft,
     event_id: String,
     recorded_at_ms: i64,
-) -> Result<RunEvent, RunError> {
+) -> Result<(RunEvent, RunView), RunError> {
     let event = RunEvent {
         event_id,
         lamport: existing.last().map_or(1, |event| event.lamport + 1),
@@ -215,8 +222,8 @@ pub fn next_event(
     }
     let mut events = existing.to_vec();
     events.push(event.clone());
-    reduce(&events)?;
-    Ok(event)
+    let view = reduce(&events)?;
+    Ok((event, view))
 }
 
 /// Derives a run's state from its events: the only way run state is computed.
@@ -231,6 +238,8 @@ pub fn reduce(events: &[RunEvent]) -> Result<RunView, RunError> {
         tenant,
         principal,
         steps,
+        deadline_ms,
+        principal_roles,
     } = &first.payload
     else {
         return Err(RunError::BadCreation {
@@ -257,10 +266,13 @@ pub fn reduce(events: &[RunEvent]) -> Result<RunView, RunError> {
                 spec: spec.clone(),
                 state: RunState::Pending,
                 approval_id: None,
+                started_with_approval: None,
                 output: None,
                 output_digest: None,
             })
             .collect(),
+        deadline_ms: *deadline_ms,
+        principal_roles: principal_roles.clone(),
         lamport: first.lamport,
         events: 1,
     };
@@ -330,12 +342,20 @@ mod tests {
                         input: serde_json::json!({ "body": { "$from": "redact", "pointer": "/redacted" } }),
                     },
                 ],
+                deadline_ms: None,
+                principal_roles: Vec::new(),
             },
         )
     }
 
     fn started(lamport: u64, step: &str) -> RunEvent {
-        event(lamport, RunEventPayload::StepStarted { step_id: step.into() })
+        event(
+            lamport,
+            RunEventPayload::StepStarted {
+                step_id: step.into(),
+                approval_id: None,
+            },
+        )
     }
 
     #[test]

@@ -21,12 +21,12 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::audit::{Anchor, AuditEntry};
+use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::autonomy::{AutonomyCertificate, StepResult};
 use crate::error::StoreError;
 use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote};
 use crate::records::{Insertion, Record};
-use crate::run::RunEvent;
+use crate::run::{RunEvent, RunRecord};
 
 /// What a unit of work may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,10 @@ pub(crate) trait AuditRows {
     async fn anchor(&mut self) -> Result<Option<Anchor>, StoreError>;
     /// Replaces the anchor.
     async fn put_anchor(&mut self, anchor: &Anchor) -> Result<(), StoreError>;
+    /// The log's identity and tree frontier, if stored.
+    async fn log_state(&mut self) -> Result<Option<LogState>, StoreError>;
+    /// Replaces the log's identity and tree frontier.
+    async fn put_log_state(&mut self, state: &LogState) -> Result<(), StoreError>;
 }
 
 /// Approval requests and their votes.
@@ -96,6 +100,20 @@ pub(crate) trait RunRows {
     async fn insert_run_event(&mut self, event: &RunEvent) -> Result<(), StoreError>;
     /// Every run id that has events, in order.
     async fn run_ids(&mut self) -> Result<Vec<String>, StoreError>;
+    /// What the store keeps about `run_id` beside its events.
+    async fn run_record(&mut self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// Stores (inserts or replaces) a run's record.
+    async fn put_run_record(&mut self, record: &RunRecord) -> Result<(), StoreError>;
+    /// Replaces `record` if the stored one still has fencing token `expected_token` (a
+    /// compare-and-set); `false` when it moved on.
+    async fn replace_run_record(&mut self, record: &RunRecord, expected_token: u64) -> Result<bool, StoreError>;
+    /// Candidates for a recovery pass, oldest lease first, at most `limit`: unfinished runs
+    /// whose lease lapsed, that nobody owns while they are pending or running, or that wait on
+    /// an approval no longer pending (or past its expiry). A pre-filter for an index; which
+    /// action each needs is `run::lease::next_action`'s decision.
+    async fn runs_needing_attention(&mut self, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+    /// The records of `tenant`'s runs, in run id order.
+    async fn run_records(&mut self, tenant: &str) -> Result<Vec<RunRecord>, StoreError>;
 }
 
 /// Kernel records.

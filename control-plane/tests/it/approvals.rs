@@ -251,14 +251,36 @@ async fn modify_records_the_edit_and_only_allowed_answers_count() {
         .unwrap();
     assert_eq!(modified.status, ApprovalStatus::Modified);
     assert_eq!(modified.modified_request_json.as_deref(), Some(edited));
+    // A modified request is consumed by a dispatch of the edited input only, and only once.
     let error = control.consume_approval(request.id, &binding()).await.unwrap_err();
-    assert!(matches!(
-        error,
-        ApprovalError::NotApproved {
-            status: ApprovalStatus::Modified,
-            ..
-        }
-    ));
+    assert!(
+        matches!(
+            error,
+            ApprovalError::BindingMismatch {
+                what: "edited input digest",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let mut edited_binding = binding();
+    edited_binding.input_digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(br#"{"title":"edited"}"#))
+    );
+    let consumed = control.consume_approval(request.id, &edited_binding).await.unwrap();
+    assert_eq!(consumed.status, ApprovalStatus::Consumed);
+    let error = control.consume_approval(request.id, &edited_binding).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ApprovalError::NotApproved {
+                status: ApprovalStatus::Consumed,
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     let mut strict = new_approval();
     strict.allowed_decisions = vec![Approve, Deny];

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control_plane::{
-    ChainVerification, ControlPlane, PolicyEngine, ReviewDecisionKind, Role, RunEventDraft, RunEventPayload, RunState,
-    StepContext, StepSpec, Store, TraceContext,
+    ChainVerification, ControlPlane, Lease, PolicyEngine, ReviewDecisionKind, Role, RunEventDraft, RunEventPayload,
+    RunState, StepContext, StepSpec, Store, TraceContext,
 };
 
 use crate::{DEFAULT_POLICY, authority, new_approval, principal};
@@ -27,10 +27,11 @@ async fn open(path: &std::path::Path) -> ControlPlane {
     )
 }
 
-fn draft(run_id: &str, node_id: &str, payload: RunEventPayload) -> RunEventDraft {
+fn draft(lease: &Lease, payload: RunEventPayload) -> RunEventDraft {
     RunEventDraft {
-        run_id: run_id.into(),
-        node_id: node_id.into(),
+        run_id: lease.run_id.clone(),
+        node_id: lease.owner.clone(),
+        fencing_token: lease.token,
         traceparent: TP.into(),
         payload,
     }
@@ -57,28 +58,19 @@ fn crash_writer() {
         };
         for n in 0..3 {
             let run_id = format!("run-{n}");
+            let alice = principal("alice", &[Role::Agent]);
+            let steps = vec![StepSpec {
+                step_id: "step-1".into(),
+                skill: "publish-report".into(),
+                input: serde_json::json!({}),
+            }];
+            let lease = control.create_run(&run_id, &alice, steps, TP, "writer").await.unwrap();
             control
                 .append_run_event(draft(
-                    &run_id,
-                    "writer",
-                    RunEventPayload::RunCreated {
-                        tenant: "acme".into(),
-                        principal: "alice@acme".into(),
-                        steps: vec![StepSpec {
-                            step_id: "step-1".into(),
-                            skill: "publish-report".into(),
-                            input: serde_json::json!({}),
-                        }],
-                    },
-                ))
-                .await
-                .unwrap();
-            control
-                .append_run_event(draft(
-                    &run_id,
-                    "writer",
+                    &lease,
                     RunEventPayload::StepStarted {
                         step_id: "step-1".into(),
+                        approval_id: None,
                     },
                 ))
                 .await
@@ -89,8 +81,7 @@ fn crash_writer() {
             let approval = control.request_approval(&asked).await.unwrap();
             control
                 .append_run_event(draft(
-                    &run_id,
-                    "writer",
+                    &lease,
                     RunEventPayload::StepAwaitingApproval {
                         step_id: "step-1".into(),
                         approval_id: approval.id,
@@ -212,12 +203,13 @@ async fn a_killed_writer_loses_nothing_it_acknowledged() {
     let mut offered = crate::binding();
     offered.run_id = run_id.clone();
     control.consume_approval(*approval_id, &offered).await.unwrap();
+    let lease = control.claim_run(run_id, "restarted").await.unwrap().unwrap();
     control
         .append_run_event(draft(
-            run_id,
-            "restarted",
+            &lease,
             RunEventPayload::StepStarted {
                 step_id: "step-1".into(),
+                approval_id: Some(*approval_id),
             },
         ))
         .await

@@ -1,92 +1,121 @@
-//! Runs: events are appended only when the run still reduces; state survives reopening.
+//! Runs: events are appended only when the run still reduces and the writer holds the run's
+//! lease; state survives reopening; a paused owner cannot write after a takeover; cancellation
+//! and approval decisions close runs in their own transaction; recovery finds what to do.
 
-use control_plane::{RunError, RunEventDraft, RunEventPayload, RunState, RunStoreError, StepSpec};
+use std::sync::Arc;
 
-use crate::{DEFAULT_POLICY, open_plane, plane};
+use control_plane::{
+    ApprovalStatus, CancelError, ControlPlane, Lease, RecoveryAction, ReviewDecisionKind, Role, RunError,
+    RunEventDraft, RunEventPayload, RunState, RunStoreError, StepSpec,
+};
 
-fn created() -> RunEventPayload {
-    RunEventPayload::RunCreated {
-        tenant: "acme".into(),
-        principal: "alice@acme".into(),
-        steps: vec![StepSpec {
-            step_id: "publish".into(),
-            skill: "publish-report".into(),
-            input: serde_json::json!({ "title": "t" }),
-        }],
-    }
-}
+use crate::{DEFAULT_POLICY, NOW, new_approval, open_plane, plane, principal};
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn draft(run_id: &str, node_id: &str, payload: RunEventPayload) -> RunEventDraft {
+fn steps() -> Vec<StepSpec> {
+    vec![StepSpec {
+        step_id: "step-1".into(),
+        skill: "publish-report".into(),
+        input: serde_json::json!({ "title": "t" }),
+    }]
+}
+
+fn draft(lease: &Lease, payload: RunEventPayload) -> RunEventDraft {
     RunEventDraft {
-        run_id: run_id.into(),
-        node_id: node_id.into(),
+        run_id: lease.run_id.clone(),
+        node_id: lease.owner.clone(),
+        fencing_token: lease.token,
         traceparent: TP.into(),
         payload,
     }
 }
 
-#[tokio::test]
-async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
-    let plane = plane().await;
-    let control = &plane.control;
-    control
-        .append_run_event(draft("run-1", "node-a", created()))
+fn started(approval_id: Option<i64>) -> RunEventPayload {
+    RunEventPayload::StepStarted {
+        step_id: "step-1".into(),
+        approval_id,
+    }
+}
+
+fn succeeded() -> RunEventPayload {
+    RunEventPayload::StepSucceeded {
+        step_id: "step-1".into(),
+        output_digest: "sha256:00".into(),
+        output: serde_json::json!({ "path": "reports/t.md" }),
+    }
+}
+
+/// Creates `run-1` of alice, owned by `node-a`, and starts its step waiting on a new approval
+/// request; returns the request id.
+async fn waiting_run(control: &ControlPlane) -> i64 {
+    let alice = principal("alice", &[Role::Agent]);
+    let lease = control
+        .create_run("run-1", &alice, steps(), TP, "node-a")
         .await
         .unwrap();
+    control.append_run_event(draft(&lease, started(None))).await.unwrap();
+    let approval = control.request_approval(&new_approval()).await.unwrap();
     control
         .append_run_event(draft(
-            "run-1",
-            "node-a",
-            RunEventPayload::StepStarted {
-                step_id: "publish".into(),
+            &lease,
+            RunEventPayload::StepAwaitingApproval {
+                step_id: "step-1".into(),
+                approval_id: approval.id,
             },
         ))
         .await
         .unwrap();
+    approval.id
+}
+
+#[tokio::test]
+async fn a_waiting_run_survives_a_reopen_and_illegal_or_unfenced_events_are_refused() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let alice = principal("alice", &[Role::Agent]);
+    let lease = control
+        .create_run("run-1", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    assert_eq!((lease.owner.as_str(), lease.token), ("node-a", 1));
+    control.append_run_event(draft(&lease, started(None))).await.unwrap();
     let waiting = control
         .append_run_event(draft(
-            "run-1",
-            "node-a",
+            &lease,
             RunEventPayload::StepAwaitingApproval {
-                step_id: "publish".into(),
+                step_id: "step-1".into(),
                 approval_id: 1,
             },
         ))
         .await
         .unwrap();
     assert_eq!(waiting.lamport, 3);
-
-    // Succeeding a step that waits for approval is illegal and is not stored.
-    let error = control
-        .append_run_event(draft(
-            "run-1",
-            "node-b",
-            RunEventPayload::StepSucceeded {
-                step_id: "publish".into(),
-                output_digest: "sha256:00".into(),
-                output: serde_json::json!({}),
-            },
-        ))
-        .await
-        .unwrap_err();
+    // A waiting run has no owner: node-a's lease ended with the wait.
+    let records = control.run_records("acme").await.unwrap();
+    assert_eq!((records[0].owner.as_deref(), records[0].approval_id), (None, Some(1)));
+    let error = control.append_run_event(draft(&lease, succeeded())).await.unwrap_err();
+    assert!(matches!(error, RunStoreError::LeaseLost { .. }), "{error}");
+    // A node that claims it may write, but succeeding a step that waits is illegal.
+    let b = control.claim_run("run-1", "node-b").await.unwrap().unwrap();
+    assert_eq!(b.token, 2);
+    let error = control.append_run_event(draft(&b, succeeded())).await.unwrap_err();
     assert!(
         matches!(error, RunStoreError::Run(RunError::IllegalTransition { .. })),
         "{error}"
     );
     // Events for a run that does not exist, and a second creation, are refused.
+    let ghost = Lease {
+        run_id: "run-9".into(),
+        ..b.clone()
+    };
     let error = control
-        .append_run_event(draft(
-            "run-9",
-            "node-a",
-            RunEventPayload::StepStarted { step_id: "x".into() },
-        ))
+        .append_run_event(draft(&ghost, started(None)))
         .await
         .unwrap_err();
     assert!(matches!(error, RunStoreError::Run(RunError::NotFound(_))), "{error}");
     let error = control
-        .append_run_event(draft("run-1", "node-a", created()))
+        .create_run("run-1", &alice, steps(), TP, "node-a")
         .await
         .unwrap_err();
     assert!(
@@ -106,37 +135,221 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_events_are_refused() {
     assert_eq!(view.state, RunState::AwaitingApproval);
     assert_eq!(view.steps[0].approval_id, Some(1));
     assert_eq!(view.events, 3);
-    assert_eq!(
-        control.runs_in_state("acme", RunState::AwaitingApproval).await.unwrap(),
-        vec!["run-1".to_owned()]
-    );
-    // Resume after the decision.
-    control
-        .append_run_event(draft(
-            "run-1",
-            "node-b",
-            RunEventPayload::StepStarted {
-                step_id: "publish".into(),
-            },
-        ))
-        .await
-        .unwrap();
-    control
-        .append_run_event(draft(
-            "run-1",
-            "node-b",
-            RunEventPayload::StepSucceeded {
-                step_id: "publish".into(),
-                output_digest: "sha256:00".into(),
-                output: serde_json::json!({ "path": "reports/t.md" }),
-            },
-        ))
-        .await
-        .unwrap();
+    assert!(view.deadline_ms.is_some_and(|deadline| deadline > NOW));
+    assert_eq!(view.principal_roles, vec![Role::Agent]);
+    // node-b still holds its claim across the reopen; it resumes after the decision.
+    control.append_run_event(draft(&b, started(Some(1)))).await.unwrap();
+    control.append_run_event(draft(&b, succeeded())).await.unwrap();
     assert_eq!(control.run("acme", "run-1").await.unwrap().state, RunState::Succeeded);
+    assert_eq!(control.run_records("acme").await.unwrap()[0].owner, None);
     // Runs are read within their tenant only.
     assert!(matches!(
         control.run("globex", "run-1").await.unwrap_err(),
         RunStoreError::Run(RunError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn a_paused_owner_cannot_write_after_its_run_was_taken_over() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let alice = principal("alice", &[Role::Agent]);
+    let a = control
+        .create_run("run-1", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    control.append_run_event(draft(&a, started(None))).await.unwrap();
+    // While a's lease is live nobody else may claim; a renews.
+    assert_eq!(control.claim_run("run-1", "node-b").await.unwrap(), None);
+    plane.clock.advance(control.lease_ttl_ms() / 2);
+    let a = control.renew_lease(&a).await.unwrap();
+    plane.clock.advance(control.lease_ttl_ms() / 2 + 1);
+    assert_eq!(control.claim_run("run-1", "node-b").await.unwrap(), None);
+    // a pauses past its lease; b takes the run over (audited) with the next token.
+    plane.clock.advance(control.lease_ttl_ms());
+    let b = control.claim_run("run-1", "node-b").await.unwrap().unwrap();
+    assert_eq!(b.token, a.token + 1);
+    let entries = control.audit_entries().await.unwrap();
+    let takeover = entries.last().unwrap();
+    assert_eq!(takeover.kind, "run-control");
+    assert!(takeover.payload.contains("\"taken-over\""), "{}", takeover.payload);
+    // a wakes up: its write and its renewal are refused, naming both tokens.
+    let error = control.append_run_event(draft(&a, succeeded())).await.unwrap_err();
+    let RunStoreError::LeaseLost {
+        offered,
+        current,
+        owner,
+        ..
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        (*offered, *current, owner.as_deref()),
+        (a.token, b.token, Some("node-b"))
+    );
+    assert!(!error.is_retryable());
+    assert!(control.renew_lease(&a).await.is_err());
+    // b's write goes through; the run's events hold exactly one success.
+    control.append_run_event(draft(&b, succeeded())).await.unwrap();
+    let view = control.run("acme", "run-1").await.unwrap();
+    assert_eq!((view.state, view.events), (RunState::Succeeded, 3));
+}
+
+#[tokio::test]
+async fn cancelling_takes_the_run_from_its_owner_and_cancels_its_pending_approval() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let approval_id = waiting_run(control).await;
+    // Another agent may not cancel alice's run; alice may.
+    let error = control
+        .cancel_run(&principal("mallory", &[Role::Agent]), "run-1", "no")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CancelError::NotAllowed { .. }), "{error}");
+    let view = control
+        .cancel_run(&principal("alice", &[Role::Agent]), "run-1", "changed my mind")
+        .await
+        .unwrap();
+    assert_eq!(view.state, RunState::Cancelled);
+    let approval = control.approval("acme", approval_id).await.unwrap().unwrap();
+    assert_eq!(approval.status, ApprovalStatus::Cancelled);
+    let kinds: Vec<String> = control
+        .audit_entries()
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| entry.kind.clone())
+        .collect();
+    assert_eq!(&kinds[kinds.len() - 2..], ["approval-decision", "run-control"]);
+    // Cancelling again names the end state.
+    let error = control
+        .cancel_run(&principal("alice", &[Role::Agent]), "run-1", "again")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CancelError::Finished {
+                state: RunState::Cancelled,
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    // A running run: an admin cancels it; its owner's next write is refused.
+    let alice = principal("alice", &[Role::Agent]);
+    let owner = control
+        .create_run("run-2", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    control.append_run_event(draft(&owner, started(None))).await.unwrap();
+    control
+        .cancel_run(&principal("root", &[Role::Admin]), "run-2", "stop")
+        .await
+        .unwrap();
+    let error = control.append_run_event(draft(&owner, succeeded())).await.unwrap_err();
+    assert!(matches!(error, RunStoreError::LeaseLost { .. }), "{error}");
+    // Another tenant's admin does not see the run.
+    let outsider = control_plane::Principal {
+        tenant: "globex".into(),
+        ..principal("root", &[Role::Admin])
+    };
+    assert!(matches!(
+        control.cancel_run(&outsider, "run-2", "x").await.unwrap_err(),
+        CancelError::Run(RunStoreError::Run(RunError::NotFound(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_denial_or_an_expiry_closes_the_waiting_run_in_the_same_transaction() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let approval_id = waiting_run(control).await;
+    control
+        .review(
+            approval_id,
+            &principal("bob", &[Role::Reviewer]),
+            ReviewDecisionKind::Deny,
+            Some("no"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(control.run("acme", "run-1").await.unwrap().state, RunState::Failed);
+
+    let plane = crate::plane().await;
+    let control = &plane.control;
+    waiting_run(control).await;
+    plane.clock.advance(3_600_001);
+    assert_eq!(control.expire_due().await.unwrap().len(), 1);
+    let view = control.run("acme", "run-1").await.unwrap();
+    assert_eq!(view.state, RunState::Failed);
+    assert!(control.recovery_candidates(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn recovery_finds_each_interrupted_run_and_what_it_needs() {
+    let plane = plane().await;
+    let control: &Arc<ControlPlane> = &plane.control;
+    let alice = principal("alice", &[Role::Agent]);
+    // run-1 waits on a pending approval: nothing to do until it is decided.
+    let approval_id = waiting_run(control).await;
+    // run-2 was created and its owner vanished; run-3's owner vanished mid-dispatch.
+    control
+        .create_run("run-2", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    let three = control
+        .create_run("run-3", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    control.append_run_event(draft(&three, started(None))).await.unwrap();
+    assert!(
+        control.recovery_candidates(10).await.unwrap().is_empty(),
+        "live leases are left alone"
+    );
+    plane.clock.advance(control.lease_ttl_ms() + 1);
+    let actions = |candidates: Vec<control_plane::RecoveryCandidate>| {
+        candidates
+            .into_iter()
+            .map(|candidate| (candidate.record.run_id, candidate.action))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        actions(control.recovery_candidates(10).await.unwrap()),
+        vec![
+            ("run-2".to_owned(), RecoveryAction::Continue),
+            ("run-3".to_owned(), RecoveryAction::Redispatch { approval_id: None }),
+        ]
+    );
+    // The approval is granted but nobody resumed: resume it.
+    control
+        .review(
+            approval_id,
+            &principal("bob", &[Role::Reviewer]),
+            ReviewDecisionKind::Approve,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let found = actions(control.recovery_candidates(10).await.unwrap());
+    assert!(
+        found.contains(&("run-1".to_owned(), RecoveryAction::Resume { approval_id })),
+        "{found:?}"
+    );
+    // Past the deadline, working runs time out instead.
+    plane.clock.advance(control_plane::run::lease::DEFAULT_RUN_DEADLINE_MS);
+    let found = actions(control.recovery_candidates(10).await.unwrap());
+    assert!(
+        found
+            .iter()
+            .any(|(run, action)| run == "run-3" && matches!(action, RecoveryAction::TimeOut { .. })),
+        "{found:?}"
+    );
+    let lease = control.claim_run("run-3", "recovery").await.unwrap().unwrap();
+    control.time_out_run(&lease, TP).await.unwrap();
+    assert_eq!(control.run("acme", "run-3").await.unwrap().state, RunState::TimedOut);
 }

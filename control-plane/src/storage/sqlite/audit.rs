@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::{SqliteUnit, classify};
-use crate::audit::{Anchor, AuditEntry};
+use crate::audit::merkle::Frontier;
+use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::error::StoreError;
 use crate::storage::AuditRows;
 
@@ -84,6 +85,30 @@ impl AuditRows for SqliteUnit {
             .bind(anchor.seq)
             .bind(&anchor.hash)
             .bind(&anchor.mac)
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn log_state(&mut self) -> Result<Option<LogState>, StoreError> {
+        let row = sqlx::query("SELECT origin, frontier FROM audit_log WHERE id = 1")
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        let Some(row) = row else { return Ok(None) };
+        let origin: String = row.try_get("origin").map_err(classify)?;
+        let frontier: Vec<u8> = row.try_get("frontier").map_err(classify)?;
+        Ok(Some(LogState {
+            origin,
+            frontier: Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
+        }))
+    }
+
+    async fn put_log_state(&mut self, state: &LogState) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO audit_log (id, origin, frontier) VALUES (1, ?, ?)")
+            .bind(&state.origin)
+            .bind(state.frontier.to_bytes())
             .execute(&mut *self.transaction)
             .await
             .map_err(classify)?;

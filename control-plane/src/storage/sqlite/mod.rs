@@ -38,7 +38,15 @@ pub(crate) struct SqliteUnit {
 impl SqliteStorage {
     /// Opens (creating if needed) the file at `path` and brings its schema up to
     /// [`SCHEMA_VERSION`], in one transaction: a crash leaves the old schema, never half of it.
-    pub(crate) async fn open(path: &Path) -> Result<Self, StoreError> {
+    ///
+    /// When the file is new or older than [`SCHEMA_VERSION`], `on_creation` is called inside
+    /// that transaction with what is being created and the log's head (`(0, GENESIS_HASH)` when
+    /// empty); the anchor it returns is stored with the schema. It is never called for a file
+    /// already at [`SCHEMA_VERSION`], so no later open can re-anchor a log.
+    pub(crate) async fn open(
+        path: &Path,
+        on_creation: impl FnOnce(Creation, (i64, String)) -> Result<Option<crate::audit::Anchor>, StoreError>,
+    ) -> Result<Self, StoreError> {
         let location = path.display().to_string();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
@@ -68,6 +76,11 @@ impl SqliteStorage {
                 supported: SCHEMA_VERSION,
             });
         }
+        let had_anchor_table: bool =
+            sqlx::query_scalar("SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'audit_anchor'")
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(open_error)?;
         let version_pragma = format!("PRAGMA user_version = {SCHEMA_VERSION}");
         let mut statements: Vec<&str> = vec![schema::AUDIT_SCHEMA];
         if found < SCHEMA_VERSION {
@@ -85,6 +98,7 @@ impl SqliteStorage {
             if migrate {
                 statements.push(schema::MIGRATE_1_TO_2_COPY);
             }
+            statements.push(schema::SCHEMA_3);
             statements.push(&version_pragma);
         }
         for statement in statements {
@@ -93,9 +107,142 @@ impl SqliteStorage {
                 .await
                 .map_err(open_error)?;
         }
-        transaction.commit().await.map_err(open_error)?;
+        let mut unit = SqliteUnit { transaction };
+        if found < SCHEMA_VERSION {
+            let creation = if found == 0 {
+                Creation::Fresh
+            } else if had_anchor_table {
+                Creation::Upgrade
+            } else {
+                Creation::PreAnchor
+            };
+            let wrap = |source: StoreError| StoreError::Open {
+                location: location.clone(),
+                source: Box::new(source),
+            };
+            use crate::storage::AuditRows;
+            let head = unit
+                .audit_head()
+                .await
+                .map_err(wrap)?
+                .unwrap_or_else(|| (0, crate::audit::GENESIS_HASH.to_owned()));
+            if let Some(anchor) = on_creation(creation, head).map_err(wrap)? {
+                unit.put_anchor(&anchor).await.map_err(wrap)?;
+            }
+            backfill_schema_3(&mut unit).await.map_err(wrap)?;
+        }
+        unit.transaction.commit().await.map_err(open_error)?;
         Ok(SqliteStorage { pool, location })
     }
+
+    /// Opens the file at `path` read-only, for inspection and verification: nothing is created,
+    /// migrated or written, and a file on read-only storage (or a read-only copy) opens too.
+    pub(crate) async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let open_error = |error: sqlx::Error| StoreError::Open {
+            location: location.clone(),
+            source: Box::new(classify(error)),
+        };
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                location: location.clone(),
+                source: Box::new(StoreError::Io {
+                    detail: "no such file".to_owned(),
+                }),
+            });
+        }
+        // `immutable` tells SQLite nothing changes the file while it is open, so it needs no
+        // lock, `-shm` or `-wal` to be writable: a read-only directory or medium works.
+        let writable_directory = path
+            .parent()
+            .and_then(|parent| {
+                std::fs::metadata(if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                })
+                .ok()
+            })
+            .is_some_and(|metadata| !metadata.permissions().readonly());
+        let mut options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        if !writable_directory || std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().readonly()) {
+            options = options.immutable(true);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let found: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await
+            .map_err(open_error)?;
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::Open {
+                location: path.display().to_string(),
+                source: Box::new(StoreError::Backend {
+                    detail: format!(
+                        "schema version {found} must be migrated before it can be read; open it writable once"
+                    ),
+                }),
+            });
+        }
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                location,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(SqliteStorage { pool, location })
+    }
+}
+
+/// What [`SqliteStorage::open`] is creating, for its `on_creation` hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Creation {
+    /// A new file: its empty log gets its first anchor.
+    Fresh,
+    /// A file older than the audit anchor (schema 1 as agentd 0.1 wrote it): its log is
+    /// anchored where it stands, once, by this migration.
+    PreAnchor,
+    /// A file that already had an anchor table: whatever anchor it holds (or lacks) is kept.
+    Upgrade,
+}
+
+/// Schema 2 -> 3: each run's record from its events (no owner: recovery picks up the unfinished
+/// ones), and the audit log's identity and tree frontier from its entries.
+async fn backfill_schema_3(unit: &mut SqliteUnit) -> Result<(), StoreError> {
+    use crate::storage::{AuditRows, RunRows};
+    for run_id in unit.run_ids().await? {
+        let events = unit.run_events(&run_id).await?;
+        let view = crate::run::reduce(&events).map_err(StoreError::corrupt)?;
+        let record = crate::run::RunRecord {
+            run_id: run_id.clone(),
+            tenant: view.tenant.clone(),
+            state: view.state,
+            owner: None,
+            lease_expires_at_ms: 0,
+            fencing_token: 0,
+            deadline_ms: view.deadline_ms,
+            approval_id: view.current_step().and_then(|step| step.approval_id),
+        };
+        unit.put_run_record(&record).await?;
+    }
+    if unit.log_state().await?.is_none() {
+        let mut frontier = crate::audit::merkle::Frontier::new();
+        for entry in unit.audit_entries().await? {
+            frontier.push(crate::audit::merkle::entry_leaf(&entry.hash).map_err(StoreError::corrupt)?);
+        }
+        let state = crate::audit::LogState::new(frontier).map_err(|error| StoreError::Backend {
+            detail: format!("the random source failed: {error}"),
+        })?;
+        unit.put_log_state(&state).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -190,7 +337,9 @@ mod tests {
     #[tokio::test]
     async fn errors_are_classified_by_result_code_not_message() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(&dir.path().join("state.db")).await.unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("state.db"), |_, _| Ok(None))
+            .await
+            .unwrap();
         // A trigger's RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER: a constraint, not retryable.
         sqlx::raw_sql("INSERT INTO audit VALUES (1, 0, 'k', 't', 'p', '{}', 'a', 'b')")
             .execute(&storage.pool)
@@ -226,7 +375,7 @@ mod tests {
         // A file that is not a database.
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
-        let error = SqliteStorage::open(&garbage).await.unwrap_err();
+        let error = SqliteStorage::open(&garbage, |_, _| Ok(None)).await.unwrap_err();
         let StoreError::Open { source, .. } = &error else {
             panic!("{error:?}")
         };

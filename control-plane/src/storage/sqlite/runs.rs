@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{SqliteUnit, classify};
 use crate::error::StoreError;
-use crate::run::RunEvent;
+use crate::run::{RunEvent, RunRecord, RunState};
 use crate::storage::RunRows;
 
 #[async_trait]
@@ -66,4 +66,111 @@ impl RunRows for SqliteUnit {
             .await
             .map_err(classify)
     }
+
+    async fn run_record(&mut self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(&format!("{RUN_COLUMNS} WHERE run_id = ?"))
+            .bind(run_id)
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    async fn put_run_record(&mut self, record: &RunRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO runs (run_id, tenant, state, owner, lease_expires_at_ms, fencing_token, deadline_ms, approval_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, owner = excluded.owner,
+                 lease_expires_at_ms = excluded.lease_expires_at_ms, fencing_token = excluded.fencing_token,
+                 deadline_ms = excluded.deadline_ms, approval_id = excluded.approval_id",
+        )
+        .bind(&record.run_id)
+        .bind(&record.tenant)
+        .bind(record.state.as_str())
+        .bind(&record.owner)
+        .bind(record.lease_expires_at_ms)
+        .bind(token(record.fencing_token))
+        .bind(record.deadline_ms)
+        .bind(record.approval_id)
+        .execute(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn replace_run_record(&mut self, record: &RunRecord, expected_token: u64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE runs SET state = ?, owner = ?, lease_expires_at_ms = ?, fencing_token = ?, deadline_ms = ?,
+                 approval_id = ?
+             WHERE run_id = ? AND fencing_token = ?",
+        )
+        .bind(record.state.as_str())
+        .bind(&record.owner)
+        .bind(record.lease_expires_at_ms)
+        .bind(token(record.fencing_token))
+        .bind(record.deadline_ms)
+        .bind(record.approval_id)
+        .bind(&record.run_id)
+        .bind(token(expected_token))
+        .execute(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn runs_needing_attention(&mut self, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.run_id, r.tenant, r.state, r.owner, r.lease_expires_at_ms, r.fencing_token, r.deadline_ms,
+                    r.approval_id
+             FROM runs r LEFT JOIN approvals a ON a.id = r.approval_id
+             WHERE r.state NOT IN ('succeeded', 'failed', 'cancelled', 'timed-out')
+               AND (
+                 (r.owner IS NOT NULL AND r.lease_expires_at_ms < ?1)
+                 OR (r.owner IS NULL AND r.state IN ('pending', 'running'))
+                 OR (r.owner IS NULL AND r.state IN ('awaiting-approval', 'escalated')
+                     AND (a.id IS NULL OR a.status != 'pending' OR a.expires_at_ms <= ?1))
+               )
+             ORDER BY r.lease_expires_at_ms, r.run_id LIMIT ?2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn run_records(&mut self, tenant: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(&format!("{RUN_COLUMNS} WHERE tenant = ? ORDER BY run_id"))
+            .bind(tenant)
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(record_from_row).collect()
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT run_id, tenant, state, owner, lease_expires_at_ms, fencing_token, deadline_ms,
+    approval_id FROM runs";
+
+fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StoreError> {
+    let state: String = row.try_get("state").map_err(classify)?;
+    let token: i64 = row.try_get("fencing_token").map_err(classify)?;
+    Ok(RunRecord {
+        run_id: row.try_get("run_id").map_err(classify)?,
+        tenant: row.try_get("tenant").map_err(classify)?,
+        state: state
+            .parse::<RunState>()
+            .map_err(|_| StoreError::corrupt(format!("run state `{state}`")))?,
+        owner: row.try_get("owner").map_err(classify)?,
+        lease_expires_at_ms: row.try_get("lease_expires_at_ms").map_err(classify)?,
+        fencing_token: u64::try_from(token).map_err(|_| StoreError::corrupt(format!("fencing token {token}")))?,
+        deadline_ms: row.try_get("deadline_ms").map_err(classify)?,
+        approval_id: row.try_get("approval_id").map_err(classify)?,
+    })
+}
+
+/// A fencing token as stored (SQLite integers are signed).
+fn token(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(i64::MAX)
 }

@@ -4,9 +4,13 @@
 //! `audit_anchor`, `approvals` and `approval_votes`, `run_events` (immutable; triggers refuse
 //! UPDATE and DELETE), `records`, and the autonomy tables. A file with a newer version is
 //! refused; an older one is migrated in place, in one transaction, when opened.
+//!
+//! Schema 3 adds `runs` (each run's derived state, owner, lease, fencing token, deadline and
+//! the approval it waits on, kept with its events) and `audit_log` (the log's identity, the
+//! origin of its checkpoints, and its Merkle tree frontier).
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const AUDIT_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -155,4 +159,26 @@ INSERT INTO approval_votes (approval_id, reviewer, decision, reason, at_ms)
 SELECT id, decided_by, CASE status WHEN 'denied' THEN 'deny' ELSE 'approve' END, decision_reason, decided_at_ms
 FROM approvals_v1 WHERE decided_by IS NOT NULL AND decided_at_ms IS NOT NULL;
 DROP TABLE approvals_v1;
+"#;
+
+/// Schema 2 -> 3: run ownership and the audit log's tree. Both are filled from the existing
+/// rows by the migration ([`super::SqliteStorage::open`]).
+pub(super) const SCHEMA_3: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    run_id              TEXT    PRIMARY KEY,
+    tenant              TEXT    NOT NULL,
+    state               TEXT    NOT NULL,
+    owner               TEXT,
+    lease_expires_at_ms INTEGER NOT NULL,
+    fencing_token       INTEGER NOT NULL CHECK (fencing_token >= 0),
+    deadline_ms         INTEGER,
+    approval_id         INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, lease_expires_at_ms);
+CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, run_id);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    origin   TEXT    NOT NULL,
+    frontier BLOB    NOT NULL
+);
 "#;
