@@ -25,21 +25,27 @@ pub(super) async fn append(
     principal: &Principal,
     now_ms: i64,
 ) -> Result<AuditEntry, StoreError> {
-    let head = unit.audit_head().await?;
-    let anchor = unit.anchor().await.map_err(evidence_unreadable("anchor"))?;
-    let state = unit.log_state().await.map_err(evidence_unreadable("tree state"))?;
+    let (head, anchor, state) = match unit.append_context().await {
+        Ok(context) => context,
+        Err(error) if error.is_retryable() => return Err(error),
+        // Read again piece by piece, so the message names the piece that is broken.
+        Err(_) => (
+            unit.audit_head().await?,
+            unit.anchor().await.map_err(evidence_unreadable("anchor"))?,
+            unit.log_state().await.map_err(evidence_unreadable("tree state"))?,
+        ),
+    };
     audit::check_evidence(key, anchor.as_ref(), state.as_ref(), head.as_ref())
         .map_err(|detail| StoreError::Evidence { detail })?;
     let (Some(key), Some(mut state)) = (key, state) else {
         unreachable!("check_evidence refuses a missing key or tree state")
     };
     let entry = audit::next_entry(head, now_ms, event, principal).map_err(StoreError::corrupt)?;
-    unit.insert_audit(&entry).await?;
     state
         .frontier
         .push(merkle::entry_leaf(&entry.hash).map_err(StoreError::corrupt)?);
-    unit.put_log_state(&state).await?;
-    unit.put_anchor(&key.anchor(entry.seq, &entry.hash)).await?;
+    unit.append_rows(&entry, &state, &key.anchor(entry.seq, &entry.hash))
+        .await?;
     Ok(entry)
 }
 

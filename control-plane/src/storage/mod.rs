@@ -71,7 +71,26 @@ pub(crate) trait AuditRows {
     async fn log_state(&mut self) -> Result<Option<LogState>, StoreError>;
     /// Replaces the log's identity and tree frontier.
     async fn put_log_state(&mut self, state: &LogState) -> Result<(), StoreError>;
+
+    /// What an append reads, `(head, anchor, tree state)`, as [`Self::audit_head`],
+    /// [`Self::anchor`] and [`Self::log_state`] would return them. A backend may answer in one
+    /// round trip; on any error the caller repeats the three reads to name the broken piece.
+    async fn append_context(&mut self) -> Result<AppendContext, StoreError> {
+        Ok((self.audit_head().await?, self.anchor().await?, self.log_state().await?))
+    }
+
+    /// What an append writes: `entry`, the grown tree `state` and the moved `anchor`, as
+    /// [`Self::insert_audit`], [`Self::put_log_state`] and [`Self::put_anchor`] would. A
+    /// backend may send them in one round trip.
+    async fn append_rows(&mut self, entry: &AuditEntry, state: &LogState, anchor: &Anchor) -> Result<(), StoreError> {
+        self.insert_audit(entry).await?;
+        self.put_log_state(state).await?;
+        self.put_anchor(anchor).await
+    }
 }
+
+/// `(head, anchor, tree state)` of the audit log: [`AuditRows::append_context`].
+pub(crate) type AppendContext = (Option<(i64, String)>, Option<Anchor>, Option<LogState>);
 
 /// Approval requests and their votes.
 #[async_trait]

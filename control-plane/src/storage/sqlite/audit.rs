@@ -7,7 +7,7 @@ use super::{SqliteUnit, classify};
 use crate::audit::merkle::Frontier;
 use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::error::StoreError;
-use crate::storage::AuditRows;
+use crate::storage::{AppendContext, AuditRows};
 
 #[async_trait]
 impl AuditRows for SqliteUnit {
@@ -103,6 +103,70 @@ impl AuditRows for SqliteUnit {
             origin,
             frontier: Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
         }))
+    }
+
+    async fn append_context(&mut self) -> Result<AppendContext, StoreError> {
+        // One statement instead of three: each statement is a round trip to sqlx's SQLite
+        // worker thread, which costs more than the reads themselves.
+        let row = sqlx::query(
+            "SELECT h.seq AS head_seq, h.hash AS head_hash,
+                    a.seq AS anchor_seq, a.hash AS anchor_hash, a.mac AS anchor_mac,
+                    l.origin AS origin, l.frontier AS frontier
+             FROM (SELECT 1) AS one
+             LEFT JOIN (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) AS h ON 1
+             LEFT JOIN audit_anchor AS a ON a.id = 1
+             LEFT JOIN audit_log AS l ON l.id = 1",
+        )
+        .fetch_one(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        let head_seq: Option<i64> = row.try_get("head_seq").map_err(classify)?;
+        let head_hash: Option<String> = row.try_get("head_hash").map_err(classify)?;
+        let anchor_seq: Option<i64> = row.try_get("anchor_seq").map_err(classify)?;
+        let anchor_hash: Option<String> = row.try_get("anchor_hash").map_err(classify)?;
+        let anchor_mac: Option<String> = row.try_get("anchor_mac").map_err(classify)?;
+        let origin: Option<String> = row.try_get("origin").map_err(classify)?;
+        let frontier: Option<Vec<u8>> = row.try_get("frontier").map_err(classify)?;
+        let head = head_seq.zip(head_hash);
+        let anchor = match (anchor_seq, anchor_hash, anchor_mac) {
+            (Some(seq), Some(hash), Some(mac)) => Some(Anchor { seq, hash, mac }),
+            _ => None,
+        };
+        let state = match (origin, frontier) {
+            (Some(origin), Some(frontier)) => Some(LogState {
+                origin,
+                frontier: Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
+            }),
+            _ => None,
+        };
+        Ok((head, anchor, state))
+    }
+
+    async fn append_rows(&mut self, entry: &AuditEntry, state: &LogState, anchor: &Anchor) -> Result<(), StoreError> {
+        // The three writes of an append in one round trip (sqlx binds `?`s across statements).
+        sqlx::query(
+            "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+             INSERT OR REPLACE INTO audit_log (id, origin, frontier) VALUES (1, ?, ?);
+             INSERT OR REPLACE INTO audit_anchor (id, seq, hash, mac) VALUES (1, ?, ?, ?);",
+        )
+        .bind(entry.seq)
+        .bind(entry.recorded_at_ms)
+        .bind(&entry.kind)
+        .bind(&entry.tenant)
+        .bind(&entry.principal)
+        .bind(&entry.payload)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .bind(&state.origin)
+        .bind(state.frontier.to_bytes())
+        .bind(anchor.seq)
+        .bind(&anchor.hash)
+        .bind(&anchor.mac)
+        .execute(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        Ok(())
     }
 
     async fn put_log_state(&mut self, state: &LogState) -> Result<(), StoreError> {
