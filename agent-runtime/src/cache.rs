@@ -90,7 +90,11 @@ impl CodeCache {
     ///
     /// The I/O error when the directory or key cannot be created or read.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
         let key = control_plane::keys::load_or_create_exact::<32>(&dir.join("cache.key")).map_err(|error| {
             let kind = match &error {
                 control_plane::keys::KeyFileError::Io { source, .. } => source.kind(),

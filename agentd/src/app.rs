@@ -34,7 +34,13 @@ impl Paths {
 }
 
 fn ensure_state_dir(paths: &Paths) -> Result<()> {
-    std::fs::create_dir_all(&paths.state_dir)
+    // Private to this user (0700): it holds the keys and every tenant's state.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&paths.state_dir)
         .with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))
 }
 

@@ -12,7 +12,8 @@
 mod app;
 mod demo;
 
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,10 +52,38 @@ struct PathArgs {
 }
 
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 struct TokenArg {
-    /// Bearer token (JWT); `agentd token issue` makes one.
+    /// Bearer token (JWT); `agentd token issue` makes one. Prefer `AGENTD_TOKEN` or
+    /// `--token-file`: a token on the command line shows in `ps`.
     #[arg(long, env = "AGENTD_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+    /// File holding the bearer token, or `-` for standard input.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArg {
+    /// The token, from `--token`/`AGENTD_TOKEN` or read from `--token-file`.
+    fn read(&self) -> Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let path = self
+            .token_file
+            .as_deref()
+            .context("no token: pass --token-file, --token or AGENTD_TOKEN")?;
+        let text = if path == Path::new("-") {
+            std::io::read_to_string(std::io::stdin().take(64 * 1024))
+                .context("cannot read the token from standard input")?
+        } else {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("cannot read the token file {}", path.display()))?;
+            std::io::read_to_string(file.take(64 * 1024))
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+        };
+        Ok(text.trim().to_owned())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,7 +425,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let request =
                 plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
             let app = App::open(&paths).await?;
-            let principal = app.authenticate(&token.token)?;
+            let principal = app.authenticate(&token.read()?)?;
             let report = app.run(&principal, &skill, &request).await?;
             print_step(&report, json);
             Ok(step_exit(&report))
@@ -411,7 +440,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let parsed: Plan =
                 serde_json::from_str(&text).with_context(|| format!("plan {} is not a valid plan", plan.display()))?;
             let app = App::open(&paths).await?;
-            let principal = app.authenticate(&token.token)?;
+            let principal = app.authenticate(&token.read()?)?;
             let report = app.run_plan(&principal, parsed.steps).await?;
             print_step(&report, json);
             Ok(step_exit(&report))
@@ -422,7 +451,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .transpose()
                 .context("--status")?;
             let app = App::open_control_plane(&paths).await?;
-            let principal = app.authenticate(&token.token)?;
+            let principal = app.authenticate(&token.read()?)?;
             let requests = app.control_plane.list_approvals(&principal.tenant, status).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&requests)?);
@@ -451,7 +480,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Hitl(HitlCommand::Approve { id, reason, token }) => {
             let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.token)?;
+            let reviewer = app.authenticate(&token.read()?)?;
             let (decided, step) = app
                 .review(&reviewer, id, ReviewDecisionKind::Approve, reason.as_deref(), None)
                 .await?;
@@ -468,7 +497,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
             let edited = serde_json::to_string(&edited)?;
             let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.token)?;
+            let reviewer = app.authenticate(&token.read()?)?;
             let (decided, step) = app
                 .review(
                     &reviewer,
@@ -482,7 +511,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Hitl(HitlCommand::Cancel { id, reason, token }) => {
             let app = App::open_control_plane(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let cancelled = agent_runtime::cancel_approval(&app.control_plane, &caller, id, reason.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cancelled)?);
@@ -493,14 +522,14 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Hitl(HitlCommand::Resume { id, token }) => {
             let app = App::open(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let step = app.resume(&caller, id).await?;
             print_step(&step, json);
             Ok(step_exit(&step))
         }
         Command::Hitl(HitlCommand::Deny { id, reason, token }) => {
             let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.token)?;
+            let reviewer = app.authenticate(&token.read()?)?;
             let (decided, step) = app
                 .review(&reviewer, id, ReviewDecisionKind::Deny, reason.as_deref(), None)
                 .await?;
@@ -508,7 +537,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Audit(AuditCommand::Provenance { run_id, token }) => {
             let app = App::open_control_plane(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let document = app.control_plane.provenance(&caller.tenant, &run_id).await?;
             println!("{}", serde_json::to_string_pretty(&document)?);
             Ok(Exit::Success)
@@ -625,7 +654,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Runs(RunsCommand::List { token }) => {
             let app = App::open_control_plane(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let records = app.control_plane.run_records(&caller.tenant).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
@@ -675,7 +704,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Runs(RunsCommand::Cancel { run_id, reason, token }) => {
             let app = App::open_control_plane(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let view = app
                 .control_plane
                 .cancel_run(&caller, &run_id, &reason)
@@ -690,7 +719,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Runs(RunsCommand::Show { run_id, token }) => {
             let app = App::open_control_plane(&paths).await?;
-            let caller = app.authenticate(&token.token)?;
+            let caller = app.authenticate(&token.read()?)?;
             let view = match app.control_plane.run(&caller.tenant, &run_id).await {
                 Ok(view) => view,
                 Err(control_plane::RunStoreError::Run(control_plane::RunError::NotFound(_))) => {

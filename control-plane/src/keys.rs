@@ -30,6 +30,22 @@ pub enum KeyFileError {
         /// What the key needs: an exact length, or `at least N`.
         expected: String,
     },
+    /// The file is readable or writable by others than its owner, or owned by another user:
+    /// whoever could read it could forge what the key signs.
+    #[error(
+        "key file {path} is exposed (mode {mode:04o}, owner uid {owner}, this process runs as uid {euid}); \
+         make it private to this user: `chmod 600 {path}` (and `chown` it), or delete it to start afresh"
+    )]
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
     /// The operating system's random source failed.
     #[error("cannot generate key {path}: the random source failed: {message}")]
     Random {
@@ -59,10 +75,10 @@ pub fn load_or_create(path: &Path, create_bytes: usize) -> Result<Vec<u8>, KeyFi
         path: path.to_owned(),
         source,
     };
-    match std::fs::read(path) {
+    match read_private(path) {
         Ok(bytes) => return Ok(bytes),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io(error)),
+        Err(KeyFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
     }
     let mut key = vec![0u8; create_bytes];
     getrandom::fill(&mut key).map_err(|error| KeyFileError::Random {
@@ -101,9 +117,40 @@ pub fn load_or_create(path: &Path, create_bytes: usize) -> Result<Vec<u8>, KeyFi
         }
         // Another process created the key first: use theirs, which is complete (it was linked
         // only after it was written and synced).
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path).map_err(io),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read_private(path),
         Err(error) => Err(io(error)),
     }
+}
+
+/// Reads the key file at `path` after checking, on Unix, that only this user can read it: no
+/// permission bits for group or others, owned by this process's effective uid.
+///
+/// # Errors
+///
+/// [`KeyFileError::Io`] when it cannot be read, [`KeyFileError::Exposed`] when it is not private.
+fn read_private(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = file.metadata().map_err(io)?;
+        let euid = rustix::process::geteuid().as_raw();
+        if metadata.mode() & 0o077 != 0 || metadata.uid() != euid {
+            return Err(KeyFileError::Exposed {
+                path: path.to_owned(),
+                mode: metadata.mode() & 0o7777,
+                owner: metadata.uid(),
+                euid,
+            });
+        }
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 /// [`load_or_create`] for a key of exactly `N` bytes.
@@ -128,7 +175,7 @@ pub fn load_or_create_exact<const N: usize>(path: &Path) -> Result<[u8; N], KeyF
 /// [`KeyFileError::Io`] when the file exists but cannot be read, [`KeyFileError::WrongLength`]
 /// when it holds another length.
 pub fn load_exact<const N: usize>(path: &Path) -> Result<Option<[u8; N]>, KeyFileError> {
-    match std::fs::read(path) {
+    match read_private(path) {
         Ok(bytes) => bytes
             .try_into()
             .map(Some)
@@ -137,11 +184,8 @@ pub fn load_exact<const N: usize>(path: &Path) -> Result<Option<[u8; N]>, KeyFil
                 found: bytes.len(),
                 expected: N.to_string(),
             }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(KeyFileError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(KeyFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
@@ -196,5 +240,26 @@ mod tests {
         });
         assert!(keys.windows(2).all(|pair| pair[0] == pair[1]));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let _: [u8; 32] = load_or_create_exact(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = load_or_create_exact::<32>(&path).unwrap_err();
+            assert!(
+                matches!(error, KeyFileError::Exposed { mode: found, .. } if found == mode),
+                "{mode:o}: {error}"
+            );
+            assert!(error.to_string().contains("chmod 600"), "{error}");
+            assert!(matches!(load_exact::<32>(&path), Err(KeyFileError::Exposed { .. })));
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_exact::<32>(&path).unwrap().is_some());
     }
 }

@@ -241,3 +241,102 @@ fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
     // The denial itself is audited; nothing else changed.
     assert_eq!(env.audit_entries(), 1);
 }
+
+#[cfg(unix)]
+#[test]
+fn state_is_private_and_tokens_come_from_files_not_argv() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let token = env.token("alice", "agent");
+    let file = env.file("token.jwt", &format!("{token}\n"));
+    let input = env.file("in.json", &envelope(json!({ "text": "mail bob@example.com" })));
+    let input = input.to_str().unwrap();
+    // From a file, and from standard input.
+    let run = env.agentd(
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            input,
+            "--token-file",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let run = env.agentd(
+        &["run", "pii-redact", "--input", input, "--token-file", "-"],
+        Some(&token),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let both = env.agentd(
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            input,
+            "--token",
+            &token,
+            "--token-file",
+            "-",
+        ],
+        Some(&token),
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    let missing = env.agentd(
+        &["run", "pii-redact", "--input", input, "--token-file", "/nonexistent/t"],
+        None,
+    );
+    assert!(
+        stderr(&missing).contains("cannot read the token file /nonexistent/t"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let mode = |name: &str| {
+        std::fs::metadata(env.state_dir().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        std::fs::metadata(env.state_dir()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // (SQLite removes `-wal` at the last close; while it exists it takes state.db's mode.)
+    for name in ["state.db", "jwt-hs256.key", "state.db.audit-key"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+
+    // An absurd lifetime is refused with a message, not a panic (exit 101).
+    let forever = env.agentd(
+        &[
+            "token",
+            "issue",
+            "--sub",
+            "alice",
+            "--role",
+            "agent",
+            "--tenant",
+            "acme",
+            "--ttl-secs",
+            "18446744073709551615",
+        ],
+        None,
+    );
+    assert_eq!(forever.status.code(), Some(1), "{}", stderr(&forever));
+    assert!(stderr(&forever).contains("maximum"), "{}", stderr(&forever));
+    // A case variant of a subject cannot get a token.
+    let upper = env.agentd(
+        &[
+            "token", "issue", "--sub", "Alice", "--role", "reviewer", "--tenant", "acme",
+        ],
+        None,
+    );
+    assert!(
+        !upper.status.success() && stderr(&upper).contains("canonical"),
+        "{}",
+        stderr(&upper)
+    );
+}

@@ -365,9 +365,10 @@ fn verify_reads_a_read_only_copy_and_writes_nothing() {
     };
     use std::os::unix::fs::PermissionsExt;
     for entry in std::fs::read_dir(&copy).unwrap() {
-        std::fs::set_permissions(entry.unwrap().path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+        // Read-only and still private: key files readable by others are refused.
+        std::fs::set_permissions(entry.unwrap().path(), std::fs::Permissions::from_mode(0o400)).unwrap();
     }
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o500)).unwrap();
     let before = listing(&copy);
     let digest_before = std::fs::read(copy.join("state.db")).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))

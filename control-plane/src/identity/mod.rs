@@ -131,6 +131,32 @@ pub enum IdentityError {
     /// [`with_system_identity`] may bind.
     #[error("subject `{0}` is reserved: `system:` subjects are bound by internal jobs, never by a token")]
     ReservedSubject(String),
+    /// `nbf` (not before) is later than now plus the leeway.
+    #[error("the token is not valid yet: its `nbf` is in the future (check the issuer's clock)")]
+    NotYetValid,
+    /// `iat` (issued at) is later than now plus the leeway.
+    #[error("the token claims to be issued in the future: its `iat` is ahead of this clock")]
+    IssuedInFuture,
+    /// `exp` lies further after `iat` than the configured maximum lifetime, or overflows.
+    #[error("the token's lifetime exceeds the maximum of {max_secs} s; issue a shorter-lived token")]
+    LifetimeTooLong {
+        /// The longest lifetime accepted, seconds.
+        max_secs: u64,
+    },
+    /// The header lists `crit` extensions; agentd understands none, so RFC 7515 §4.1.11 says
+    /// reject.
+    #[error("the token's header lists critical extensions {0:?}, which agentd does not understand")]
+    UnsupportedCritical(Vec<String>),
+    /// A subject or tenant is not a canonical identifier (see [`check_identifier`]).
+    #[error(
+        "{what} `{value}` is not a canonical identifier: use 1-64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit"
+    )]
+    BadIdentifier {
+        /// `subject` or `tenant`.
+        what: &'static str,
+        /// The refused value, with control characters escaped.
+        value: String,
+    },
     /// A system job name is empty or not lowercase kebab-case.
     #[error("system job name `{0}` must be lowercase kebab-case (a-z, 0-9, -)")]
     BadJobName(String),
@@ -140,6 +166,39 @@ impl IdentityError {
     /// Whether retrying the same call can help: only a key file I/O error might.
     pub fn is_retryable(&self) -> bool {
         matches!(self, IdentityError::KeyFile(error) if error.is_retryable())
+    }
+}
+
+/// Longest subject or tenant accepted, bytes.
+pub const MAX_IDENTIFIER_BYTES: usize = 64;
+
+/// Checks that a token's `subject` or `tenant` is canonical: 1 to [`MAX_IDENTIFIER_BYTES`]
+/// bytes of `a-z`, `0-9`, `.`, `_`, `-`, starting with a letter or digit. One spelling per
+/// identity, so separation of duties cannot be side-stepped by case (`Alice` against `alice`),
+/// the principal id `tenant/subject` and the display `subject@tenant` stay unambiguous (no `/`
+/// or `@`), listings print no control characters, and no token subject can look like a
+/// `system:` one (no `:`, no space, no upper case).
+///
+/// # Errors
+///
+/// [`IdentityError::BadIdentifier`] naming `what` and the value (escaped).
+pub fn check_identifier(what: &'static str, value: &str) -> Result<(), IdentityError> {
+    let canonical = !value.is_empty()
+        && value.len() <= MAX_IDENTIFIER_BYTES
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if canonical {
+        Ok(())
+    } else {
+        Err(IdentityError::BadIdentifier {
+            what,
+            value: value.escape_debug().to_string(),
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
 
-use super::{IdentityError, Principal, Role, SYSTEM_SUBJECT_PREFIX};
+use super::{IdentityError, Principal, Role, SYSTEM_SUBJECT_PREFIX, check_identifier};
 use crate::autonomy::{AutonomyCertificate, AutonomyLevel, CERTIFICATE_AUDIENCE};
 
 /// Bytes of a freshly generated HS256 key; also the minimum accepted (RFC 7518 §3.2).
@@ -61,9 +61,15 @@ pub struct TokenConfig {
     pub issuer: String,
     /// Required `aud` of access tokens.
     pub audience: String,
-    /// Clock skew tolerated on `exp`, seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
     pub leeway_secs: u64,
+    /// Longest access-token lifetime accepted (`exp - iat`), seconds; also the longest
+    /// [`TokenAuthority::issue`] signs. Default 30 days.
+    pub max_lifetime_secs: u64,
 }
+
+/// Default [`TokenConfig::max_lifetime_secs`]: 30 days.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for TokenConfig {
     fn default() -> Self {
@@ -71,6 +77,7 @@ impl Default for TokenConfig {
             issuer: "agentd-local".to_owned(),
             audience: "agentd".to_owned(),
             leeway_secs: 5,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         }
     }
 }
@@ -155,14 +162,25 @@ impl TokenAuthority {
         if subject.is_empty() || tenant.is_empty() || roles.is_empty() {
             return Err(IdentityError::Incomplete);
         }
-        if subject.starts_with(SYSTEM_SUBJECT_PREFIX) {
+        if subject
+            .to_ascii_lowercase()
+            .trim_start()
+            .starts_with(SYSTEM_SUBJECT_PREFIX)
+        {
             return Err(IdentityError::ReservedSubject(subject.to_owned()));
         }
+        check_identifier("subject", subject)?;
+        check_identifier("tenant", tenant)?;
+        let max_secs = self.config.max_lifetime_secs;
+        let exp = issued_at_secs
+            .checked_add(ttl.as_secs())
+            .filter(|_| ttl.as_secs() <= max_secs)
+            .ok_or(IdentityError::LifetimeTooLong { max_secs })?;
         let claims = Claims {
             sub: subject.to_owned(),
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
-            exp: issued_at_secs + ttl.as_secs(),
+            exp,
             iat: issued_at_secs,
             tenant: tenant.to_owned(),
             roles: roles.iter().map(|role| role.as_str().to_owned()).collect(),
@@ -178,6 +196,10 @@ impl TokenAuthority {
     /// or issuer, missing claim, wrong algorithm, unknown role, reserved subject, malformed.
     pub fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
         let claims: Claims = self.decode(token, &self.config.audience)?;
+        let max_secs = self.config.max_lifetime_secs;
+        if claims.exp.saturating_sub(claims.iat) > max_secs {
+            return Err(IdentityError::LifetimeTooLong { max_secs });
+        }
         let roles = claims
             .roles
             .iter()
@@ -186,9 +208,16 @@ impl TokenAuthority {
         if claims.sub.is_empty() || claims.tenant.is_empty() || roles.is_empty() {
             return Err(IdentityError::Incomplete);
         }
-        if claims.sub.starts_with(SYSTEM_SUBJECT_PREFIX) {
+        if claims
+            .sub
+            .to_ascii_lowercase()
+            .trim_start()
+            .starts_with(SYSTEM_SUBJECT_PREFIX)
+        {
             return Err(IdentityError::ReservedSubject(claims.sub));
         }
+        check_identifier("subject", &claims.sub)?;
+        check_identifier("tenant", &claims.tenant)?;
         Ok(Principal {
             subject: claims.sub,
             tenant: claims.tenant,
@@ -243,20 +272,29 @@ impl TokenAuthority {
             .map_err(|error| IdentityError::Signing(error.to_string()))
     }
 
-    /// The one verification path: signature (HS256 only), `exp` with the leeway, `iss`, `aud`
-    /// equal to `audience`, and the registered claims `exp`, `iss`, `aud` and `sub` present;
-    /// then the claims' shape `C`.
-    fn decode<C: DeserializeOwned>(&self, token: &str, audience: &str) -> Result<C, IdentityError> {
+    /// The one verification path: no `crit` header (RFC 7515 §4.1.11: agentd understands no
+    /// extension), signature (HS256 only), `exp` and `nbf` with the leeway, `iss`, `aud` equal
+    /// to `audience`, the registered claims `exp`, `iss`, `aud` and `sub` present, then the
+    /// claims' shape `C`, and `iat` not in the future (beyond the leeway).
+    fn decode<C: DeserializeOwned + IssuedAt>(&self, token: &str, audience: &str) -> Result<C, IdentityError> {
+        let token = token.trim();
+        if let Ok(header) = jsonwebtoken::decode_header(token)
+            && let Some(critical) = header.crit
+        {
+            return Err(IdentityError::UnsupportedCritical(critical));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = self.config.leeway_secs;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<C>(token.trim(), &self.decoding_key, &validation)
+        let claims = jsonwebtoken::decode::<C>(token, &self.decoding_key, &validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => IdentityError::Expired,
+                ErrorKind::ImmatureSignature => IdentityError::NotYetValid,
                 ErrorKind::InvalidSignature => IdentityError::BadSignature,
                 ErrorKind::InvalidAudience => IdentityError::WrongAudience {
                     expected: audience.to_owned(),
@@ -267,7 +305,28 @@ impl TokenAuthority {
                 ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
                 ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm,
                 _ => IdentityError::Malformed(error.to_string()),
-            })
+            })?;
+        if claims.issued_at() > now_secs().saturating_add(self.config.leeway_secs) {
+            return Err(IdentityError::IssuedInFuture);
+        }
+        Ok(claims)
+    }
+}
+
+/// Claims that carry `iat`, checked by [`TokenAuthority::decode`].
+trait IssuedAt {
+    fn issued_at(&self) -> u64;
+}
+
+impl IssuedAt for Claims {
+    fn issued_at(&self) -> u64 {
+        self.iat
+    }
+}
+
+impl IssuedAt for CertificateClaims {
+    fn issued_at(&self) -> u64 {
+        self.iat
     }
 }
 
@@ -430,6 +489,142 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    fn claims(authority: &TokenAuthority, sub: &str, tenant: &str) -> Claims {
+        Claims {
+            sub: sub.into(),
+            iss: authority.config.issuer.clone(),
+            aud: authority.config.audience.clone(),
+            exp: now_secs() + 3600,
+            iat: now_secs(),
+            tenant: tenant.into(),
+            roles: vec!["reviewer".into()],
+        }
+    }
+
+    #[test]
+    fn nbf_or_iat_in_the_future_is_refused() {
+        let authority = authority(1);
+        let mut ahead = claims(&authority, "alice", "acme");
+        ahead.iat = now_secs() + 3600;
+        ahead.exp = now_secs() + 7200;
+        let token = authority.sign(&ahead).unwrap();
+        assert!(matches!(authority.verify(&token), Err(IdentityError::IssuedInFuture)));
+
+        let mut value = serde_json::to_value(claims(&authority, "alice", "acme")).unwrap();
+        value["nbf"] = (now_secs() + 3600).into();
+        let token = authority.sign(&value).unwrap();
+        assert!(matches!(authority.verify(&token), Err(IdentityError::NotYetValid)));
+        // Within the leeway both are fine.
+        value["nbf"] = (now_secs() + 2).into();
+        value["iat"] = (now_secs() + 2).into();
+        assert!(authority.verify(&authority.sign(&value).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn lifetimes_over_the_maximum_are_refused_and_never_overflow() {
+        let authority = authority(1);
+        let mut forever = claims(&authority, "alice", "acme");
+        forever.exp = u64::MAX;
+        let token = authority.sign(&forever).unwrap();
+        assert!(matches!(
+            authority.verify(&token),
+            Err(IdentityError::LifetimeTooLong {
+                max_secs: DEFAULT_MAX_LIFETIME_SECS
+            })
+        ));
+        for ttl in [u64::MAX, DEFAULT_MAX_LIFETIME_SECS + 1] {
+            assert!(matches!(
+                authority.issue("alice", "acme", &[Role::Agent], Duration::from_secs(ttl)),
+                Err(IdentityError::LifetimeTooLong { .. })
+            ));
+        }
+        let longest = authority
+            .issue(
+                "alice",
+                "acme",
+                &[Role::Agent],
+                Duration::from_secs(DEFAULT_MAX_LIFETIME_SECS),
+            )
+            .unwrap();
+        assert!(authority.verify(&longest).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_crit_header_is_refused() {
+        let authority = authority(1);
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let token =
+            jsonwebtoken::encode(&header, &claims(&authority, "alice", "acme"), &authority.encoding_key).unwrap();
+        assert!(matches!(
+            authority.verify(&token),
+            Err(IdentityError::UnsupportedCritical(names)) if names == ["exp-ext"]
+        ));
+    }
+
+    #[test]
+    fn system_reservation_ignores_case_and_leading_space() {
+        let authority = authority(1);
+        for subject in ["SYSTEM:x", " system:x", "System:audit", "\tsystem:x"] {
+            let token = authority.sign(&claims(&authority, subject, "acme")).unwrap();
+            assert!(
+                matches!(
+                    authority.verify(&token),
+                    Err(IdentityError::ReservedSubject(_) | IdentityError::BadIdentifier { .. })
+                ),
+                "{subject:?} accepted"
+            );
+            assert!(
+                authority
+                    .issue(subject, "acme", &[Role::Agent], Duration::from_secs(60))
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn subjects_and_tenants_must_be_canonical() {
+        let authority = authority(1);
+        // `Alice` would defeat separation of duties against `alice`; `/` and `@` make principal
+        // ids ambiguous; a newline forges lines in listings.
+        for (sub, tenant) in [
+            ("Alice", "acme"),
+            ("alice", "ACME"),
+            ("team/alice", "acme"),
+            ("alice", "acme/team"),
+            ("alice@acme", "acme"),
+            ("alice\nbob", "acme"),
+            ("", "acme"),
+            ("-alice", "acme"),
+            ("alice", &"a".repeat(65)),
+        ] {
+            let token = authority.sign(&claims(&authority, sub, tenant)).unwrap();
+            assert!(
+                matches!(
+                    authority.verify(&token),
+                    Err(IdentityError::BadIdentifier { .. } | IdentityError::Incomplete)
+                ),
+                "{sub:?} in {tenant:?} accepted"
+            );
+            assert!(
+                authority
+                    .issue(sub, tenant, &[Role::Agent], Duration::from_secs(60))
+                    .is_err()
+            );
+        }
+        let message = authority
+            .issue("alice\nbob", "acme", &[Role::Agent], Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("alice\\nbob") && !message.contains('\n'), "{message}");
+        for (sub, tenant) in [("alice", "acme"), ("svc.report-bot_2", "team-7"), ("7", "a")] {
+            let token = authority
+                .issue(sub, tenant, &[Role::Agent], Duration::from_secs(60))
+                .unwrap();
+            assert_eq!(authority.verify(&token).unwrap().subject, sub);
         }
     }
 }

@@ -52,6 +52,23 @@ impl SqliteStorage {
             location: location.clone(),
             source: Box::new(classify(error)),
         };
+        // Every tenant's inputs and audit payloads live here: create the file private (0600)
+        // before SQLite does, which would use the umask (0644); its `-wal` and `-shm` files
+        // take the database file's mode.
+        create_private(path).map_err(|error| StoreError::Open {
+            location: location.clone(),
+            source: Box::new(match error.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => StoreError::Full {
+                    detail: error.to_string(),
+                },
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => StoreError::ReadOnly {
+                    detail: error.to_string(),
+                },
+                _ => StoreError::Io {
+                    detail: error.to_string(),
+                },
+            }),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -328,6 +345,19 @@ pub(crate) fn classify(error: sqlx::Error) -> StoreError {
 /// `u32` from a stored count.
 fn count(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// Creates an empty file at `path` with mode 0600 unless something is there already.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 #[cfg(test)]
