@@ -204,7 +204,15 @@ impl Runtime {
         let state = store.data();
         metrics.peak_memory_bytes = state.limiter.peak_bytes;
         metrics.host_calls = state.host_calls;
-        metrics.denials = state.denials.len() as u64;
+        metrics.denials = state.denied_calls;
+        if state.dropped_output > 0 || state.denied_calls > crate::host::MAX_DENIALS_LOGGED {
+            tracing::warn!(
+                skill = %skill.summary.id,
+                dropped_output = state.dropped_output,
+                denied_calls = state.denied_calls,
+                "the guest exceeded its per-invocation budgets: log lines or events dropped, denials not logged"
+            );
+        }
 
         let outcome = match result {
             Err(_elapsed) => Outcome::Failed {

@@ -59,6 +59,24 @@ pub const MAX_HOST_IO_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest log message or event kept, bytes; longer ones are truncated.
 pub const MAX_LOG_BYTES: usize = 4096;
 
+/// Log lines one invocation may write; further lines are dropped and counted, and one line at
+/// the end of the invocation says how many (a 4 KiB log loop once wrote 1.93 GB of stderr).
+pub const MAX_LOG_LINES: u32 = 1_000;
+
+/// Log bytes one invocation may write (after truncation of each line to [`MAX_LOG_BYTES`]).
+pub const MAX_LOG_TOTAL_BYTES: u64 = 256 * 1024;
+
+/// `emit` events one invocation may send; further ones are dropped and counted.
+pub const MAX_EVENTS: usize = 1_000;
+
+/// Denied host calls remembered per invocation (the first ones, which name what the skill
+/// needed); further denials are only counted, so a guest hammering a denied call costs no
+/// memory (74,658 denials once held 142 MB). Only the first [`MAX_DENIALS_LOGGED`] are logged.
+pub const MAX_DENIALS_KEPT: usize = 64;
+
+/// Denied host calls logged per invocation.
+pub const MAX_DENIALS_LOGGED: u64 = 8;
+
 /// Memory accounting for one store: refuses growth beyond `limit_bytes` and remembers that it did.
 #[derive(Debug)]
 pub struct MemoryLimiter {
@@ -110,9 +128,17 @@ pub struct HostState {
     /// Effectful calls made so far in this invocation (the next one's `seq`).
     pub(crate) effect_seq: u32,
     pub(crate) host_calls: u64,
-    /// The narrowest capability each denied call would have needed, in order.
+    /// The narrowest capability each denied call would have needed, in order: the first
+    /// [`MAX_DENIALS_KEPT`].
     pub(crate) denials: Vec<Capability>,
+    /// Denied host calls in all.
+    pub(crate) denied_calls: u64,
     pub(crate) events: Vec<(String, String)>,
+    /// Log lines and bytes written so far, against [`MAX_LOG_LINES`] and [`MAX_LOG_TOTAL_BYTES`].
+    pub(crate) log_lines: u32,
+    pub(crate) log_bytes: u64,
+    /// Log lines and events dropped over their budgets.
+    pub(crate) dropped_output: u64,
 }
 
 /// What a [`HostState`] gives the guest beyond its grants: where effects land.
@@ -164,7 +190,11 @@ impl HostState {
             effect_seq: 0,
             host_calls: 0,
             denials: Vec::new(),
+            denied_calls: 0,
             events: Vec::new(),
+            log_lines: 0,
+            log_bytes: 0,
+            dropped_output: 0,
         }
     }
 }
@@ -193,7 +223,11 @@ impl HostState {
         traceparent.clone_into(&mut self.traceparent);
         self.host_calls = 0;
         self.denials.clear();
+        self.denied_calls = 0;
         self.events.clear();
+        self.log_lines = 0;
+        self.log_bytes = 0;
+        self.dropped_output = 0;
     }
 }
 
@@ -224,6 +258,12 @@ impl Host for HostState {
     async fn log(&mut self, level: LogLevel, message: String) {
         self.host_calls += 1;
         let message = truncate(message);
+        if self.log_lines >= MAX_LOG_LINES || self.log_bytes + message.len() as u64 > MAX_LOG_TOTAL_BYTES {
+            self.dropped_output += 1;
+            return;
+        }
+        self.log_lines += 1;
+        self.log_bytes += message.len() as u64;
         let (skill, traceparent) = (&self.skill_id, &self.traceparent);
         match level {
             LogLevel::Trace => tracing::trace!(skill, traceparent, "{message}"),
@@ -236,11 +276,13 @@ impl Host for HostState {
 
     async fn emit(&mut self, name: String, attributes: String) {
         self.host_calls += 1;
+        if self.events.len() >= MAX_EVENTS {
+            self.dropped_output += 1;
+            return;
+        }
         let (name, attributes) = (truncate(name), truncate(attributes));
         tracing::debug!(skill = %self.skill_id, traceparent = %self.traceparent, event = %name, %attributes, "guest event");
-        if self.events.len() < 1000 {
-            self.events.push((name, attributes));
-        }
+        self.events.push((name, attributes));
     }
 
     async fn workspace_write(&mut self, path: String, contents: Vec<u8>) -> Result<(), CapabilityError> {
@@ -301,22 +343,41 @@ impl Host for HostState {
         let max_bytes = max_bytes.min(MAX_READ_BYTES);
         let target = self.workspace_file(&path)?;
         self.refuse_links(&path).await?;
-        let length = tokio::fs::metadata(&target)
+        // Checks and reading happen on one open handle, so what was checked is what is read:
+        // opened without following a link in the last component and without blocking (a FIFO
+        // would otherwise hang the host until killed), then only a regular file is read, and at
+        // most `max_bytes + 1` bytes of it whatever its size claims.
+        let io_error = |error: std::io::Error| CapabilityError::Io(format!("reading `{path}`: {error}"));
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32,
+        );
+        let file = tokio::fs::OpenOptions::from(options)
+            .open(&target)
             .await
-            .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))?
-            .len();
+            .map_err(io_error)?;
+        let metadata = file.metadata().await.map_err(io_error)?;
+        if !metadata.is_file() {
+            return Err(CapabilityError::Invalid(format!(
+                "`{path}` is not a regular file; only regular files are read"
+            )));
+        }
+        let length = metadata.len();
         if length > max_bytes {
             return Err(CapabilityError::Invalid(format!(
                 "`{path}` is {length} bytes; at most {max_bytes} were asked for"
             )));
         }
         self.spend(usize::try_from(length).unwrap_or(usize::MAX))?;
-        let mut contents = tokio::fs::read(&target)
+        let mut contents = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, max_bytes + 1), &mut contents)
             .await
-            .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))?;
+            .map_err(io_error)?;
         // The file may have grown between the size check and the read.
         if contents.len() as u64 > max_bytes {
-            contents.truncate(0);
             return Err(CapabilityError::Invalid(format!(
                 "`{path}` grew past {max_bytes} bytes while being read"
             )));
@@ -602,8 +663,13 @@ impl HostState {
             return Ok(());
         }
         let needed = effect.needed();
-        self.denials.push(effect.capability());
-        tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
+        self.denied_calls += 1;
+        if self.denials.len() < MAX_DENIALS_KEPT {
+            self.denials.push(effect.capability());
+        }
+        if self.denied_calls <= MAX_DENIALS_LOGGED {
+            tracing::warn!(skill = %self.skill_id, traceparent = %self.traceparent, capability = %needed, "capability denied");
+        }
         Err(CapabilityError::Denied(format!(
             "{needed} (granted: {})",
             describe_grants(&self.grants)
@@ -671,4 +737,124 @@ fn describe_grants(grants: &[Capability]) -> String {
         return "none".to_owned();
     }
     grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> HostState {
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        HostState::new(
+            "hostile",
+            "00-0-0-01",
+            1 << 20,
+            Vec::new(),
+            Effects::default(),
+            later,
+            later,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_log_loop_is_cut_at_the_invocation_budget() {
+        let mut state = state();
+        for _ in 0..100_000 {
+            state.log(LogLevel::Error, "x".repeat(8192)).await;
+        }
+        assert_eq!(state.host_calls, 100_000);
+        assert!(state.log_bytes <= MAX_LOG_TOTAL_BYTES);
+        assert!(u64::from(state.log_lines) * (MAX_LOG_BYTES as u64) <= MAX_LOG_TOTAL_BYTES + MAX_LOG_BYTES as u64);
+        assert_eq!(state.dropped_output, 100_000 - u64::from(state.log_lines));
+        let mut short = self::state();
+        for _ in 0..5_000 {
+            short.log(LogLevel::Info, "tick".into()).await;
+        }
+        assert_eq!(short.log_lines, MAX_LOG_LINES);
+        assert_eq!(short.dropped_output, 5_000 - u64::from(MAX_LOG_LINES));
+    }
+
+    #[tokio::test]
+    async fn emits_beyond_the_budget_are_dropped_and_counted() {
+        let mut state = state();
+        for i in 0..3_000 {
+            state.emit(format!("progress-{i}"), "{}".into()).await;
+        }
+        assert_eq!(state.events.len(), MAX_EVENTS);
+        assert_eq!(state.dropped_output, 2_000);
+    }
+
+    #[tokio::test]
+    async fn hammering_a_denied_call_keeps_memory_bounded() {
+        let mut state = state();
+        for _ in 0..100_000 {
+            let denied = state.kv_get("secret".into()).await;
+            assert!(matches!(denied, Err(CapabilityError::Denied(_))));
+        }
+        assert_eq!(state.denied_calls, 100_000);
+        assert_eq!(state.denials.len(), MAX_DENIALS_KEPT);
+        // Rearming for the next call starts the budgets afresh.
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        state.rearm("00-0-0-02", Vec::new(), Effects::default(), later, later);
+        assert_eq!(
+            (state.denied_calls, state.denials.len(), state.dropped_output),
+            (0, 0, 0)
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn reading_a_fifo_or_a_device_link_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("inbox")).unwrap();
+        let fifo = dir.path().join("inbox/pipe");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::create_dir(dir.path().join("inbox/sub")).unwrap();
+        std::fs::write(dir.path().join("inbox/ok.txt"), b"hello").unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("inbox/zero")).unwrap();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let grants = vec![Capability::FsRead {
+            prefix: WorkspacePath::parse("inbox").unwrap(),
+        }];
+        let effects = Effects {
+            workspace: Some(dir.path().to_owned()),
+            ..Effects::default()
+        };
+        let mut state = HostState::new("reader", "00-0-0-01", 1 << 20, grants, effects, later, later);
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            state.workspace_read("inbox/pipe".into(), 1024),
+        )
+        .await
+        .expect("reading a FIFO hung");
+        assert!(
+            matches!(&read, Err(CapabilityError::Invalid(m)) if m.contains("not a regular file")),
+            "{read:?}"
+        );
+        let read = state.workspace_read("inbox/sub".into(), 1024).await;
+        assert!(
+            matches!(&read, Err(CapabilityError::Invalid(m)) if m.contains("not a regular file")),
+            "{read:?}"
+        );
+        let read = state.workspace_read("inbox/zero".into(), 1024).await;
+        assert!(
+            matches!(&read, Err(CapabilityError::Invalid(m)) if m.contains("symbolic link")),
+            "{read:?}"
+        );
+        assert_eq!(
+            state.workspace_read("inbox/ok.txt".into(), 1024).await.unwrap(),
+            b"hello"
+        );
+        let read = state.workspace_read("inbox/ok.txt".into(), 4).await;
+        assert!(
+            matches!(&read, Err(CapabilityError::Invalid(m)) if m.contains("at most 4")),
+            "{read:?}"
+        );
+    }
 }

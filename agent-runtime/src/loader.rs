@@ -94,9 +94,10 @@ impl Runtime {
 
     fn read_manifest(&self, package_dir: &Path) -> Result<Manifest, PackageError> {
         let manifest_path = package_dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| PackageError::Read {
+        let bytes = crate::package::read_package_file(&manifest_path, crate::package::MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|_| PackageError::Manifest {
             path: manifest_path.clone(),
-            source,
+            problems: vec!["the file is not UTF-8 text".to_owned()],
         })?;
         Manifest::parse(&text, &manifest_path, &self.config.ceilings)
     }
@@ -182,10 +183,7 @@ fn read_verified_component(manifest: &Manifest, component_path: &Path) -> Result
             path: component_path.with_file_name(MANIFEST_FILE),
         });
     };
-    let bytes = std::fs::read(component_path).map_err(|source| PackageError::Read {
-        path: component_path.to_owned(),
-        source,
-    })?;
+    let bytes = crate::package::read_package_file(component_path, crate::package::MAX_COMPONENT_BYTES)?;
     let actual = sha256_digest(&bytes);
     if actual != expected {
         return Err(PackageError::DigestMismatch {

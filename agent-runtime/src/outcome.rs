@@ -90,13 +90,32 @@ impl SkillFailure {
     }
 }
 
+/// Longest skill error message kept, bytes: the message goes into the run log and the
+/// append-only audit log, so a guest must not be able to grow them at will (a 50 MB error
+/// once became a 50 MB audit row). Longer messages are cut at a character boundary and say so.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`], naming how many bytes were dropped.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let total = message.len();
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
+    }
+    message
+}
+
 impl From<SkillError> for SkillFailure {
     fn from(error: SkillError) -> Self {
         match error {
-            SkillError::InvalidInput(message) => SkillFailure::InvalidInput(message),
-            SkillError::Transient(message) => SkillFailure::Transient(message),
-            SkillError::Permanent(message) => SkillFailure::Permanent(message),
-            SkillError::NeedsHuman(message) => SkillFailure::NeedsHuman(message),
+            SkillError::InvalidInput(message) => SkillFailure::InvalidInput(bounded(message)),
+            SkillError::Transient(message) => SkillFailure::Transient(bounded(message)),
+            SkillError::Permanent(message) => SkillFailure::Permanent(bounded(message)),
+            SkillError::NeedsHuman(message) => SkillFailure::NeedsHuman(bounded(message)),
         }
     }
 }
@@ -203,5 +222,24 @@ impl SkillFailure {
             | SkillFailure::Permanent(message)
             | SkillFailure::NeedsHuman(message) => message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_skill_error_message_is_cut_before_it_is_stored() {
+        let failure = SkillFailure::from(SkillError::Permanent("é".repeat(25_000_000)));
+        let message = failure.message();
+        assert!(message.len() <= MAX_ERROR_MESSAGE_BYTES + 64, "{}", message.len());
+        assert!(
+            message.ends_with("of 50000000 bytes cut)"),
+            "{}",
+            &message[message.len() - 40..]
+        );
+        let small = SkillFailure::from(SkillError::Transient("busy".into()));
+        assert_eq!(small.message(), "busy");
     }
 }

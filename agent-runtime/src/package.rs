@@ -122,6 +122,22 @@ pub enum PackageError {
         /// Every problem found.
         problems: Vec<String>,
     },
+    /// A package file is not a regular file (a FIFO, a device, a directory), so it is not read.
+    #[error("{path} is not a regular file; a package holds regular files only")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A package file is larger than its ceiling, so it is not read.
+    #[error("{path} is {size} bytes; the ceiling for this file is {max} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size, bytes (at least this much when it grew while being read).
+        size: u64,
+        /// The ceiling, bytes.
+        max: u64,
+    },
     /// The manifest's `abi` is not this build's.
     #[error("{path} declares abi = {found}; this agentd runs abi = {ABI_VERSION}")]
     UnsupportedAbi {
@@ -219,6 +235,51 @@ impl PackageError {
     }
 }
 
+/// Largest `skill.toml` read, bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Largest component read, bytes: 128 MiB, several times the largest real component seen
+/// (an 18.5 MB componentize-py build).
+pub const MAX_COMPONENT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Reads the package file at `path`: opened without blocking (a FIFO never hangs a command),
+/// only when the opened handle is a regular file (a link to `/dev/zero` is not), and at most
+/// `max` bytes (reading at most `max + 1`, whatever the size claims).
+///
+/// # Errors
+///
+/// [`PackageError::Read`], [`PackageError::NotAFile`] or [`PackageError::TooLarge`].
+pub fn read_package_file(path: &Path, max: u64) -> Result<Vec<u8>, PackageError> {
+    use std::io::Read as _;
+    let read_error = |source| PackageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    let file = options.open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(PackageError::NotAFile { path: path.to_owned() });
+    }
+    let too_large = |size| PackageError::TooLarge {
+        path: path.to_owned(),
+        size,
+        max,
+    };
+    if metadata.len() > max {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.take(max + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// `sha256:<hex>` of `bytes`: the digest format of components, inputs and outputs.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -291,6 +352,29 @@ impl Manifest {
                 self.limits.max_reuse, self.id, self.side_effect
             ));
         }
+        if let Some(digest) = &self.sha256 {
+            let hex = digest.strip_prefix("sha256:");
+            let well_formed = hex.is_some_and(|hex| {
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            if !well_formed {
+                let bare = digest.split_whitespace().next().unwrap_or_default();
+                let hint = if bare.len() == 64 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    format!(
+                        " (this looks like `sha256sum` output: write \"sha256:{}\")",
+                        bare.to_ascii_lowercase()
+                    )
+                } else if hex.is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    format!(" (write the hex in lower case: \"{}\")", digest.to_ascii_lowercase())
+                } else {
+                    String::new()
+                };
+                problems.push(format!(
+                    "sha256 = \"{}\" must be `sha256:` followed by 64 lower-case hex digits{hint}",
+                    digest.escape_debug()
+                ));
+            }
+        }
         if self.limits.max_reuse > MAX_REUSE {
             problems.push(format!(
                 "limits.max_reuse = {} must be at most {MAX_REUSE}",
@@ -327,7 +411,7 @@ id = "pii-redact"
 version = "0.1.0"
 side_effect = "pure"
 capabilities = ["fs.write:reports/"]
-sha256 = "sha256:00"
+sha256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 [limits]
 memory_bytes = 1048576
 fuel = 1000
@@ -364,6 +448,64 @@ deadline_ms = 100
             &GOOD.replace("fs.write:reports/", "net.any:x"),
             "unknown kind `net.any`",
         );
+    }
+
+    #[test]
+    fn digests_in_sha256sum_or_upper_case_form_get_a_message_naming_the_format() {
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let good = format!("sha256 = \"sha256:{hex}\"");
+        check_error(
+            &GOOD.replace(&good, &format!("sha256 = \"{hex}  skill.wasm\"")),
+            &format!("looks like `sha256sum` output: write \"sha256:{hex}\""),
+        );
+        check_error(
+            &GOOD.replace(&good, &format!("sha256 = \"sha256:{}\"", hex.to_ascii_uppercase())),
+            &format!("write the hex in lower case: \"sha256:{hex}\""),
+        );
+        check_error(
+            &GOOD.replace(&good, "sha256 = \"sha256:00\""),
+            "must be `sha256:` followed by 64 lower-case hex digits",
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn package_files_must_be_regular_and_below_their_ceiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("skill.wasm");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(matches!(
+            read_package_file(&zero, MAX_COMPONENT_BYTES),
+            Err(PackageError::NotAFile { .. })
+        ));
+        let fifo = dir.path().join("skill.toml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // Would block forever without O_NONBLOCK.
+        assert!(matches!(
+            read_package_file(&fifo, MAX_MANIFEST_BYTES),
+            Err(PackageError::NotAFile { .. })
+        ));
+        let big = dir.path().join("big.wasm");
+        std::fs::write(&big, vec![0u8; 4097]).unwrap();
+        let error = read_package_file(&big, 4096).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                PackageError::TooLarge {
+                    size: 4097,
+                    max: 4096,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(read_package_file(&big, 4097).unwrap().len(), 4097);
     }
 
     #[test]

@@ -340,3 +340,56 @@ fn state_is_private_and_tokens_come_from_files_not_argv() {
         stderr(&upper)
     );
 }
+
+#[test]
+fn an_input_over_the_bound_is_refused_while_read_before_anything_is_stored() {
+    let env = Env::new();
+    let agent = env.token("alice", "agent");
+    // One ordinary run, so the state exists and has a size to compare.
+    let run = env.run_json("pii-redact", json!({ "text": "first" }), &agent);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let entries = env.audit_entries();
+    let size = |env: &Env| {
+        ["state.db", "state.db-wal"]
+            .iter()
+            .filter_map(|name| std::fs::metadata(env.state_dir().join(name)).ok())
+            .map(|metadata| metadata.len())
+            .sum::<u64>()
+    };
+    let before = size(&env);
+    let huge = env.file("huge.json", "");
+    std::fs::File::options()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    let started = std::time::Instant::now();
+    check_refused(
+        &env,
+        &[
+            "run",
+            "pii-redact",
+            "--input",
+            huge.to_str().unwrap(),
+            "--token",
+            &agent,
+        ],
+        "is larger than",
+        entries,
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(size(&env) <= before + 64 * 1024, "{} -> {}", before, size(&env));
+    // Over standard input too.
+    let output = env.agentd(
+        &["run", "pii-redact", "--input", "-", "--token", &agent],
+        Some(&"x".repeat(9 * 1024 * 1024)),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("standard input is larger than"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(env.audit_entries(), entries);
+}
