@@ -6,7 +6,9 @@
 //! an entry is never trusted blindly:
 //!
 //! 1. the entry's bytes must carry a valid HMAC-SHA256 (RFC 2104) under a key kept beside the
-//!    cache (mode 0600): a corrupt, truncated or substituted entry fails here;
+//!    cache (mode 0600), computed over the entry's identity (component digest and engine
+//!    compatibility hash) and its bytes: a corrupt, truncated or substituted entry, or another
+//!    component's valid entry copied over this one's path, fails here;
 //! 2. wasmtime then checks the header (version, configuration, target) itself.
 //!
 //! Any failure recompiles from the verified component and rewrites the entry (atomically:
@@ -108,16 +110,24 @@ impl CodeCache {
         })
     }
 
-    fn entry_path(&self, engine: &Engine, component_digest: &str) -> PathBuf {
+    /// The entry's identity: hex SHA-256 over the engine's compatibility hash and the
+    /// component's digest. It names the entry's file and is bound into its MAC.
+    fn entry_id(engine: &Engine, component_digest: &str) -> String {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         hasher.0.update(component_digest.as_bytes());
-        self.dir.join(format!("{}.cwasm", hex::encode(hasher.0.finalize())))
+        hex::encode(hasher.0.finalize())
     }
 
-    fn mac(&self, bytes: &[u8]) -> [u8; 32] {
+    /// HMAC-SHA256 over a version tag, the entry's identity ([`Self::entry_id`]: component
+    /// digest and engine compatibility) and the serialized bytes together, so a valid entry
+    /// copied over another component's path does not verify there.
+    fn mac(&self, entry_id: &str, bytes: &[u8]) -> [u8; 32] {
         let mut mac =
             <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(b"agentd.code-cache.v2\0");
+        mac.update(entry_id.as_bytes());
+        mac.update(b"\0");
         mac.update(bytes);
         mac.finalize().into_bytes().into()
     }
@@ -136,10 +146,11 @@ impl CodeCache {
         component_digest: &str,
         compile: impl FnOnce() -> Result<Component, E>,
     ) -> Result<(Component, LoadStats), E> {
-        let path = self.entry_path(engine, component_digest);
+        let entry_id = Self::entry_id(engine, component_digest);
+        let path = self.dir.join(format!("{entry_id}.cwasm"));
         let started = Instant::now();
         let rejected = match std::fs::read(&path) {
-            Ok(entry) => match self.verified(engine, &entry) {
+            Ok(entry) => match self.verified(engine, &entry_id, &entry) {
                 Ok(component) => {
                     return Ok((
                         component,
@@ -157,7 +168,7 @@ impl CodeCache {
         let component = compile()?;
         let load_us = micros(started);
         if let Ok(bytes) = component.serialize() {
-            let mut entry = self.mac(&bytes).to_vec();
+            let mut entry = self.mac(&entry_id, &bytes).to_vec();
             entry.extend_from_slice(&bytes);
             if let Err(error) = write_atomically(&path, &entry) {
                 tracing::warn!(%error, path = %path.display(), "the compiled component was not cached");
@@ -170,16 +181,16 @@ impl CodeCache {
         Ok((component, LoadStats { outcome, load_us }))
     }
 
-    fn verified(&self, engine: &Engine, entry: &[u8]) -> Result<Component, String> {
+    fn verified(&self, engine: &Engine, entry_id: &str, entry: &[u8]) -> Result<Component, String> {
         if entry.len() < 32 {
             return Err("the entry is truncated".into());
         }
         let (tag, bytes) = entry.split_at(32);
-        let expected = self.mac(bytes);
+        let expected = self.mac(entry_id, bytes);
         // Constant-time comparison is not needed against a local file, but costs nothing.
         let mismatch = tag.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if mismatch != 0 {
-            return Err("the entry's MAC does not verify (corrupt or substituted)".into());
+            return Err("the entry's MAC does not verify (corrupt, substituted or another component's)".into());
         }
         #[allow(
             unsafe_code,
@@ -201,6 +212,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temporary = path.with_extension(format!("tmp-{}-{write}", std::process::id()));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+    let written = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        // A full disk must not leave partial entries behind.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }

@@ -7,14 +7,18 @@ use agent_runtime::{Runtime, RuntimeConfig};
 use crate::packages_dir;
 
 async fn load(cache: &std::path::Path) -> (CacheOutcome, u64) {
+    load_skill(cache, "pii-redact").await
+}
+
+async fn load_skill(cache: &std::path::Path, skill: &str) -> (CacheOutcome, u64) {
     let runtime = Runtime::new(RuntimeConfig {
         code_cache: Some(cache.to_path_buf()),
         max_instances: 4,
         ..RuntimeConfig::default()
     })
     .unwrap();
-    runtime.load_package(&packages_dir().join("pii-redact")).await.unwrap();
-    let skill = runtime.lookup("pii-redact").unwrap();
+    runtime.load_package(&packages_dir().join(skill)).await.unwrap();
+    let skill = runtime.lookup(skill).unwrap();
     (skill.load.outcome.clone(), skill.load.load_us)
 }
 
@@ -59,4 +63,30 @@ async fn a_cached_component_loads_and_a_bad_entry_is_recompiled() {
     std::fs::write(&entry, b"short").unwrap();
     let (outcome, _) = load(&cache).await;
     assert!(matches!(outcome, CacheOutcome::Rejected { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_valid_entry_copied_over_another_components_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("code-cache");
+    assert_eq!(load_skill(&cache, "noop").await.0, CacheOutcome::Miss);
+    let noop_entry = entries(&cache).pop().unwrap();
+    assert_eq!(load_skill(&cache, "pii-redact").await.0, CacheOutcome::Miss);
+    let redact_entry = entries(&cache).into_iter().find(|path| *path != noop_entry).unwrap();
+    // Same cache, same key, a valid MAC: but it is noop's code under pii-redact's name.
+    std::fs::copy(&noop_entry, &redact_entry).unwrap();
+    let (outcome, _) = load_skill(&cache, "pii-redact").await;
+    assert!(
+        matches!(&outcome, CacheOutcome::Rejected { reason } if reason.contains("MAC does not verify")),
+        "{outcome:?}"
+    );
+    assert_eq!(load_skill(&cache, "pii-redact").await.0, CacheOutcome::Hit);
+    assert_eq!(load_skill(&cache, "noop").await.0, CacheOutcome::Hit);
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

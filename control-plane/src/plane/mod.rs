@@ -44,7 +44,21 @@ pub struct ControlPlane {
     clock: Arc<dyn Clock>,
     lease_ttl_ms: i64,
     run_deadline_ms: i64,
+    auth_failures: AuthFailures,
 }
+
+/// Failed authentications: counted always, logged at most once per
+/// [`AUTH_FAILURE_LOG_INTERVAL_MS`] with the number suppressed since the last line, so a
+/// flood of forged tokens cannot flood the log. The token itself is never logged.
+#[derive(Debug, Default)]
+struct AuthFailures {
+    total: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+    last_logged_ms: std::sync::atomic::AtomicI64,
+}
+
+/// Shortest interval between two log lines about failed authentications, ms.
+pub const AUTH_FAILURE_LOG_INTERVAL_MS: i64 = 1_000;
 
 impl ControlPlane {
     /// Assembles a control plane reading the system clock.
@@ -57,6 +71,10 @@ impl ControlPlane {
             clock: Arc::new(SystemClock),
             lease_ttl_ms: crate::run::lease::DEFAULT_LEASE_TTL_MS,
             run_deadline_ms: crate::run::lease::DEFAULT_RUN_DEADLINE_MS,
+            auth_failures: AuthFailures {
+                last_logged_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+                ..AuthFailures::default()
+            },
         }
     }
 
@@ -106,7 +124,31 @@ impl ControlPlane {
     ///
     /// [`IdentityError`] naming what is wrong with the token.
     pub fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
-        self.authority.verify(token)
+        use std::sync::atomic::Ordering::Relaxed;
+        let result = self.authority.verify(token);
+        if let Err(error) = &result {
+            let failures = &self.auth_failures;
+            failures.total.fetch_add(1, Relaxed);
+            let now = self.now_ms();
+            let last = failures.last_logged_ms.load(Relaxed);
+            if now.saturating_sub(last) >= AUTH_FAILURE_LOG_INTERVAL_MS
+                && failures
+                    .last_logged_ms
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                let suppressed = failures.suppressed.swap(0, Relaxed);
+                tracing::warn!(%error, suppressed, "authentication failed");
+            } else {
+                failures.suppressed.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Failed authentications since this control plane was built (for metrics).
+    pub fn failed_authentications(&self) -> u64 {
+        self.auth_failures.total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The policy set in force.

@@ -437,3 +437,25 @@ async fn the_control_plane_asks_policy_before_recording_a_review() {
     let change = entries.iter().find(|e| e.kind == "enforcement-change").unwrap();
     assert!(change.payload.contains(&before) && change.payload.contains(&version));
 }
+
+#[tokio::test]
+async fn failed_authentications_are_counted_and_a_case_variant_never_passes_for_the_requester() {
+    let plane = plane().await;
+    let control = &plane.control;
+    assert_eq!(control.failed_authentications(), 0);
+    let good = crate::authority()
+        .issue("alice", "acme", &[Role::Reviewer], std::time::Duration::from_secs(600))
+        .unwrap();
+    assert!(control.authenticate(&good).is_ok());
+    for forged in ["", "not.a.jwt", &good.replace('.', ",")] {
+        for _ in 0..50 {
+            assert!(control.authenticate(forged).is_err());
+        }
+    }
+    assert_eq!(control.failed_authentications(), 150);
+    // `Alice` cannot get a token that would pass separation of duties against `alice`.
+    let forged = control_plane::TokenAuthority::from_secret(&[9; 32], control_plane::TokenConfig::default())
+        .unwrap()
+        .issue("Alice", "acme", &[Role::Reviewer], std::time::Duration::from_secs(600));
+    assert!(forged.is_err());
+}
