@@ -523,8 +523,16 @@ impl Host for HostState {
             }
         }
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let failed =
-            |error: reqwest::Error| CapabilityError::Io(format!("{} {}: {error}", request.method, request.url));
+        // With the whole chain of causes: a refused address is said in the resolver's error.
+        let failed = |error: reqwest::Error| {
+            let mut message = format!("{} {}: {error}", request.method, request.url);
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            CapabilityError::Io(message)
+        };
         let mut response = client
             .request(method, url)
             .headers(headers)

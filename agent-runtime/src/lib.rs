@@ -26,6 +26,7 @@ pub mod host;
 pub mod kv;
 mod ladder;
 pub mod loader;
+pub mod net;
 pub mod outcome;
 pub mod package;
 mod pep;

@@ -90,6 +90,8 @@ impl Runtime {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            // Host names reach public addresses only, pinned for the connection (`net`).
+            .dns_resolver(Arc::new(crate::net::VettedResolver))
             .user_agent(concat!("agentd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| EngineError(format!("cannot build the HTTP client: {error}")))?;

@@ -115,6 +115,21 @@ async fn http_fetch_reaches_only_the_granted_origin_and_carries_the_trace_contex
             report.outcome
         );
     }
+    // Even granted by name, `localhost` resolves only to loopback, which a name may not reach
+    // (DNS rebinding, internal services): only a grant of the IP literal reaches it.
+    let by_name = format!("http://localhost:{}", server.port);
+    let name_grant = format!("net.http:{by_name}");
+    let report = runtime
+        .dispatch(
+            &http_get,
+            &request(json!({ "url": format!("{by_name}/") }), &[name_grant.as_str()]),
+        )
+        .await;
+    assert!(
+        format!("{:?}", report.outcome).contains("not public"),
+        "{:?}",
+        report.outcome
+    );
     assert_eq!(
         server.requests.lock().unwrap().len(),
         1,
