@@ -57,7 +57,15 @@ pub struct LoadStats {
 pub struct CodeCache {
     dir: PathBuf,
     key: [u8; 32],
+    max_bytes: u64,
 }
+
+/// Default [`CodeCache::with_max_bytes`]: 1 GiB, room for about 25 compiled Python or
+/// JavaScript components (about 40 MB each) and hundreds of Rust ones.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Temporary files older than this are a dead writer's and are removed, seconds.
+const STALE_TEMPORARY_SECS: u64 = 600;
 
 impl std::fmt::Debug for CodeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,7 +115,50 @@ impl CodeCache {
         Ok(CodeCache {
             dir: dir.to_path_buf(),
             key,
+            max_bytes: DEFAULT_MAX_CACHE_BYTES,
         })
+    }
+
+    /// The same cache keeping at most `max_bytes` of entries: after each write the least
+    /// recently written entries beyond it are removed (default [`DEFAULT_MAX_CACHE_BYTES`]).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Removes the oldest entries until the cache holds at most `max_bytes` (never `keep`, the
+    /// entry just written), and temporary files a dead writer left behind. Best effort: a file
+    /// that cannot be listed or removed is skipped.
+    fn evict(&self, keep: &Path) {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries = Vec::new();
+        for entry in listing.flatten() {
+            let path = entry.path();
+            let Ok(metadata) = entry.metadata() else { continue };
+            let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains(".tmp-") {
+                let age = modified.elapsed().map(|age| age.as_secs()).unwrap_or(0);
+                if age > STALE_TEMPORARY_SECS {
+                    let _ = std::fs::remove_file(&path);
+                }
+            } else if name.ends_with(".cwasm") {
+                entries.push((modified, metadata.len(), path));
+            }
+        }
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
     }
 
     /// The entry's identity: hex SHA-256 over the engine's compatibility hash and the
@@ -173,6 +224,7 @@ impl CodeCache {
             if let Err(error) = write_atomically(&path, &entry) {
                 tracing::warn!(%error, path = %path.display(), "the compiled component was not cached");
             }
+            self.evict(&path);
         }
         let outcome = match rejected {
             Some(reason) => CacheOutcome::Rejected { reason },

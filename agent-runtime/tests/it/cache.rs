@@ -90,3 +90,62 @@ async fn a_valid_entry_copied_over_another_components_path_is_refused() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn the_cache_is_evicted_by_size_oldest_first() {
+    use agent_runtime::cache::CodeCache;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = wasmtime::Engine::default();
+    let component = |name: &str| {
+        let bytes = std::fs::read(packages_dir().join(name).join("skill.wasm")).unwrap();
+        let digest = agent_runtime::package::sha256_digest(&bytes);
+        (bytes, digest)
+    };
+    let (noop, noop_digest) = component("noop");
+    let (redact, redact_digest) = component("pii-redact");
+    let compile = |bytes: &[u8]| wasmtime::component::Component::from_binary(&engine, bytes);
+    // Measure one entry, then allow a little more than the larger of the two.
+    let probe = CodeCache::open(&dir.path().join("probe")).unwrap();
+    probe.load(&engine, &redact_digest, || compile(&redact)).unwrap();
+    let redact_size = entries(&dir.path().join("probe"))[0].metadata().unwrap().len();
+
+    let cache_dir = dir.path().join("cache");
+    let cache = CodeCache::open(&cache_dir).unwrap().with_max_bytes(redact_size + 1024);
+    // A temporary file left by a dead writer long ago is removed at the next write.
+    let stale = cache_dir.join("dead.tmp-1-0");
+    std::fs::write(&stale, b"partial").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(
+        cache.load(&engine, &noop_digest, || compile(&noop)).unwrap().1.outcome,
+        CacheOutcome::Miss
+    );
+    assert!(!stale.exists(), "the stale temporary file was kept");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        cache
+            .load(&engine, &redact_digest, || compile(&redact))
+            .unwrap()
+            .1
+            .outcome,
+        CacheOutcome::Miss
+    );
+    // Both do not fit: the older (noop) went, the newer stays.
+    assert_eq!(entries(&cache_dir).len(), 1);
+    assert_eq!(
+        cache
+            .load(&engine, &redact_digest, || compile(&redact))
+            .unwrap()
+            .1
+            .outcome,
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        cache.load(&engine, &noop_digest, || compile(&noop)).unwrap().1.outcome,
+        CacheOutcome::Miss
+    );
+}
