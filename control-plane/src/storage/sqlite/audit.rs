@@ -9,6 +9,42 @@ use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::error::StoreError;
 use crate::storage::{AppendContext, AuditRows};
 
+/// The statement inserting one audit entry, as a literal for `concat!`.
+macro_rules! insert_entry {
+    () => {
+        "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
+/// Inserts one audit entry; its eight parameters are bound by [`bind_entry`].
+const INSERT_ENTRY: &str = insert_entry!();
+
+/// [`INSERT_ENTRY`], then the tree state and the anchor: an append's three writes in one
+/// round trip (sqlx binds `?`s across statements, in order).
+const APPEND_ROWS: &str = concat!(
+    insert_entry!(),
+    ";
+     INSERT OR REPLACE INTO audit_log (id, origin, frontier) VALUES (1, ?, ?);
+     INSERT OR REPLACE INTO audit_anchor (id, seq, hash, mac) VALUES (1, ?, ?, ?);"
+);
+
+/// Binds `entry`'s columns, in [`INSERT_ENTRY`]'s order, to `query`.
+fn bind_entry<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    entry: &'q AuditEntry,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(entry.seq)
+        .bind(entry.recorded_at_ms)
+        .bind(&entry.kind)
+        .bind(&entry.tenant)
+        .bind(&entry.principal)
+        .bind(&entry.payload)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+}
+
 #[async_trait]
 impl AuditRows for SqliteUnit {
     async fn audit_head(&mut self) -> Result<Option<(i64, String)>, StoreError> {
@@ -22,21 +58,10 @@ impl AuditRows for SqliteUnit {
     }
 
     async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(entry.seq)
-        .bind(entry.recorded_at_ms)
-        .bind(&entry.kind)
-        .bind(&entry.tenant)
-        .bind(&entry.principal)
-        .bind(&entry.payload)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .execute(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
+        bind_entry(sqlx::query(INSERT_ENTRY), entry)
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 
@@ -143,29 +168,15 @@ impl AuditRows for SqliteUnit {
     }
 
     async fn append_rows(&mut self, entry: &AuditEntry, state: &LogState, anchor: &Anchor) -> Result<(), StoreError> {
-        // The three writes of an append in one round trip (sqlx binds `?`s across statements).
-        sqlx::query(
-            "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?);
-             INSERT OR REPLACE INTO audit_log (id, origin, frontier) VALUES (1, ?, ?);
-             INSERT OR REPLACE INTO audit_anchor (id, seq, hash, mac) VALUES (1, ?, ?, ?);",
-        )
-        .bind(entry.seq)
-        .bind(entry.recorded_at_ms)
-        .bind(&entry.kind)
-        .bind(&entry.tenant)
-        .bind(&entry.principal)
-        .bind(&entry.payload)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .bind(&state.origin)
-        .bind(state.frontier.to_bytes())
-        .bind(anchor.seq)
-        .bind(&anchor.hash)
-        .bind(&anchor.mac)
-        .execute(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
+        bind_entry(sqlx::query(APPEND_ROWS), entry)
+            .bind(&state.origin)
+            .bind(state.frontier.to_bytes())
+            .bind(anchor.seq)
+            .bind(&anchor.hash)
+            .bind(&anchor.mac)
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 
