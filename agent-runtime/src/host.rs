@@ -241,12 +241,7 @@ impl WasiView for HostState {
 }
 
 fn truncate(mut text: String) -> String {
-    if text.len() > MAX_LOG_BYTES {
-        let mut cut = MAX_LOG_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+    if crate::outcome::cut_to(&mut text, MAX_LOG_BYTES) > 0 {
         text.push('…');
     }
     text

@@ -95,16 +95,26 @@ impl SkillFailure {
 /// once became a 50 MB audit row). Longer messages are cut at a character boundary and say so.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 
+/// Cuts `text` to at most `max` bytes at a character boundary; returns the bytes dropped.
+pub(crate) fn cut_to(text: &mut String, max: usize) -> usize {
+    if text.len() <= max {
+        return 0;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    total - cut
+}
+
 /// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`], naming how many bytes were dropped.
 fn bounded(mut message: String) -> String {
-    if message.len() > MAX_ERROR_MESSAGE_BYTES {
-        let total = message.len();
-        let mut cut = MAX_ERROR_MESSAGE_BYTES;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
+    let total = message.len();
+    let dropped = cut_to(&mut message, MAX_ERROR_MESSAGE_BYTES);
+    if dropped > 0 {
+        message.push_str(&format!("… ({dropped} of {total} bytes cut)"));
     }
     message
 }

@@ -174,21 +174,7 @@ fn a_tampered_state_file_fails_audit_verify_by_name() {
         );
     }
     // Someone with write access to the file drops the guard trigger and rewrites entry 2's principal.
-    let db = env.state_dir().join("state.db");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::raw_sql("DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'mallory@acme' WHERE seq = 2")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    });
+    env.tamper_sql("DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'mallory@acme' WHERE seq = 2");
     let output = env.agentd(&["audit", "verify"], None);
     assert_eq!(output.status.code(), Some(1));
     assert!(

@@ -8,22 +8,6 @@ use serde_json::json;
 
 use crate::{Env, stderr, stdout};
 
-/// Runs a raw SQL script against the state file, as someone with write access to it would.
-fn tamper_sql(env: &Env, script: &str) {
-    let db = env.state_dir().join("state.db");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::raw_sql(script).execute(&pool).await.unwrap();
-        pool.close().await;
-    });
-}
-
 /// Re-hashes the chain from entry `from` on, as an attacker who edited it would.
 fn rehash_from(env: &Env, from: i64) {
     let db = env.state_dir().join("state.db");
@@ -115,31 +99,27 @@ fn every_tampering_is_reported_and_an_append_after_it_fails_loudly() {
         Case {
             name: "byte flip inside entry 2",
             tamper: |env| {
-                tamper_sql(
-                    env,
-                    "DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'alicf@acme' WHERE seq = 2",
-                )
+                env.tamper_sql("DROP TRIGGER audit_no_update; UPDATE audit SET principal = 'alicf@acme' WHERE seq = 2")
             },
             append_fails: false,
             checkpoint: "diverged",
         },
         Case {
             name: "row 3 deleted with the triggers dropped",
-            tamper: |env| tamper_sql(env, "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 3"),
+            tamper: |env| env.tamper_sql("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 3"),
             append_fails: false,
             checkpoint: "diverged",
         },
         Case {
             name: "truncation to 4 entries",
-            tamper: |env| tamper_sql(env, "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4"),
+            tamper: |env| env.tamper_sql("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4"),
             append_fails: true,
             checkpoint: "diverged",
         },
         Case {
             name: "entry 3 edited and the tail re-hashed",
             tamper: |env| {
-                tamper_sql(
-                    env,
+                env.tamper_sql(
                     "DROP TRIGGER audit_no_update; UPDATE audit SET payload = replace(payload, 'pii-redact', 'pii-redacx') WHERE seq = 3",
                 );
                 rehash_from(env, 3);
@@ -150,8 +130,7 @@ fn every_tampering_is_reported_and_an_append_after_it_fails_loudly() {
         Case {
             name: "anchor row deleted (and the log truncated)",
             tamper: |env| {
-                tamper_sql(
-                    env,
+                env.tamper_sql(
                     "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4; DELETE FROM audit_anchor",
                 )
             },
@@ -161,17 +140,14 @@ fn every_tampering_is_reported_and_an_append_after_it_fails_loudly() {
         Case {
             name: "anchor table dropped (and the log truncated)",
             tamper: |env| {
-                tamper_sql(
-                    env,
-                    "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4; DROP TABLE audit_anchor",
-                )
+                env.tamper_sql("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4; DROP TABLE audit_anchor")
             },
             append_fails: true,
             checkpoint: "diverged",
         },
         Case {
             name: "tree state table dropped",
-            tamper: |env| tamper_sql(env, "DROP TABLE audit_log"),
+            tamper: |env| env.tamper_sql("DROP TABLE audit_log"),
             append_fails: true,
             checkpoint: "extends",
         },
@@ -185,7 +161,7 @@ fn every_tampering_is_reported_and_an_append_after_it_fails_loudly() {
             name: "anchor key deleted (and the log truncated)",
             tamper: |env| {
                 std::fs::remove_file(env.state_dir().join("state.db.audit-key")).unwrap();
-                tamper_sql(env, "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4");
+                env.tamper_sql("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq > 4");
             },
             append_fails: true,
             checkpoint: "diverged",

@@ -127,6 +127,22 @@ impl Env {
         waiting["approval_id"].as_i64().unwrap().to_string()
     }
 
+    /// Runs a raw SQL script against the state file, as someone with write access to it would.
+    pub fn tamper_sql(&self, script: &str) {
+        let db = self.state_dir().join("state.db");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::raw_sql(script).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+    }
+
     /// Writes `text` into a file in the scratch directory.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.path().join(name);
