@@ -61,6 +61,10 @@ impl agent_runtime::bindings::agentd::skill::host::Host for Raw {
         Err(CapabilityError::Denied("raw baseline".into()))
     }
 
+    async fn kv_delete(&mut self, _key: String) -> Result<bool, CapabilityError> {
+        Err(CapabilityError::Denied("raw baseline".into()))
+    }
+
     async fn http_fetch(&mut self, _request: HttpRequest) -> Result<HttpResponse, CapabilityError> {
         Err(CapabilityError::Denied("raw baseline".into()))
     }

@@ -291,14 +291,7 @@ impl Host for HostState {
             )));
         }
         self.spend(contents.len())?;
-        let target = self.workspace_file(&path)?;
-        // Before any directory is created: creating through a link would already act outside.
-        self.refuse_links(&path).await?;
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
-        }
+        let root = self.workspace_root()?;
         let (key, seq, digest) = self.next_effect("workspace-write", &[path.as_str().as_bytes(), &contents]);
         let effect = EffectId {
             idempotency_key: &key,
@@ -309,24 +302,13 @@ impl Host for HostState {
         if self.already_done(&effect).await.is_some() {
             return Ok(());
         }
-        let result = async {
-            // Write to a sibling temp file, fsync and rename, so a reader never sees half a
-            // file and the journal never records a write a power loss could undo.
-            let temporary = target.with_extension("agentd-partial");
-            let mut file = tokio::fs::File::create(&temporary).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, &contents).await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&temporary, &target).await?;
-            if let Some(parent) = target.parent()
-                && let Ok(directory) = tokio::fs::File::open(parent).await
-            {
-                let _ = directory.sync_all().await;
-            }
-            Ok::<(), std::io::Error>(())
-        }
-        .await;
-        result.map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))?;
+        // Through directory handles, links refused, via a random O_EXCL temporary file that
+        // is fsynced and renamed: a reader never sees half a file, and the journal never
+        // records a write a power loss could undo (see `crate::workspace`).
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || crate::workspace::write(&root, &target, &contents))
+            .await
+            .map_err(|error| CapabilityError::Io(format!("writing `{path}`: {error}")))??;
         self.journal(&effect, None).await;
         Ok(())
     }
@@ -336,47 +318,14 @@ impl Host for HostState {
         let path = workspace_path(&path, "path")?;
         self.check(&Effect::FsRead(&path))?;
         let max_bytes = max_bytes.min(MAX_READ_BYTES);
-        let target = self.workspace_file(&path)?;
-        self.refuse_links(&path).await?;
-        // Checks and reading happen on one open handle, so what was checked is what is read:
-        // opened without following a link in the last component and without blocking (a FIFO
-        // would otherwise hang the host until killed), then only a regular file is read, and at
-        // most `max_bytes + 1` bytes of it whatever its size claims.
-        let io_error = |error: std::io::Error| CapabilityError::Io(format!("reading `{path}`: {error}"));
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(
-            &mut options,
-            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW).bits() as i32,
-        );
-        let file = tokio::fs::OpenOptions::from(options)
-            .open(&target)
+        let root = self.workspace_root()?;
+        // One directory handle per segment, no link followed, only a regular file opened
+        // without blocking, at most `max_bytes + 1` bytes read (see `crate::workspace`).
+        let source = path.clone();
+        let contents = tokio::task::spawn_blocking(move || crate::workspace::read(&root, &source, max_bytes))
             .await
-            .map_err(io_error)?;
-        let metadata = file.metadata().await.map_err(io_error)?;
-        if !metadata.is_file() {
-            return Err(CapabilityError::Invalid(format!(
-                "`{path}` is not a regular file; only regular files are read"
-            )));
-        }
-        let length = metadata.len();
-        if length > max_bytes {
-            return Err(CapabilityError::Invalid(format!(
-                "`{path}` is {length} bytes; at most {max_bytes} were asked for"
-            )));
-        }
-        self.spend(usize::try_from(length).unwrap_or(usize::MAX))?;
-        let mut contents = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
-        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, max_bytes + 1), &mut contents)
-            .await
-            .map_err(io_error)?;
-        // The file may have grown between the size check and the read.
-        if contents.len() as u64 > max_bytes {
-            return Err(CapabilityError::Invalid(format!(
-                "`{path}` grew past {max_bytes} bytes while being read"
-            )));
-        }
+            .map_err(|error| CapabilityError::Io(format!("reading `{path}`: {error}")))??;
+        self.spend(contents.len())?;
         Ok(contents)
     }
 
@@ -421,10 +370,26 @@ impl Host for HostState {
         kv.set_journaled(&self.tenant, &self.skill_id, key.as_str(), &value, Some(&effect))
             .await
             .map(drop)
-            .map_err(|error| match error {
-                crate::kv::KvError::Full { .. } => CapabilityError::Invalid(error.to_string()),
-                crate::kv::KvError::Sqlite { .. } => CapabilityError::Io(error.to_string()),
-            })
+            .map_err(kv_error)
+    }
+
+    async fn kv_delete(&mut self, key: String) -> Result<bool, CapabilityError> {
+        self.host_calls += 1;
+        let key = workspace_path(&key, "key")?;
+        self.check(&Effect::KvWrite(&key))?;
+        let Some(kv) = self.kv.clone() else {
+            return Err(CapabilityError::Io("this runtime has no key-value store".to_owned()));
+        };
+        let (idempotency_key, seq, digest) = self.next_effect("kv-delete", &[key.as_str().as_bytes()]);
+        let effect = EffectId {
+            idempotency_key: &idempotency_key,
+            seq,
+            kind: "kv-delete",
+            request_digest: digest,
+        };
+        kv.delete_journaled(&self.tenant, &self.skill_id, key.as_str(), Some(&effect))
+            .await
+            .map_err(kv_error)
     }
 
     async fn http_fetch(&mut self, request: HttpRequest) -> Result<HttpResponse, CapabilityError> {
@@ -695,40 +660,21 @@ impl HostState {
     /// Refuses a path any existing component of which is a symbolic link, so a link placed in a
     /// granted directory cannot lead out of the grant (or out of the workspace). Components that
     /// do not exist yet hold no link.
-    fn refuse_links<'a>(
-        &self,
-        path: &'a WorkspacePath,
-    ) -> impl Future<Output = Result<(), CapabilityError>> + Send + 'a {
-        refuse_links(self.workspace.clone(), path)
-    }
-
-    fn workspace_file(&self, path: &WorkspacePath) -> Result<PathBuf, CapabilityError> {
-        let Some(root) = &self.workspace else {
-            return Err(CapabilityError::Io("this invocation has no workspace".to_owned()));
-        };
-        Ok(path.segments().fold(root.clone(), |dir, segment| dir.join(segment)))
+    fn workspace_root(&self) -> Result<PathBuf, CapabilityError> {
+        self.workspace
+            .clone()
+            .ok_or_else(|| CapabilityError::Io("this invocation has no workspace".to_owned()))
     }
 }
 
-/// See [`HostState::refuse_links`].
-async fn refuse_links(root: Option<PathBuf>, path: &WorkspacePath) -> Result<(), CapabilityError> {
-    let Some(mut current) = root else {
-        return Ok(());
-    };
-    for segment in path.segments() {
-        current.push(segment);
-        match tokio::fs::symlink_metadata(&current).await {
-            Ok(metadata) if metadata.file_type().is_symlink() => {
-                return Err(CapabilityError::Invalid(format!(
-                    "`{path}` passes through a symbolic link; links are not followed in workspaces"
-                )));
-            }
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(CapabilityError::Io(format!("resolving `{path}`: {error}"))),
+/// A full namespace or quota is the guest's doing (`invalid`); a database failure is `io`.
+fn kv_error(error: crate::kv::KvError) -> CapabilityError {
+    match error {
+        crate::kv::KvError::Full { .. } | crate::kv::KvError::Quota { .. } => {
+            CapabilityError::Invalid(error.to_string())
         }
+        crate::kv::KvError::Sqlite { .. } => CapabilityError::Io(error.to_string()),
     }
-    Ok(())
 }
 
 fn workspace_path(text: &str, what: &str) -> Result<WorkspacePath, CapabilityError> {
@@ -775,6 +721,40 @@ mod tests {
         }
         assert_eq!(short.log_lines, MAX_LOG_LINES);
         assert_eq!(short.dropped_output, 5_000 - u64::from(MAX_LOG_LINES));
+    }
+
+    #[tokio::test]
+    async fn kv_delete_needs_a_write_grant_and_a_full_quota_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open_lazy(&dir.path().join("kv.db")).unwrap();
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        let effects = Effects {
+            tenant: "acme".into(),
+            kv: Some(kv.clone()),
+            idempotency_key: "acme/run-1/step-1".into(),
+            ..Effects::default()
+        };
+        let grants = vec!["kv.write:notes/".parse().unwrap(), "kv.read:notes/".parse().unwrap()];
+        let mut state = HostState::new("notes", "00-0-0-01", 1 << 20, grants, effects, later, later);
+        state.kv_set("notes/a".into(), b"x".to_vec()).await.unwrap();
+        assert!(matches!(state.kv_delete("notes/a".into()).await, Ok(true)));
+        assert!(matches!(state.kv_get("notes/a".into()).await, Ok(None)));
+        assert!(matches!(state.kv_delete("notes/a".into()).await, Ok(false)));
+        assert!(matches!(
+            state.kv_delete("other/a".into()).await,
+            Err(CapabilityError::Denied(_))
+        ));
+        assert!(matches!(
+            state.kv_delete("../a".into()).await,
+            Err(CapabilityError::Invalid(_))
+        ));
+        let quota = crate::kv::KvError::Quota {
+            tenant: "acme".into(),
+            skill: "notes".into(),
+            used: 1,
+            after: 2,
+        };
+        assert!(matches!(kv_error(quota), CapabilityError::Invalid(message) if message.contains("quota")));
     }
 
     #[tokio::test]

@@ -27,6 +27,11 @@ pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
 /// Most keys one (tenant, skill) namespace may hold; a `kv-set` of a new key beyond it is refused.
 pub const MAX_KV_KEYS: i64 = 10_000;
 
+/// Most bytes (keys and values) one (tenant, skill) namespace may hold: 64 MiB. Without it a
+/// namespace could grow to [`MAX_KV_KEYS`] values of [`MAX_KV_VALUE_BYTES`] each, 10 GB per
+/// skill and tenant. A `kv-set` that would pass it is refused; `kv-delete` frees space.
+pub const MAX_KV_NAMESPACE_BYTES: i64 = 64 * 1024 * 1024;
+
 /// Why the store failed. [`is_retryable`](KvError::is_retryable) says whether trying again helps.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -46,6 +51,21 @@ pub enum KvError {
         /// The skill id.
         skill: String,
     },
+    /// The write would take the namespace past [`MAX_KV_NAMESPACE_BYTES`].
+    #[error(
+        "the namespace of skill `{skill}` in tenant `{tenant}` holds {used} bytes; this write would \
+         make it {after}, over its quota of {MAX_KV_NAMESPACE_BYTES} bytes (delete keys to free space)"
+    )]
+    Quota {
+        /// The tenant.
+        tenant: String,
+        /// The skill id.
+        skill: String,
+        /// Bytes held now (keys and values).
+        used: i64,
+        /// Bytes the namespace would hold after the write.
+        after: i64,
+    },
 }
 
 impl KvError {
@@ -58,7 +78,7 @@ impl KvError {
                     sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Database(_)
                 )
             }
-            KvError::Full { .. } => false,
+            KvError::Full { .. } | KvError::Quota { .. } => false,
         }
     }
 }
@@ -188,26 +208,35 @@ impl KvStore {
         {
             return Ok(false);
         }
-        let exists: bool = sqlx::query_scalar("SELECT COUNT(*) > 0 FROM kv WHERE tenant = ? AND skill = ? AND key = ?")
-            .bind(tenant)
-            .bind(skill)
-            .bind(key)
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(|source| self.error(source))?;
-        if !exists {
-            let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM kv WHERE tenant = ? AND skill = ?")
-                .bind(tenant)
-                .bind(skill)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(|source| self.error(source))?;
-            if keys >= MAX_KV_KEYS {
-                return Err(KvError::Full {
-                    tenant: tenant.to_owned(),
-                    skill: skill.to_owned(),
-                });
-            }
+        // The namespace's keys, bytes, and the bytes of `key` if it exists, in one range scan
+        // of the primary key (a blob's length is read from its record header, not its pages).
+        let (keys, used, existing, exists): (i64, i64, i64, bool) = sqlx::query_as(
+            "SELECT COUNT(*),
+                    COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0),
+                    COALESCE(SUM(CASE WHEN key = ?1 THEN length(CAST(key AS BLOB)) + length(value) END), 0),
+                    COALESCE(MAX(key = ?1), 0)
+             FROM kv WHERE tenant = ?2 AND skill = ?3",
+        )
+        .bind(key)
+        .bind(tenant)
+        .bind(skill)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(|source| self.error(source))?;
+        if !exists && keys >= MAX_KV_KEYS {
+            return Err(KvError::Full {
+                tenant: tenant.to_owned(),
+                skill: skill.to_owned(),
+            });
+        }
+        let after = used - existing + i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX);
+        if after > MAX_KV_NAMESPACE_BYTES && after > used {
+            return Err(KvError::Quota {
+                tenant: tenant.to_owned(),
+                skill: skill.to_owned(),
+                used,
+                after,
+            });
         }
         sqlx::query(
             "INSERT INTO kv (tenant, skill, key, value, updated_at_ms) VALUES (?, ?, ?, ?, ?)
@@ -228,6 +257,70 @@ impl KvStore {
         }
         transaction.commit().await.map_err(|source| self.error(source))?;
         Ok(true)
+    }
+
+    /// Deletes `key` from the (tenant, skill) namespace, exactly once per `effect` as for
+    /// [`KvStore::set_journaled`]: returns whether the key existed, and for an effect already
+    /// journaled, the answer recorded then (nothing is deleted again).
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Sqlite`] when the write failed (nothing is changed then).
+    pub async fn delete_journaled(
+        &self,
+        tenant: &str,
+        skill: &str,
+        key: &str,
+        effect: Option<&EffectId<'_>>,
+    ) -> Result<bool, KvError> {
+        self.ready().await?;
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|source| self.error(source))?;
+        if let Some(effect) = effect
+            && let Some((digest, response)) = journaled(&mut transaction, effect)
+                .await
+                .map_err(|source| self.error(source))?
+            && digest == effect.request_digest
+        {
+            return Ok(response.as_deref() == Some(&[1]));
+        }
+        let deleted = sqlx::query("DELETE FROM kv WHERE tenant = ? AND skill = ? AND key = ?")
+            .bind(tenant)
+            .bind(skill)
+            .bind(key)
+            .execute(&mut *transaction)
+            .await
+            .map_err(|source| self.error(source))?
+            .rows_affected()
+            > 0;
+        if let Some(effect) = effect {
+            record(&mut transaction, effect, Some(&[u8::from(deleted)]))
+                .await
+                .map_err(|source| self.error(source))?;
+        }
+        transaction.commit().await.map_err(|source| self.error(source))?;
+        Ok(deleted)
+    }
+
+    /// Bytes (keys and values) and keys held by the (tenant, skill) namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Sqlite`] when the database cannot be read.
+    pub async fn usage(&self, tenant: &str, skill: &str) -> Result<(i64, i64), KvError> {
+        self.ready().await?;
+        sqlx::query_as(
+            "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0), COUNT(*)
+             FROM kv WHERE tenant = ? AND skill = ?",
+        )
+        .bind(tenant)
+        .bind(skill)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|source| self.error(source))
     }
 
     /// What the journal holds for `effect`'s `(idempotency key, seq)`: the request digest and
@@ -329,4 +422,93 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect<'a>(key: &'a str, seq: u32, digest: &str) -> EffectId<'a> {
+        EffectId {
+            idempotency_key: key,
+            seq,
+            kind: "kv-delete",
+            request_digest: digest.to_owned(),
+        }
+    }
+
+    /// Review finding: kv had no total quota (10,000 keys of 1 MiB: 10 GB per tenant and skill)
+    /// and no delete. The quota counts keys and values per namespace, is refused before
+    /// anything is written, and deleting frees the space.
+    #[tokio::test]
+    async fn a_namespace_is_held_to_its_byte_quota_and_delete_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open_lazy(&dir.path().join("kv.db")).unwrap();
+        let value = vec![7u8; MAX_KV_VALUE_BYTES];
+        let fits = usize::try_from(MAX_KV_NAMESPACE_BYTES).unwrap() / (MAX_KV_VALUE_BYTES + 8);
+        for i in 0..fits {
+            kv.set("acme", "notes", &format!("big/{i:04}"), &value).await.unwrap();
+        }
+        let (used, keys) = kv.usage("acme", "notes").await.unwrap();
+        assert_eq!(keys, i64::try_from(fits).unwrap());
+        assert_eq!(used, keys * i64::try_from(MAX_KV_VALUE_BYTES + 8).unwrap());
+
+        let error = kv.set("acme", "notes", "big/last", &value).await.unwrap_err();
+        let KvError::Quota {
+            used: before, after, ..
+        } = &error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!(*before, used);
+        assert!(*after > MAX_KV_NAMESPACE_BYTES);
+        assert!(!error.is_retryable());
+        assert_eq!(
+            kv.get("acme", "notes", "big/last").await.unwrap(),
+            None,
+            "nothing was written"
+        );
+        // Overwriting a key in place does not grow the namespace, so it is allowed.
+        kv.set("acme", "notes", "big/0000", &value).await.unwrap();
+        // Other namespaces have their own quota.
+        kv.set("acme", "other-skill", "big/0000", &value).await.unwrap();
+        kv.set("globex", "notes", "big/0000", &value).await.unwrap();
+
+        assert!(kv.delete_journaled("acme", "notes", "big/0001", None).await.unwrap());
+        assert!(!kv.delete_journaled("acme", "notes", "big/0001", None).await.unwrap());
+        kv.set("acme", "notes", "big/last", &value).await.unwrap();
+        assert_eq!(kv.usage("acme", "notes").await.unwrap(), (used, keys));
+    }
+
+    /// A re-dispatched delete answers what the first answered and deletes nothing new: a value
+    /// written again since then survives the replay.
+    #[tokio::test]
+    async fn a_journaled_delete_happens_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open_lazy(&dir.path().join("kv.db")).unwrap();
+        kv.set("acme", "notes", "draft", b"v1").await.unwrap();
+        let first = effect("acme/run-1/step-1", 0, "sha256:delete-draft");
+        assert!(
+            kv.delete_journaled("acme", "notes", "draft", Some(&first))
+                .await
+                .unwrap()
+        );
+        kv.set("acme", "notes", "draft", b"v2").await.unwrap();
+        assert!(
+            kv.delete_journaled("acme", "notes", "draft", Some(&first))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            kv.get("acme", "notes", "draft").await.unwrap().as_deref(),
+            Some(&b"v2"[..])
+        );
+        let other = effect("acme/run-2/step-1", 0, "sha256:delete-draft");
+        assert!(
+            kv.delete_journaled("acme", "notes", "draft", Some(&other))
+                .await
+                .unwrap()
+        );
+        assert_eq!(kv.get("acme", "notes", "draft").await.unwrap(), None);
+    }
 }

@@ -38,6 +38,7 @@ pub mod retry;
 pub mod runtime;
 pub mod selector;
 pub mod step;
+mod workspace;
 
 pub use dispatch::{DispatchRequest, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
 pub use engine::{EPOCH_TICK_MS, EngineError};

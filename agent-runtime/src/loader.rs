@@ -3,7 +3,8 @@
 //!
 //! 1. the manifest parses and validates ([`Manifest::parse`], every problem listed);
 //! 2. the component's SHA-256 equals the manifest's, before a byte is compiled;
-//! 3. it is a component, not a core module;
+//! 3. it is a component, not a core module, built against this `agentd:skill` WIT version and
+//!    exporting the world's functions (names read before the compile);
 //! 4. it compiles (or comes from the verified code cache) and links against the host;
 //! 5. it implements the `agentd:skill` world;
 //! 6. its `describe` agrees with the manifest (id, version, side effect, capabilities).
@@ -21,7 +22,9 @@ use crate::bindings::SkillPre;
 use crate::bindings::agentd::skill::types::{Descriptor, SideEffect as WitSideEffect};
 use crate::cache::{CacheOutcome, LoadStats};
 use crate::host::Effects;
-use crate::package::{MANIFEST_FILE, Manifest, PackageError, check_component_header, sha256_digest};
+use crate::package::{
+    MANIFEST_FILE, Manifest, PackageError, check_component_header, check_component_world, sha256_digest,
+};
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
 
@@ -152,28 +155,56 @@ impl Runtime {
         })
     }
 
-    /// Instantiates the skill once, with no capability, and asks it to `describe` itself.
+    /// Instantiates the skill once, with no capability, and asks it to `describe` itself, under
+    /// [`DESCRIBE_DEADLINE_MS`] (or the manifest's deadline when shorter): a describe returns
+    /// constants, and a package whose describe spins must not hold a load for the manifest's
+    /// deadline (up to 600 s).
     async fn describe(
         &self,
         manifest: &Manifest,
         pre: &SkillPre<crate::host::HostState>,
         component_path: &Path,
     ) -> Result<Descriptor, PackageError> {
-        let mut store = self.engine.new_store(
-            &manifest.id,
-            &manifest.limits,
-            "describe",
-            Vec::new(),
-            Effects::default(),
-        );
+        let deadline_ms = manifest.limits.deadline_ms.min(DESCRIBE_DEADLINE_MS);
+        let limits = crate::package::Limits {
+            deadline_ms,
+            ..manifest.limits
+        };
+        let mut store = self
+            .engine
+            .new_store(&manifest.id, &limits, "describe", Vec::new(), Effects::default());
         let describe_error = |error: wasmtime::Error| PackageError::Describe {
             path: component_path.to_owned(),
-            message: format!("{error:#}"),
+            message: match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => format!(
+                    "it did not return within {deadline_ms} ms, the deadline of `describe` \
+                     (which only returns constants)"
+                ),
+                Some(wasmtime::Trap::OutOfFuel) => {
+                    format!("it ran out of fuel ({} units, the manifest's budget)", limits.fuel)
+                }
+                _ => format!("{error:#}"),
+            },
         };
-        let skill = pre.instantiate_async(&mut store).await.map_err(describe_error)?;
-        skill.call_describe(&mut store).await.map_err(describe_error)
+        let call = async {
+            let skill = pre.instantiate_async(&mut store).await?;
+            skill.call_describe(&mut store).await
+        };
+        // The epoch deadline interrupts guest code; the wall-clock limit is the backstop for
+        // time spent outside it (the host never blocks in describe: it has no capability).
+        match tokio::time::timeout(crate::engine::wall_clock_limit(deadline_ms), call).await {
+            Ok(result) => result.map_err(describe_error),
+            Err(_elapsed) => Err(PackageError::Describe {
+                path: component_path.to_owned(),
+                message: format!("it did not return within {deadline_ms} ms, the deadline of `describe`"),
+            }),
+        }
     }
 }
+
+/// Longest a package's `describe` may run at load, ms (shorter when the manifest's deadline
+/// is). Review finding: a spinning `describe` held every command for its manifest deadline.
+pub const DESCRIBE_DEADLINE_MS: u64 = 1_000;
 
 /// The component's bytes, once its SHA-256 matches the manifest's and its header says it is a
 /// component; with the digest.
@@ -193,6 +224,7 @@ fn read_verified_component(manifest: &Manifest, component_path: &Path) -> Result
         });
     }
     check_component_header(&bytes, component_path)?;
+    check_component_world(&bytes, component_path)?;
     Ok((bytes, actual))
 }
 

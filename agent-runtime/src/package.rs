@@ -198,6 +198,19 @@ pub enum PackageError {
         /// wasmtime's diagnosis.
         message: String,
     },
+    /// The component was built against another version of the `agentd:skill` WIT package.
+    #[error(
+        "{path} was built against `{name}`; this agentd speaks agentd:skill@{expected}: \
+         rebuild it with a plugin-abi of that version"
+    )]
+    WitVersion {
+        /// The component file.
+        path: PathBuf,
+        /// The import or export naming the other version, e.g. `agentd:skill/types@1.0.0`.
+        name: String,
+        /// The version this build speaks ([`plugin_abi::WIT_PACKAGE_VERSION`]).
+        expected: &'static str,
+    },
     /// `describe` failed.
     #[error("{path}: `describe` failed: {message}")]
     Describe {
@@ -397,6 +410,95 @@ pub fn check_component_header(bytes: &[u8], path: &Path) -> Result<(), PackageEr
     }
     if bytes[4..8] == [1, 0, 0, 0] {
         return Err(PackageError::CoreModule { path: path.to_owned() });
+    }
+    Ok(())
+}
+
+/// The functions the `skill` world exports at the component's root.
+const WORLD_EXPORTS: [&str; 2] = ["describe", "invoke"];
+
+/// Checks the component's own import and export names before anything is compiled (a compile
+/// of a large component takes seconds; this reads section headers, microseconds per MiB):
+/// every `agentd:skill/...` name must carry [`plugin_abi::WIT_PACKAGE_VERSION`], at least one
+/// must be there (the world's `types` interface is always imported), and the root must export
+/// the world's functions `describe` and `invoke`. Their types are checked by the link that
+/// follows the compile; nested components and modules are not looked into.
+///
+/// # Errors
+///
+/// [`PackageError::WitVersion`] for another version of the package, [`PackageError::WrongWorld`]
+/// for a missing `agentd:skill` import or world function, [`PackageError::Compile`] when the
+/// sections cannot be read at all.
+pub fn check_component_world(bytes: &[u8], path: &Path) -> Result<(), PackageError> {
+    use wasmparser::{ComponentExternalKind, Parser, Payload};
+
+    let malformed = |error: wasmparser::BinaryReaderError| PackageError::Compile {
+        path: path.to_owned(),
+        message: format!("malformed component: {error}"),
+    };
+    let wrong_world = |message: String| PackageError::WrongWorld {
+        path: path.to_owned(),
+        message,
+    };
+    let check_name = |name: &str| -> Result<bool, PackageError> {
+        let Some(rest) = name.strip_prefix("agentd:skill/") else {
+            return Ok(false);
+        };
+        match rest.split_once('@') {
+            Some((_, version)) if version == plugin_abi::WIT_PACKAGE_VERSION => Ok(true),
+            _ => Err(PackageError::WitVersion {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                expected: plugin_abi::WIT_PACKAGE_VERSION,
+            }),
+        }
+    };
+    let mut depth = 0usize;
+    let mut speaks_skill = false;
+    let mut functions: Vec<String> = Vec::new();
+    let mut exports: Vec<String> = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(malformed)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    speaks_skill |= check_name(import.map_err(malformed)?.name.name)?;
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(malformed)?;
+                    speaks_skill |= check_name(export.name.name)?;
+                    if export.kind == ComponentExternalKind::Func {
+                        functions.push(export.name.name.to_owned());
+                    }
+                    exports.push(export.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !speaks_skill {
+        return Err(wrong_world(format!(
+            "it imports no `agentd:skill/...@{}` interface",
+            plugin_abi::WIT_PACKAGE_VERSION
+        )));
+    }
+    let missing: Vec<&str> = WORLD_EXPORTS
+        .into_iter()
+        .filter(|name| !functions.iter().any(|f| f == name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(wrong_world(format!(
+            "it does not export the function(s) `{}` (its exports: {})",
+            missing.join("`, `"),
+            if exports.is_empty() {
+                "none".to_owned()
+            } else {
+                exports.join(", ")
+            }
+        )));
     }
     Ok(())
 }

@@ -29,6 +29,10 @@ pub struct RuntimeConfig {
     /// SQLite file of the durable key-value store behind `kv-get`/`kv-set`; `None` makes those
     /// calls fail with `capability-error::io`.
     pub kv_path: Option<PathBuf>,
+    /// PEM files of certificate authorities `http-fetch` trusts for `https://` besides the
+    /// Mozilla root store compiled in (webpki-roots): an organisation's internal CA. Each file
+    /// may hold several certificates.
+    pub extra_root_certificates: Vec<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +43,7 @@ impl Default for RuntimeConfig {
             max_instances: 64,
             code_cache: None,
             kv_path: None,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -87,7 +92,23 @@ impl Runtime {
         };
         // Redirects are not followed: a redirect could lead to an origin that was not granted.
         // No proxy from the environment either: the grant names the origin actually contacted.
-        let http = reqwest::Client::builder()
+        // https through rustls (ring provider, TLS 1.2 and 1.3, ADR 0013), certificates checked
+        // against the Mozilla roots and `extra_root_certificates`, for the host name of the URL
+        // while the connection goes to the vetted address.
+        let mut http = reqwest::Client::builder().use_rustls_tls();
+        for path in &config.extra_root_certificates {
+            let pem = std::fs::read(path)
+                .map_err(|error| EngineError(format!("cannot read the CA file {}: {error}", path.display())))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| EngineError(format!("{} holds no usable PEM certificate: {error}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(EngineError(format!("{} holds no PEM certificate", path.display())));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             // Host names reach public addresses only, pinned for the connection (`net`).

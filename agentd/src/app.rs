@@ -17,6 +17,9 @@ pub struct Paths {
     pub state_dir: PathBuf,
     pub plugins: PathBuf,
     pub policy: PathBuf,
+    /// An external identity provider's JWKS: when given, access tokens are verified against it
+    /// only and none is issued here.
+    pub jwks: Option<PathBuf>,
 }
 
 impl Paths {
@@ -46,11 +49,23 @@ fn ensure_state_dir(paths: &Paths) -> Result<()> {
 
 pub fn open_authority(paths: &Paths) -> Result<TokenAuthority> {
     ensure_state_dir(paths)?;
-    Ok(TokenAuthority::load_or_create(
-        &paths.key_file(),
-        TokenConfig::default(),
-    )?)
+    let authority = TokenAuthority::load_or_create(&paths.key_file(), TokenConfig::default())?;
+    let Some(jwks_path) = &paths.jwks else {
+        return Ok(authority);
+    };
+    let mut text = String::new();
+    std::fs::File::open(jwks_path)
+        .and_then(|file| file.take(MAX_JWKS_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read the JWKS {}", jwks_path.display()))?;
+    if text.len() as u64 > MAX_JWKS_BYTES {
+        bail!("the JWKS {} is larger than {MAX_JWKS_BYTES} bytes", jwks_path.display());
+    }
+    let jwks = control_plane::identity::Jwks::parse(&text).with_context(|| format!("{}", jwks_path.display()))?;
+    Ok(authority.with_jwks(jwks))
 }
+
+/// Largest JWKS document read, bytes (providers publish a few keys: a few KiB).
+const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 
 /// Reads `path`, or standard input for `-`.
 ///
@@ -90,10 +105,18 @@ pub async fn open_read_only(paths: &Paths) -> Result<ControlPlane> {
     getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("the random source failed: {error}"))?;
     let authority = TokenAuthority::from_secret(&secret, TokenConfig::default())?;
     let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
-    let store = Store::open_read_only(&paths.state_file())
-        .await
-        .with_context(|| format!("cannot open the state {} read-only", paths.state_file().display()))?;
+    // The error names the file and the cause once; no context repeats them.
+    let store = Store::open_read_only(&paths.state_file()).await?;
     Ok(ControlPlane::new(authority, policy, store))
+}
+
+/// Whether opening the state failed only because it cannot be written.
+fn is_read_only(error: &control_plane::StoreError) -> bool {
+    match error {
+        control_plane::StoreError::ReadOnly { .. } => true,
+        control_plane::StoreError::Open { cause, .. } => is_read_only(cause),
+        _ => false,
+    }
 }
 
 /// The control plane's run timing from the environment: `AGENTD_LEASE_TTL_MS` (how long a
@@ -139,6 +162,22 @@ impl App {
         let authority = open_authority(paths)?;
         let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
         let store = Store::open(&paths.state_file()).await?;
+        Ok(ControlPlaneApp {
+            control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
+        })
+    }
+
+    /// Opens the control plane for commands that only read (`hitl list`, `runs list`, `runs
+    /// show`): writable when it can be, else, when the state is read-only (a read-only copy,
+    /// a read-only medium), read-only, so it can still be inspected.
+    pub async fn open_control_plane_to_read(paths: &Paths) -> Result<ControlPlaneApp> {
+        let store = match Store::open(&paths.state_file()).await {
+            Ok(store) => store,
+            Err(error) if is_read_only(&error) => Store::open_read_only(&paths.state_file()).await?,
+            Err(error) => return Err(error.into()),
+        };
+        let authority = open_authority(paths)?;
+        let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
         Ok(ControlPlaneApp {
             control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
         })

@@ -49,6 +49,11 @@ struct PathArgs {
     /// Cedar policy file.
     #[arg(long, global = true, env = "AGENTD_POLICY", default_value = "policies/default.cedar")]
     policy: PathBuf,
+    /// JSON Web Key Set of an external identity provider. Access tokens are then verified
+    /// against its public keys only (EdDSA, ES256, RS256, chosen by `kid`) and this runtime
+    /// issues none; without it, the state directory's HS256 key issues and verifies them.
+    #[arg(long, global = true, env = "AGENTD_JWKS")]
+    jwks: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -397,6 +402,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         state_dir: cli.paths.state_dir,
         plugins: cli.paths.plugins,
         policy: cli.paths.policy,
+        jwks: cli.paths.jwks,
     };
     let json = cli.json;
     match cli.command {
@@ -450,7 +456,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 .map(|text| text.parse::<ApprovalStatus>())
                 .transpose()
                 .context("--status")?;
-            let app = App::open_control_plane(&paths).await?;
+            let app = App::open_control_plane_to_read(&paths).await?;
             let principal = app.authenticate(&token.read()?)?;
             let requests = app.control_plane.list_approvals(&principal.tenant, status).await?;
             if json {
@@ -653,7 +659,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Runs(RunsCommand::List { token }) => {
-            let app = App::open_control_plane(&paths).await?;
+            let app = App::open_control_plane_to_read(&paths).await?;
             let caller = app.authenticate(&token.read()?)?;
             let records = app.control_plane.run_records(&caller.tenant).await?;
             if json {
@@ -718,7 +724,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Runs(RunsCommand::Show { run_id, token }) => {
-            let app = App::open_control_plane(&paths).await?;
+            let app = App::open_control_plane_to_read(&paths).await?;
             let caller = app.authenticate(&token.read()?)?;
             let view = match app.control_plane.run(&caller.tenant, &run_id).await {
                 Ok(view) => view,

@@ -18,20 +18,29 @@ pub enum StoreError {
         detail: String,
     },
     /// The disk (or the database's size limit) is full. Free space, then retry.
-    #[error("the state store's disk is full: {detail}; free space on its file system")]
+    #[error(
+        "the state store's disk is full ({detail}); free space on its file system and retry: nothing stored was lost"
+    )]
     Full {
         /// What the backend said.
         detail: String,
     },
     /// The database or its directory is read-only. Not retryable: open it writable.
-    #[error("the state store is read-only: {detail}")]
+    #[error(
+        "the state store is read-only ({detail}); commands that change state need write access \
+         to the file and its directory, while `audit verify`, `audit checkpoint`, `runs list`, \
+         `runs show` and `hitl list` also work on a read-only copy"
+    )]
     ReadOnly {
         /// What the backend said.
         detail: String,
     },
     /// The database file is damaged, is not a database, or holds a row this build cannot read.
     /// Not retryable.
-    #[error("the state store is corrupt: {detail}")]
+    #[error(
+        "the state store is corrupt ({detail}); restore it from a backup (`agentd audit verify` on \
+         the damaged file says what it can still read)"
+    )]
     Corrupt {
         /// What is wrong.
         detail: String,
@@ -59,13 +68,15 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: i64,
     },
-    /// The state store could not be opened; `source` says why.
-    #[error("cannot open the state store {location}: {source}")]
+    /// The state store could not be opened; `cause` says why. The cause is part of this
+    /// message and deliberately not an error `source`, so a report that prints the chain
+    /// (`{:#}`) names it once, not twice.
+    #[error("cannot open the state store {location}: {cause}")]
     Open {
         /// Where the state is.
         location: String,
         /// Why.
-        source: Box<StoreError>,
+        cause: Box<StoreError>,
     },
     /// The audit anchor key could not be read or created.
     #[error(transparent)]
@@ -93,7 +104,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Busy { .. } | StoreError::Io { .. } => true,
-            StoreError::Open { source, .. } => source.is_retryable(),
+            StoreError::Open { cause, .. } => cause.is_retryable(),
             StoreError::AnchorKey(error) => error.is_retryable(),
             StoreError::Full { .. }
             | StoreError::ReadOnly { .. }

@@ -153,6 +153,19 @@ impl OutputEnvelope {
 mod tests {
     use super::*;
 
+    /// Found by fuzzing (`invoke_envelope`): a 64-digit integer was read one ulp off by
+    /// serde_json's default fast path, so the input re-serialised for the guest differed from
+    /// the value the caller sent. Numbers are now parsed correctly rounded.
+    #[test]
+    fn numbers_reach_the_guest_as_the_caller_wrote_them() {
+        let text = r#"{"schema_version": "agentd.invoke.v1", "input": {"n": 2222222222000000000000000000000000000000000000000000000116190355, "f": 0.30000000000000004, "big": 1.7976931348623157e308}}"#;
+        let request = InvokeRequest::parse(text).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&request.input_json()).unwrap();
+        assert_eq!(again.as_object(), Some(&request.input));
+        assert_eq!(request.input["n"].as_f64(), Some(2.222222222e63));
+        assert_eq!(request.input["f"].as_f64(), Some(0.1 + 0.2));
+    }
+
     #[test]
     fn invoke_request_is_parsed_strictly() {
         let check = |text: &str, expected: &str| {

@@ -115,6 +115,16 @@ impl Context {
         bindings::agentd::skill::host::kv_set(key, value)
     }
 
+    /// Deletes `key` from the skill's key-value namespace; whether it existed. Needs
+    /// `kv.write:<prefix>`.
+    ///
+    /// # Errors
+    ///
+    /// [`CapabilityError`] as the host reports it.
+    pub fn kv_delete(&self, key: &str) -> Result<bool, CapabilityError> {
+        bindings::agentd::skill::host::kv_delete(key)
+    }
+
     /// Makes an HTTP request through the host.
     ///
     /// # Errors

@@ -68,8 +68,116 @@ fn main() -> Result<()> {
             test.args(["test"]);
             run(test)
         }
-        _ => bail!("usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci>"),
+        "fuzz" => fuzz(&root, &rest),
+        _ => bail!(
+            "usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci | fuzz [SECONDS [TARGET..]]>"
+        ),
     }
+}
+
+/// The libFuzzer targets of `fuzz/` (FUZZING.md).
+const FUZZ_TARGETS: [&str; 7] = [
+    "invoke_envelope",
+    "skill_manifest",
+    "jwt_verify",
+    "cedar_annotations",
+    "capability",
+    "workspace_path",
+    "guest_values",
+];
+
+/// `cargo xtask fuzz [SECONDS [TARGET..]]`: runs each target (all by default) for `SECONDS`
+/// (default 60) with cargo-fuzz on the nightly toolchain, starting from its checked-in seeds
+/// (`fuzz/seeds/<target>`) and a working corpus kept in the target directory, and prints one
+/// line per target: executions, corpus size, and whether it found a crash (saved under
+/// `fuzz/artifacts/<target>/`). The instrumented build goes to `$AGENTD_FUZZ_TARGET_DIR`, by
+/// default `<target>/fuzz`.
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let seconds: u64 = match args.first() {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("SECONDS must be a number, not `{text}`"))?,
+        None => 60,
+    };
+    let targets: Vec<&str> = if args.len() > 1 {
+        args[1..].iter().map(String::as_str).collect()
+    } else {
+        FUZZ_TARGETS.to_vec()
+    };
+    if let Some(unknown) = targets.iter().find(|target| !FUZZ_TARGETS.contains(target)) {
+        bail!(
+            "no fuzz target `{unknown}`; the targets are {}",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !nightly {
+        bail!(
+            "cargo xtask fuzz needs a nightly toolchain for libFuzzer's coverage instrumentation (`rustup toolchain install nightly`)"
+        );
+    }
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_cargo_fuzz {
+        eprintln!("xtask: installing cargo-fuzz");
+        let mut install = Command::new("cargo");
+        install.args(["install", "cargo-fuzz", "--locked", "--version", "0.13.2"]);
+        run(install)?;
+    }
+    // Its own target directory: instrumented builds share nothing with the workspace's.
+    let fuzz_target_dir =
+        std::env::var_os("AGENTD_FUZZ_TARGET_DIR").map_or_else(|| target_dir(root).join("fuzz"), PathBuf::from);
+    let mut failed = Vec::new();
+    for target in targets {
+        let corpus = fuzz_target_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut command = Command::new("rustup");
+        command
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &fuzz_target_dir)
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg(root.join("fuzz/seeds").join(target))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-rss_limit_mb=4096",
+                "-print_final_stats=1",
+            ]);
+        let output = command
+            .output()
+            .with_context(|| format!("could not start {command:?}"))?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        let stat = |name: &str| {
+            log.lines()
+                .find_map(|line| line.strip_prefix(&format!("stat::{name}:")))
+                .map_or("?".to_owned(), |value| value.trim().to_owned())
+        };
+        let corpus_size = std::fs::read_dir(&corpus).map_or(0, Iterator::count);
+        let verdict = if output.status.success() { "clean" } else { "FAILED" };
+        eprintln!(
+            "{target}: {verdict}, {} executions in {seconds} s, corpus {corpus_size} inputs, peak RSS {} MB",
+            stat("number_of_executed_units"),
+            stat("peak_rss_mb")
+        );
+        if !output.status.success() {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            failed.push(target);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz targets failed: {} (inputs under fuzz/artifacts/)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The workspace root, asked of cargo at run time (not baked in at compile time, so an xtask
@@ -186,6 +294,9 @@ fn remove_stale_packages(packages: &Path, dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// The file marking a plugin whose package every load must refuse.
+const REFUSED_MARKER: &str = "refused-at-load";
+
 /// Builds and packages every plugin; returns the packages directory.
 fn build_plugins(root: &Path) -> Result<PathBuf> {
     ensure_wasm_target()?;
@@ -206,8 +317,20 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
 
     let target = target_dir(root);
     let packages = target.join("plugins");
-    remove_stale_packages(&packages, &dirs)?;
+    // Hostile plugins that no load may accept (a `refused-at-load` file in the plugin's
+    // directory) go to their own directory, so every test and the CLI that load `plugins/` keep
+    // loading exactly the packages meant to load.
+    let refused = target.join("plugins-refused");
+    let (refused_dirs, loaded_dirs): (Vec<PathBuf>, Vec<PathBuf>) =
+        dirs.iter().cloned().partition(|dir| dir.join(REFUSED_MARKER).is_file());
+    remove_stale_packages(&packages, &loaded_dirs)?;
+    remove_stale_packages(&refused, &refused_dirs)?;
     for (dir, crate_name) in crates {
+        let packages = if dir.join(REFUSED_MARKER).is_file() {
+            &refused
+        } else {
+            &packages
+        };
         let skill_toml = std::fs::read_to_string(dir.join("skill.toml"))?;
         let mut manifest: toml::Table =
             toml::from_str(&skill_toml).with_context(|| format!("{}/skill.toml", dir.display()))?;

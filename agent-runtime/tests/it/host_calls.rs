@@ -285,3 +285,113 @@ async fn workspace_write_never_creates_or_writes_through_a_link() {
         "something was created through the link"
     );
 }
+
+/// A TLS server on 127.0.0.1 with the certificate of tests/fixtures/tls (signed by the test CA
+/// for `IP:127.0.0.1`), answering every request with `body`. Stopped on drop.
+struct TlsServer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsServer {
+    async fn start(body: &'static str) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(fixtures.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(fixtures.join("server.key")).unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                        match tls.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsServer { port, task }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Review finding: `https://` grants could not be reached (no TLS in the build, ADR 0008). Now
+/// rustls verifies the server against the trusted roots: with the test CA added the fetch
+/// works; with only the Mozilla roots the same server is refused, so verification is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fetch_speaks_https_and_verifies_the_certificate() {
+    let server = TlsServer::start("hello over tls").await;
+    let origin = format!("https://127.0.0.1:{}", server.port);
+    let grant = format!("net.http:{origin}");
+    let input = json!({ "url": format!("{origin}/status") });
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
+
+    let trusting = agent_runtime::Runtime::new(agent_runtime::RuntimeConfig {
+        max_instances: 4,
+        code_cache: Some(crate::test_code_cache()),
+        extra_root_certificates: vec![ca],
+        ..agent_runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    trusting
+        .load_package(&crate::packages_dir().join("http-get"))
+        .await
+        .unwrap();
+    let report = trusting
+        .dispatch(
+            &skill(&trusting, "http-get"),
+            &request(input.clone(), &[grant.as_str()]),
+        )
+        .await;
+    let Outcome::Completed { output } = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    assert_eq!(
+        (output["status"].as_u64(), output["body"].as_str()),
+        (Some(200), Some("hello over tls"))
+    );
+
+    let runtime = runtime_with_packages(None).await;
+    let report = runtime
+        .dispatch(&skill(&runtime, "http-get"), &request(input, &[grant.as_str()]))
+        .await;
+    let Outcome::SkillFailed { error } = &report.outcome else {
+        panic!("{:?}", report.outcome)
+    };
+    assert!(error.message().contains("certificate"), "{}", error.message());
+}

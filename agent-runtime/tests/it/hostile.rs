@@ -194,3 +194,37 @@ async fn a_thousand_mixed_hostile_runs_leave_a_benign_skill_unchanged() {
     // Every pooled slot was returned: as many concurrent instances as the pool holds still fit.
     assert_pool_slots_returned(Arc::new(runtime), benign, 8).await;
 }
+
+/// Review finding: a `describe` that spins held every command for the manifest's deadline (up
+/// to 600 s). spin-describe declares that 600 s ceiling; loading it gives up at describe's own
+/// deadline, refuses the package with a message naming it, and the runtime loads the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_describe_is_stopped_at_its_own_deadline() {
+    let package = crate::packages_dir()
+        .with_file_name("plugins-refused")
+        .join("spin-describe");
+    let manifest = std::fs::read_to_string(package.join("skill.toml")).unwrap();
+    assert!(manifest.contains("deadline_ms = 600000"), "{manifest}");
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        code_cache: Some(test_code_cache()),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let error = runtime.load_package(&package).await.unwrap_err();
+    let agent_runtime::PackageError::Describe { message, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        message,
+        &format!(
+            "it did not return within {} ms, the deadline of `describe` (which only returns constants)",
+            agent_runtime::loader::DESCRIBE_DEADLINE_MS
+        )
+    );
+    assert!(runtime.lookup("spin-describe").is_none());
+    runtime
+        .load_package(&crate::packages_dir().join("noop"))
+        .await
+        .expect("the runtime still loads a good package");
+}

@@ -211,3 +211,109 @@ async fn memory_and_fuel_limits_map_to_their_outcomes() {
         }
     }
 }
+
+/// Replaces every `from` in `bytes` by `to` (same length, so the binary stays well formed).
+fn replace_bytes(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(from.len()).position(|window| window == from) {
+        bytes[at + offset..at + offset + to.len()].copy_from_slice(to);
+        at += offset + to.len();
+        count += 1;
+    }
+    count
+}
+
+/// Review finding: a component built against `agentd:skill@1.0.0` loaded and ran. The names
+/// are now read before the compile, so nothing of a refused component reaches the code cache.
+#[tokio::test]
+async fn wit_package_version_and_world_exports_are_checked_before_the_compile() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path();
+    let cache = root.join("code-cache");
+    let load_cached = |dir: PathBuf| {
+        let cache = cache.clone();
+        async move {
+            let runtime = Runtime::new(RuntimeConfig {
+                max_instances: 4,
+                code_cache: Some(cache),
+                ..RuntimeConfig::default()
+            })
+            .unwrap();
+            runtime.load_package(&dir).await
+        }
+    };
+    let cached_entries = || {
+        std::fs::read_dir(&cache)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_name() != "cache.key")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+
+    let other_version = copy_package(
+        "pii-redact",
+        root,
+        "other-version",
+        |_, bytes| {
+            let swapped = replace_bytes(bytes, b"agentd:skill/types@0.1.0", b"agentd:skill/types@1.0.0");
+            assert!(swapped > 0, "pii-redact imports agentd:skill/types@0.1.0");
+        },
+        true,
+    );
+    let error = load_cached(other_version.clone()).await.unwrap_err();
+    let PackageError::WitVersion { name, expected, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!((name.as_str(), *expected), ("agentd:skill/types@1.0.0", "0.1.0"));
+    assert!(
+        error
+            .to_string()
+            .ends_with("was built against `agentd:skill/types@1.0.0`; this agentd speaks agentd:skill@0.1.0: rebuild it with a plugin-abi of that version"),
+        "{error}"
+    );
+    assert_eq!(cached_entries(), 0, "a refused component is never compiled");
+
+    // The right version, but not the world's functions.
+    let no_exports = copy_package(
+        "pii-redact",
+        root,
+        "no-exports",
+        |_, bytes| *bytes = wat::parse_str(r#"(component (import "agentd:skill/types@0.1.0" (instance)))"#).unwrap(),
+        true,
+    );
+    let error = load_cached(no_exports).await.unwrap_err();
+    assert!(matches!(error, PackageError::WrongWorld { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .ends_with("does not export the function(s) `describe`, `invoke` (its exports: none)"),
+        "{error}"
+    );
+
+    // No agentd:skill name at all.
+    let foreign = copy_package(
+        "pii-redact",
+        root,
+        "foreign",
+        |_, bytes| *bytes = wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap(),
+        true,
+    );
+    let error = load_cached(foreign).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("imports no `agentd:skill/...@0.1.0` interface"),
+        "{error}"
+    );
+    assert_eq!(cached_entries(), 0);
+
+    // The real package passes the same check and is compiled into the cache.
+    let good = copy_package("pii-redact", root, "good", |_, _| {}, false);
+    load_cached(good).await.unwrap();
+    assert_eq!(cached_entries(), 1);
+}

@@ -379,3 +379,68 @@ fn an_input_over_the_bound_is_refused_while_read_before_anything_is_stored() {
     );
     assert_eq!(env.audit_entries(), entries);
 }
+
+/// Review finding: the runtime held the key that mints any principal. With `--jwks` it verifies
+/// an identity provider's tokens (here EdDSA, keys by openssl, set exported by jwcrypto) and
+/// mints none; its own HS256 tokens and a set holding a private key are refused.
+#[test]
+fn with_a_jwks_the_cli_takes_provider_tokens_and_mints_none() {
+    let env = Env::new();
+    let fixtures = crate::repo_root().join("control-plane/tests/fixtures/jwks");
+    let jwks = fixtures.join("jwks.json");
+    let jwks = jwks.to_str().unwrap();
+    let local = env.token("alice", "agent");
+
+    let issue = env.agentd(
+        &[
+            "--jwks", jwks, "token", "issue", "--sub", "mallory", "--role", "reviewer", "--tenant", "acme",
+        ],
+        None,
+    );
+    assert_eq!(issue.status.code(), Some(1), "{}", stderr(&issue));
+    assert!(stderr(&issue).contains("issues none"), "{}", stderr(&issue));
+
+    let now = jsonwebtoken::get_current_timestamp();
+    let config = TokenConfig::default();
+    let claims = json!({
+        "sub": "alice", "iss": config.issuer, "aud": config.audience, "iat": now, "exp": now + 600,
+        "tenant": "acme", "roles": ["agent"],
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("ed-2026".into());
+    let pem = std::fs::read(fixtures.join("ed25519.pem")).unwrap();
+    let provider =
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap()).unwrap();
+    let input = env.file("in.json", &envelope(json!({ "text": "mail bob@example.com" })));
+    let input = input.to_str().unwrap();
+    let run = env.agentd(
+        &[
+            "--jwks",
+            jwks,
+            "run",
+            "pii-redact",
+            "--input",
+            input,
+            "--token-file",
+            "-",
+        ],
+        Some(&provider),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+
+    let refused = env.agentd(&["--jwks", jwks, "runs", "list", "--token-file", "-"], Some(&local));
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("names no `kid`"), "{}", stderr(&refused));
+
+    let private = fixtures.join("private.json");
+    let leaked = env.agentd(
+        &["--jwks", private.to_str().unwrap(), "runs", "list", "--token-file", "-"],
+        Some(&provider),
+    );
+    assert_eq!(leaked.status.code(), Some(1), "{}", stderr(&leaked));
+    assert!(
+        stderr(&leaked).contains("holds the private member `d`"),
+        "{}",
+        stderr(&leaked)
+    );
+}

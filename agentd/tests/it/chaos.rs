@@ -536,7 +536,7 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
                         .trim_end_matches(".md")
                         .to_owned()
                 })
-                .filter(|name| !name.ends_with("agentd-partial"))
+                .filter(|name| !name.starts_with(".agentd-partial-"))
                 .collect()
         })
         .unwrap_or_default();

@@ -19,7 +19,7 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

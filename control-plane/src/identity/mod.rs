@@ -5,8 +5,10 @@
 //! [`with_system_identity`] (under a guardrails caller allowlist). Tokens may never carry a
 //! `system:` subject, so a system principal cannot be forged through a token.
 
+mod jwks;
 mod token;
 
+pub use jwks::{Jwks, MAX_JWKS_KEYS, MIN_RSA_BITS};
 pub use token::{Claims, HS256_KEY_BYTES, TokenAuthority, TokenConfig};
 
 use std::collections::BTreeSet;
@@ -106,9 +108,27 @@ pub enum IdentityError {
     /// A required claim is absent.
     #[error("the token lacks the required claim `{0}`")]
     MissingClaim(String),
-    /// The header's algorithm is not HS256.
-    #[error("the token is not signed with HS256")]
-    WrongAlgorithm,
+    /// The header's algorithm is not the one pinned for the key (HS256 for the local key).
+    #[error("the token is not signed with {expected}, the one algorithm its key verifies")]
+    WrongAlgorithm {
+        /// The pinned algorithm, e.g. `HS256`, `EdDSA`.
+        expected: String,
+    },
+    /// The runtime verifies tokens from an external issuer (a JWKS) and mints none.
+    #[error(
+        "this runtime verifies tokens from an external identity provider (JWKS) and issues none; \
+         get a token from that provider"
+    )]
+    ExternalIssuer,
+    /// The JWKS document is refused.
+    #[error("the JWKS is refused: {0}")]
+    Jwks(String),
+    /// Under a JWKS, a token's header names no `kid`.
+    #[error("the token's header names no `kid`; this runtime selects the verification key by it")]
+    MissingKeyId,
+    /// Under a JWKS, no key has the token's `kid`.
+    #[error("no key `{0}` in the JWKS: the token is from another issuer, or its key was rotated out")]
+    UnknownKeyId(String),
     /// The text is not a JWT or its claims have the wrong shape.
     #[error("the token is malformed: {0}")]
     Malformed(String),

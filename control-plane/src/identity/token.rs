@@ -82,12 +82,22 @@ impl Default for TokenConfig {
     }
 }
 
-/// Issues and verifies tokens with one HS256 key: the authority that turns a bearer token into
-/// a [`Principal`], and signs autonomy certificates.
+/// The authority that turns a bearer token into a [`Principal`], and signs autonomy
+/// certificates.
+///
+/// Two trust models (ADR 0010):
+/// - **local** ([`TokenAuthority::from_secret`], [`TokenAuthority::load_or_create`]): one HS256
+///   key in the state directory issues and verifies access tokens; whoever can read it can mint
+///   any principal. For a quick start and a single operator.
+/// - **external issuer** ([`TokenAuthority::with_jwks`]): access tokens are verified only against
+///   an identity provider's public keys (EdDSA, ES256, RS256; `kid`-selected, algorithm pinned
+///   per key) and [`TokenAuthority::issue`] is refused, so the runtime holds no key that mints a
+///   principal. The HS256 key then only signs the runtime's own autonomy certificates.
 pub struct TokenAuthority {
     config: TokenConfig,
     encoding_key: EncodingKey,
     decoding_key: DecodingKey,
+    jwks: Option<super::jwks::Jwks>,
 }
 
 impl fmt::Debug for TokenAuthority {
@@ -116,7 +126,21 @@ impl TokenAuthority {
             config,
             encoding_key: EncodingKey::from_secret(secret),
             decoding_key: DecodingKey::from_secret(secret),
+            jwks: None,
         })
+    }
+
+    /// This authority, verifying access tokens against `jwks` only (the external-issuer trust
+    /// model): HS256 access tokens are refused from then on, and so is [`TokenAuthority::issue`].
+    /// Autonomy certificates stay signed with the HS256 key: they are the runtime's own.
+    pub fn with_jwks(mut self, jwks: super::jwks::Jwks) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Whether access tokens come from an external issuer (a JWKS was given).
+    pub fn verifies_external_tokens(&self) -> bool {
+        self.jwks.is_some()
     }
 
     /// Loads the key at `path`, creating it with [`HS256_KEY_BYTES`] random bytes (mode 0600)
@@ -159,6 +183,9 @@ impl TokenAuthority {
         issued_at_secs: u64,
         ttl: Duration,
     ) -> Result<String, IdentityError> {
+        if self.jwks.is_some() {
+            return Err(IdentityError::ExternalIssuer);
+        }
         if subject.is_empty() || tenant.is_empty() || roles.is_empty() {
             return Err(IdentityError::Incomplete);
         }
@@ -195,7 +222,7 @@ impl TokenAuthority {
     /// An [`IdentityError`] naming exactly what was wrong: expired, bad signature, wrong audience
     /// or issuer, missing claim, wrong algorithm, unknown role, reserved subject, malformed.
     pub fn verify(&self, token: &str) -> Result<Principal, IdentityError> {
-        let claims: Claims = self.decode(token, &self.config.audience)?;
+        let claims: Claims = self.decode(token, &self.config.audience, true)?;
         let max_secs = self.config.max_lifetime_secs;
         if claims.exp.saturating_sub(claims.iat) > max_secs {
             return Err(IdentityError::LifetimeTooLong { max_secs });
@@ -255,7 +282,7 @@ impl TokenAuthority {
     ///
     /// The [`IdentityError`] naming what is wrong, as for [`TokenAuthority::verify`].
     pub fn verify_certificate(&self, token: &str) -> Result<AutonomyCertificate, IdentityError> {
-        let claims: CertificateClaims = self.decode(token, CERTIFICATE_AUDIENCE)?;
+        let claims: CertificateClaims = self.decode(token, CERTIFICATE_AUDIENCE, false)?;
         Ok(AutonomyCertificate {
             agent: claims.sub,
             skill: claims.skill,
@@ -273,24 +300,46 @@ impl TokenAuthority {
     }
 
     /// The one verification path: no `crit` header (RFC 7515 §4.1.11: agentd understands no
-    /// extension), signature (HS256 only), `exp` and `nbf` with the leeway, `iss`, `aud` equal
-    /// to `audience`, the registered claims `exp`, `iss`, `aud` and `sub` present, then the
-    /// claims' shape `C`, and `iat` not in the future (beyond the leeway).
-    fn decode<C: DeserializeOwned + IssuedAt>(&self, token: &str, audience: &str) -> Result<C, IdentityError> {
+    /// extension), the key and its pinned algorithm (for an access token under a JWKS, the key
+    /// the header's `kid` names, and the header's `alg` must be that key's; otherwise HS256 and
+    /// the local key), the signature, `exp` and `nbf` with the leeway, `iss`, `aud` equal to
+    /// `audience`, the registered claims `exp`, `iss`, `aud` and `sub` present, then the claims'
+    /// shape `C`, and `iat` not in the future (beyond the leeway).
+    fn decode<C: DeserializeOwned + IssuedAt>(
+        &self,
+        token: &str,
+        audience: &str,
+        access_token: bool,
+    ) -> Result<C, IdentityError> {
         let token = token.trim();
-        if let Ok(header) = jsonwebtoken::decode_header(token)
-            && let Some(critical) = header.crit
+        let header = jsonwebtoken::decode_header(token);
+        if let Ok(header) = &header
+            && let Some(critical) = &header.crit
         {
-            return Err(IdentityError::UnsupportedCritical(critical));
+            return Err(IdentityError::UnsupportedCritical(critical.clone()));
         }
-        let mut validation = Validation::new(Algorithm::HS256);
+        let (algorithm, key) = match (&self.jwks, access_token) {
+            (Some(jwks), true) => {
+                let header = header.map_err(|error| IdentityError::Malformed(error.to_string()))?;
+                let kid = header.kid.as_deref().filter(|kid| !kid.is_empty());
+                let (algorithm, key) = jwks.key(kid.ok_or(IdentityError::MissingKeyId)?)?;
+                if header.alg != algorithm {
+                    return Err(IdentityError::WrongAlgorithm {
+                        expected: format!("{algorithm:?}"),
+                    });
+                }
+                (algorithm, key)
+            }
+            _ => (Algorithm::HS256, &self.decoding_key),
+        };
+        let mut validation = Validation::new(algorithm);
         validation.leeway = self.config.leeway_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<C>(token, &self.decoding_key, &validation)
+        let claims = jsonwebtoken::decode::<C>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => IdentityError::Expired,
@@ -303,7 +352,9 @@ impl TokenAuthority {
                     expected: self.config.issuer.clone(),
                 },
                 ErrorKind::MissingRequiredClaim(claim) => IdentityError::MissingClaim(claim.clone()),
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => IdentityError::WrongAlgorithm {
+                    expected: format!("{algorithm:?}"),
+                },
                 _ => IdentityError::Malformed(error.to_string()),
             })?;
         if claims.issued_at() > now_secs().saturating_add(self.config.leeway_secs) {
@@ -419,11 +470,11 @@ mod tests {
         .unwrap();
         assert!(matches!(
             authority.verify_certificate(&other_algorithm),
-            Err(IdentityError::WrongAlgorithm)
+            Err(IdentityError::WrongAlgorithm { .. })
         ));
         assert!(matches!(
             authority.verify(&other_algorithm),
-            Err(IdentityError::WrongAlgorithm)
+            Err(IdentityError::WrongAlgorithm { .. })
         ));
         let foreign_issuer = TokenAuthority::from_secret(
             &[1; 32],

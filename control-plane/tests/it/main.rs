@@ -7,6 +7,7 @@ mod approvals;
 mod audit;
 mod autonomy;
 mod emitter;
+mod jwks;
 mod migration;
 mod properties;
 mod restart;

@@ -50,14 +50,14 @@ impl SqliteStorage {
         let location = path.display().to_string();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
-            source: Box::new(classify(error)),
+            cause: Box::new(classify(error)),
         };
         // Every tenant's inputs and audit payloads live here: create the file private (0600)
         // before SQLite does, which would use the umask (0644); its `-wal` and `-shm` files
         // take the database file's mode.
         create_private(path).map_err(|error| StoreError::Open {
             location: location.clone(),
-            source: Box::new(match error.kind() {
+            cause: Box::new(match error.kind() {
                 std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => StoreError::Full {
                     detail: error.to_string(),
                 },
@@ -133,9 +133,9 @@ impl SqliteStorage {
             } else {
                 Creation::PreAnchor
             };
-            let wrap = |source: StoreError| StoreError::Open {
+            let wrap = |cause: StoreError| StoreError::Open {
                 location: location.clone(),
-                source: Box::new(source),
+                cause: Box::new(cause),
             };
             use crate::storage::AuditRows;
             let head = unit
@@ -158,12 +158,12 @@ impl SqliteStorage {
         let location = path.display().to_string();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
-            source: Box::new(classify(error)),
+            cause: Box::new(classify(error)),
         };
         if !path.is_file() {
             return Err(StoreError::Open {
                 location: location.clone(),
-                source: Box::new(StoreError::Io {
+                cause: Box::new(StoreError::Io {
                     detail: "no such file".to_owned(),
                 }),
             });
@@ -200,7 +200,7 @@ impl SqliteStorage {
         if found < SCHEMA_VERSION {
             return Err(StoreError::Open {
                 location: path.display().to_string(),
-                source: Box::new(StoreError::Backend {
+                cause: Box::new(StoreError::Backend {
                     detail: format!(
                         "schema version {found} must be migrated before it can be read; open it writable once"
                     ),
@@ -406,10 +406,22 @@ mod tests {
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
         let error = SqliteStorage::open(&garbage, |_, _| Ok(None)).await.unwrap_err();
-        let StoreError::Open { source, .. } = &error else {
+        let StoreError::Open { cause, .. } = &error else {
             panic!("{error:?}")
         };
-        assert!(matches!(**source, StoreError::Corrupt { .. }), "{error:?}");
+        assert!(matches!(**cause, StoreError::Corrupt { .. }), "{error:?}");
         assert!(!error.is_retryable());
+        // Review finding: the SQLite text was printed three times. The cause is part of the
+        // message, not an error source a `{:#}` report would print again, and it names the fix.
+        assert!(std::error::Error::source(&error).is_none());
+        let message = error.to_string();
+        assert_eq!(message.matches("file is not a database").count(), 1, "{message}");
+        assert_eq!(message.matches("garbage.db").count(), 1, "{message}");
+        assert!(
+            message.ends_with(
+                "restore it from a backup (`agentd audit verify` on the damaged file says what it can still read)"
+            ),
+            "{message}"
+        );
     }
 }
