@@ -9,7 +9,7 @@ mod jwks;
 mod token;
 
 pub use jwks::{Jwks, MAX_JWKS_KEYS, MIN_RSA_BITS};
-pub use token::{Claims, HS256_KEY_BYTES, TokenAuthority, TokenConfig};
+pub use token::{Claims, HS256_KEY_BYTES, MAX_LEEWAY_SECS, TokenAuthority, TokenConfig};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -120,6 +120,14 @@ pub enum IdentityError {
          get a token from that provider"
     )]
     ExternalIssuer,
+    /// [`TokenConfig::leeway_secs`] exceeds [`MAX_LEEWAY_SECS`].
+    #[error("a clock-skew leeway of {found} s is refused; at most {max} s are accepted")]
+    LeewayTooLarge {
+        /// The leeway asked for, seconds.
+        found: u64,
+        /// The largest accepted, seconds.
+        max: u64,
+    },
     /// The JWKS document is refused.
     #[error("the JWKS is refused: {0}")]
     Jwks(String),

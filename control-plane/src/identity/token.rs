@@ -61,12 +61,17 @@ pub struct TokenConfig {
     pub issuer: String,
     /// Required `aud` of access tokens.
     pub audience: String,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds; at most [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
     /// Longest access-token lifetime accepted (`exp - iat`), seconds; also the longest
     /// [`TokenAuthority::issue`] signs. Default 30 days.
     pub max_lifetime_secs: u64,
 }
+
+/// Largest [`TokenConfig::leeway_secs`] accepted: one hour. Found by fuzzing: jsonwebtoken 10.4
+/// computes `now - leeway` unchecked, so a leeway larger than the current Unix time panicked in
+/// a debug build and, in a release build, wrapped around and made every token "expired".
+pub const MAX_LEEWAY_SECS: u64 = 3600;
 
 /// Default [`TokenConfig::max_lifetime_secs`]: 30 days.
 pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
@@ -117,10 +122,17 @@ impl TokenAuthority {
     ///
     /// # Errors
     ///
-    /// [`IdentityError::WeakKey`] when `secret` is shorter than [`HS256_KEY_BYTES`].
+    /// [`IdentityError::WeakKey`] when `secret` is shorter than [`HS256_KEY_BYTES`],
+    /// [`IdentityError::LeewayTooLarge`] when `config.leeway_secs` exceeds [`MAX_LEEWAY_SECS`].
     pub fn from_secret(secret: &[u8], config: TokenConfig) -> Result<Self, IdentityError> {
         if secret.len() < HS256_KEY_BYTES {
             return Err(IdentityError::WeakKey(secret.len()));
+        }
+        if config.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(IdentityError::LeewayTooLarge {
+                found: config.leeway_secs,
+                max: MAX_LEEWAY_SECS,
+            });
         }
         Ok(TokenAuthority {
             config,
@@ -455,6 +467,19 @@ mod tests {
             TokenAuthority::from_secret(b"short", TokenConfig::default()),
             Err(IdentityError::WeakKey(5))
         ));
+    }
+
+    /// Found by fuzzing: a leeway larger than the current Unix time overflowed inside
+    /// jsonwebtoken's expiry check. Such a configuration is now refused up front.
+    #[test]
+    fn a_leeway_beyond_an_hour_is_refused() {
+        let config = |leeway_secs| TokenConfig {
+            leeway_secs,
+            ..TokenConfig::default()
+        };
+        assert!(TokenAuthority::from_secret(&[1; 32], config(MAX_LEEWAY_SECS)).is_ok());
+        let error = TokenAuthority::from_secret(&[1; 32], config(100 * 365 * 24 * 3600)).unwrap_err();
+        assert!(matches!(error, IdentityError::LeewayTooLarge { max: MAX_LEEWAY_SECS, .. }), "{error}");
     }
 
     #[test]
