@@ -444,3 +444,85 @@ fn with_a_jwks_the_cli_takes_provider_tokens_and_mints_none() {
         stderr(&leaked)
     );
 }
+
+/// Makes `paths` unwritable even for root: mode bits, then (as root, who ignores them) the
+/// immutable attribute. `None` when the file system has no immutable attribute.
+#[cfg(target_os = "linux")]
+fn make_read_only(paths: &[&std::path::Path]) -> Option<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in paths {
+        let mode = if path.is_dir() { 0o555 } else { 0o444 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0");
+    if root {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .args(paths)
+            .status()
+            .ok()?;
+        status.success().then_some(())
+    } else {
+        Some(())
+    }
+}
+
+/// Review finding: storage errors repeated SQLite's text three times, and a read-only copy of
+/// the state could not be inspected. Now a write names the cause and the fix once, and the
+/// listing and verifying commands open a read-only state read-only.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_state_names_its_cause_once_and_can_still_be_inspected() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let token = env.token("alice", "agent");
+    let input = env.file("in.json", &envelope(json!({ "text": "mail bob@example.com" })));
+    let input = input.to_str().unwrap();
+    let run = env.agentd(
+        &["run", "pii-redact", "--input", input, "--token-file", "-"],
+        Some(&token),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+
+    let (state, db) = (env.state_dir(), env.state_dir().join("state.db"));
+    let Some(()) = make_read_only(&[&db, &state]) else {
+        eprintln!("skipped: this file system has no immutable attribute, and root ignores modes");
+        return;
+    };
+    let refused = env.agentd(
+        &["run", "pii-redact", "--input", input, "--token-file", "-"],
+        Some(&token),
+    );
+    let listed = env.agentd(&["--json", "runs", "list", "--token-file", "-"], Some(&token));
+    let approvals = env.agentd(&["hitl", "list", "--token-file", "-"], Some(&token));
+    let verified = env.agentd(&["audit", "verify"], None);
+    // Writable again, so the temporary directory can be removed whatever the outcome.
+    let _ = std::process::Command::new("chattr")
+        .args(["-i"])
+        .args([&db, &state])
+        .status();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let message = stderr(&refused);
+    assert!(message.contains("the state store is read-only ("), "{message}");
+    assert!(message.contains("state.db cannot be written"), "{message}");
+    assert!(
+        message.trim_end().ends_with("also work on a read-only copy"),
+        "{message}"
+    );
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let runs: serde_json::Value = serde_json::from_str(&crate::stdout(&listed)).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    assert!(approvals.status.success(), "{}", stderr(&approvals));
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(
+        crate::stdout(&verified).starts_with("audit log intact"),
+        "{}",
+        crate::stdout(&verified)
+    );
+}

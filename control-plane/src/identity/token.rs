@@ -479,7 +479,16 @@ mod tests {
         };
         assert!(TokenAuthority::from_secret(&[1; 32], config(MAX_LEEWAY_SECS)).is_ok());
         let error = TokenAuthority::from_secret(&[1; 32], config(100 * 365 * 24 * 3600)).unwrap_err();
-        assert!(matches!(error, IdentityError::LeewayTooLarge { max: MAX_LEEWAY_SECS, .. }), "{error}");
+        assert!(
+            matches!(
+                error,
+                IdentityError::LeewayTooLarge {
+                    max: MAX_LEEWAY_SECS,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]

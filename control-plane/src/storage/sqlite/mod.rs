@@ -50,7 +50,7 @@ impl SqliteStorage {
         let location = path.display().to_string();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
-            cause: Box::new(classify(error)),
+            cause: Box::new(read_only_or(path, classify(error))),
         };
         // Every tenant's inputs and audit payloads live here: create the file private (0600)
         // before SQLite does, which would use the umask (0644); its `-wal` and `-shm` files
@@ -170,22 +170,15 @@ impl SqliteStorage {
         }
         // `immutable` tells SQLite nothing changes the file while it is open, so it needs no
         // lock, `-shm` or `-wal` to be writable: a read-only directory or medium works.
-        let writable_directory = path
-            .parent()
-            .and_then(|parent| {
-                std::fs::metadata(if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                })
-                .ok()
-            })
-            .is_some_and(|metadata| !metadata.permissions().readonly());
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
         let mut options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
             .busy_timeout(Duration::from_secs(5));
-        if !writable_directory || std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().readonly()) {
+        if !writable(directory) || !writable(path) {
             options = options.immutable(true);
         }
         let pool = SqlitePoolOptions::new()
@@ -297,6 +290,39 @@ mod code {
     pub(super) const CANTOPEN: i64 = 14;
     pub(super) const CONSTRAINT: i64 = 19;
     pub(super) const NOTADB: i64 = 26;
+}
+
+/// Whether this process may write `path`, as the kernel decides (`access(2)`): mode bits, the
+/// immutable attribute (which binds root too) and read-only mounts all count.
+fn writable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).is_ok_and(|metadata| !metadata.permissions().readonly())
+    }
+}
+
+/// `error`, or [`StoreError::ReadOnly`] when the file at `path` or its directory cannot be
+/// written (mode, immutable attribute, read-only medium): SQLite reports a directory it cannot
+/// create its `-wal` and `-shm` files in as "unable to open database file", naming no cause.
+fn read_only_or(path: &Path, error: StoreError) -> StoreError {
+    if !matches!(error, StoreError::Io { .. } | StoreError::Backend { .. }) {
+        return error;
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let unwritable = [path, directory].into_iter().find(|candidate| !writable(candidate));
+    match unwritable {
+        Some(candidate) => StoreError::ReadOnly {
+            detail: format!("{} cannot be written", candidate.display()),
+        },
+        None => error,
+    }
 }
 
 /// Classifies a sqlx error by SQLite's result code, or by the I/O error's OS code.
