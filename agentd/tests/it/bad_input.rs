@@ -489,6 +489,7 @@ fn a_read_only_state_names_its_cause_once_and_can_still_be_inspected() {
 
     let (state, db) = (env.state_dir(), env.state_dir().join("state.db"));
     let Some(()) = make_read_only(&[&db, &state]) else {
+        #[expect(clippy::print_stderr, reason = "a skipped check says why")]
         eprintln!("skipped: this file system has no immutable attribute, and root ignores modes");
         return;
     };
