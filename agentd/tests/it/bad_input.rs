@@ -475,6 +475,7 @@ fn make_read_only(paths: &[&std::path::Path]) -> Option<()> {
 /// listing and verifying commands open a read-only state read-only.
 #[cfg(target_os = "linux")]
 #[test]
+#[expect(clippy::print_stderr, reason = "a skipped check says why")]
 fn a_read_only_state_names_its_cause_once_and_can_still_be_inspected() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
@@ -489,7 +490,6 @@ fn a_read_only_state_names_its_cause_once_and_can_still_be_inspected() {
 
     let (state, db) = (env.state_dir(), env.state_dir().join("state.db"));
     let Some(()) = make_read_only(&[&db, &state]) else {
-        #[expect(clippy::print_stderr, reason = "a skipped check says why")]
         eprintln!("skipped: this file system has no immutable attribute, and root ignores modes");
         return;
     };
