@@ -153,6 +153,16 @@ impl KvStore {
             .map_err(|source| self.error(source))
     }
 
+    /// A write transaction that holds SQLite's write lock from its first statement, so the
+    /// journal check, the quota count and the write see one state.
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, KvError> {
+        self.ready().await?;
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|source| self.error(source))
+    }
+
     /// The value of `key` in the (tenant, skill) namespace.
     ///
     /// # Errors
@@ -194,12 +204,7 @@ impl KvStore {
         value: &[u8],
         effect: Option<&EffectId<'_>>,
     ) -> Result<bool, KvError> {
-        self.ready().await?;
-        let mut transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|source| self.error(source))?;
+        let mut transaction = self.begin_immediate().await?;
         if let Some(effect) = effect
             && journaled(&mut transaction, effect)
                 .await
@@ -273,12 +278,7 @@ impl KvStore {
         key: &str,
         effect: Option<&EffectId<'_>>,
     ) -> Result<bool, KvError> {
-        self.ready().await?;
-        let mut transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|source| self.error(source))?;
+        let mut transaction = self.begin_immediate().await?;
         if let Some(effect) = effect
             && let Some((digest, response)) = journaled(&mut transaction, effect)
                 .await

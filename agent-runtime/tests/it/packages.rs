@@ -278,38 +278,30 @@ async fn wit_package_version_and_world_exports_are_checked_before_the_compile() 
     );
     assert_eq!(cached_entries(), 0, "a refused component is never compiled");
 
-    // The right version, but not the world's functions.
-    let no_exports = copy_package(
-        "pii-redact",
-        root,
-        "no-exports",
-        |_, bytes| *bytes = wat::parse_str(r#"(component (import "agentd:skill/types@0.1.0" (instance)))"#).unwrap(),
-        true,
-    );
-    let error = load_cached(no_exports).await.unwrap_err();
-    assert!(matches!(error, PackageError::WrongWorld { .. }), "{error}");
-    assert!(
-        error
-            .to_string()
-            .ends_with("does not export the function(s) `describe`, `invoke` (its exports: none)"),
-        "{error}"
-    );
-
-    // No agentd:skill name at all.
-    let foreign = copy_package(
-        "pii-redact",
-        root,
-        "foreign",
-        |_, bytes| *bytes = wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap(),
-        true,
-    );
-    let error = load_cached(foreign).await.unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .ends_with("imports no `agentd:skill/...@0.1.0` interface"),
-        "{error}"
-    );
+    // The right version but not the world's functions, then no agentd:skill name at all.
+    for (name, wat, message) in [
+        (
+            "no-exports",
+            r#"(component (import "agentd:skill/types@0.1.0" (instance)))"#,
+            "does not export the function(s) `describe`, `invoke` (its exports: none)",
+        ),
+        (
+            "foreign",
+            r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#,
+            "imports no `agentd:skill/...@0.1.0` interface",
+        ),
+    ] {
+        let package = copy_package(
+            "pii-redact",
+            root,
+            name,
+            |_, bytes| *bytes = wat::parse_str(wat).unwrap(),
+            true,
+        );
+        let error = load_cached(package).await.unwrap_err();
+        assert!(matches!(error, PackageError::WrongWorld { .. }), "{error}");
+        assert!(error.to_string().ends_with(message), "{error}");
+    }
     assert_eq!(cached_entries(), 0);
 
     // The real package passes the same check and is compiled into the cache.

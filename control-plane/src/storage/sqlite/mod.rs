@@ -178,7 +178,13 @@ impl SqliteStorage {
             .filename(path)
             .read_only(true)
             .busy_timeout(Duration::from_secs(5));
-        if !writable(directory) || !writable(path) {
+        // Read-only by its mode bits (which root ignores, so a copy made read-only for
+        // inspection stays untouched even then) or by what the kernel says (the immutable
+        // attribute, a read-only mount).
+        let read_only = |path: &Path| {
+            std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().readonly()) || !writable(path)
+        };
+        if read_only(directory) || read_only(path) {
             options = options.immutable(true);
         }
         let pool = SqlitePoolOptions::new()
