@@ -263,26 +263,4 @@ mod tests {
             "{swaps} swaps, {read_ok} reads, {refused} refused"
         );
     }
-
-    /// A FIFO is not opened for blocking reads, and a directory is not read as a file.
-    #[test]
-    fn only_regular_files_are_read() {
-        let root = tempfile::tempdir().unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.path().join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        std::fs::create_dir(root.path().join("dir")).unwrap();
-        for name in ["fifo", "dir"] {
-            let error = read(root.path(), &path(name), 100).unwrap_err();
-            assert!(
-                matches!(&error, CapabilityError::Invalid(message) if message.contains("not a regular file")),
-                "{name}: {error:?}"
-            );
-        }
-    }
 }

@@ -540,27 +540,16 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
                 .collect()
         })
         .unwrap_or_default();
-    let kv_keys: BTreeSet<String> = {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool =
-                sqlx::SqlitePool::connect(&format!("sqlite://{}", chaos.env.state_dir().join("kv.db").display()))
-                    .await
-                    .unwrap();
-            let keys: Vec<(String,)> =
-                sqlx::query_as("SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            pool.close().await;
-            keys.into_iter()
-                .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
-                .collect()
-        })
-    };
+    let kv_keys: BTreeSet<String> = crate::with_sqlite(&chaos.env.state_dir().join("kv.db"), async |pool| {
+        let keys: Vec<(String,)> =
+            sqlx::query_as("SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        keys.into_iter()
+            .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
+            .collect()
+    });
     let delivered_runs = keys_by_run.len();
     eprintln!(
         "{} succeeded runs, {delivered_runs} delivered once each; webhook saw {} requests ({} distinct keys); {} files; {} kv entries",

@@ -6,28 +6,20 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::{Env, stderr, stdout};
+use crate::{Env, stderr, stdout, with_sqlite};
 
 /// Re-hashes the chain from entry `from` on, as an attacker who edited it would.
 fn rehash_from(env: &Env, from: i64) {
-    let db = env.state_dir().join("state.db");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
+    with_sqlite(&env.state_dir().join("state.db"), async |pool| {
         let rows: Vec<(i64, i64, String, String, String, String, String)> = sqlx::query_as(
             "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash FROM audit ORDER BY seq",
         )
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
         let (mut prev,): (String,) = sqlx::query_as("SELECT hash FROM audit WHERE seq = ?")
             .bind(from - 1)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .unwrap();
         for (seq, at, kind, tenant, principal, payload, _) in rows.into_iter().filter(|row| row.0 >= from) {
@@ -36,12 +28,11 @@ fn rehash_from(env: &Env, from: i64) {
                 .bind(&prev)
                 .bind(&hash)
                 .bind(seq)
-                .execute(&pool)
+                .execute(pool)
                 .await
                 .unwrap();
             prev = hash;
         }
-        pool.close().await;
     });
 }
 
@@ -306,19 +297,11 @@ fn verify_reads_a_read_only_copy_and_writes_nothing() {
         }
     }
     // Fold the WAL into the copy so it is one self-contained file, then make it read-only.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", copy.join("state.db").display()))
-            .await
-            .unwrap();
+    with_sqlite(&copy.join("state.db"), async |pool| {
         sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&pool)
+            .execute(pool)
             .await
             .unwrap();
-        pool.close().await;
     });
     for name in ["state.db-wal", "state.db-shm"] {
         let _ = std::fs::remove_file(copy.join(name));

@@ -129,17 +129,8 @@ impl Env {
 
     /// Runs a raw SQL script against the state file, as someone with write access to it would.
     pub fn tamper_sql(&self, script: &str) {
-        let db = self.state_dir().join("state.db");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::raw_sql(script).execute(&pool).await.unwrap();
-            pool.close().await;
+        with_sqlite(&self.state_dir().join("state.db"), async |pool| {
+            sqlx::raw_sql(script).execute(pool).await.unwrap();
         });
     }
 
@@ -163,6 +154,23 @@ impl Env {
         assert_eq!(value["status"], "intact");
         value["entries"].as_u64().unwrap()
     }
+}
+
+/// Runs `work` against the SQLite file at `path` directly (not through agentd), as someone with
+/// write access to it would, on a runtime of its own; the pool is closed afterwards.
+pub fn with_sqlite<T>(path: &Path, work: impl AsyncFnOnce(&sqlx::SqlitePool) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let result = work(&pool).await;
+        pool.close().await;
+        result
+    })
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -170,10 +170,7 @@ impl SqliteStorage {
         }
         // `immutable` tells SQLite nothing changes the file while it is open, so it needs no
         // lock, `-shm` or `-wal` to be writable: a read-only directory or medium works.
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
+        let directory = directory_of(path);
         let mut options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
@@ -298,6 +295,14 @@ mod code {
     pub(super) const NOTADB: i64 = 26;
 }
 
+/// The directory holding `path` (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
 /// Whether this process may write `path`, as the kernel decides (`access(2)`): mode bits, the
 /// immutable attribute (which binds root too) and read-only mounts all count.
 fn writable(path: &Path) -> bool {
@@ -318,10 +323,7 @@ fn read_only_or(path: &Path, error: StoreError) -> StoreError {
     if !matches!(error, StoreError::Io { .. } | StoreError::Backend { .. }) {
         return error;
     }
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let directory = directory_of(path);
     let unwritable = [path, directory].into_iter().find(|candidate| !writable(candidate));
     match unwritable {
         Some(candidate) => StoreError::ReadOnly {
