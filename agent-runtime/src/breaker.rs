@@ -128,6 +128,20 @@ impl CircuitBreakers {
         };
     }
 
+    /// How many breakers are in each state: `(closed, open, half-open)` (for metrics).
+    pub fn census(&self) -> (usize, usize, usize) {
+        let map = self.circuits.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = (0, 0, 0);
+        for circuit in map.values() {
+            match circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).state {
+                CircuitState::Closed { .. } => counts.0 += 1,
+                CircuitState::Open => counts.1 += 1,
+                CircuitState::HalfOpen => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
     /// The state of `key` (closed with no failures when never used).
     pub fn state(&self, key: &str) -> CircuitState {
         let circuit = self.circuit(key);

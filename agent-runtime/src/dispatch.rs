@@ -131,6 +131,11 @@ impl Runtime {
             kv: self.kv.clone(),
             http: Some(self.http.clone()),
             idempotency_key: request.idempotency_key.clone(),
+            progress: Some(crate::host::ProgressSink {
+                sender: self.progress.clone(),
+                run_id: request.run_id.clone(),
+                step_id: request.step_id.clone(),
+            }),
         };
         let invocation = Invocation {
             schema_version: plugin_abi::INVOKE_SCHEMA_V1.to_owned(),

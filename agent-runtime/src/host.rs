@@ -125,6 +125,8 @@ pub struct HostState {
     pub(crate) traceparent: String,
     /// The step's idempotency key; effects are journaled under it.
     pub(crate) idempotency_key: String,
+    /// Where `emit` events are published live.
+    pub(crate) progress: Option<ProgressSink>,
     /// Effectful calls made so far in this invocation (the next one's `seq`).
     pub(crate) effect_seq: u32,
     pub(crate) host_calls: u64,
@@ -141,6 +143,35 @@ pub struct HostState {
     pub(crate) dropped_output: u64,
 }
 
+/// A guest's `emit` event, published live while the invocation runs (`agentd serve` streams
+/// them as a run's progress). Not a record: progress is lost when nobody listens, and a
+/// re-dispatch emits again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step_id: String,
+    /// The skill that emitted it.
+    pub skill_id: String,
+    /// Its position among the invocation's events, from 0.
+    pub seq: u32,
+    /// Event name (at most [`MAX_LOG_BYTES`] bytes).
+    pub name: String,
+    /// Its attributes as the guest gave them (JSON text by convention, at most
+    /// [`MAX_LOG_BYTES`] bytes).
+    pub attributes: String,
+}
+
+/// Where an invocation's progress goes: the runtime's progress channel, tagged with the run
+/// and step.
+#[derive(Debug, Clone)]
+pub(crate) struct ProgressSink {
+    pub(crate) sender: tokio::sync::broadcast::Sender<Progress>,
+    pub(crate) run_id: String,
+    pub(crate) step_id: String,
+}
+
 /// What a [`HostState`] gives the guest beyond its grants: where effects land.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Effects {
@@ -154,6 +185,8 @@ pub(crate) struct Effects {
     pub(crate) http: Option<reqwest::Client>,
     /// The step's idempotency key: effects are journaled under it.
     pub(crate) idempotency_key: String,
+    /// Where `emit` events are published live; `None` keeps them in the report only.
+    pub(crate) progress: Option<ProgressSink>,
 }
 
 impl HostState {
@@ -187,6 +220,7 @@ impl HostState {
             skill_id: skill_id.to_owned(),
             traceparent: traceparent.to_owned(),
             idempotency_key: effects.idempotency_key,
+            progress: effects.progress,
             effect_seq: 0,
             host_calls: 0,
             denials: Vec::new(),
@@ -217,6 +251,7 @@ impl HostState {
         self.kv = effects.kv;
         self.http = effects.http;
         self.idempotency_key = effects.idempotency_key;
+        self.progress = effects.progress;
         self.effect_seq = 0;
         self.deadline = deadline;
         self.io_bytes = 0;
@@ -277,6 +312,17 @@ impl Host for HostState {
         }
         let (name, attributes) = (truncate(name), truncate(attributes));
         tracing::debug!(skill = %self.skill_id, traceparent = %self.traceparent, event = %name, %attributes, "guest event");
+        if let Some(sink) = self.progress.as_ref().filter(|sink| sink.sender.receiver_count() > 0) {
+            // An error only means every listener left meanwhile.
+            let _ = sink.sender.send(Progress {
+                run_id: sink.run_id.clone(),
+                step_id: sink.step_id.clone(),
+                skill_id: self.skill_id.clone(),
+                seq: u32::try_from(self.events.len()).unwrap_or(u32::MAX),
+                name: name.clone(),
+                attributes: attributes.clone(),
+            });
+        }
         self.events.push((name, attributes));
     }
 

@@ -42,14 +42,15 @@ mod workspace;
 
 pub use dispatch::{DispatchRequest, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
 pub use engine::{EPOCH_TICK_MS, EngineError};
+pub use host::Progress;
 pub use ladder::SUPPORTED_OBLIGATIONS;
 pub use outcome::{DispatchReport, Metrics, Outcome, RuntimeFailure, SkillFailure};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
-pub use plan::{run_plan, run_step};
+pub use plan::{Started, run_plan, run_step, start_plan};
 pub use recovery::{Recovered, recover, recover_every};
 pub use registry::{LoadedSkill, Rollback, RollbackError};
 pub use resume::{Answered, answer_approval, cancel_approval, close_unapproved, resume_approved};
-pub use runtime::{Runtime, RuntimeConfig};
+pub use runtime::{PROGRESS_CAPACITY, Runtime, RuntimeConfig};
 pub use step::{Begin, Step, StepError, StepOutcome, node_id};
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.

@@ -3,7 +3,8 @@
 //! "/json/pointer"}`), resolved when the step starts.
 
 use control_plane::{
-    ControlPlane, Lease, Principal, RunError, RunState, RunStoreError, StepContext, StepSpec, TraceContext,
+    ControlPlane, Lease, Principal, RequestKey, RunCreation, RunError, RunState, RunStoreError, StepContext, StepSpec,
+    TraceContext,
 };
 use plugin_abi::InvokeRequest;
 
@@ -53,6 +54,52 @@ pub async fn run_plan(
         .create_run(&run_id, principal, steps, &root.to_string(), &node_id())
         .await?;
     continue_run(runtime, control_plane, principal, &root, lease, None).await
+}
+
+/// What [`start_plan`] did.
+#[derive(Debug)]
+pub enum Started {
+    /// A new run was created and driven as far as it goes now.
+    Ran(Box<StepOutcome>),
+    /// The idempotency key was used before with the same request: its run is the answer and
+    /// nothing ran again.
+    Replayed {
+        /// The earlier run.
+        run_id: String,
+    },
+    /// The idempotency key was used before with another request: nothing was created.
+    KeyConflict {
+        /// The run the key names.
+        run_id: String,
+    },
+}
+
+/// [`run_plan`] under an optional idempotency key (IETF httpapi-idempotency-key draft): the key
+/// is bound to the run in the transaction that creates it, so a client retrying after a lost
+/// answer gets the run it started, never a second one.
+///
+/// # Errors
+///
+/// As [`run_plan`].
+pub async fn start_plan(
+    runtime: &Runtime,
+    control_plane: &ControlPlane,
+    principal: &Principal,
+    steps: Vec<StepSpec>,
+    key: Option<&RequestKey>,
+) -> Result<Started, StepError> {
+    let run_id = control_plane::trace::random_id("run");
+    let root = TraceContext::new_root();
+    let created = control_plane
+        .create_run_keyed(&run_id, principal, steps, &root.to_string(), &node_id(), key)
+        .await?;
+    Ok(match created {
+        RunCreation::Created(lease) => Started::Ran(Box::new(
+            continue_run(runtime, control_plane, principal, &root, lease, None).await?,
+        )),
+        RunCreation::Replayed { run_id } => Started::Replayed { run_id },
+        RunCreation::KeyConflict { run_id } => Started::KeyConflict { run_id },
+    })
 }
 
 /// Runs the remaining steps of `lease`'s run in order, from its current step, under the lease

@@ -67,6 +67,11 @@ impl std::fmt::Debug for LoadedSkill {
 }
 
 impl LoadedSkill {
+    /// Concurrency slots free now, of `limits.max_concurrency` (for metrics).
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// A skill ready to run: its verified manifest and summary, its `describe` schemas, how its
     /// code was loaded, and its pre-linked instance.
     pub(crate) fn new(

@@ -56,8 +56,13 @@ pub struct Runtime {
     pub(crate) cache: Option<CodeCache>,
     pub(crate) kv: Option<KvStore>,
     pub(crate) http: reqwest::Client,
+    /// Guests' `emit` events as they happen ([`Runtime::subscribe_progress`]).
+    pub(crate) progress: tokio::sync::broadcast::Sender<crate::host::Progress>,
     breakers: CircuitBreakers,
 }
+
+/// Progress events buffered for slow listeners ([`Runtime::subscribe_progress`]).
+pub const PROGRESS_CAPACITY: usize = 4096;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,6 +128,7 @@ impl Runtime {
             cache,
             kv,
             http,
+            progress: tokio::sync::broadcast::channel(PROGRESS_CAPACITY).0,
             breakers: CircuitBreakers::new(5, Duration::from_secs(30)),
         })
     }
@@ -151,6 +157,13 @@ impl Runtime {
     /// The loaded skill `id` whose component has `digest`, withdrawn versions included.
     pub fn lookup_digest(&self, id: &str, digest: &str) -> Option<Arc<LoadedSkill>> {
         self.registry.lookup_digest(id, digest)
+    }
+
+    /// Guests' `emit` events of every run, live, from now on (filter by run). A listener that
+    /// falls more than [`PROGRESS_CAPACITY`] events behind gets `RecvError::Lagged` and has
+    /// lost those: progress is advisory, never a record (run events are).
+    pub fn subscribe_progress(&self) -> tokio::sync::broadcast::Receiver<crate::host::Progress> {
+        self.progress.subscribe()
     }
 
     /// The circuit breakers, one per (skill version, tenant): open after 5 consecutive failures,

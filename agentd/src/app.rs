@@ -284,6 +284,31 @@ pub enum StepReport {
     },
 }
 
+impl StepReport {
+    /// The `status` it serialises with: `completed`, `failed`, `denied`, `awaiting-approval`
+    /// or `escalated`.
+    pub fn status_name(&self) -> &'static str {
+        match self {
+            StepReport::Completed { .. } => "completed",
+            StepReport::Failed { .. } => "failed",
+            StepReport::Denied { .. } => "denied",
+            StepReport::AwaitingApproval { .. } => "awaiting-approval",
+            StepReport::Escalated { .. } => "escalated",
+        }
+    }
+
+    /// The run the step belongs to.
+    pub fn run_id(&self) -> &str {
+        match self {
+            StepReport::Completed { run_id, .. }
+            | StepReport::Failed { run_id, .. }
+            | StepReport::Denied { run_id, .. }
+            | StepReport::AwaitingApproval { run_id, .. }
+            | StepReport::Escalated { run_id, .. } => run_id,
+        }
+    }
+}
+
 impl From<StepOutcome> for StepReport {
     fn from(outcome: StepOutcome) -> Self {
         match outcome {

@@ -10,7 +10,9 @@
 )]
 
 mod app;
+mod client;
 mod demo;
+mod serve;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,11 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to a running `agentd serve` (e.g. `http://127.0.0.1:8080`) instead of the local
+    /// state directory; for the `hitl list|approve|deny|modify` and `runs list|show|cancel`
+    /// commands.
+    #[arg(long, global = true, env = "AGENTD_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +134,30 @@ enum Command {
     /// Skill packages.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Serve the HTTP API v1 and the reviewer page until SIGTERM (see /v1/openapi.json).
+    Serve {
+        /// Address to listen on; port 0 picks a free port (the bound address is printed).
+        #[arg(long, env = "AGENTD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Seconds in-flight requests may take to finish after SIGTERM.
+        #[arg(long, default_value_t = 30)]
+        grace_secs: u64,
+        /// Requests per second each tenant may make.
+        #[arg(long, default_value_t = std::num::NonZeroU32::new(200).expect("non-zero"))]
+        rate_limit: std::num::NonZeroU32,
+        /// Seconds for a request's head to arrive.
+        #[arg(long, default_value_t = 10)]
+        header_timeout_secs: u64,
+        /// Seconds for a request's body to arrive.
+        #[arg(long, default_value_t = 30)]
+        body_timeout_secs: u64,
+        /// Seconds between recovery passes.
+        #[arg(long, default_value_t = 10)]
+        recovery_secs: u64,
+    },
+    /// Print the HTTP API's OpenAPI 3.1 document.
+    #[command(hide = true)]
+    Openapi,
     /// Run the end-to-end demo on this machine's Debian changelogs.
     Demo {
         /// A text file to use instead of (or when there are no) changelogs.
@@ -405,6 +436,9 @@ async fn execute(cli: Cli) -> Result<Exit> {
         jwks: cli.paths.jwks,
     };
     let json = cli.json;
+    if let Some(server) = &cli.server {
+        return execute_remote(server, cli.command, json).await;
+    }
     match cli.command {
         Command::Token(TokenCommand::Issue {
             sub,
@@ -797,9 +831,160 @@ async fn execute(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        Command::Serve {
+            listen,
+            grace_secs,
+            rate_limit,
+            header_timeout_secs,
+            body_timeout_secs,
+            recovery_secs,
+        } => {
+            let options = serve::ServeOptions {
+                listen,
+                grace: Duration::from_secs(grace_secs),
+                rate_per_second: rate_limit,
+                header_timeout: Duration::from_secs(header_timeout_secs),
+                body_timeout: Duration::from_secs(body_timeout_secs),
+                recovery_period: Duration::from_secs(recovery_secs.max(1)),
+            };
+            serve::run(&paths, options).await?;
+            Ok(Exit::Success)
+        }
+        Command::Openapi => {
+            print!("{}", serve::api::openapi_json());
+            Ok(Exit::Success)
+        }
         Command::Demo { input, max_files } => {
             demo::run(&paths, input.as_deref(), max_files, json).await?;
             Ok(Exit::Success)
         }
+    }
+}
+
+/// The commands that can talk to a server (`--server`), through its HTTP API.
+async fn execute_remote(server: &str, command: Command, json: bool) -> Result<Exit> {
+    let print = |value: &serde_json::Value| println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    let vote =
+        async |id: i64, decision: &str, reason: Option<String>, input: Option<serde_json::Value>, token: TokenArg| {
+            let remote = client::Remote::new(server, token.read()?)?;
+            let answer = remote.vote(id, decision, reason.as_deref(), input).await?;
+            let approval = &answer["approval"];
+            if json {
+                print(&answer);
+            } else {
+                println!(
+                    "approval request #{id} is {}",
+                    approval["status"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(match answer["step"]["status"].as_str() {
+                None | Some("completed") => {
+                    if !json && let Some(run_id) = answer["step"]["run_id"].as_str() {
+                        println!("run {run_id}: the step completed");
+                    }
+                    Exit::Success
+                }
+                Some("denied") => Exit::Denied,
+                Some("awaiting-approval" | "escalated") => Exit::AwaitingApproval,
+                Some(_) => Exit::Failed,
+            })
+        };
+    match command {
+        Command::Hitl(HitlCommand::List { status, token }) => {
+            let remote = client::Remote::new(server, token.read()?)?;
+            let requests = remote.list_approvals(status.as_deref()).await?;
+            if json {
+                print(&requests);
+            } else {
+                for request in requests.as_array().into_iter().flatten() {
+                    println!(
+                        "#{:<4} {:<9} {} {} requested by {} (run {})",
+                        request["id"],
+                        request["status"].as_str().unwrap_or("?"),
+                        request["skill"]["id"].as_str().unwrap_or("?"),
+                        request["skill"]["version"].as_str().unwrap_or("?"),
+                        request["requester"].as_str().unwrap_or("?"),
+                        request["run_id"].as_str().unwrap_or("?"),
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Hitl(HitlCommand::Approve { id, reason, token }) => vote(id, "approve", reason, None, token).await,
+        Command::Hitl(HitlCommand::Deny { id, reason, token }) => vote(id, "deny", reason, None, token).await,
+        Command::Hitl(HitlCommand::Modify {
+            id,
+            input,
+            reason,
+            token,
+        }) => {
+            let text = app::read_input(&input)?;
+            let edited =
+                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            vote(
+                id,
+                "modify",
+                reason,
+                Some(serde_json::Value::Object(edited.input)),
+                token,
+            )
+            .await
+        }
+        Command::Runs(RunsCommand::List { token }) => {
+            let remote = client::Remote::new(server, token.read()?)?;
+            let records = remote.runs().await?;
+            if json {
+                print(&records);
+            } else {
+                for record in records.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {:<17} owner {}",
+                        record["run_id"].as_str().unwrap_or("?"),
+                        record["state"].as_str().unwrap_or("?"),
+                        record["owner"].as_str().unwrap_or("none"),
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Runs(RunsCommand::Show { run_id, token }) => {
+            let remote = client::Remote::new(server, token.read()?)?;
+            let detail = remote.run(&run_id).await?;
+            if json {
+                print(&detail);
+            } else {
+                let run = &detail["run"];
+                println!(
+                    "run {} ({}): {}, {} events",
+                    run_id,
+                    run["principal"].as_str().unwrap_or("?"),
+                    run["state"].as_str().unwrap_or("?"),
+                    run["events"]
+                );
+                for step in run["steps"].as_array().into_iter().flatten() {
+                    println!(
+                        "  step {} ({}): {}",
+                        step["spec"]["step_id"].as_str().unwrap_or("?"),
+                        step["spec"]["skill"].as_str().unwrap_or("?"),
+                        step["state"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(Exit::Success)
+        }
+        Command::Runs(RunsCommand::Cancel { run_id, reason, token }) => {
+            let remote = client::Remote::new(server, token.read()?)?;
+            let view = remote.cancel_run(&run_id, &reason).await?;
+            if json {
+                print(&view);
+            } else {
+                println!("run {run_id} cancelled");
+            }
+            Ok(Exit::Success)
+        }
+        _ => bail!(
+            "--server works with `hitl list|approve|deny|modify` and `runs list|show|cancel`; \
+             run other commands without it"
+        ),
     }
 }

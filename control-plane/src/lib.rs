@@ -52,8 +52,8 @@ pub use identity::{IdentityError, Principal, Role, TokenAuthority, TokenConfig};
 pub use plane::{CancelError, ControlPlane, KernelEmitter, RECOVERY_JOB, RecoveryCandidate, StepStart};
 pub use records::{ConnectorCall, Cost, CostStatus, EmitError, LlmCall, Record, Recorded};
 pub use run::{
-    Lease, RecoveryAction, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord, RunState, RunStoreError,
-    RunView, StepContext, StepSpec,
+    Lease, RecoveryAction, RequestKey, RunCreation, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord,
+    RunState, RunStoreError, RunView, StepContext, StepSpec,
 };
 pub use store::{SCHEMA_VERSION, Store};
 pub use trace::TraceContext;

@@ -4,9 +4,11 @@
 #![allow(missing_docs, reason = "test helpers are not public API")]
 
 mod bad_input;
+mod browser;
 mod chaos;
 mod evidence;
 mod flow;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

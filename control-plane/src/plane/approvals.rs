@@ -91,6 +91,15 @@ impl ControlPlane {
         Ok(unit.approval(id).await?.filter(|request| request.tenant == tenant))
     }
 
+    /// How many requests of every tenant are in `status` (for metrics: pending approvals).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the read fails.
+    pub async fn count_approvals(&self, status: ApprovalStatus) -> Result<i64, StoreError> {
+        self.read().await?.count_approvals(status).await
+    }
+
     /// Approval requests of `tenant`, newest first, optionally only those in `status`.
     ///
     /// # Errors

@@ -344,6 +344,31 @@ impl ControlPlane {
         })
     }
 
+    /// The last governance verdict recorded for step `step_id` of run `run_id` in `tenant`
+    /// (risk tier, determining policies, obligations): what a reviewer is shown beside an
+    /// approval request. Reads the whole log (`O(entries)`).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the log cannot be read.
+    pub async fn step_verdict(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        step_id: &str,
+    ) -> Result<Option<audit::VerdictRecord>, StoreError> {
+        let entries = self.audit_entries().await?;
+        Ok(entries
+            .iter()
+            .rev()
+            .filter(|entry| entry.tenant == tenant && entry.kind == "verdict")
+            .filter_map(|entry| match entry.event() {
+                Ok(AuditEvent::Verdict(record)) => Some(record),
+                _ => None,
+            })
+            .find(|record| record.step.run_id == run_id && record.step.step_id == step_id))
+    }
+
     /// The PROV-O JSON-LD provenance of `run_id`, from the audit entries of `tenant`.
     ///
     /// # Errors

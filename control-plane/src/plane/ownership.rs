@@ -8,8 +8,8 @@ use crate::error::StoreError;
 use crate::hitl::ApprovalRequest;
 use crate::identity::{Principal, Role, with_system_identity};
 use crate::run::{
-    self, Lease, RecoveryAction, RunError, RunEventDraft, RunEventPayload, RunRecord, RunState, RunStoreError, RunView,
-    StepSpec, lease,
+    self, Lease, RecoveryAction, RequestKey, RunCreation, RunError, RunEventDraft, RunEventPayload, RunRecord,
+    RunState, RunStoreError, RunView, StepSpec, lease,
 };
 use crate::storage::UnitOfWork;
 
@@ -93,7 +93,45 @@ impl ControlPlane {
         traceparent: &str,
         owner: &str,
     ) -> Result<Lease, RunStoreError> {
+        match self
+            .create_run_keyed(run_id, principal, steps, traceparent, owner, None)
+            .await?
+        {
+            RunCreation::Created(lease) => Ok(lease),
+            RunCreation::Replayed { .. } | RunCreation::KeyConflict { .. } => {
+                Err(StoreError::corrupt("a run created without a key was replayed").into())
+            }
+        }
+    }
+
+    /// [`create_run`](Self::create_run) under an idempotency key of `principal`'s tenant: the
+    /// key's binding to the run and the run's creation are one transaction, so a key never
+    /// names a run that does not exist, and two requests racing with one key create one run.
+    ///
+    /// # Errors
+    ///
+    /// As [`create_run`](Self::create_run).
+    pub async fn create_run_keyed(
+        &self,
+        run_id: &str,
+        principal: &Principal,
+        steps: Vec<StepSpec>,
+        traceparent: &str,
+        owner: &str,
+        key: Option<&RequestKey>,
+    ) -> Result<RunCreation, RunStoreError> {
         let now = self.now_ms();
+        let mut unit = self.write().await?;
+        if let Some(key) = key {
+            if let Some((digest, existing)) = unit.run_request(&principal.tenant, &key.key).await? {
+                return Ok(if digest == key.request_digest {
+                    RunCreation::Replayed { run_id: existing }
+                } else {
+                    RunCreation::KeyConflict { run_id: existing }
+                });
+            }
+            unit.insert_run_request(&principal.tenant, key, run_id, now).await?;
+        }
         let draft = RunEventDraft {
             run_id: run_id.to_owned(),
             node_id: owner.to_owned(),
@@ -107,14 +145,14 @@ impl ControlPlane {
                 principal_roles: principal.roles.iter().copied().collect(),
             },
         };
-        let mut unit = self.write().await?;
         runs::append_run_event(&mut *unit, draft, now, self.lease_ttl_ms).await?;
         let record = unit
             .run_record(run_id)
             .await?
             .ok_or_else(|| StoreError::corrupt(format!("run `{run_id}` was created without a record")))?;
         unit.commit().await?;
-        lease::lease_of(&record).ok_or_else(|| StoreError::corrupt("a new run has no owner").into())
+        let lease = lease::lease_of(&record).ok_or_else(|| StoreError::corrupt("a new run has no owner"))?;
+        Ok(RunCreation::Created(lease))
     }
 
     /// Claims run `run_id` for `owner`: granted when nobody holds it, its lease lapsed, or

@@ -128,6 +128,16 @@ impl ControlPlane {
         Ok(event)
     }
 
+    /// Run events of every tenant as their transactions commit, from now on: for live views
+    /// (`agentd serve`'s event streams) that read a run's earlier events with
+    /// [`run_events`](Self::run_events) and then follow. The receiver must filter by run (and
+    /// so tenant); one that falls more than 4,096 events behind gets
+    /// `RecvError::Lagged` and should read the store again. Events are published only after
+    /// their commit: a listener never sees an event the store does not hold.
+    pub fn subscribe_run_events(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.store.backend().feed().subscribe()
+    }
+
     /// The events of `run_id` in Lamport order, if the run belongs to `tenant`.
     ///
     /// # Errors

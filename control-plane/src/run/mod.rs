@@ -379,6 +379,63 @@ pub struct RunEvent {
     pub payload: RunEventPayload,
 }
 
+/// An idempotency key a run is started with, bound to the digest of the request that started
+/// it (IETF httpapi-idempotency-key draft, draft-ietf-httpapi-idempotency-key-header): the
+/// same key with the same request names the same run; with another request it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    /// The client's key (1 to [`RequestKey::MAX_BYTES`] bytes of visible ASCII).
+    pub key: String,
+    /// `sha256:<hex>` of the request (its canonical form is the caller's choice, applied
+    /// consistently).
+    pub request_digest: String,
+}
+
+impl RequestKey {
+    /// Longest key accepted, bytes.
+    pub const MAX_BYTES: usize = 255;
+
+    /// Checks `key` and binds it to `request_digest`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong when `key` is empty, longer than
+    /// [`RequestKey::MAX_BYTES`] or holds anything but visible ASCII.
+    pub fn new(key: &str, request_digest: String) -> Result<Self, String> {
+        if key.is_empty() || key.len() > Self::MAX_BYTES {
+            return Err(format!(
+                "an idempotency key has 1 to {} bytes, not {}",
+                Self::MAX_BYTES,
+                key.len()
+            ));
+        }
+        if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!("an idempotency key holds visible ASCII only, not {bad:?}"));
+        }
+        Ok(RequestKey {
+            key: key.to_owned(),
+            request_digest,
+        })
+    }
+}
+
+/// What creating a run under an idempotency key did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunCreation {
+    /// The run was created; the caller owns it under this lease.
+    Created(Lease),
+    /// The key was used before with the same request: that earlier run is the answer.
+    Replayed {
+        /// The earlier run.
+        run_id: String,
+    },
+    /// The key was used before with another request: nothing was created.
+    KeyConflict {
+        /// The run the key names.
+        run_id: String,
+    },
+}
+
 /// A step as derived from the events.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepView {

@@ -26,7 +26,7 @@ use crate::autonomy::{AutonomyCertificate, StepResult};
 use crate::error::StoreError;
 use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote};
 use crate::records::{Insertion, Record};
-use crate::run::{RunEvent, RunRecord};
+use crate::run::{RequestKey, RunEvent, RunRecord};
 
 /// What a unit of work may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,46 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 
     /// Where the state is, for messages: a file path or a URL without credentials.
     fn location(&self) -> &str;
+
+    /// The feed on which committed run events are published.
+    fn feed(&self) -> &RunFeed;
+}
+
+/// Run events as their units of work commit, to whoever listens (`agentd serve`'s event
+/// streams). A listener that falls more than [`RunFeed::CAPACITY`] events behind is told it
+/// lagged and reads the store instead; nothing here is a record: the store is.
+#[derive(Debug, Clone)]
+pub(crate) struct RunFeed {
+    sender: tokio::sync::broadcast::Sender<RunEvent>,
+}
+
+impl RunFeed {
+    /// Events kept for slow listeners.
+    pub(crate) const CAPACITY: usize = 4096;
+
+    /// Publishes the events of a unit that committed (no-op without listeners).
+    pub(crate) fn publish(&self, events: Vec<RunEvent>) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        for event in events {
+            // An error only means every listener left meanwhile.
+            let _ = self.sender.send(event);
+        }
+    }
+
+    /// A new listener, receiving events committed from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.sender.subscribe()
+    }
+}
+
+impl Default for RunFeed {
+    fn default() -> Self {
+        RunFeed {
+            sender: tokio::sync::broadcast::channel(Self::CAPACITY).0,
+        }
+    }
 }
 
 /// One transaction over every table.
@@ -101,6 +141,8 @@ pub(crate) trait ApprovalRows {
     async fn approval(&mut self, id: i64) -> Result<Option<ApprovalRequest>, StoreError>;
     /// Ids of `tenant`'s requests, newest first, optionally only those in `status`.
     async fn approval_ids(&mut self, tenant: &str, status: Option<ApprovalStatus>) -> Result<Vec<i64>, StoreError>;
+    /// Requests in `status` across every tenant.
+    async fn count_approvals(&mut self, status: ApprovalStatus) -> Result<i64, StoreError>;
     /// Ids of pending or approved requests whose stored expiry is at or before `now_ms`.
     async fn due_approval_ids(&mut self, now_ms: i64) -> Result<Vec<i64>, StoreError>;
     /// Records one reviewer's vote on request `id`.
@@ -133,6 +175,17 @@ pub(crate) trait RunRows {
     async fn runs_needing_attention(&mut self, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
     /// The records of `tenant`'s runs, in run id order.
     async fn run_records(&mut self, tenant: &str) -> Result<Vec<RunRecord>, StoreError>;
+    /// The run `tenant` started with idempotency key `key`: `(request digest, run id)`.
+    async fn run_request(&mut self, tenant: &str, key: &str) -> Result<Option<(String, String)>, StoreError>;
+    /// Binds `key` of `tenant` to `run_id` and its request's digest (a key bound already is
+    /// refused as a conflict).
+    async fn insert_run_request(
+        &mut self,
+        tenant: &str,
+        key: &RequestKey,
+        run_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// Kernel records.

@@ -56,6 +56,11 @@ pub fn publish(context: &Context, input: Input) -> Result<Output, SkillError> {
         LogLevel::Info,
         &format!("wrote {} bytes to {}", report.len(), input.path),
     );
+    // Progress for whoever watches the run (`GET /v1/runs/{id}/events`).
+    context.emit(
+        "report-written",
+        &serde_json::json!({ "path": input.path, "bytes": report.len() }),
+    );
     Ok(Output {
         path: input.path,
         bytes: report.len(),

@@ -62,6 +62,14 @@ impl ApprovalRows for SqliteUnit {
             .map_err(classify)
     }
 
+    async fn count_approvals(&mut self, status: ApprovalStatus) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = ?")
+            .bind(status.as_str())
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)
+    }
+
     async fn due_approval_ids(&mut self, now_ms: i64) -> Result<Vec<i64>, StoreError> {
         sqlx::query_scalar(
             "SELECT id FROM approvals WHERE status IN ('pending', 'approved') AND expires_at_ms <= ? ORDER BY id",

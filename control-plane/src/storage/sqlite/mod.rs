@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::{Access, Storage, UnitOfWork};
+use super::{Access, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
+use crate::run::RunEvent;
 
 pub(crate) use schema::SCHEMA_VERSION;
 
@@ -28,11 +29,25 @@ pub(crate) use schema::SCHEMA_VERSION;
 pub(crate) struct SqliteStorage {
     pool: SqlitePool,
     location: String,
+    feed: RunFeed,
 }
 
-/// A unit of work: one SQLite transaction.
+/// A unit of work: one SQLite transaction. The run events it inserts are published on the
+/// feed once, and only if, it commits.
 pub(crate) struct SqliteUnit {
     transaction: Transaction<'static, Sqlite>,
+    inserted: Vec<RunEvent>,
+    feed: RunFeed,
+}
+
+impl SqliteUnit {
+    fn new(transaction: Transaction<'static, Sqlite>, feed: RunFeed) -> Self {
+        SqliteUnit {
+            transaction,
+            inserted: Vec::new(),
+            feed,
+        }
+    }
 }
 
 impl SqliteStorage {
@@ -42,12 +57,14 @@ impl SqliteStorage {
     /// When the file is new or older than [`SCHEMA_VERSION`], `on_creation` is called inside
     /// that transaction with what is being created and the log's head (`(0, GENESIS_HASH)` when
     /// empty); the anchor it returns is stored with the schema. It is never called for a file
-    /// already at [`SCHEMA_VERSION`], so no later open can re-anchor a log.
+    /// of schema 3 or later (the schema that stores the anchor), so no later open can re-anchor
+    /// a log.
     pub(crate) async fn open(
         path: &Path,
         on_creation: impl FnOnce(Creation, (i64, String)) -> Result<Option<crate::audit::Anchor>, StoreError>,
     ) -> Result<Self, StoreError> {
         let location = path.display().to_string();
+        let feed = RunFeed::default();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
             cause: Box::new(read_only_or(path, classify(error))),
@@ -116,6 +133,7 @@ impl SqliteStorage {
                 statements.push(schema::MIGRATE_1_TO_2_COPY);
             }
             statements.push(schema::SCHEMA_3);
+            statements.push(schema::SCHEMA_4);
             statements.push(&version_pragma);
         }
         for statement in statements {
@@ -124,8 +142,9 @@ impl SqliteStorage {
                 .await
                 .map_err(open_error)?;
         }
-        let mut unit = SqliteUnit { transaction };
-        if found < SCHEMA_VERSION {
+        let mut unit = SqliteUnit::new(transaction, feed.clone());
+        // Schema 3 -> 4 only adds a table: the anchor and the run records stay as they are.
+        if found < 3 {
             let creation = if found == 0 {
                 Creation::Fresh
             } else if had_anchor_table {
@@ -149,7 +168,7 @@ impl SqliteStorage {
             backfill_schema_3(&mut unit).await.map_err(wrap)?;
         }
         unit.transaction.commit().await.map_err(open_error)?;
-        Ok(SqliteStorage { pool, location })
+        Ok(SqliteStorage { pool, location, feed })
     }
 
     /// Opens the file at `path` read-only, for inspection and verification: nothing is created,
@@ -210,7 +229,11 @@ impl SqliteStorage {
                 supported: SCHEMA_VERSION,
             });
         }
-        Ok(SqliteStorage { pool, location })
+        Ok(SqliteStorage {
+            pool,
+            location,
+            feed: RunFeed::default(),
+        })
     }
 }
 
@@ -266,18 +289,29 @@ impl Storage for SqliteStorage {
             Access::Write => self.pool.begin_with("BEGIN IMMEDIATE").await,
         }
         .map_err(classify)?;
-        Ok(Box::new(SqliteUnit { transaction }))
+        Ok(Box::new(SqliteUnit::new(transaction, self.feed.clone())))
     }
 
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn feed(&self) -> &RunFeed {
+        &self.feed
     }
 }
 
 #[async_trait]
 impl UnitOfWork for SqliteUnit {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.transaction.commit().await.map_err(classify)
+        let SqliteUnit {
+            transaction,
+            inserted,
+            feed,
+        } = *self;
+        transaction.commit().await.map_err(classify)?;
+        feed.publish(inserted);
+        Ok(())
     }
 }
 

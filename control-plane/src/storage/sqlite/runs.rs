@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{SqliteUnit, classify};
 use crate::error::StoreError;
-use crate::run::{RunEvent, RunRecord, RunState};
+use crate::run::{RequestKey, RunEvent, RunRecord, RunState};
 use crate::storage::RunRows;
 
 #[async_trait]
@@ -57,6 +57,7 @@ impl RunRows for SqliteUnit {
         .execute(&mut *self.transaction)
         .await
         .map_err(classify)?;
+        self.inserted.push(event.clone());
         Ok(())
     }
 
@@ -147,6 +148,37 @@ impl RunRows for SqliteUnit {
             .await
             .map_err(classify)?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    async fn run_request(&mut self, tenant: &str, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        sqlx::query_as("SELECT request_digest, run_id FROM run_requests WHERE tenant = ? AND idempotency_key = ?")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)
+    }
+
+    async fn insert_run_request(
+        &mut self,
+        tenant: &str,
+        key: &RequestKey,
+        run_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_requests (tenant, idempotency_key, request_digest, run_id, created_at_ms)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(&key.key)
+        .bind(&key.request_digest)
+        .bind(run_id)
+        .bind(now_ms)
+        .execute(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        Ok(())
     }
 }
 

@@ -8,9 +8,12 @@
 //! Schema 3 adds `runs` (each run's derived state, owner, lease, fencing token, deadline and
 //! the approval it waits on, kept with its events) and `audit_log` (the log's identity, the
 //! origin of its checkpoints, and its Merkle tree frontier).
+//!
+//! Schema 4 adds `run_requests`: the idempotency keys runs were started with (IETF
+//! httpapi-idempotency-key draft), each bound to its request's digest and its run.
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const AUDIT_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -180,5 +183,18 @@ CREATE TABLE IF NOT EXISTS audit_log (
     id       INTEGER PRIMARY KEY CHECK (id = 1),
     origin   TEXT    NOT NULL,
     frontier BLOB    NOT NULL
+);
+"#;
+
+/// Schema 3 -> 4: the idempotency keys of started runs. One key per tenant names one run; the
+/// row is written in the transaction that creates the run.
+pub(super) const SCHEMA_4: &str = r#"
+CREATE TABLE IF NOT EXISTS run_requests (
+    tenant          TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL,
+    request_digest  TEXT    NOT NULL,
+    run_id          TEXT    NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, idempotency_key)
 );
 "#;
