@@ -775,3 +775,61 @@ fn blocking_get(url: &str) -> Option<String> {
         .ok()?;
     runtime.block_on(async { reqwest::get(url).await.ok()?.text().await.ok() })
 }
+
+#[test]
+fn the_hitl_and_runs_commands_talk_to_a_server() {
+    let env = Env::new();
+    let (alice, bob, eve) = tokens(&env);
+    let served = env.serve(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let body = json!({ "skill": "publish-report", "input": { "title": "T", "body": "B", "path": "reports/t.md" } });
+    let waiting = runtime.block_on(call(
+        &client,
+        reqwest::Method::POST,
+        &served.url("/v1/runs"),
+        Some(&alice),
+        Some(&body),
+        &[],
+    ));
+    assert_eq!(waiting.0, 202, "{}", waiting.2);
+    let (run_id, approval) = (
+        waiting.2["run_id"].as_str().unwrap().to_owned(),
+        waiting.2["step"]["approval_id"].as_i64().unwrap().to_string(),
+    );
+    // The state directory is not touched by these commands: point them at an empty one.
+    let elsewhere = Env::new();
+    let remote = |args: &[&str], token: &str| {
+        let mut all = vec!["--server", served.base.as_str()];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--token", token]);
+        elsewhere.agentd(&all, None)
+    };
+    let listed = remote(&["--json", "hitl", "list", "--status", "pending"], &bob);
+    assert!(listed.status.success(), "{}", crate::stderr(&listed));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["run_id"], run_id.as_str());
+    let refused = remote(&["hitl", "approve", &approval], &eve);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(crate::stderr(&refused).contains("404"), "{}", crate::stderr(&refused));
+    let approved = remote(&["hitl", "approve", &approval, "--reason", "ok"], &bob);
+    assert!(approved.status.success(), "{}", crate::stderr(&approved));
+    assert!(
+        crate::stdout(&approved).contains("the step completed"),
+        "{}",
+        crate::stdout(&approved)
+    );
+    let shown = remote(&["runs", "show", &run_id], &alice);
+    assert!(crate::stdout(&shown).contains("succeeded"), "{}", crate::stdout(&shown));
+    let listed = remote(&["--json", "runs", "list"], &alice);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let unsupported = elsewhere.agentd(&["--server", served.base.as_str(), "plugins", "list"], None);
+    assert_eq!(unsupported.status.code(), Some(1));
+    assert!(
+        crate::stderr(&unsupported).contains("--server works with"),
+        "{}",
+        crate::stderr(&unsupported)
+    );
+    assert!(!elsewhere.state_dir().join("state.db").exists());
+}

@@ -62,3 +62,49 @@ async fn schema_1_files_are_migrated_with_every_request_kept() {
     let again = open_plane(&path, DEFAULT_POLICY, clock).await;
     assert_eq!(again.list_approvals("acme", None).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn schema_3_files_gain_idempotency_keys_without_touching_runs_or_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let clock = Arc::new(ManualClock::new(NOW));
+    let alice = crate::principal("alice", &[control_plane::Role::Agent]);
+    let steps = vec![control_plane::StepSpec {
+        step_id: "step-1".into(),
+        skill: "publish-report".into(),
+        input: serde_json::json!({ "title": "t" }),
+    }];
+    {
+        let control = open_plane(&path, DEFAULT_POLICY, Arc::clone(&clock)).await;
+        control
+            .create_run("run-1", &alice, steps.clone(), "tp", "node-a")
+            .await
+            .unwrap();
+        control.request_approval(&crate::new_approval()).await.unwrap();
+    }
+    // Back to schema 3 as agentd wrote it before keys existed.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("DROP TABLE run_requests; PRAGMA user_version = 3;")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let control = open_plane(&path, DEFAULT_POLICY, clock).await;
+    let records = control.run_records("acme").await.unwrap();
+    assert_eq!(records.len(), 1);
+    // The owner and its fencing token are kept (a schema 2 backfill would have cleared them).
+    assert_eq!(records[0].owner.as_deref(), Some("node-a"));
+    assert_eq!(records[0].fencing_token, 1);
+    assert!(matches!(
+        control.verify_audit().await.unwrap(),
+        ChainVerification::Intact { entries: 1, .. }
+    ));
+    let key = control_plane::RequestKey::new("k", "sha256:aa".into()).unwrap();
+    let created = control
+        .create_run_keyed("run-2", &alice, steps, "tp", "node-a", Some(&key))
+        .await
+        .unwrap();
+    assert!(matches!(created, control_plane::RunCreation::Created(_)));
+}

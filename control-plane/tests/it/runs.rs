@@ -353,3 +353,119 @@ async fn recovery_finds_each_interrupted_run_and_what_it_needs() {
     control.time_out_run(&lease, TP).await.unwrap();
     assert_eq!(control.run("acme", "run-3").await.unwrap().state, RunState::TimedOut);
 }
+
+fn key(key: &str, body: &str) -> control_plane::RequestKey {
+    control_plane::RequestKey::new(key, format!("sha256:{body}")).unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_run_per_tenant_and_refuses_another_request() {
+    use control_plane::RunCreation;
+    let plane = plane().await;
+    let control = &plane.control;
+    let alice = principal("alice", &[Role::Agent]);
+    let first = control
+        .create_run_keyed("run-1", &alice, steps(), TP, "node-a", Some(&key("k1", "aa")))
+        .await
+        .unwrap();
+    assert!(matches!(first, RunCreation::Created(_)));
+    let replay = control
+        .create_run_keyed("run-2", &alice, steps(), TP, "node-a", Some(&key("k1", "aa")))
+        .await
+        .unwrap();
+    assert_eq!(replay, RunCreation::Replayed { run_id: "run-1".into() });
+    let conflict = control
+        .create_run_keyed("run-3", &alice, steps(), TP, "node-a", Some(&key("k1", "bb")))
+        .await
+        .unwrap();
+    assert_eq!(conflict, RunCreation::KeyConflict { run_id: "run-1".into() });
+    // Neither the replay nor the conflict created anything.
+    for run_id in ["run-2", "run-3"] {
+        assert!(matches!(
+            control.run("acme", run_id).await,
+            Err(RunStoreError::Run(RunError::NotFound(_)))
+        ));
+    }
+    // The same key in another tenant is another key.
+    let mut eve = principal("eve", &[Role::Agent]);
+    eve.tenant = "globex".into();
+    let theirs = control
+        .create_run_keyed("run-4", &eve, steps(), TP, "node-a", Some(&key("k1", "aa")))
+        .await
+        .unwrap();
+    assert!(matches!(theirs, RunCreation::Created(_)));
+    // A run refused by its rules binds no key: the key stays free.
+    let refused = control
+        .create_run_keyed("run-5", &alice, Vec::new(), TP, "node-a", Some(&key("k2", "cc")))
+        .await;
+    assert!(matches!(refused, Err(RunStoreError::Run(_))), "{refused:?}");
+    let retried = control
+        .create_run_keyed("run-6", &alice, steps(), TP, "node-a", Some(&key("k2", "dd")))
+        .await
+        .unwrap();
+    assert!(matches!(retried, RunCreation::Created(_)));
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_create_one_run() {
+    use control_plane::RunCreation;
+    let plane = plane().await;
+    let alice = principal("alice", &[Role::Agent]);
+    let attempts = (0..8).map(|n| {
+        let control = Arc::clone(&plane.control);
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            control
+                .create_run_keyed(
+                    &format!("run-{n}"),
+                    &alice,
+                    steps(),
+                    TP,
+                    "node-a",
+                    Some(&key("once", "aa")),
+                )
+                .await
+                .unwrap()
+        })
+    });
+    let mut created = 0;
+    let mut named = std::collections::BTreeSet::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            RunCreation::Created(lease) => {
+                created += 1;
+                named.insert(lease.run_id);
+            }
+            RunCreation::Replayed { run_id } => {
+                named.insert(run_id);
+            }
+            RunCreation::KeyConflict { .. } => panic!("same body, no conflict"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(plane.control.run_records("acme").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_run_feed_publishes_committed_events_only() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let mut feed = control.subscribe_run_events();
+    let alice = principal("alice", &[Role::Agent]);
+    let lease = control
+        .create_run("run-1", &alice, steps(), TP, "node-a")
+        .await
+        .unwrap();
+    let created = feed.try_recv().unwrap();
+    assert_eq!((created.run_id.as_str(), created.lamport), ("run-1", 1));
+    // A write refused inside its transaction (a stale fencing token) publishes nothing.
+    let mut stale = draft(&lease, started(None));
+    stale.fencing_token += 7;
+    assert!(control.append_run_event(stale).await.is_err());
+    assert!(feed.try_recv().is_err());
+    control.append_run_event(draft(&lease, started(None))).await.unwrap();
+    let event = feed.try_recv().unwrap();
+    assert_eq!(event.lamport, 2);
+    assert_eq!(control.run_events("acme", "run-1").await.unwrap()[1], event);
+}

@@ -1,0 +1,283 @@
+//! `agentd serve` against the same work in process, in one run on one machine:
+//!
+//! 1. governed, durable no-op runs (`noop`, JWT-authenticated, policy-decided, three SQLite
+//!    transactions each) with 1, 2, 16 and 64 concurrent clients: over HTTP on loopback to an
+//!    `agentd serve` process, and in process through `agent_runtime::run_step` on the same
+//!    kind of store; p50, p99 and runs/s, and HTTP's share of in-process throughput;
+//! 2. 1,000 concurrent SSE subscribers to one run: the delay from an event's recording to its
+//!    arrival at every subscriber (p50, p99, max), and the server's memory per idle stream.
+//!
+//! `cargo bench -p agentd --bench serve` (needs the packages of `cargo xtask build-plugins`).
+
+#![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its figures")]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use control_plane::{ControlPlane, PolicyEngine, Role, Store, TokenAuthority, TokenConfig};
+
+const WARM_UP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(4);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn packages() -> PathBuf {
+    std::env::var_os("AGENTD_PLUGINS").map_or_else(|| repo().join("target/plugins"), PathBuf::from)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1e3
+}
+
+struct Level {
+    runs_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `clients` loops of `call` for [`MEASURE`] after [`WARM_UP`].
+async fn load<F, Fut>(clients: usize, call: F) -> Level
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while started.elapsed() < WARM_UP + MEASURE {
+                    let at = Instant::now();
+                    call().await;
+                    if at.duration_since(started) >= WARM_UP {
+                        samples.push(at.elapsed());
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    Level {
+        runs_per_second: samples.len() as f64 / MEASURE.as_secs_f64(),
+        p50_ms: percentile(&mut samples, 0.5),
+        p99_ms: percentile(&mut samples, 0.99),
+    }
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(state: &std::path::Path) -> Server {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--plugins", packages().to_str().unwrap()])
+        .args(["--policy", repo().join("policies/default.cedar").to_str().unwrap()])
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().strip_prefix("agentd listening on ").unwrap().to_owned();
+    Server(child, base)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (http_state, local_state) = (dir.path().join("http"), dir.path().join("local"));
+        std::fs::create_dir_all(&http_state).unwrap();
+        std::fs::create_dir_all(&local_state).unwrap();
+        let authority = TokenAuthority::load_or_create(&http_state.join("jwt-hs256.key"), TokenConfig::default()).unwrap();
+        let token = |subject: &str, role: Role| authority.issue(subject, "acme", &[role], Duration::from_secs(3600)).unwrap();
+        let (agent, reviewer) = (token("alice", Role::Agent), token("bob", Role::Reviewer));
+
+        // In process: the same library calls the server makes, on a store of its own.
+        let policy = PolicyEngine::from_file(&repo().join("policies/default.cedar")).unwrap();
+        let local_authority =
+            TokenAuthority::load_or_create(&local_state.join("jwt-hs256.key"), TokenConfig::default()).unwrap();
+        let local_token = local_authority.issue("alice", "acme", &[Role::Agent], Duration::from_secs(3600)).unwrap();
+        let store = Store::open(&local_state.join("state.db")).await.unwrap();
+        let control_plane = Arc::new(ControlPlane::new(local_authority, policy, store));
+        let runtime = agent_runtime::Runtime::new(agent_runtime::RuntimeConfig {
+            workspace_root: Some(local_state.join("workspace")),
+            kv_path: Some(local_state.join("kv.db")),
+            ..agent_runtime::RuntimeConfig::default()
+        })
+        .unwrap();
+        runtime.load_package(&packages().join("noop")).await.unwrap();
+        let runtime = Arc::new(runtime);
+        let request = plugin_abi::InvokeRequest::new(serde_json::Map::new());
+
+        let server = serve(&http_state);
+        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+        let body = serde_json::json!({ "skill": "noop", "input": {} }).to_string();
+
+        println!("governed, durable noop runs: in process vs over HTTP on loopback ({} s per level)", MEASURE.as_secs());
+        println!("  clients  in-process runs/s   p50 ms   p99 ms |  HTTP runs/s   p50 ms   p99 ms | HTTP/in-process");
+        for clients in [1, 2, 16, 64] {
+            let local = {
+                let (runtime, control_plane, token, request) =
+                    (Arc::clone(&runtime), Arc::clone(&control_plane), local_token.clone(), request.clone());
+                load(clients, move || {
+                    let (runtime, control_plane, token, request) =
+                        (Arc::clone(&runtime), Arc::clone(&control_plane), token.clone(), request.clone());
+                    async move {
+                        let principal = control_plane.authenticate(&token).unwrap();
+                        let outcome = agent_runtime::run_step(&runtime, &control_plane, &principal, "noop", &request)
+                            .await
+                            .unwrap();
+                        assert!(matches!(outcome, agent_runtime::StepOutcome::Dispatched { .. }));
+                    }
+                })
+                .await
+            };
+            let http = {
+                let (client, url, token, body) = (client.clone(), format!("{}/v1/runs", server.1), agent.clone(), body.clone());
+                load(clients, move || {
+                    let request = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    async move {
+                        let response = request.send().await.unwrap();
+                        assert_eq!(response.status().as_u16(), 201);
+                        response.bytes().await.unwrap();
+                    }
+                })
+                .await
+            };
+            println!(
+                "  {clients:>7}  {:>17.0} {:>8.2} {:>8.2} | {:>12.0} {:>8.2} {:>8.2} | {:>5.2}",
+                local.runs_per_second,
+                local.p50_ms,
+                local.p99_ms,
+                http.runs_per_second,
+                http.p50_ms,
+                http.p99_ms,
+                http.runs_per_second / local.runs_per_second
+            );
+        }
+
+        // SSE: 1,000 subscribers to one run that waits for approval; then approve it.
+        const SUBSCRIBERS: usize = 1_000;
+        let waiting = client
+            .post(format!("{}/v1/runs", server.1))
+            .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "skill": "publish-report", "input": { "title": "T", "body": "B", "path": "reports/t.md" } }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(waiting.status().as_u16(), 202);
+        let waiting: serde_json::Value = serde_json::from_slice(&waiting.bytes().await.unwrap()).unwrap();
+        let run_id = waiting["run_id"].as_str().unwrap().to_owned();
+        let approval = waiting["step"]["approval_id"].as_i64().unwrap();
+        let known = waiting["run"]["lamport"].as_u64().unwrap();
+        let before = rss_kib(server.0.id());
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(SUBSCRIBERS);
+        let subscribers: Vec<_> = (0..SUBSCRIBERS)
+            .map(|_| {
+                let client = reqwest::Client::new();
+                let (url, token, ready) = (format!("{}/v1/runs/{run_id}/events", server.1), agent.clone(), ready_tx.clone());
+                tokio::spawn(async move {
+                    let mut response = client.get(url).bearer_auth(token).send().await.unwrap();
+                    let (mut buffer, mut delays, mut seen) = (String::new(), Vec::new(), 0u64);
+                    while let Ok(Some(chunk)) = response.chunk().await {
+                        let arrived = now_ms();
+                        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+                        while let Some(end) = buffer.find("\n\n") {
+                            let block: String = buffer.drain(..end + 2).collect();
+                            let Some(data) = block.lines().find_map(|line| line.strip_prefix("data:")) else { continue };
+                            let event: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+                            let Some(lamport) = event["lamport"].as_u64() else { continue };
+                            seen = lamport;
+                            if lamport == known {
+                                ready.send(()).await.unwrap();
+                            } else if lamport > known {
+                                delays.push(arrived - event["recorded_at_ms"].as_f64().unwrap());
+                            }
+                        }
+                    }
+                    (delays, seen)
+                })
+            })
+            .collect();
+        for _ in 0..SUBSCRIBERS {
+            ready_rx.recv().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(server.0.id());
+        let voted = client
+            .post(format!("{}/v1/approvals/{approval}/votes", server.1))
+            .bearer_auth(&reviewer)
+            .header("content-type", "application/json")
+            .body(r#"{"decision": "approve"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(voted.status().as_u16(), 200);
+        let mut delays = Vec::new();
+        for subscriber in subscribers {
+            let (mine, _) = subscriber.await.unwrap();
+            assert!(!mine.is_empty(), "a subscriber got no event after the approval");
+            delays.extend(mine);
+        }
+        delays.sort_by(f64::total_cmp);
+        let at = |p: f64| delays[((delays.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "\nSSE, {SUBSCRIBERS} subscribers to one run, {} events delivered after the approval:",
+            delays.len()
+        );
+        println!(
+            "  recorded -> received: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (ms clock; includes the commit)",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+        println!(
+            "  server memory: {before} KiB before the streams, {after} KiB with {SUBSCRIBERS} idle streams: {:.1} KiB per stream",
+            (after.saturating_sub(before)) as f64 / SUBSCRIBERS as f64
+        );
+    });
+}
