@@ -138,6 +138,20 @@ fn main() {
         let local_token = local_authority.issue("alice", "acme", &[Role::Agent], Duration::from_secs(3600)).unwrap();
         let store = Store::open(&local_state.join("state.db")).await.unwrap();
         let control_plane = Arc::new(ControlPlane::new(local_authority, policy, store));
+        // The same, each COMMIT fsyncing by itself (the store before group commit).
+        let each_state = dir.path().join("each");
+        std::fs::create_dir_all(&each_state).unwrap();
+        let each_authority =
+            TokenAuthority::load_or_create(&each_state.join("jwt-hs256.key"), TokenConfig::default()).unwrap();
+        let each_token = each_authority.issue("alice", "acme", &[Role::Agent], Duration::from_secs(3600)).unwrap();
+        let each_store = Store::open_with(&each_state.join("state.db"), control_plane::Durability::FsyncEachCommit)
+            .await
+            .unwrap();
+        let each_plane = Arc::new(ControlPlane::new(
+            each_authority,
+            PolicyEngine::from_file(&repo().join("policies/default.cedar")).unwrap(),
+            each_store,
+        ));
         let runtime = agent_runtime::Runtime::new(agent_runtime::RuntimeConfig {
             workspace_root: Some(local_state.join("workspace")),
             kv_path: Some(local_state.join("kv.db")),
@@ -152,25 +166,35 @@ fn main() {
         let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
         let body = serde_json::json!({ "skill": "noop", "input": {} }).to_string();
 
-        println!("governed, durable noop runs: in process vs over HTTP on loopback ({} s per level)", MEASURE.as_secs());
-        println!("  clients  in-process runs/s   p50 ms   p99 ms |  HTTP runs/s   p50 ms   p99 ms | HTTP/in-process");
-        for clients in [1, 2, 16, 64] {
-            let local = {
+        let in_process = |control_plane: &Arc<ControlPlane>, token: &str, clients: usize| {
+            let (runtime, control_plane, token, request) =
+                (Arc::clone(&runtime), Arc::clone(control_plane), token.to_owned(), request.clone());
+            load(clients, move || {
                 let (runtime, control_plane, token, request) =
-                    (Arc::clone(&runtime), Arc::clone(&control_plane), local_token.clone(), request.clone());
-                load(clients, move || {
-                    let (runtime, control_plane, token, request) =
-                        (Arc::clone(&runtime), Arc::clone(&control_plane), token.clone(), request.clone());
-                    async move {
-                        let principal = control_plane.authenticate(&token).unwrap();
-                        let outcome = agent_runtime::run_step(&runtime, &control_plane, &principal, "noop", &request)
-                            .await
-                            .unwrap();
-                        assert!(matches!(outcome, agent_runtime::StepOutcome::Dispatched { .. }));
-                    }
-                })
-                .await
-            };
+                    (Arc::clone(&runtime), Arc::clone(&control_plane), token.clone(), request.clone());
+                async move {
+                    let principal = control_plane.authenticate(&token).unwrap();
+                    let outcome = agent_runtime::run_step(&runtime, &control_plane, &principal, "noop", &request)
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcome, agent_runtime::StepOutcome::Dispatched { .. }));
+                }
+            })
+        };
+
+        println!("governed, durable noop runs: in process vs over HTTP on loopback ({} s per level)", MEASURE.as_secs());
+        println!(
+            "  clients | in process, fsync per commit | in process, group commit      | HTTP, group commit            | HTTP/in-process"
+        );
+        println!(
+            "          |   runs/s  p50 ms  p99 ms     |   runs/s  p50 ms  p99 ms commits/fsync |   runs/s  p50 ms  p99 ms |"
+        );
+        for clients in [1, 2, 16, 64] {
+            let each = in_process(&each_plane, &each_token, clients).await;
+            let before = control_plane.commit_stats();
+            let local = in_process(&control_plane, &local_token, clients).await;
+            let after = control_plane.commit_stats();
+            let shared = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
             let http = {
                 let (client, url, token, body) = (client.clone(), format!("{}/v1/runs", server.1), agent.clone(), body.clone());
                 load(clients, move || {
@@ -188,10 +212,14 @@ fn main() {
                 .await
             };
             println!(
-                "  {clients:>7}  {:>17.0} {:>8.2} {:>8.2} | {:>12.0} {:>8.2} {:>8.2} | {:>5.2}",
+                "  {clients:>7} | {:>8.0} {:>7.2} {:>7.2}     | {:>8.0} {:>7.2} {:>7.2} {:>13.1} | {:>8.0} {:>7.2} {:>7.2} | {:>5.2}",
+                each.runs_per_second,
+                each.p50_ms,
+                each.p99_ms,
                 local.runs_per_second,
                 local.p50_ms,
                 local.p99_ms,
+                shared,
                 http.runs_per_second,
                 http.p50_ms,
                 http.p99_ms,

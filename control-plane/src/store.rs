@@ -26,6 +26,17 @@ pub struct Store {
     key_paths: KeyPaths,
 }
 
+/// How a write unit's commit is made durable before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Concurrent commits share one fsync of the WAL (SQLite `synchronous=NORMAL` plus a
+    /// group-commit barrier): a commit returns after an fsync that started after it.
+    #[default]
+    GroupCommit,
+    /// Every COMMIT fsyncs by itself, under SQLite's write lock (`synchronous=FULL`).
+    FsyncEachCommit,
+}
+
 /// Where a store's keys live: beside the database, `<db>.audit-key` (HMAC anchor key, 32 bytes)
 /// and `<db>.checkpoint-key` (Ed25519 seed, 32 bytes), both mode 0600.
 #[derive(Debug, Clone)]
@@ -52,8 +63,9 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite file at `path` in WAL mode with
-    /// `synchronous=FULL` and brings its schema up to [`SCHEMA_VERSION`].
+    /// Opens (creating if needed) the SQLite file at `path` in WAL mode and brings its schema
+    /// up to [`SCHEMA_VERSION`]. A write unit's commit returns once it is durable; concurrent
+    /// commits share fsyncs ([`Durability::GroupCommit`]).
     ///
     /// The audit anchor key (`<path>.audit-key`) and the checkpoint signing key
     /// (`<path>.checkpoint-key`) are created, mode 0600, only with a new database (or by the
@@ -67,8 +79,18 @@ impl Store {
     /// [`StoreError::NewerSchema`] when a newer agentd wrote it, [`StoreError::AnchorKey`] when
     /// a key file exists but cannot be read (or, for a new database, created).
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::GroupCommit).await
+    }
+
+    /// [`open`](Self::open) with a chosen way of making commits durable (benchmarks compare
+    /// the two; both are durable when a commit returns).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub async fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let key_paths = KeyPaths::beside(path);
-        let backend = SqliteStorage::open(path, |creation, (seq, hash)| {
+        let backend = SqliteStorage::open(path, durability, |creation, (seq, hash)| {
             crate::keys::load_or_create_exact::<32>(&key_paths.checkpoint)?;
             match creation {
                 Creation::Fresh | Creation::PreAnchor => {

@@ -686,18 +686,22 @@ pub async fn metrics(State(server): State<Shared>) -> Response {
         .await
         .unwrap_or(-1);
     let runtime = &server.app.runtime;
-    let skills: Vec<(String, String, usize)> = runtime
-        .skills()
-        .iter()
-        .map(|skill| {
-            (
-                skill.summary.id.clone(),
-                skill.summary.version.to_string(),
-                skill.free_slots(),
-            )
-        })
-        .collect();
-    let text = server.metrics.render(pending, runtime.breakers().census(), &skills);
+    let text = server.metrics.render(&super::metrics::Gauges {
+        pending,
+        breakers: runtime.breakers().census(),
+        skills: runtime
+            .skills()
+            .iter()
+            .map(|skill| {
+                (
+                    skill.summary.id.clone(),
+                    skill.summary.version.to_string(),
+                    skill.free_slots(),
+                )
+            })
+            .collect(),
+        commits: server.app.control_plane.commit_stats(),
+    });
     (
         [(
             header::CONTENT_TYPE,

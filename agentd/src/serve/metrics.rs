@@ -51,6 +51,8 @@ pub struct Metrics {
     breakers: Family<StateLabels, Gauge>,
     free_slots: Family<SkillLabels, Gauge>,
     open_streams: Gauge<i64, AtomicI64>,
+    store_commits: Gauge,
+    store_syncs: Gauge,
 }
 
 impl Metrics {
@@ -106,6 +108,18 @@ impl Metrics {
             "Open run event streams (SSE)",
             open_streams.clone(),
         );
+        let store_commits = Gauge::default();
+        registry.register(
+            "store_durable_commits",
+            "Durable write commits of the control plane's store since start",
+            store_commits.clone(),
+        );
+        let store_syncs = Gauge::default();
+        registry.register(
+            "store_fsyncs",
+            "fsyncs that made them durable (group commit: fewer than commits under load)",
+            store_syncs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -117,6 +131,8 @@ impl Metrics {
             breakers,
             free_slots,
             open_streams,
+            store_commits,
+            store_syncs,
         }
     }
 
@@ -160,8 +176,16 @@ impl Metrics {
     }
 
     /// Sets the gauges from the runtime and the control plane, then renders everything.
-    pub fn render(&self, pending: i64, breakers: (usize, usize, usize), skills: &[(String, String, usize)]) -> String {
-        self.pending_approvals.set(pending);
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let Gauges {
+            pending,
+            breakers,
+            skills,
+            commits,
+        } = gauges;
+        self.pending_approvals.set(*pending);
+        self.store_commits.set(i64::try_from(commits.0).unwrap_or(i64::MAX));
+        self.store_syncs.set(i64::try_from(commits.1).unwrap_or(i64::MAX));
         for (state, count) in [("closed", breakers.0), ("open", breakers.1), ("half-open", breakers.2)] {
             self.breakers
                 .get_or_create(&StateLabels {
@@ -185,6 +209,18 @@ impl Metrics {
     }
 }
 
+/// What the gauges show, read at scrape time.
+pub struct Gauges {
+    /// Pending approval requests, all tenants.
+    pub pending: i64,
+    /// Circuit breakers `(closed, open, half-open)`.
+    pub breakers: (usize, usize, usize),
+    /// `(skill, version, free slots)` per loaded skill version.
+    pub skills: Vec<(String, String, usize)>,
+    /// `(durable commits, fsyncs)` of the store.
+    pub commits: (u64, u64),
+}
+
 /// Keeps the open-streams gauge up while an event stream lives.
 pub struct StreamGuard(Gauge<i64, AtomicI64>);
 
@@ -205,7 +241,12 @@ mod tests {
         metrics.outcome("completed");
         metrics.failed_authentication();
         let streams = metrics.stream_opened();
-        let text = metrics.render(3, (2, 1, 0), &[("noop".into(), "1.0.0".into(), 7)]);
+        let text = metrics.render(&Gauges {
+            pending: 3,
+            breakers: (2, 1, 0),
+            skills: vec![("noop".into(), "1.0.0".into(), 7)],
+            commits: (10, 4),
+        });
         for line in [
             "agentd_http_requests_total{method=\"POST\",route=\"/v1/runs\",status=\"201\"} 1",
             "agentd_run_outcomes_total{outcome=\"completed\"} 1",
@@ -215,14 +256,18 @@ mod tests {
             "agentd_skill_free_slots{skill=\"noop\",version=\"1.0.0\"} 7",
             "agentd_open_event_streams 1",
             "agentd_http_request_duration_seconds_count{route=\"/v1/runs\"} 1",
+            "agentd_store_durable_commits 10",
+            "agentd_store_fsyncs 4",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
         }
         drop(streams);
-        assert!(
-            metrics
-                .render(0, (0, 0, 0), &[])
-                .contains("agentd_open_event_streams 0")
-        );
+        let idle = Gauges {
+            pending: 0,
+            breakers: (0, 0, 0),
+            skills: Vec::new(),
+            commits: (0, 0),
+        };
+        assert!(metrics.render(&idle).contains("agentd_open_event_streams 0"));
     }
 }

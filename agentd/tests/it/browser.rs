@@ -11,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::Env;
-use crate::serve::call;
+use crate::serve::Api;
 
 /// WebDriver's Enter key (WebDriver §17.4.2, the "\u{E007}" code point).
 const ENTER: &str = "\u{E007}";
@@ -116,7 +116,7 @@ async fn a_reviewer_signs_in_sees_a_request_live_modifies_it_approves_it_and_the
         issue("eve", "globex", Role::Agent),
     );
     let served = env.serve(&[]);
-    let http = reqwest::Client::new();
+    let api = Api::of(&served);
     let (_driver, client) = browser().await;
 
     // Sign in with the keyboard only: type the token, press Enter.
@@ -134,11 +134,10 @@ async fn a_reviewer_signs_in_sees_a_request_live_modifies_it_approves_it_and_the
     // Requests arrive while the page is open; another tenant's never shows.
     let hostile = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>";
     let submit = |token: String, title: &'static str| {
-        let http = http.clone();
-        let url = served.url("/v1/runs");
+        let api = api.clone();
         async move {
             let body = json!({ "skill": "publish-report", "input": { "title": title, "body": hostile, "path": "reports/b.md" } });
-            call(&http, reqwest::Method::POST, &url, Some(&token), Some(&body), &[]).await
+            api.post("/v1/runs", &token, &body).await
         }
     };
     let theirs = submit(eve.clone(), "Globex secret").await;
@@ -226,15 +225,7 @@ async fn a_reviewer_signs_in_sees_a_request_live_modifies_it_approves_it_and_the
 
     // The edited step is governed again and waits for a new approval: approve that one.
     press_enter_on(&client, "#back").await;
-    let queue = call(
-        &http,
-        reqwest::Method::GET,
-        &served.url("/v1/approvals?status=pending"),
-        Some(&bob),
-        None,
-        &[],
-    )
-    .await;
+    let queue = api.get("/v1/approvals?status=pending", &bob).await;
     let child = queue
         .2
         .as_array()
@@ -254,15 +245,7 @@ async fn a_reviewer_signs_in_sees_a_request_live_modifies_it_approves_it_and_the
     screenshot(&client, "4-approved").await;
     wait_for_text(&client, "#audit", "audit log intact").await;
 
-    let run = call(
-        &http,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}")),
-        Some(&alice),
-        None,
-        &[],
-    )
-    .await;
+    let run = api.get(&format!("/v1/runs/{run_id}"), &alice).await;
     assert_eq!(run.2["run"]["state"], "succeeded", "{}", run.2);
     client.close().await.unwrap();
 }

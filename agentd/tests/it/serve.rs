@@ -88,41 +88,69 @@ impl Drop for Served {
     }
 }
 
-/// One request; the status, the media type and the body as JSON (or a string).
-pub async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-    headers: &[(&str, &str)],
-) -> (u16, String, Value) {
-    let mut request = client.request(method, url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+/// A status, a media type and a body as JSON (or a string).
+pub type Answer = (u16, String, Value);
+
+/// A client of one served agentd.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn of(served: &Served) -> Self {
+        Api {
+            client: reqwest::Client::new(),
+            base: served.base.clone(),
+        }
     }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, Some(token), None, &[]).await
     }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.send(reqwest::Method::POST, path, Some(token), Some(body), &[])
+            .await
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let media_type = response
-        .headers()
-        .get("content-type")
-        .map(|value| value.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, media_type, body)
+
+    /// One request to `path`, with a bearer token, a JSON body and headers if given.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let media_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, media_type, body)
+    }
 }
 
 /// Asserts a problem+json answer of `status` and type `urn:agentd:problem:<slug>`.
-fn assert_problem(answer: &(u16, String, Value), status: u16, slug: &str) {
+fn assert_problem(answer: &Answer, status: u16, slug: &str) {
     let (got, media_type, body) = answer;
     assert_eq!(*got, status, "{body}");
     assert_eq!(media_type, "application/problem+json", "{body}");
@@ -185,19 +213,20 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     let env = Env::new();
     let (alice, _bob, eve) = tokens(&env);
     let served = env.serve(&[]);
+    let api = Api::of(&served);
     let client = reqwest::Client::new();
     let post = reqwest::Method::POST;
     let body = json!({ "skill": "pii-redact", "input": { "text": "mail jane@example.org" } });
 
-    let first = call(
-        &client,
-        post.clone(),
-        &served.url("/v1/runs"),
-        Some(&alice),
-        Some(&body),
-        &[("Idempotency-Key", "\"order-1\"")],
-    )
-    .await;
+    let first = api
+        .send(
+            post.clone(),
+            "/v1/runs",
+            Some(&alice),
+            Some(&body),
+            &[("Idempotency-Key", "\"order-1\"")],
+        )
+        .await;
     assert_eq!(first.0, 201, "{}", first.2);
     assert_eq!(first.2["step"]["status"], "completed", "{}", first.2);
     assert_eq!(first.2["run"]["state"], "succeeded");
@@ -206,106 +235,58 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     assert!(!output.to_string().contains("jane@example.org"), "{output}");
 
     // The same key and body: the same run, not a second one.
-    let again = call(
-        &client,
-        post.clone(),
-        &served.url("/v1/runs"),
-        Some(&alice),
-        Some(&body),
-        &[("Idempotency-Key", "\"order-1\"")],
-    )
-    .await;
+    let again = api
+        .send(
+            post.clone(),
+            "/v1/runs",
+            Some(&alice),
+            Some(&body),
+            &[("Idempotency-Key", "\"order-1\"")],
+        )
+        .await;
     assert_eq!(again.0, 200, "{}", again.2);
     assert_eq!(again.2["run_id"], run_id.as_str());
     assert_eq!(again.2["replayed"], true);
     // The same key, another body: refused, nothing created.
     let other = json!({ "skill": "pii-redact", "input": { "text": "another" } });
-    let reused = call(
-        &client,
-        post.clone(),
-        &served.url("/v1/runs"),
-        Some(&alice),
-        Some(&other),
-        &[("Idempotency-Key", "\"order-1\"")],
-    )
-    .await;
+    let reused = api
+        .send(
+            post.clone(),
+            "/v1/runs",
+            Some(&alice),
+            Some(&other),
+            &[("Idempotency-Key", "\"order-1\"")],
+        )
+        .await;
     assert_problem(&reused, 422, "idempotency-key-reused");
     // The same key in another tenant is another key.
-    let elsewhere = call(
-        &client,
-        post.clone(),
-        &served.url("/v1/runs"),
-        Some(&eve),
-        Some(&body),
-        &[("Idempotency-Key", "\"order-1\"")],
-    )
-    .await;
+    let elsewhere = api
+        .send(
+            post.clone(),
+            "/v1/runs",
+            Some(&eve),
+            Some(&body),
+            &[("Idempotency-Key", "\"order-1\"")],
+        )
+        .await;
     assert_eq!(elsewhere.0, 201, "{}", elsewhere.2);
     assert_ne!(elsewhere.2["run_id"], run_id.as_str());
 
-    let runs = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url("/v1/runs"),
-        Some(&alice),
-        None,
-        &[],
-    )
-    .await;
+    let runs = api.get("/v1/runs", &alice).await;
     assert_eq!(runs.2.as_array().unwrap().len(), 1, "{}", runs.2);
 
-    let shown = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}")),
-        Some(&alice),
-        None,
-        &[],
-    )
-    .await;
+    let shown = api.get(&format!("/v1/runs/{run_id}"), &alice).await;
     assert_eq!(shown.0, 200);
     assert_eq!(shown.2["run"]["state"], "succeeded");
     // Another tenant's run id answers as a missing one does.
-    let hidden = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}")),
-        Some(&eve),
-        None,
-        &[],
-    )
-    .await;
+    let hidden = api.get(&format!("/v1/runs/{run_id}"), &eve).await;
     assert_problem(&hidden, 404, "not-found");
-    let hidden = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}/events")),
-        Some(&eve),
-        None,
-        &[],
-    )
-    .await;
+    let hidden = api.get(&format!("/v1/runs/{run_id}/events"), &eve).await;
     assert_problem(&hidden, 404, "not-found");
-    let hidden = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}/provenance")),
-        Some(&eve),
-        None,
-        &[],
-    )
-    .await;
+    let hidden = api.get(&format!("/v1/runs/{run_id}/provenance"), &eve).await;
     assert_problem(&hidden, 404, "not-found");
 
-    let provenance = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/runs/{run_id}/provenance")),
-        Some(&alice),
-        None,
-        &[],
-    )
-    .await;
+    let provenance = api.get(&format!("/v1/runs/{run_id}/provenance"), &alice).await;
     assert_eq!(provenance.0, 200);
     assert_eq!(provenance.1, "application/ld+json");
     assert!(provenance.2.to_string().contains(&run_id));
@@ -359,61 +340,22 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     let env = Env::new();
     let (alice, bob, eve) = tokens(&env);
     let served = env.serve(&[]);
+    let api = Api::of(&served);
     let client = reqwest::Client::new();
     let body = json!({ "skill": "publish-report", "input": { "title": "Q3", "body": "<img src=x onerror=alert(1)>", "path": "reports/q3.md" } });
-    let waiting = call(
-        &client,
-        reqwest::Method::POST,
-        &served.url("/v1/runs"),
-        Some(&alice),
-        Some(&body),
-        &[],
-    )
-    .await;
+    let waiting = api.post("/v1/runs", &alice, &body).await;
     assert_eq!(waiting.0, 202, "{}", waiting.2);
     assert_eq!(waiting.2["step"]["status"], "awaiting-approval");
     let run_id = waiting.2["run_id"].as_str().unwrap().to_owned();
     let approval = waiting.2["step"]["approval_id"].as_i64().unwrap();
 
-    let pending = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url("/v1/approvals?status=pending"),
-        Some(&bob),
-        None,
-        &[],
-    )
-    .await;
+    let pending = api.get("/v1/approvals?status=pending", &bob).await;
     assert_eq!(pending.2.as_array().unwrap().len(), 1, "{}", pending.2);
-    let none = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url("/v1/approvals?status=pending"),
-        Some(&eve),
-        None,
-        &[],
-    )
-    .await;
+    let none = api.get("/v1/approvals?status=pending", &eve).await;
     assert_eq!(none.2, json!([]));
-    let bad = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url("/v1/approvals?status=maybe"),
-        Some(&bob),
-        None,
-        &[],
-    )
-    .await;
+    let bad = api.get("/v1/approvals?status=maybe", &bob).await;
     assert_problem(&bad, 400, "bad-query");
-    let detail = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/approvals/{approval}")),
-        Some(&bob),
-        None,
-        &[],
-    )
-    .await;
+    let detail = api.get(&format!("/v1/approvals/{approval}"), &bob).await;
     assert_eq!(detail.0, 200, "{}", detail.2);
     assert_eq!(
         detail.2["verdict"]["decision"]["verdict"]["verdict"], "require-approval",
@@ -422,15 +364,7 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     );
     assert!(detail.2["verdict"]["decision"]["risk_tier"].is_string(), "{}", detail.2);
     assert_eq!(detail.2["run"]["steps"][0]["state"], "awaiting-approval");
-    let hidden = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url(&format!("/v1/approvals/{approval}")),
-        Some(&eve),
-        None,
-        &[],
-    )
-    .await;
+    let hidden = api.get(&format!("/v1/approvals/{approval}"), &eve).await;
     assert_problem(&hidden, 404, "not-found");
 
     // Watch the run live, then approve: the stream carries the step's start, the guest's
@@ -444,37 +378,31 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     let watcher = tokio::spawn(read_events(stream, Duration::from_secs(30)));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let self_vote = call(
-        &client,
-        reqwest::Method::POST,
-        &served.url(&format!("/v1/approvals/{approval}/votes")),
-        Some(&alice),
-        Some(&json!({ "decision": "approve" })),
-        &[],
-    )
-    .await;
+    let self_vote = api
+        .post(
+            &format!("/v1/approvals/{approval}/votes"),
+            &alice,
+            &json!({ "decision": "approve" }),
+        )
+        .await;
     assert_problem(&self_vote, 403, "review-not-permitted");
-    let vote = call(
-        &client,
-        reqwest::Method::POST,
-        &served.url(&format!("/v1/approvals/{approval}/votes")),
-        Some(&bob),
-        Some(&json!({ "decision": "approve", "comment": "fine" })),
-        &[],
-    )
-    .await;
+    let vote = api
+        .post(
+            &format!("/v1/approvals/{approval}/votes"),
+            &bob,
+            &json!({ "decision": "approve", "comment": "fine" }),
+        )
+        .await;
     assert_eq!(vote.0, 200, "{}", vote.2);
     assert_eq!(vote.2["approval"]["status"], "approved", "{}", vote.2);
     assert_eq!(vote.2["step"]["status"], "completed", "{}", vote.2);
-    let twice = call(
-        &client,
-        reqwest::Method::POST,
-        &served.url(&format!("/v1/approvals/{approval}/votes")),
-        Some(&bob),
-        Some(&json!({ "decision": "approve" })),
-        &[],
-    )
-    .await;
+    let twice = api
+        .post(
+            &format!("/v1/approvals/{approval}/votes"),
+            &bob,
+            &json!({ "decision": "approve" }),
+        )
+        .await;
     assert_problem(&twice, 409, "already-decided");
 
     let events = watcher.await.unwrap();
@@ -492,47 +420,37 @@ async fn bad_requests_get_problems_and_store_nothing() {
     let env = Env::new();
     let (alice, bob, _eve) = tokens(&env);
     let served = env.serve(&[]);
+    let api = Api::of(&served);
     let client = reqwest::Client::new();
-    let runs = served.url("/v1/runs");
+    let runs = "/v1/runs";
     let body = json!({ "skill": "pii-redact", "input": { "text": "x" } });
     let post = reqwest::Method::POST;
 
     assert_problem(
-        &call(&client, post.clone(), &runs, None, Some(&body), &[]).await,
+        &api.send(post.clone(), runs, None, Some(&body), &[]).await,
         401,
         "missing-token",
     );
     let forged = format!("{}x", &alice[..alice.len() - 1]);
+    assert_problem(&api.post(runs, &forged, &body).await, 401, "invalid-token");
     assert_problem(
-        &call(&client, post.clone(), &runs, Some(&forged), Some(&body), &[]).await,
+        &api.send(post.clone(), &runs, Some(&env.expired_token()), Some(&body), &[])
+            .await,
         401,
         "invalid-token",
     );
-    assert_problem(
-        &call(
-            &client,
+    let unsigned = api
+        .send(
             post.clone(),
             &runs,
-            Some(&env.expired_token()),
-            Some(&body),
-            &[],
+            Some(&alice),
+            None,
+            &[("content-type", "text/plain")],
         )
-        .await,
-        401,
-        "invalid-token",
-    );
-    let unsigned = call(
-        &client,
-        post.clone(),
-        &runs,
-        Some(&alice),
-        None,
-        &[("content-type", "text/plain")],
-    )
-    .await;
+        .await;
     assert_problem(&unsigned, 415, "unsupported-media-type");
     let malformed = client
-        .post(&runs)
+        .post(served.url(runs))
         .bearer_auth(&alice)
         .header("content-type", "application/json")
         .body("{\"skill\": ")
@@ -541,21 +459,12 @@ async fn bad_requests_get_problems_and_store_nothing() {
         .unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
     let unknown = json!({ "skill": "pii-redact", "input": {}, "priority": "high" });
-    assert_problem(
-        &call(&client, post.clone(), &runs, Some(&alice), Some(&unknown), &[]).await,
-        422,
-        "invalid-body",
-    );
+    assert_problem(&api.post(runs, &alice, &unknown).await, 422, "invalid-body");
     let both = json!({ "skill": "pii-redact", "steps": [] });
-    assert_problem(
-        &call(&client, post.clone(), &runs, Some(&alice), Some(&both), &[]).await,
-        422,
-        "invalid-body",
-    );
+    assert_problem(&api.post(runs, &alice, &both).await, 422, "invalid-body");
     let key = "k".repeat(300);
     assert_problem(
-        &call(
-            &client,
+        &api.send(
             post.clone(),
             &runs,
             Some(&alice),
@@ -567,46 +476,15 @@ async fn bad_requests_get_problems_and_store_nothing() {
         "bad-idempotency-key",
     );
     assert_problem(
-        &call(&client, reqwest::Method::DELETE, &runs, Some(&alice), None, &[]).await,
+        &api.send(reqwest::Method::DELETE, runs, Some(&alice), None, &[]).await,
         405,
         "http-405",
     );
+    assert_problem(&api.get("/v2/nothing", &alice).await, 404, "not-found");
+    assert_problem(&api.get("/v1/approvals/abc", &bob).await, 400, "bad-id");
     assert_problem(
-        &call(
-            &client,
-            reqwest::Method::GET,
-            &served.url("/v2/nothing"),
-            Some(&alice),
-            None,
-            &[],
-        )
-        .await,
-        404,
-        "not-found",
-    );
-    assert_problem(
-        &call(
-            &client,
-            reqwest::Method::GET,
-            &served.url("/v1/approvals/abc"),
-            Some(&bob),
-            None,
-            &[],
-        )
-        .await,
-        400,
-        "bad-id",
-    );
-    assert_problem(
-        &call(
-            &client,
-            post.clone(),
-            &served.url("/v1/skills/pii-redact/rollback"),
-            Some(&bob),
-            None,
-            &[],
-        )
-        .await,
+        &api.send(post.clone(), "/v1/skills/pii-redact/rollback", Some(&bob), None, &[])
+            .await,
         403,
         "role-required",
     );
@@ -648,17 +526,9 @@ async fn bad_requests_get_problems_and_store_nothing() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // Nothing of the above was stored: no run, no audit entry.
-    let listed = call(&client, reqwest::Method::GET, &runs, Some(&alice), None, &[]).await;
+    let listed = api.get(runs, &alice).await;
     assert_eq!(listed.2, json!([]), "{}", listed.2);
-    let verified = call(
-        &client,
-        reqwest::Method::GET,
-        &served.url("/v1/audit/verify"),
-        Some(&bob),
-        None,
-        &[],
-    )
-    .await;
+    let verified = api.get("/v1/audit/verify", &bob).await;
     assert_eq!(verified.2["status"], "intact", "{}", verified.2);
     assert_eq!(verified.2["entries"], 0, "{}", verified.2);
 
@@ -684,6 +554,7 @@ fn slow_clients_are_cut_off_and_tenants_are_rate_limited() {
     let env = Env::new();
     let (alice, _bob, eve) = tokens(&env);
     let served = env.serve(&["--header-timeout-secs", "1", "--rate-limit", "3"]);
+    let api = Api::of(&served);
 
     // A head that never ends: the connection is closed after the header read timeout.
     let mut slow = TcpStream::connect(served.address()).unwrap();
@@ -701,11 +572,10 @@ fn slow_clients_are_cut_off_and_tenants_are_rate_limited() {
     // is not affected.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let url = served.url("/v1/approvals");
+        let url = "/v1/approvals";
         let mut statuses = Vec::new();
         for _ in 0..4 {
-            statuses.push(call(&client, reqwest::Method::GET, &url, Some(&alice), None, &[]).await);
+            statuses.push(api.get(url, &alice).await);
         }
         let limited = statuses
             .iter()
@@ -713,7 +583,7 @@ fn slow_clients_are_cut_off_and_tenants_are_rate_limited() {
             .expect("no 429 among 4 requests at 3/s");
         assert_problem(limited, 429, "rate-limited");
         assert_eq!(limited.2["retryable"], true);
-        let other = call(&client, reqwest::Method::GET, &url, Some(&eve), None, &[]).await;
+        let other = api.get(url, &eve).await;
         assert_eq!(other.0, 200, "{}", other.2);
     });
 }
@@ -781,17 +651,10 @@ fn the_hitl_and_runs_commands_talk_to_a_server() {
     let env = Env::new();
     let (alice, bob, eve) = tokens(&env);
     let served = env.serve(&[]);
+    let api = Api::of(&served);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = reqwest::Client::new();
     let body = json!({ "skill": "publish-report", "input": { "title": "T", "body": "B", "path": "reports/t.md" } });
-    let waiting = runtime.block_on(call(
-        &client,
-        reqwest::Method::POST,
-        &served.url("/v1/runs"),
-        Some(&alice),
-        Some(&body),
-        &[],
-    ));
+    let waiting = runtime.block_on(api.post("/v1/runs", &alice, &body));
     assert_eq!(waiting.0, 202, "{}", waiting.2);
     let (run_id, approval) = (
         waiting.2["run_id"].as_str().unwrap().to_owned(),

@@ -138,6 +138,12 @@ impl ControlPlane {
         self.store.backend().feed().subscribe()
     }
 
+    /// `(durable write commits, fsyncs)` since the store was opened. Concurrent commits share
+    /// fsyncs (group commit), so under load the second figure grows slower than the first.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        self.store.backend().commit_stats()
+    }
+
     /// The events of `run_id` in Lamport order, if the run belongs to `tenant`.
     ///
     /// # Errors

@@ -48,6 +48,10 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 
     /// The feed on which committed run events are published.
     fn feed(&self) -> &RunFeed;
+
+    /// `(durable write commits, fsyncs)` since the store was opened: how well concurrent
+    /// commits share fsyncs.
+    fn commit_stats(&self) -> (u64, u64);
 }
 
 /// Run events as their units of work commit, to whoever listens (`agentd serve`'s event

@@ -1,5 +1,7 @@
-//! The SQLite backend: one file through sqlx, WAL journal, `synchronous=FULL` (every commit is
-//! an fsync), foreign keys on, writers serialised by `BEGIN IMMEDIATE`.
+//! The SQLite backend: one file through sqlx, WAL journal, foreign keys on, writers serialised
+//! by `BEGIN IMMEDIATE`. A write unit's commit returns once it is durable (fsynced), and
+//! concurrent commits share fsyncs ([`durable`]: `synchronous=NORMAL` plus a group-commit
+//! barrier, as durable as `synchronous=FULL` on return).
 //!
 //! Errors are classified by SQLite's result code (`sqlite3_extended_errcode`, of which the low
 //! byte is the primary code), never by message text.
@@ -7,11 +9,13 @@
 mod approvals;
 mod audit;
 mod autonomy;
+mod durable;
 mod records;
 mod runs;
 mod schema;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,6 +25,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use super::{Access, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
 use crate::run::RunEvent;
+use durable::GroupCommit;
 
 pub(crate) use schema::SCHEMA_VERSION;
 
@@ -30,6 +35,7 @@ pub(crate) struct SqliteStorage {
     pool: SqlitePool,
     location: String,
     feed: RunFeed,
+    group: Arc<GroupCommit>,
 }
 
 /// A unit of work: one SQLite transaction. The run events it inserts are published on the
@@ -38,14 +44,17 @@ pub(crate) struct SqliteUnit {
     transaction: Transaction<'static, Sqlite>,
     inserted: Vec<RunEvent>,
     feed: RunFeed,
+    /// The barrier a write unit's commit waits on; `None` for a read unit.
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl SqliteUnit {
-    fn new(transaction: Transaction<'static, Sqlite>, feed: RunFeed) -> Self {
+    fn new(transaction: Transaction<'static, Sqlite>, feed: RunFeed, group: Option<Arc<GroupCommit>>) -> Self {
         SqliteUnit {
             transaction,
             inserted: Vec::new(),
             feed,
+            group,
         }
     }
 }
@@ -61,10 +70,12 @@ impl SqliteStorage {
     /// a log.
     pub(crate) async fn open(
         path: &Path,
+        durability: crate::store::Durability,
         on_creation: impl FnOnce(Creation, (i64, String)) -> Result<Option<crate::audit::Anchor>, StoreError>,
     ) -> Result<Self, StoreError> {
         let location = path.display().to_string();
         let feed = RunFeed::default();
+        let group = Arc::new(GroupCommit::for_database(path, durability));
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
             cause: Box::new(read_only_or(path, classify(error))),
@@ -90,7 +101,12 @@ impl SqliteStorage {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            // Under group commit, commits are made durable by the barrier (`durable`), not
+            // inside COMMIT.
+            .synchronous(match durability {
+                crate::store::Durability::GroupCommit => SqliteSynchronous::Normal,
+                crate::store::Durability::FsyncEachCommit => SqliteSynchronous::Full,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
@@ -142,7 +158,7 @@ impl SqliteStorage {
                 .await
                 .map_err(open_error)?;
         }
-        let mut unit = SqliteUnit::new(transaction, feed.clone());
+        let mut unit = SqliteUnit::new(transaction, feed.clone(), None);
         // Schema 3 -> 4 only adds a table: the anchor and the run records stay as they are.
         if found < 3 {
             let creation = if found == 0 {
@@ -168,7 +184,16 @@ impl SqliteStorage {
             backfill_schema_3(&mut unit).await.map_err(wrap)?;
         }
         unit.transaction.commit().await.map_err(open_error)?;
-        Ok(SqliteStorage { pool, location, feed })
+        group.durable().await.map_err(|cause| StoreError::Open {
+            location: location.clone(),
+            cause: Box::new(cause),
+        })?;
+        Ok(SqliteStorage {
+            pool,
+            location,
+            feed,
+            group,
+        })
     }
 
     /// Opens the file at `path` read-only, for inspection and verification: nothing is created,
@@ -233,6 +258,10 @@ impl SqliteStorage {
             pool,
             location,
             feed: RunFeed::default(),
+            group: Arc::new(GroupCommit::for_database(
+                path,
+                crate::store::Durability::FsyncEachCommit,
+            )),
         })
     }
 }
@@ -289,7 +318,8 @@ impl Storage for SqliteStorage {
             Access::Write => self.pool.begin_with("BEGIN IMMEDIATE").await,
         }
         .map_err(classify)?;
-        Ok(Box::new(SqliteUnit::new(transaction, self.feed.clone())))
+        let group = (access == Access::Write).then(|| Arc::clone(&self.group));
+        Ok(Box::new(SqliteUnit::new(transaction, self.feed.clone(), group)))
     }
 
     fn location(&self) -> &str {
@@ -298,6 +328,10 @@ impl Storage for SqliteStorage {
 
     fn feed(&self) -> &RunFeed {
         &self.feed
+    }
+
+    fn commit_stats(&self) -> (u64, u64) {
+        self.group.stats()
     }
 }
 
@@ -308,8 +342,12 @@ impl UnitOfWork for SqliteUnit {
             transaction,
             inserted,
             feed,
+            group,
         } = *self;
         transaction.commit().await.map_err(classify)?;
+        if let Some(group) = group {
+            group.durable().await?;
+        }
         feed.publish(inserted);
         Ok(())
     }
@@ -435,9 +473,13 @@ mod tests {
     #[tokio::test]
     async fn errors_are_classified_by_result_code_not_message() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(&dir.path().join("state.db"), |_, _| Ok(None))
-            .await
-            .unwrap();
+        let storage = SqliteStorage::open(
+            &dir.path().join("state.db"),
+            crate::store::Durability::GroupCommit,
+            |_, _| Ok(None),
+        )
+        .await
+        .unwrap();
         // A trigger's RAISE(ABORT) is SQLITE_CONSTRAINT_TRIGGER: a constraint, not retryable.
         sqlx::raw_sql("INSERT INTO audit VALUES (1, 0, 'k', 't', 'p', '{}', 'a', 'b')")
             .execute(&storage.pool)
@@ -473,7 +515,9 @@ mod tests {
         // A file that is not a database.
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
-        let error = SqliteStorage::open(&garbage, |_, _| Ok(None)).await.unwrap_err();
+        let error = SqliteStorage::open(&garbage, crate::store::Durability::GroupCommit, |_, _| Ok(None))
+            .await
+            .unwrap_err();
         let StoreError::Open { cause, .. } = &error else {
             panic!("{error:?}")
         };
