@@ -126,8 +126,11 @@ mod tests {
 
     use super::*;
 
+    /// When each fsync started and ended.
+    type SyncLog = Arc<Mutex<Vec<(Instant, Instant)>>>;
+
     /// A slow fsync (5 ms) that records when each ran.
-    fn recording() -> (GroupCommit, Arc<Mutex<Vec<(Instant, Instant)>>>) {
+    fn recording() -> (GroupCommit, SyncLog) {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&runs);
         let barrier = GroupCommit::with_sync(Arc::new(move || {
