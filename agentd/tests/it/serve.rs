@@ -434,7 +434,7 @@ async fn bad_requests_get_problems_and_store_nothing() {
     let forged = format!("{}x", &alice[..alice.len() - 1]);
     assert_problem(&api.post(runs, &forged, &body).await, 401, "invalid-token");
     assert_problem(
-        &api.send(post.clone(), &runs, Some(&env.expired_token()), Some(&body), &[])
+        &api.send(post.clone(), runs, Some(&env.expired_token()), Some(&body), &[])
             .await,
         401,
         "invalid-token",
@@ -442,7 +442,7 @@ async fn bad_requests_get_problems_and_store_nothing() {
     let unsigned = api
         .send(
             post.clone(),
-            &runs,
+            runs,
             Some(&alice),
             None,
             &[("content-type", "text/plain")],
@@ -466,7 +466,7 @@ async fn bad_requests_get_problems_and_store_nothing() {
     assert_problem(
         &api.send(
             post.clone(),
-            &runs,
+            runs,
             Some(&alice),
             Some(&body),
             &[("Idempotency-Key", &key)],
