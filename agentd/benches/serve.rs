@@ -113,6 +113,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// What the SSE benchmark reads of a run event.
+#[derive(serde::Deserialize)]
+struct Stamp {
+    lamport: Option<u64>,
+    recorded_at_ms: Option<f64>,
+}
+
 fn now_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3
 }
@@ -257,13 +264,16 @@ fn main() {
                         while let Some(end) = buffer.find("\n\n") {
                             let block: String = buffer.drain(..end + 2).collect();
                             let Some(data) = block.lines().find_map(|line| line.strip_prefix("data:")) else { continue };
-                            let event: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
-                            let Some(lamport) = event["lamport"].as_u64() else { continue };
+                            // Only the two fields measured are decoded, as a lean client would.
+                            let stamp: Stamp = serde_json::from_str(data.trim()).unwrap();
+                            let (Some(lamport), Some(recorded_at_ms)) = (stamp.lamport, stamp.recorded_at_ms) else {
+                                continue;
+                            };
                             seen = lamport;
                             if lamport == known {
                                 ready.send(()).await.unwrap();
                             } else if lamport > known {
-                                delays.push(arrived - event["recorded_at_ms"].as_f64().unwrap());
+                                delays.push(arrived - recorded_at_ms);
                             }
                         }
                     }

@@ -93,6 +93,13 @@ pub fn read_input(path: &Path) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8 text"))
 }
 
+/// Reads an `agentd.invoke.v1` envelope from `path` (`-`: standard input), bounded as
+/// [`read_input`] is.
+pub fn read_envelope(path: &Path) -> Result<InvokeRequest> {
+    let text = read_input(path)?;
+    InvokeRequest::parse(&text).with_context(|| format!("input {}", path.display()))
+}
+
 /// Largest input envelope read, bytes: [`agent_runtime::MAX_INPUT_BYTES`] of input plus 64 KiB
 /// for the envelope around it.
 pub const MAX_INPUT_FILE_BYTES: u64 = agent_runtime::MAX_INPUT_BYTES as u64 + 64 * 1024;

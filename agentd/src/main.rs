@@ -461,9 +461,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Run { skill, input, token } => {
-            let text = app::read_input(&input)?;
-            let request =
-                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            let request = app::read_envelope(&input)?;
             let app = App::open(&paths).await?;
             let principal = app.authenticate(&token.read()?)?;
             let report = app.run(&principal, &skill, &request).await?;
@@ -532,10 +530,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
             reason,
             token,
         }) => {
-            let text = app::read_input(&input)?;
-            let edited =
-                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
-            let edited = serde_json::to_string(&edited)?;
+            let edited = serde_json::to_string(&app::read_envelope(&input)?)?;
             let app = App::open(&paths).await?;
             let reviewer = app.authenticate(&token.read()?)?;
             let (decided, step) = app
@@ -918,9 +913,7 @@ async fn execute_remote(server: &str, command: Command, json: bool) -> Result<Ex
             reason,
             token,
         }) => {
-            let text = app::read_input(&input)?;
-            let edited =
-                plugin_abi::InvokeRequest::parse(&text).with_context(|| format!("input {}", input.display()))?;
+            let edited = app::read_envelope(&input)?;
             vote(
                 id,
                 "modify",

@@ -13,6 +13,7 @@
 //! commit), so an event reaches subscribers without polling; a subscriber that fell behind the
 //! feed reads the store again.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -21,15 +22,12 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use control_plane::RunEvent;
 use futures_util::Stream;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 
 use super::Shared;
 use super::extract::Caller;
 use super::problem::Problem;
-
-/// Events queued per stream before the writer waits for the client.
-const STREAM_BUFFER: usize = 64;
 
 #[utoipa::path(
     get, path = "/v1/runs/{id}/events", tag = "runs",
@@ -65,108 +63,118 @@ pub async fn run_events(
             "run `{run_id}` does not exist in your tenant"
         )));
     }
-    let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER);
     let follower = Follower {
+        _open: server.metrics.stream_opened(),
+        shutdown: server.shutdown.clone(),
         server: server.clone(),
         tenant,
         run_id,
         sent: after,
         log: events,
-        sender,
+        queue: VecDeque::new(),
+        started: false,
+        done: false,
+        feed,
+        progress,
     };
-    tokio::spawn(follower.follow(feed, progress));
-    let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx).map(|event| event.map(Ok)));
+    // The connection polls the stream itself: no task or channel per subscriber, and a slow
+    // client holds at most one batch.
+    let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+        loop {
+            if let Some(event) = follower.queue.pop_front() {
+                return Some((Ok(event), follower));
+            }
+            if follower.done {
+                return None;
+            }
+            follower.next().await;
+        }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Writes one run's events to one stream.
+/// One run's events for one stream.
 struct Follower {
+    _open: super::metrics::StreamGuard,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     server: Shared,
     tenant: String,
     run_id: String,
-    /// The last Lamport clock sent (or the client's `Last-Event-ID`).
+    /// The last Lamport clock queued (or the client's `Last-Event-ID`).
     sent: u64,
     /// Every event of the run known so far, in order (to tell when it finished).
     log: Vec<RunEvent>,
-    sender: mpsc::Sender<Event>,
+    /// Events ready for the client.
+    queue: VecDeque<Event>,
+    /// Whether the stored events were queued.
+    started: bool,
+    /// No event will follow the queued ones.
+    done: bool,
+    feed: broadcast::Receiver<RunEvent>,
+    progress: broadcast::Receiver<agent_runtime::Progress>,
 }
 
 impl Follower {
-    async fn follow(
-        mut self,
-        mut feed: tokio::sync::broadcast::Receiver<RunEvent>,
-        mut progress: tokio::sync::broadcast::Receiver<agent_runtime::Progress>,
-    ) {
-        let _open = self.server.metrics.stream_opened();
-        let mut shutdown = self.server.shutdown.clone();
-        if !self.send_unsent().await || self.finished() {
+    /// Waits for what happens next and queues it (or marks the stream done).
+    async fn next(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.queue_unsent();
+            self.done = self.finished();
             return;
         }
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = self.sender.closed() => return,
-                received = feed.recv() => match received {
-                    Ok(event) if event.run_id == self.run_id => {
-                        if event.lamport == self.log.last().map_or(1, |last| last.lamport + 1) {
-                            self.log.push(event);
-                        } else if !self.reread().await {
-                            return;
-                        }
-                        if !self.send_unsent().await || self.finished() {
-                            return;
-                        }
+        tokio::select! {
+            _ = self.shutdown.changed() => self.done = true,
+            received = self.feed.recv() => match received {
+                Ok(event) if event.run_id == self.run_id => {
+                    if event.lamport == self.log.last().map_or(1, |last| last.lamport + 1) {
+                        self.log.push(event);
+                    } else {
+                        self.reread().await;
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        if !self.reread().await || !self.send_unsent().await || self.finished() {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-                received = progress.recv() => {
-                    let event = match received {
-                        Ok(progress) if progress.run_id == self.run_id => {
-                            Event::default().event("progress").json_data(&progress).ok()
-                        }
-                        Ok(_) | Err(RecvError::Closed) => None,
-                        Err(RecvError::Lagged(missed)) => {
-                            Some(Event::default().event("progress-lost").data(missed.to_string()))
-                        }
-                    };
-                    if let Some(event) = event
-                        && self.sender.send(event).await.is_err()
-                    {
-                        return;
+                    self.queue_unsent();
+                    self.done |= self.finished();
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    self.reread().await;
+                    self.queue_unsent();
+                    self.done |= self.finished();
+                }
+                Err(RecvError::Closed) => self.done = true,
+            },
+            received = self.progress.recv() => match received {
+                Ok(progress) if progress.run_id == self.run_id => {
+                    if let Ok(event) = Event::default().event("progress").json_data(&progress) {
+                        self.queue.push_back(event);
                     }
                 }
-            }
+                Ok(_) | Err(RecvError::Closed) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    self.queue.push_back(Event::default().event("progress-lost").data(missed.to_string()));
+                }
+            },
         }
     }
 
-    /// Sends the known events after the last one sent; `false` when the client left.
-    async fn send_unsent(&mut self) -> bool {
+    /// Queues the known events after the last one queued.
+    fn queue_unsent(&mut self) {
         let after = self.sent;
         for event in self.log.iter().filter(|event| event.lamport > after) {
-            let Ok(sse) = Event::default()
+            if let Ok(sse) = Event::default()
                 .id(event.lamport.to_string())
                 .event(event.payload.name())
                 .json_data(event)
-            else {
-                continue;
-            };
-            if self.sender.send(sse).await.is_err() {
-                return false;
+            {
+                self.queue.push_back(sse);
             }
             self.sent = event.lamport;
         }
-        true
     }
 
-    /// Reads the run's events from the store again (after a gap or a lag); `false` when that
-    /// fails (the stream ends and the client reconnects with its `Last-Event-ID`).
-    async fn reread(&mut self) -> bool {
+    /// Reads the run's events from the store again (after a gap or a lag); when that fails
+    /// the stream ends and the client reconnects with its `Last-Event-ID`.
+    async fn reread(&mut self) {
         match self
             .server
             .app
@@ -174,13 +182,10 @@ impl Follower {
             .run_events(&self.tenant, &self.run_id)
             .await
         {
-            Ok(events) => {
-                self.log = events;
-                true
-            }
+            Ok(events) => self.log = events,
             Err(error) => {
                 tracing::warn!(%error, run_id = %self.run_id, "an event stream cannot read its run");
-                false
+                self.done = true;
             }
         }
     }

@@ -149,6 +149,13 @@ impl Api {
     }
 }
 
+/// `POST /v1/runs` of `body` as `token` with `Idempotency-Key: "order-1"`.
+async fn post_keyed(api: &Api, token: &str, body: &Value) -> Answer {
+    let key = [("Idempotency-Key", "\"order-1\"")];
+    api.send(reqwest::Method::POST, "/v1/runs", Some(token), Some(body), &key)
+        .await
+}
+
 /// Asserts a problem+json answer of `status` and type `urn:agentd:problem:<slug>`.
 fn assert_problem(answer: &Answer, status: u16, slug: &str) {
     let (got, media_type, body) = answer;
@@ -218,15 +225,7 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     let post = reqwest::Method::POST;
     let body = json!({ "skill": "pii-redact", "input": { "text": "mail jane@example.org" } });
 
-    let first = api
-        .send(
-            post.clone(),
-            "/v1/runs",
-            Some(&alice),
-            Some(&body),
-            &[("Idempotency-Key", "\"order-1\"")],
-        )
-        .await;
+    let first = post_keyed(&api, &alice, &body).await;
     assert_eq!(first.0, 201, "{}", first.2);
     assert_eq!(first.2["step"]["status"], "completed", "{}", first.2);
     assert_eq!(first.2["run"]["state"], "succeeded");
@@ -235,40 +234,16 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     assert!(!output.to_string().contains("jane@example.org"), "{output}");
 
     // The same key and body: the same run, not a second one.
-    let again = api
-        .send(
-            post.clone(),
-            "/v1/runs",
-            Some(&alice),
-            Some(&body),
-            &[("Idempotency-Key", "\"order-1\"")],
-        )
-        .await;
+    let again = post_keyed(&api, &alice, &body).await;
     assert_eq!(again.0, 200, "{}", again.2);
     assert_eq!(again.2["run_id"], run_id.as_str());
     assert_eq!(again.2["replayed"], true);
     // The same key, another body: refused, nothing created.
     let other = json!({ "skill": "pii-redact", "input": { "text": "another" } });
-    let reused = api
-        .send(
-            post.clone(),
-            "/v1/runs",
-            Some(&alice),
-            Some(&other),
-            &[("Idempotency-Key", "\"order-1\"")],
-        )
-        .await;
+    let reused = post_keyed(&api, &alice, &other).await;
     assert_problem(&reused, 422, "idempotency-key-reused");
     // The same key in another tenant is another key.
-    let elsewhere = api
-        .send(
-            post.clone(),
-            "/v1/runs",
-            Some(&eve),
-            Some(&body),
-            &[("Idempotency-Key", "\"order-1\"")],
-        )
-        .await;
+    let elsewhere = post_keyed(&api, &eve, &body).await;
     assert_eq!(elsewhere.0, 201, "{}", elsewhere.2);
     assert_ne!(elsewhere.2["run_id"], run_id.as_str());
 
