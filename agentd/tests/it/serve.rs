@@ -222,7 +222,6 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     let served = env.serve(&[]);
     let api = Api::of(&served);
     let client = reqwest::Client::new();
-    let post = reqwest::Method::POST;
     let body = json!({ "skill": "pii-redact", "input": { "text": "mail jane@example.org" } });
 
     let first = post_keyed(&api, &alice, &body).await;
