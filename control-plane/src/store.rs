@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::audit::AnchorKey;
 use crate::audit::checkpoint::CheckpointKey;
 use crate::error::StoreError;
+pub use crate::storage::Durability;
 use crate::storage::Storage;
 use crate::storage::sqlite::{Creation, SqliteStorage};
 
@@ -24,17 +25,6 @@ pub struct Store {
     anchor_key: Option<AnchorKey>,
     checkpoint_seed: Option<[u8; 32]>,
     key_paths: KeyPaths,
-}
-
-/// How a write unit's commit is made durable before it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Concurrent commits share one fsync of the WAL (SQLite `synchronous=NORMAL` plus a
-    /// group-commit barrier): a commit returns after an fsync that started after it.
-    #[default]
-    GroupCommit,
-    /// Every COMMIT fsyncs by itself, under SQLite's write lock (`synchronous=FULL`).
-    FsyncEachCommit,
 }
 
 /// Where a store's keys live: beside the database, `<db>.audit-key` (HMAC anchor key, 32 bytes)

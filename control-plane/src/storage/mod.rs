@@ -37,6 +37,17 @@ pub(crate) enum Access {
     Write,
 }
 
+/// How a write unit's commit is made durable before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Concurrent commits share one fsync of the WAL (SQLite `synchronous=NORMAL` plus a
+    /// group-commit barrier): a commit returns after an fsync that started after it.
+    #[default]
+    GroupCommit,
+    /// Every COMMIT fsyncs by itself, under SQLite's write lock (`synchronous=FULL`).
+    FsyncEachCommit,
+}
+
 /// A database the control plane keeps its state in.
 #[async_trait]
 pub(crate) trait Storage: Send + Sync + fmt::Debug {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StoreError;
-use crate::store::Durability;
+use crate::storage::Durability;
 
 /// An fsync of everything committed so far.
 type SyncFn = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;

@@ -70,7 +70,7 @@ impl SqliteStorage {
     /// a log.
     pub(crate) async fn open(
         path: &Path,
-        durability: crate::store::Durability,
+        durability: crate::storage::Durability,
         on_creation: impl FnOnce(Creation, (i64, String)) -> Result<Option<crate::audit::Anchor>, StoreError>,
     ) -> Result<Self, StoreError> {
         let location = path.display().to_string();
@@ -104,8 +104,8 @@ impl SqliteStorage {
             // Under group commit, commits are made durable by the barrier (`durable`), not
             // inside COMMIT.
             .synchronous(match durability {
-                crate::store::Durability::GroupCommit => SqliteSynchronous::Normal,
-                crate::store::Durability::FsyncEachCommit => SqliteSynchronous::Full,
+                crate::storage::Durability::GroupCommit => SqliteSynchronous::Normal,
+                crate::storage::Durability::FsyncEachCommit => SqliteSynchronous::Full,
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
@@ -260,7 +260,7 @@ impl SqliteStorage {
             feed: RunFeed::default(),
             group: Arc::new(GroupCommit::for_database(
                 path,
-                crate::store::Durability::FsyncEachCommit,
+                crate::storage::Durability::FsyncEachCommit,
             )),
         })
     }
@@ -475,7 +475,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(
             &dir.path().join("state.db"),
-            crate::store::Durability::GroupCommit,
+            crate::storage::Durability::GroupCommit,
             |_, _| Ok(None),
         )
         .await
@@ -515,7 +515,7 @@ mod tests {
         // A file that is not a database.
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
-        let error = SqliteStorage::open(&garbage, crate::store::Durability::GroupCommit, |_, _| Ok(None))
+        let error = SqliteStorage::open(&garbage, crate::storage::Durability::GroupCommit, |_, _| Ok(None))
             .await
             .unwrap_err();
         let StoreError::Open { cause, .. } = &error else {
