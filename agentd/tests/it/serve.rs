@@ -115,6 +115,12 @@ impl Api {
             .await
     }
 
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        self.client.get(url).send().await.unwrap().text().await.unwrap()
+    }
+
     /// One request to `path`, with a bearer token, a JSON body and headers if given.
     pub async fn send(
         &self,
@@ -291,14 +297,7 @@ async fn a_step_runs_over_http_once_per_idempotency_key_and_is_scoped_to_its_ten
     assert_eq!(rest.len(), events.len() - 2);
     assert_eq!(rest[0].0.as_deref(), Some("3"));
 
-    let metrics = client
-        .get(served.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     assert!(
         metrics.contains("agentd_run_outcomes_total{outcome=\"completed\"} 2"),
         "{metrics}"
@@ -506,14 +505,7 @@ async fn bad_requests_get_problems_and_store_nothing() {
     assert_eq!(verified.2["status"], "intact", "{}", verified.2);
     assert_eq!(verified.2["entries"], 0, "{}", verified.2);
 
-    let metrics = client
-        .get(served.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     let failed: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("agentd_failed_authentications_total "))
