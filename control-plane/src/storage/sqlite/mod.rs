@@ -97,6 +97,17 @@ impl SqliteStorage {
                 },
             }),
         })?;
+        // A file or directory that cannot be written is said so now. SQLite would find out
+        // only at the first real write when an earlier process left a writable WAL beside an
+        // unwritable database, so whether `open` failed depended on how that process exited.
+        if let Some(candidate) = unwritable(path) {
+            return Err(StoreError::Open {
+                location,
+                cause: Box::new(StoreError::ReadOnly {
+                    detail: format!("{} cannot be written", candidate.display()),
+                }),
+            });
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -395,14 +406,19 @@ fn read_only_or(path: &Path, error: StoreError) -> StoreError {
     if !matches!(error, StoreError::Io { .. } | StoreError::Backend { .. }) {
         return error;
     }
-    let directory = directory_of(path);
-    let unwritable = [path, directory].into_iter().find(|candidate| !writable(candidate));
-    match unwritable {
+    match unwritable(path) {
         Some(candidate) => StoreError::ReadOnly {
             detail: format!("{} cannot be written", candidate.display()),
         },
         None => error,
     }
+}
+
+/// The database file at `path` or its directory, whichever cannot be written, if either.
+fn unwritable(path: &Path) -> Option<&Path> {
+    [path, directory_of(path)]
+        .into_iter()
+        .find(|candidate| !writable(candidate))
 }
 
 /// Classifies a sqlx error by SQLite's result code, or by the I/O error's OS code.
