@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use control_plane::{RunEvent, RunEventPayload};
+use control_plane::RunEvent;
 use futures_util::Stream;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -190,19 +190,7 @@ impl Follower {
         }
     }
 
-    /// Whether the run ended. Only an event that can end a run is worth reducing the log for
-    /// (a thousand streams of one run each reduce it).
     fn finished(&self) -> bool {
-        let may_end = self.log.last().is_some_and(|event| {
-            matches!(
-                event.payload,
-                RunEventPayload::StepSucceeded { .. }
-                    | RunEventPayload::StepFailed { .. }
-                    | RunEventPayload::StepEscalated { .. }
-                    | RunEventPayload::RunCancelled { .. }
-                    | RunEventPayload::RunTimedOut { .. }
-            )
-        });
-        may_end && control_plane::run::reduce(&self.log).is_ok_and(|view| view.state.is_terminal())
+        control_plane::run::reduce(&self.log).is_ok_and(|view| view.state.is_terminal())
     }
 }

@@ -6,12 +6,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_plane::{Role, TokenConfig};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::Env;
-use crate::serve::Api;
+use crate::serve::{Api, tokens};
 
 /// WebDriver's Enter key (WebDriver §17.4.2, the "\u{E007}" code point).
 const ENTER: &str = "\u{E007}";
@@ -104,17 +103,7 @@ async fn press_enter_on(client: &Client, css: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reviewer_signs_in_sees_a_request_live_modifies_it_approves_it_and_the_run_completes() {
     let env = Env::new();
-    let identity = env.identity(TokenConfig::default());
-    let issue = |subject: &str, tenant: &str, role: Role| {
-        identity
-            .issue(subject, tenant, &[role], Duration::from_secs(600))
-            .unwrap()
-    };
-    let (alice, bob, eve) = (
-        issue("alice", "acme", Role::Agent),
-        issue("bob", "acme", Role::Reviewer),
-        issue("eve", "globex", Role::Agent),
-    );
+    let (alice, bob, eve) = tokens(&env);
     let served = env.serve(&[]);
     let api = Api::of(&served);
     let (_driver, client) = browser().await;

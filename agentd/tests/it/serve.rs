@@ -207,7 +207,8 @@ async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<(Optio
     events
 }
 
-fn tokens(env: &Env) -> (String, String, String) {
+/// Ten-minute tokens: `alice@acme` (agent), `bob@acme` (reviewer), `eve@globex` (agent).
+pub fn tokens(env: &Env) -> (String, String, String) {
     let identity = env.identity(TokenConfig::default());
     let issue = |subject: &str, tenant: &str, role: Role| {
         identity
@@ -351,31 +352,16 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     let watcher = tokio::spawn(read_events(stream, Duration::from_secs(30)));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let self_vote = api
-        .post(
-            &format!("/v1/approvals/{approval}/votes"),
-            &alice,
-            &json!({ "decision": "approve" }),
-        )
-        .await;
+    let votes = format!("/v1/approvals/{approval}/votes");
+    let self_vote = api.post(&votes, &alice, &json!({ "decision": "approve" })).await;
     assert_problem(&self_vote, 403, "review-not-permitted");
     let vote = api
-        .post(
-            &format!("/v1/approvals/{approval}/votes"),
-            &bob,
-            &json!({ "decision": "approve", "comment": "fine" }),
-        )
+        .post(&votes, &bob, &json!({ "decision": "approve", "comment": "fine" }))
         .await;
     assert_eq!(vote.0, 200, "{}", vote.2);
     assert_eq!(vote.2["approval"]["status"], "approved", "{}", vote.2);
     assert_eq!(vote.2["step"]["status"], "completed", "{}", vote.2);
-    let twice = api
-        .post(
-            &format!("/v1/approvals/{approval}/votes"),
-            &bob,
-            &json!({ "decision": "approve" }),
-        )
-        .await;
+    let twice = api.post(&votes, &bob, &json!({ "decision": "approve" })).await;
     assert_problem(&twice, 409, "already-decided");
 
     let events = watcher.await.unwrap();

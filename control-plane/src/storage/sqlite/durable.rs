@@ -26,7 +26,8 @@ type SyncFn = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 /// The group-commit barrier of one database.
 pub(crate) struct GroupCommit {
-    sync: SyncFn,
+    /// The fsync; `None` when SQLite's COMMIT fsyncs by itself (the barrier only counts).
+    sync: Option<SyncFn>,
     /// Write units whose COMMIT returned (each takes the next ticket).
     committed: AtomicU64,
     /// The highest ticket made durable. Held while an fsync runs, so committers queue behind
@@ -34,8 +35,6 @@ pub(crate) struct GroupCommit {
     synced: tokio::sync::Mutex<u64>,
     /// fsyncs issued.
     syncs: AtomicU64,
-    /// Every COMMIT fsynced by itself: count commits, one fsync each.
-    counts_only: bool,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -53,27 +52,24 @@ impl GroupCommit {
     /// counts.
     pub(crate) fn for_database(database: &Path, durability: Durability) -> Self {
         if durability == Durability::FsyncEachCommit {
-            let mut barrier = Self::with_sync(Arc::new(|| Ok(())));
-            barrier.counts_only = true;
-            return barrier;
+            return Self::new(None);
         }
         let mut wal = database.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        Self::with_sync(Arc::new(move || match std::fs::File::open(&wal) {
+        Self::new(Some(Arc::new(move || match std::fs::File::open(&wal) {
             Ok(file) => file.sync_data(),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(error),
-        }))
+        })))
     }
 
-    fn with_sync(sync: SyncFn) -> Self {
+    fn new(sync: Option<SyncFn>) -> Self {
         GroupCommit {
             sync,
             committed: AtomicU64::new(0),
             synced: tokio::sync::Mutex::new(0),
             syncs: AtomicU64::new(0),
-            counts_only: false,
         }
     }
 
@@ -85,10 +81,11 @@ impl GroupCommit {
     /// power loss, so its caller must not act on it.
     pub(crate) async fn durable(&self) -> Result<(), StoreError> {
         let ticket = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.counts_only {
+        let Some(sync) = &self.sync else {
+            // COMMIT fsynced by itself: one fsync per commit.
             self.syncs.fetch_add(1, Ordering::Relaxed);
             return Ok(());
-        }
+        };
         let mut synced = self.synced.lock().await;
         if *synced >= ticket {
             // An fsync that started after this commit has completed.
@@ -96,7 +93,7 @@ impl GroupCommit {
         }
         // Every ticket up to here belongs to a COMMIT that returned before this fsync starts.
         let covers = self.committed.load(Ordering::SeqCst);
-        let sync = Arc::clone(&self.sync);
+        let sync = Arc::clone(sync);
         tokio::task::spawn_blocking(move || sync())
             .await
             .map_err(|error| StoreError::Io {
@@ -133,12 +130,12 @@ mod tests {
     fn recording() -> (GroupCommit, SyncLog) {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&runs);
-        let barrier = GroupCommit::with_sync(Arc::new(move || {
+        let barrier = GroupCommit::new(Some(Arc::new(move || {
             let started = Instant::now();
             std::thread::sleep(Duration::from_millis(5));
             log.lock().unwrap().push((started, Instant::now()));
             Ok(())
-        }));
+        })));
         (barrier, runs)
     }
 
@@ -181,13 +178,13 @@ mod tests {
     #[tokio::test]
     async fn a_failed_fsync_fails_the_commit_and_the_next_one_retries() {
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let barrier = GroupCommit::with_sync(Arc::new(move || {
+        let barrier = GroupCommit::new(Some(Arc::new(move || {
             if failed.swap(true, Ordering::SeqCst) {
                 Ok(())
             } else {
                 Err(std::io::Error::other("EIO"))
             }
-        }));
+        })));
         let error = barrier.durable().await.unwrap_err();
         assert!(error.to_string().contains("EIO"), "{error}");
         barrier.durable().await.unwrap();
