@@ -4,10 +4,12 @@
 "use strict";
 
 const TOKEN_KEY = "agentd.token";
-const POLL_MS = 1000;
+const TICK_MS = 1000; // countdowns to expiry are redrawn this often, without a request
 let token = sessionStorage.getItem(TOKEN_KEY);
 let current = null; // the approval shown in detail
 let timer = null;
+let following = null; // AbortController of the approvals stream
+let known = null; // the tenant's approval requests as last fetched (null: not yet)
 
 const $ = (id) => document.getElementById(id);
 
@@ -69,13 +71,54 @@ async function signIn(candidate) {
   $("queue").hidden = false;
   $("sign-out").hidden = false;
   await refresh();
-  timer = setInterval(refresh, POLL_MS);
+  timer = setInterval(tick, TICK_MS);
+  follow();
+}
+
+// Pending approvals arrive by push: the server's `GET /v1/approvals/events` stream, read with
+// fetch (EventSource cannot send an Authorization header). Each `approvals` event refreshes the
+// page; a broken stream is reopened with a growing delay.
+async function follow() {
+  const controller = new AbortController();
+  following = controller;
+  let delay = 1000;
+  while (token && following === controller) {
+    try {
+      const response = await fetch("/v1/approvals/events", {
+        headers: { Authorization: "Bearer " + token, Accept: "text/event-stream" },
+        signal: controller.signal,
+      });
+      if (response.status === 401) { signOut(); $("sign-in-error").textContent = "Your token was refused."; return; }
+      if (!response.ok || !response.body) throw new Error(response.statusText);
+      delay = 1000;
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (block.split("\n").includes("event: approvals")) await refresh();
+        }
+      }
+    } catch (_) {
+      if (controller.signal.aborted) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 30000);
+  }
 }
 
 function signOut() {
   token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   clearInterval(timer);
+  if (following) following.abort();
+  following = null;
+  known = null;
   $("queue").hidden = true;
   $("detail").hidden = true;
   $("sign-out").hidden = true;
@@ -91,24 +134,43 @@ function listItem(request) {
     "data-approval": String(request.id),
   });
   button.addEventListener("click", () => show(request.id));
+  const pending = request.status === "pending";
+  const when = el("span", pending ? expiry(request.expires_at_ms) : request.status);
+  if (pending) when.setAttribute("data-expires", String(request.expires_at_ms));
   item.append(
     button,
-    el("span", ` requested by ${request.requester}; ${approvals(request)} of ${request.quorum.required} approvals; ` +
-      (request.status === "pending" ? expiry(request.expires_at_ms) : request.status)),
+    el("span", ` requested by ${request.requester}; ${approvals(request)} of ${request.quorum.required} approvals; `),
+    when,
   );
   return item;
+}
+
+// Redraws the countdowns in place (the lists are rebuilt only when their data changes, so
+// keyboard focus stays where it is).
+function tick() {
+  for (const span of document.querySelectorAll("[data-expires]")) {
+    span.textContent = expiry(Number(span.getAttribute("data-expires")));
+  }
+}
+
+function render() {
+  if (!known) return;
+  const pending = known.filter((request) => request.status === "pending");
+  const decided = known.filter((request) => request.status !== "pending");
+  $("pending-count").textContent = `(${pending.length})`;
+  $("pending").replaceChildren(...(pending.length ? pending.map(listItem) : [el("li", "Nothing waits for you.")]));
+  $("history").replaceChildren(...decided.slice(0, 50).map(listItem));
+  if (known.length) $("who").textContent = `tenant ${known[0].tenant}`;
 }
 
 async function refresh() {
   if (!token) return;
   try {
-    const all = await api("GET", "/v1/approvals");
-    const pending = all.filter((request) => request.status === "pending");
-    const decided = all.filter((request) => request.status !== "pending");
-    $("pending-count").textContent = `(${pending.length})`;
-    $("pending").replaceChildren(...(pending.length ? pending.map(listItem) : [el("li", "Nothing waits for you.")]));
-    $("history").replaceChildren(...decided.slice(0, 50).map(listItem));
-    if (all.length) $("who").textContent = `tenant ${all[0].tenant}`;
+    const fetched = await api("GET", "/v1/approvals");
+    if (JSON.stringify(fetched) !== JSON.stringify(known)) {
+      known = fetched;
+      render();
+    }
   } catch (error) {
     if (error.status === 401) { signOut(); $("sign-in-error").textContent = "Your token was refused: " + error.message; }
   }

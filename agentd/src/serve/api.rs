@@ -35,6 +35,7 @@ use crate::app::StepReport;
         cancel_run,
         run_provenance,
         super::events::run_events,
+        super::events::approval_events,
         list_approvals,
         get_approval,
         vote,

@@ -73,6 +73,8 @@ pub struct Server {
     pub packages_dir: std::path::PathBuf,
     /// Becomes `true` when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
+    /// Routes run events and progress to the run event streams.
+    pub hub: Arc<events::Hub>,
 }
 
 /// The handlers' state.
@@ -98,6 +100,7 @@ pub fn router(server: Shared, body_timeout: Duration) -> Router {
         .route("/v1/runs/{id}/provenance", get(api::run_provenance))
         .route("/v1/runs/{id}/events", get(events::run_events))
         .route("/v1/approvals", get(api::list_approvals))
+        .route("/v1/approvals/events", get(events::approval_events))
         .route("/v1/approvals/{id}", get(api::get_approval))
         .route("/v1/approvals/{id}/votes", post(api::vote))
         .route(
@@ -192,7 +195,12 @@ pub async fn run(paths: &Paths, options: ServeOptions) -> Result<()> {
         tracing::info!(runs = recovered.len(), "recovered runs at start");
     }
     let (stop, shutdown) = watch::channel(false);
+    let hub = events::Hub::start(
+        app.control_plane.subscribe_run_events(),
+        app.runtime.subscribe_progress(),
+    );
     let server = Arc::new(Server {
+        hub,
         app,
         metrics: Metrics::new(),
         limiter: RateLimiter::keyed(Quota::per_second(options.rate_per_second)),

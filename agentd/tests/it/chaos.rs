@@ -29,8 +29,12 @@ const PORT: u16 = 18931;
 /// The lease TTL the chaos runs under: short, so recovery may take runs over soon after a kill.
 const LEASE_TTL_MS: u64 = 400;
 
+/// Held by the [`Webhook`] on [`PORT`], so tests needing it take turns.
+static PORT_TAKEN: Mutex<()> = Mutex::new(());
+
 /// A loopback HTTP/1.1 server recording each request's `Idempotency-Key` and delivery name.
 struct Webhook {
+    _port: std::sync::MutexGuard<'static, ()>,
     requests: Arc<Mutex<Vec<(String, String)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -38,6 +42,7 @@ struct Webhook {
 
 impl Webhook {
     fn start() -> Self {
+        let port = PORT_TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let listener = TcpListener::bind(("127.0.0.1", PORT))
             .unwrap_or_else(|error| panic!("the chaos test needs 127.0.0.1:{PORT}: {error}"));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -56,6 +61,7 @@ impl Webhook {
             })
         };
         Webhook {
+            _port: port,
             requests,
             stop,
             thread: Some(thread),
@@ -221,6 +227,97 @@ impl Chaos {
     }
 }
 
+/// The default policy plus a grant of the webhook's origin to `deliver-report`.
+fn webhook_policy(env: &Env) -> std::path::PathBuf {
+    env.file(
+        "policy.cedar",
+        &format!(
+            "{}\n@id(\"deliveries-webhook\")\npermit(principal, action == Agentd::Action::\"use-capability\", resource)\nwhen {{ resource.kind == \"net.http\" && resource.scope == \"http://127.0.0.1:{PORT}\" }};\n",
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.cedar"))
+                .unwrap()
+        ),
+    )
+}
+
+/// What the deliveries left behind: the webhook's distinct keys by run, the names it was sent,
+/// the files in the tenant's workspace and the key-value entries.
+struct Effects {
+    keys_by_run: BTreeMap<String, BTreeSet<String>>,
+    names_sent: BTreeSet<String>,
+    files: BTreeSet<String>,
+    kv_keys: BTreeSet<String>,
+    requests: usize,
+}
+
+impl Effects {
+    fn of(env: &Env, webhook: &Webhook) -> Self {
+        let requests = webhook.requests();
+        let mut keys_by_run: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut names_sent: BTreeSet<String> = BTreeSet::new();
+        for (key, name) in &requests {
+            assert!(!key.is_empty(), "a webhook request without an Idempotency-Key");
+            // `<tenant>/<run>/<step>/<seq>`
+            let run_id = key.split('/').nth(1).unwrap().to_owned();
+            keys_by_run.entry(run_id).or_default().insert(key.clone());
+            names_sent.insert(name.clone());
+        }
+        let files: BTreeSet<String> = std::fs::read_dir(env.state_dir().join("workspace/acme/reports/deliveries"))
+            .map(|entries| {
+                entries
+                    .map(|entry| {
+                        entry
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .trim_end_matches(".md")
+                            .to_owned()
+                    })
+                    .filter(|name| !name.starts_with(".agentd-partial-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kv_keys: BTreeSet<String> = crate::with_sqlite(&env.state_dir().join("kv.db"), async |pool| {
+            let keys: Vec<(String,)> =
+                sqlx::query_as("SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            keys.into_iter()
+                .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
+                .collect()
+        });
+        Effects {
+            keys_by_run,
+            names_sent,
+            files,
+            kv_keys,
+            requests: requests.len(),
+        }
+    }
+
+    /// Each run that delivered did so under one key, and every channel saw the same names.
+    fn assert_once(&self) {
+        for (run_id, keys) in &self.keys_by_run {
+            assert_eq!(
+                keys.len(),
+                1,
+                "run {run_id} made {} distinct deliveries: {keys:?}",
+                keys.len()
+            );
+        }
+        assert_eq!(self.files, self.names_sent, "files written and deliveries sent differ");
+        assert_eq!(
+            self.kv_keys, self.names_sent,
+            "key-value writes and deliveries sent differ"
+        );
+        assert_eq!(
+            self.names_sent.len(),
+            self.keys_by_run.len(),
+            "a run delivered under two names"
+        );
+    }
+}
+
 fn delivery(name: &str) -> serde_json::Value {
     json!({ "title": format!("Delivery {name}"), "body": "Quarterly numbers.", "name": name })
 }
@@ -229,14 +326,7 @@ fn delivery(name: &str) -> serde_json::Value {
 fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
     let webhook = Webhook::start();
     let env = Env::new();
-    let policy = env.file(
-        "policy.cedar",
-        &format!(
-            "{}\n@id(\"deliveries-webhook\")\npermit(principal, action == Agentd::Action::\"use-capability\", resource)\nwhen {{ resource.kind == \"net.http\" && resource.scope == \"http://127.0.0.1:{PORT}\" }};\n",
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.cedar"))
-                .unwrap()
-        ),
-    );
+    let policy = webhook_policy(&env);
     let agent = env.token("alice", "agent");
     let reviewer = env.token("bob", "reviewer");
     let chaos = Chaos {
@@ -505,72 +595,248 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
         .filter(|run| run["state"] == "succeeded")
         .map(|run| run["run_id"].as_str().unwrap().to_owned())
         .collect();
-    let requests = webhook.requests();
-    let mut keys_by_run: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut names_sent: BTreeSet<String> = BTreeSet::new();
-    for (key, name) in &requests {
-        assert!(!key.is_empty(), "a webhook request without an Idempotency-Key");
-        // `<tenant>/<run>/<step>/<seq>`
-        let run_id = key.split('/').nth(1).unwrap().to_owned();
-        keys_by_run.entry(run_id).or_default().insert(key.clone());
-        names_sent.insert(name.clone());
-    }
-    for (run_id, keys) in &keys_by_run {
-        assert_eq!(
-            keys.len(),
-            1,
-            "run {run_id} made {} distinct deliveries: {keys:?}",
-            keys.len()
-        );
-        assert!(succeeded.contains(run_id), "run {run_id} delivered but did not succeed");
-    }
-    let deliveries_dir = chaos.env.state_dir().join("workspace/acme/reports/deliveries");
-    let files: BTreeSet<String> = std::fs::read_dir(&deliveries_dir)
-        .map(|entries| {
-            entries
-                .map(|entry| {
-                    entry
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .trim_end_matches(".md")
-                        .to_owned()
-                })
-                .filter(|name| !name.starts_with(".agentd-partial-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    let kv_keys: BTreeSet<String> = crate::with_sqlite(&chaos.env.state_dir().join("kv.db"), async |pool| {
-        let keys: Vec<(String,)> =
-            sqlx::query_as("SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'")
-                .fetch_all(pool)
-                .await
-                .unwrap();
-        keys.into_iter()
-            .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
-            .collect()
-    });
-    let delivered_runs = keys_by_run.len();
+    let effects = Effects::of(&chaos.env, &webhook);
     eprintln!(
-        "{} succeeded runs, {delivered_runs} delivered once each; webhook saw {} requests ({} distinct keys); {} files; {} kv entries",
+        "{} succeeded runs, {} delivered once each; webhook saw {} requests; {} files; {} kv entries",
         succeeded.len(),
-        requests.len(),
-        keys_by_run.values().map(BTreeSet::len).sum::<usize>(),
-        files.len(),
-        kv_keys.len()
+        effects.keys_by_run.len(),
+        effects.requests,
+        effects.files.len(),
+        effects.kv_keys.len()
     );
-    assert_eq!(files, names_sent, "files written and deliveries sent differ");
-    assert_eq!(kv_keys, names_sent, "key-value writes and deliveries sent differ");
-    assert_eq!(names_sent.len(), delivered_runs, "a run delivered under two names");
+    effects.assert_once();
     // Every run ends in a delivery, so every succeeded run delivered, and only those did.
     assert_eq!(
         succeeded,
-        keys_by_run.keys().cloned().collect::<BTreeSet<_>>(),
+        effects.keys_by_run.keys().cloned().collect::<BTreeSet<_>>(),
         "succeeded runs and runs that delivered differ"
     );
-    assert!(delivered_runs > 0, "no delivery succeeded: the chaos proved nothing");
+    assert!(!succeeded.is_empty(), "no delivery succeeded: the chaos proved nothing");
 
     // The audit log, its anchor and its tree verify.
     let output = chaos.run(&["--json", "audit", "verify"]);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+}
+
+/// `agentd serve` itself SIGKILLed while requests run, then restarted, again and again. Clients
+/// do what the Idempotency-Key draft tells them to: send again, with the same key, every request
+/// that got no answer (or a 409: still in progress). The restarted server's recovery finishes
+/// what a kill cut off. In the end each key has exactly one run, every run succeeded, each
+/// delivery happened once on every channel, and the audit log verifies.
+#[test]
+fn sigkill_of_the_server_mid_request_then_restart_leaves_every_effect_exactly_once() {
+    let webhook = Webhook::start();
+    let env = Env::new();
+    let policy = webhook_policy(&env);
+    let agent = env.token("alice", "agent");
+    let reviewer = env.token("bob", "reviewer");
+    let kills: u32 = std::env::var("AGENTD_SERVE_KILLS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(8);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("serve chaos seed {seed}");
+    let mut rng = Rng(seed);
+    let ttl = LEASE_TTL_MS.to_string();
+    let vars = [("AGENTD_LEASE_TTL_MS", ttl.as_str())];
+    let extra = ["--recovery-secs", "1"];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Sends every request not yet answered, with its key; returns the answered ones' run ids.
+    let send_all = |base: &str, names: Vec<String>| {
+        names
+            .into_iter()
+            .map(|name| {
+                let request = client
+                    .post(format!("{base}/v1/runs"))
+                    .bearer_auth(&agent)
+                    .header("Idempotency-Key", &name)
+                    .header("content-type", "application/json")
+                    .body(json!({ "skill": "deliver-report", "input": delivery(&name) }).to_string())
+                    .send();
+                tokio::spawn(async move {
+                    let answer = match request.await {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let body = response.bytes().await.unwrap_or_default();
+                            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            Some((status, body))
+                        }
+                        Err(_) => None, // the server died under it
+                    };
+                    (name, answer)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    // A reviewer approves every pending request, each vote in its own request; returns how
+    // many votes were sent and the statuses answered (a vote cut off by a kill answers nothing).
+    let vote_all = |base: &str| {
+        let (client, reviewer, base) = (client.clone(), reviewer.clone(), base.to_owned());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let Ok(response) = client
+                .get(format!("{base}/v1/approvals?status=pending"))
+                .bearer_auth(&reviewer)
+                .send()
+                .await
+            else {
+                return (0, statuses);
+            };
+            let pending: Vec<serde_json::Value> =
+                serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default();
+            let votes: Vec<_> = pending
+                .iter()
+                .filter_map(|request| request["id"].as_i64())
+                .map(|id| {
+                    let vote = client
+                        .post(format!("{base}/v1/approvals/{id}/votes"))
+                        .bearer_auth(&reviewer)
+                        .header("content-type", "application/json")
+                        .body(r#"{"decision": "approve"}"#)
+                        .send();
+                    tokio::spawn(async move { vote.await.ok().map(|response| response.status().as_u16()) })
+                })
+                .collect();
+            let sent = votes.len();
+            for vote in votes {
+                statuses.extend(vote.await.unwrap());
+            }
+            (sent, statuses)
+        })
+    };
+    // Returns how many votes got no answer.
+    let check_votes = |(sent, statuses): (usize, Vec<u16>)| {
+        for &status in &statuses {
+            // 409: decided already (by a vote whose answer a kill cut off).
+            assert!(matches!(status, 200 | 409), "a vote answered {status}");
+        }
+        sent - statuses.len()
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut answered: BTreeMap<String, String> = BTreeMap::new();
+    // Keeps the run ids of answered keys; returns how many requests got no answer.
+    let record = |answered: &mut BTreeMap<String, String>, answers: Vec<(String, Option<(u16, serde_json::Value)>)>| {
+        let mut cut = 0;
+        for (name, answer) in answers {
+            match answer {
+                Some((200..=202, body)) => {
+                    let run_id = body["run_id"].as_str().unwrap().to_owned();
+                    if let Some(earlier) = answered.insert(name.clone(), run_id.clone()) {
+                        assert_eq!(earlier, run_id, "key {name} answered with two runs");
+                    }
+                }
+                Some((409, _)) => {} // still in progress: ask again later
+                Some((status, body)) => panic!("{name}: {status} {body}"),
+                None => cut += 1,
+            }
+        }
+        cut
+    };
+
+    let mut interrupted = 0u32;
+    for round in 0..kills {
+        let mut served = env.serve_with(&policy, &extra, &vars);
+        names.extend((0..6).map(|n| format!("k{round}-{n}")));
+        let open: Vec<String> = names
+            .iter()
+            .filter(|name| !answered.contains_key(*name))
+            .cloned()
+            .collect();
+        let delay = Duration::from_millis(rng.below(60));
+        let answers = runtime.block_on(async {
+            let tasks = send_all(&served.base, open);
+            let voter = vote_all(&served.base);
+            tokio::time::sleep(delay).await;
+            served.kill();
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.unwrap());
+            }
+            let votes_cut = check_votes(voter.await.unwrap());
+            (answers, votes_cut)
+        });
+        let (answers, votes_cut) = answers;
+        if record(&mut answered, answers) + votes_cut > 0 {
+            interrupted += 1;
+        }
+    }
+    eprintln!("{kills} kills, {interrupted} of them with requests in flight");
+    assert!(
+        interrupted * 2 >= kills,
+        "only {interrupted} of {kills} kills landed while a request ran"
+    );
+
+    // One last server, not killed: clients retry until every key has its answer, and the
+    // reviewer approves until no run waits.
+    let served = env.serve_with(&policy, &extra, &vars);
+    let api = crate::serve::Api::of(&served);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let open: Vec<String> = names
+            .iter()
+            .filter(|name| !answered.contains_key(*name))
+            .cloned()
+            .collect();
+        let (answers, votes, runs) = runtime.block_on(async {
+            let mut answers = Vec::new();
+            for task in send_all(&served.base, open) {
+                answers.push(task.await.unwrap());
+            }
+            let votes = vote_all(&served.base).await.unwrap();
+            (answers, votes, api.get("/v1/runs", &agent).await)
+        });
+        assert_eq!(record(&mut answered, answers), 0, "the last server dropped a request");
+        assert_eq!(check_votes(votes), 0, "the last server dropped a vote");
+        let runs = runs.2.as_array().unwrap().clone();
+        let done = answered.len() == names.len() && runs.iter().all(|run| run["state"] == "succeeded");
+        if done {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done after 120 s: {} of {} keys answered; runs: {runs:?}",
+            answered.len(),
+            names.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let verified = runtime.block_on(api.get("/v1/audit/verify", &reviewer));
+    // One run per key: a retried request never started a second run.
+    assert_eq!(runs.len(), names.len(), "{} runs for {} keys", runs.len(), names.len());
+    let listed: BTreeSet<String> = runs
+        .iter()
+        .map(|run| run["run_id"].as_str().unwrap().to_owned())
+        .collect();
+    let answered_runs: BTreeSet<String> = answered.values().cloned().collect();
+    assert_eq!(
+        listed, answered_runs,
+        "the answers name other runs than the store holds"
+    );
+    let effects = Effects::of(&env, &webhook);
+    eprintln!(
+        "{} keys, {} runs; webhook saw {} requests for {} runs",
+        names.len(),
+        runs.len(),
+        effects.requests,
+        effects.keys_by_run.len()
+    );
+    effects.assert_once();
+    assert_eq!(
+        effects.names_sent,
+        names.iter().cloned().collect::<BTreeSet<_>>(),
+        "not every key's delivery happened"
+    );
+    assert_eq!(verified.0, 200, "{}", verified.2);
+    assert_eq!(verified.2["status"], "intact", "{}", verified.2);
 }

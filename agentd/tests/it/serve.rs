@@ -19,18 +19,32 @@ pub struct Served {
 }
 
 impl Env {
+    /// `agentd serve` under the default policy with `extra` arguments.
     pub fn serve(&self, extra: &[&str]) -> Served {
-        let log = self.dir.path().join(format!("serve-{}.log", std::process::id()));
+        self.serve_with(&repo_root().join("policies/default.cedar"), extra, &[])
+    }
+
+    /// `agentd serve` under `policy`, with `extra` arguments and environment `vars`; its log
+    /// is appended to `serve.log` in the test directory.
+    pub fn serve_with(&self, policy: &std::path::Path, extra: &[&str], vars: &[(&str, &str)]) -> Served {
+        let log = self.dir.path().join("serve.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
             .args(["--state-dir", self.state_dir().to_str().unwrap()])
             .args(["--plugins", packages_dir().to_str().unwrap()])
-            .args(["--policy", repo_root().join("policies/default.cedar").to_str().unwrap()])
+            .args(["--policy", policy.to_str().unwrap()])
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(vars.iter().copied())
             .env("AGENTD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -58,6 +72,12 @@ impl Served {
 
     pub fn address(&self) -> String {
         self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// SIGKILL: the process ends at whatever instruction it was at.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (at most `within`) for the exit status.
@@ -175,34 +195,54 @@ fn assert_problem(answer: &Answer, status: u16, slug: &str) {
     );
 }
 
-/// Reads an SSE stream until it ends (or `limit` passes): `(id, event, data)` per event.
-async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<(Option<String>, String, Value)> {
-    let mut events = Vec::new();
-    let mut buffer = String::new();
-    let mut response = response;
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            _ => break,
-        };
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut event, mut data) = (None, "message".to_owned(), String::new());
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("id:") {
-                    id = Some(value.trim().to_owned());
-                } else if let Some(value) = line.strip_prefix("event:") {
-                    event = value.trim().to_owned();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    data.push_str(value.trim_start());
+/// An SSE stream read one event at a time: `(id, event, data)`.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new(response: reqwest::Response) -> Self {
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), or `None` when the stream ends or `deadline` passes.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<(Option<String>, String, Value)> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, "message".to_owned(), String::new());
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((id, event, serde_json::from_str(&data).unwrap_or(Value::String(data))));
                 }
             }
-            if !data.is_empty() {
-                events.push((id, event, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                _ => return None,
             }
         }
+    }
+}
+
+/// Reads an SSE stream until it ends (or `limit` passes): `(id, event, data)` per event.
+async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<(Option<String>, String, Value)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut reader = SseReader::new(response);
+    let mut events = Vec::new();
+    while let Some(event) = reader.next(deadline).await {
+        events.push(event);
     }
     events
 }
@@ -317,11 +357,29 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     let api = Api::of(&served);
     let client = reqwest::Client::new();
     let body = json!({ "skill": "publish-report", "input": { "title": "Q3", "body": "<img src=x onerror=alert(1)>", "path": "reports/q3.md" } });
+    // Pending approvals are pushed to each tenant's stream: first the list as it is.
+    let approvals_of = |token: &str| client.get(served.url("/v1/approvals/events")).bearer_auth(token).send();
+    let mut acme_feed = SseReader::new(approvals_of(&bob).await.unwrap());
+    let mut globex_feed = SseReader::new(approvals_of(&eve).await.unwrap());
+    let soon = || tokio::time::Instant::now() + Duration::from_secs(10);
+    for feed in [&mut acme_feed, &mut globex_feed] {
+        let (_, event, data) = feed.next(soon()).await.expect("the pending list comes first");
+        assert_eq!((event.as_str(), data), ("approvals", json!([])));
+    }
+
     let waiting = api.post("/v1/runs", &alice, &body).await;
     assert_eq!(waiting.0, 202, "{}", waiting.2);
     assert_eq!(waiting.2["step"]["status"], "awaiting-approval");
     let run_id = waiting.2["run_id"].as_str().unwrap().to_owned();
     let approval = waiting.2["step"]["approval_id"].as_i64().unwrap();
+    let (_, event, pushed) = acme_feed.next(soon()).await.expect("the new request is pushed");
+    assert_eq!(event, "approvals");
+    assert_eq!(pushed[0]["id"], approval, "{pushed}");
+    // Another tenant's request never reaches this stream (its list did not change).
+    let quiet = globex_feed
+        .next(tokio::time::Instant::now() + Duration::from_millis(1500))
+        .await;
+    assert!(quiet.is_none(), "globex was sent {quiet:?}");
 
     let pending = api.get("/v1/approvals?status=pending", &bob).await;
     assert_eq!(pending.2.as_array().unwrap().len(), 1, "{}", pending.2);
@@ -363,6 +421,8 @@ async fn an_approval_is_voted_over_http_and_the_run_streams_live_to_completion()
     assert_eq!(vote.2["step"]["status"], "completed", "{}", vote.2);
     let twice = api.post(&votes, &bob, &json!({ "decision": "approve" })).await;
     assert_problem(&twice, 409, "already-decided");
+    let (_, _, emptied) = acme_feed.next(soon()).await.expect("the decision is pushed");
+    assert_eq!(emptied, json!([]), "the approved request left the pending list");
 
     let events = watcher.await.unwrap();
     let names: Vec<&str> = events.iter().map(|(_, event, _)| event.as_str()).collect();
