@@ -20,6 +20,9 @@ pub struct Paths {
     /// An external identity provider's JWKS: when given, access tokens are verified against it
     /// only and none is issued here.
     pub jwks: Option<PathBuf>,
+    /// A PostgreSQL URL to keep the control plane's state in instead of `state.db` (several
+    /// nodes may share it; ADR 0016).
+    pub database: Option<String>,
 }
 
 impl Paths {
@@ -33,6 +36,18 @@ impl Paths {
 
     pub fn workspace_root(&self) -> PathBuf {
         self.state_dir.join("workspace")
+    }
+
+    /// Opens the control plane's store: the PostgreSQL database when one is given (its audit
+    /// keys in the state directory), else `state.db`.
+    async fn open_store(&self) -> Result<Store> {
+        Ok(match &self.database {
+            Some(url) => {
+                ensure_state_dir(self)?;
+                Store::open_postgres(url, &self.state_dir).await?
+            }
+            None => Store::open(&self.state_file()).await?,
+        })
     }
 }
 
@@ -112,8 +127,12 @@ pub async fn open_read_only(paths: &Paths) -> Result<ControlPlane> {
     getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("the random source failed: {error}"))?;
     let authority = TokenAuthority::from_secret(&secret, TokenConfig::default())?;
     let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
-    // The error names the file and the cause once; no context repeats them.
-    let store = Store::open_read_only(&paths.state_file()).await?;
+    // The error names the file and the cause once; no context repeats them. A server
+    // database has no read-only mode of its own here: grant a read-only role for that.
+    let store = match &paths.database {
+        Some(_) => paths.open_store().await?,
+        None => Store::open_read_only(&paths.state_file()).await?,
+    };
     Ok(ControlPlane::new(authority, policy, store))
 }
 
@@ -168,7 +187,7 @@ impl App {
     pub async fn open_control_plane(paths: &Paths) -> Result<ControlPlaneApp> {
         let authority = open_authority(paths)?;
         let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
-        let store = Store::open(&paths.state_file()).await?;
+        let store = paths.open_store().await?;
         Ok(ControlPlaneApp {
             control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
         })
@@ -178,10 +197,12 @@ impl App {
     /// show`): writable when it can be, else, when the state is read-only (a read-only copy,
     /// a read-only medium), read-only, so it can still be inspected.
     pub async fn open_control_plane_to_read(paths: &Paths) -> Result<ControlPlaneApp> {
-        let store = match Store::open(&paths.state_file()).await {
+        let store = match paths.open_store().await {
             Ok(store) => store,
-            Err(error) if is_read_only(&error) => Store::open_read_only(&paths.state_file()).await?,
-            Err(error) => return Err(error.into()),
+            Err(error) if paths.database.is_none() && error.downcast_ref().is_some_and(is_read_only) => {
+                Store::open_read_only(&paths.state_file()).await?
+            }
+            Err(error) => return Err(error),
         };
         let authority = open_authority(paths)?;
         let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;

@@ -61,6 +61,11 @@ struct PathArgs {
     /// issues none; without it, the state directory's HS256 key issues and verifies them.
     #[arg(long, global = true, env = "AGENTD_JWKS")]
     jwks: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://user@host:port/database`) to keep the control plane's state
+    /// in, shared by every agentd node given it; without it, `<state-dir>/state.db` (SQLite).
+    /// The audit anchor and checkpoint keys stay in the state directory: give every node a copy.
+    #[arg(long, global = true, env = "AGENTD_DATABASE_URL", hide_env_values = true)]
+    database: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +439,7 @@ async fn execute(cli: Cli) -> Result<Exit> {
         plugins: cli.paths.plugins,
         policy: cli.paths.policy,
         jwks: cli.paths.jwks,
+        database: cli.paths.database,
     };
     let json = cli.json;
     if let Some(server) = &cli.server {

@@ -11,6 +11,7 @@ use crate::audit::checkpoint::CheckpointKey;
 use crate::error::StoreError;
 pub use crate::storage::Durability;
 use crate::storage::Storage;
+use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::{Creation, SqliteStorage};
 
 /// The schema version the SQLite backend writes (in `PRAGMA user_version`); a file with a newer
@@ -89,6 +90,35 @@ impl Store {
                 }
                 Creation::Upgrade => Ok(None),
             }
+        })
+        .await?;
+        Store::with_backend(Arc::new(backend), key_paths)
+    }
+
+    /// Opens the PostgreSQL database at `url` (`postgres://user@host:port/database`; libpq's
+    /// `options` parameter may set a `search_path`), applying the migrations this build has
+    /// (ADR 0016). Several agentd nodes may share it: writers are serialised by an advisory
+    /// lock, the audit log stays one sequence.
+    ///
+    /// The anchor and checkpoint keys live in `key_dir` (`postgres.audit-key`,
+    /// `postgres.checkpoint-key`, mode 0600). The node that finds the database empty creates
+    /// them and anchors the log; every other node must be given copies (a secret mount), or
+    /// its appends refuse with [`StoreError::Evidence`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when the server cannot be reached or a migration fails,
+    /// [`StoreError::NewerSchema`] when a newer agentd migrated the database,
+    /// [`StoreError::AnchorKey`] when a key file exists but cannot be read (or created).
+    pub async fn open_postgres(url: &str, key_dir: &Path) -> Result<Self, StoreError> {
+        let key_paths = KeyPaths {
+            anchor: key_dir.join("postgres.audit-key"),
+            checkpoint: key_dir.join("postgres.checkpoint-key"),
+        };
+        let backend = PostgresStorage::open(url, |(seq, hash)| {
+            crate::keys::load_or_create_exact::<32>(&key_paths.checkpoint)?;
+            let key = AnchorKey::new(crate::keys::load_or_create_exact::<32>(&key_paths.anchor)?);
+            Ok(key.anchor(seq, &hash))
         })
         .await?;
         Store::with_backend(Arc::new(backend), key_paths)

@@ -41,7 +41,8 @@ fn main() -> Result<()> {
             test.env("AGENTD_PLUGINS", &packages);
             // The default members: everything but the Extism comparison bench.
             test.args(["test"]).args(&rest);
-            run(test)
+            run(test)?;
+            postgres_pass(&root, &rest)
         }
         "bench-extism" => {
             let packages = build_plugins(&root)?;
@@ -73,6 +74,24 @@ fn main() -> Result<()> {
             "usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci | fuzz [SECONDS [TARGET..]]>"
         ),
     }
+}
+
+/// With `AGENTD_TEST_DATABASE_URL` set (as `.ci/run` sets it), the control plane's store
+/// suite runs a second time with every control plane on PostgreSQL (`AGENTD_TEST_STORE`),
+/// each test in a schema of its own. Skipped when arguments narrowed the first pass.
+fn postgres_pass(root: &Path, rest: &[String]) -> Result<()> {
+    if std::env::var_os("AGENTD_TEST_DATABASE_URL").is_none() {
+        eprintln!("xtask: AGENTD_TEST_DATABASE_URL is not set: the store suite ran on SQLite only");
+        return Ok(());
+    }
+    if !rest.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: the control plane's store suite again, on PostgreSQL");
+    let mut test = cargo(root);
+    test.env("AGENTD_TEST_STORE", "postgres")
+        .args(["test", "--package", "control-plane", "--test", "it"]);
+    run(test)
 }
 
 /// The libFuzzer targets of `fuzz/` (FUZZING.md).

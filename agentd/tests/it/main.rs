@@ -8,6 +8,7 @@ mod browser;
 mod chaos;
 mod evidence;
 mod flow;
+mod postgres;
 mod serve;
 
 use std::path::{Path, PathBuf};

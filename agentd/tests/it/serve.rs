@@ -237,7 +237,7 @@ impl SseReader {
 }
 
 /// Reads an SSE stream until it ends (or `limit` passes): `(id, event, data)` per event.
-async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<(Option<String>, String, Value)> {
+pub async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<(Option<String>, String, Value)> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut reader = SseReader::new(response);
     let mut events = Vec::new();

@@ -15,6 +15,8 @@
 //! **Architecture invariant:** storage never imports governance, the policy engine or the
 //! control plane (guardrails rule `storage-holds-no-rules`).
 
+mod columns;
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 use std::fmt;

@@ -10,7 +10,7 @@ use control_plane::{
 use crate::{DEFAULT_POLICY, NOW, Plane, open_plane, plane, principal};
 
 /// Appends one audit entry: a verdict on a pure skill for run `run-<n>`.
-async fn append(control: &ControlPlane, n: i64) {
+pub async fn append(control: &ControlPlane, n: i64) {
     let step = StepContext {
         run_id: format!("run-{n}"),
         step_id: "step-1".into(),
@@ -66,7 +66,7 @@ async fn chain_links_each_entry_to_the_previous_one() {
 
 #[tokio::test]
 async fn updates_and_deletes_are_refused_by_the_database() {
-    let plane = plane().await;
+    let plane = crate::sqlite_plane().await;
     append(&plane.control, 1).await;
     let pool = sqlx::SqlitePool::connect(&pool_url(&plane)).await.unwrap();
     for statement in ["UPDATE audit SET kind = 'x'", "DELETE FROM audit"] {
@@ -77,7 +77,7 @@ async fn updates_and_deletes_are_refused_by_the_database() {
 
 #[tokio::test]
 async fn tampering_is_detected_at_the_first_broken_entry() {
-    let plane = plane().await;
+    let plane = crate::sqlite_plane().await;
     let control = &plane.control;
     for n in 1..=4 {
         append(control, n).await;
@@ -159,7 +159,7 @@ async fn reopening_keeps_everything_and_newer_schemas_are_refused() {
 
 /// A control plane with entries 1..=n and a raw connection that bypasses it (the attacker's).
 async fn tampered_setup(n: i64) -> (Plane, sqlx::SqlitePool) {
-    let plane = plane().await;
+    let plane = crate::sqlite_plane().await;
     for i in 1..=n {
         append(&plane.control, i).await;
     }

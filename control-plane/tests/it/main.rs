@@ -9,6 +9,7 @@ mod autonomy;
 mod emitter;
 mod jwks;
 mod migration;
+mod postgres;
 mod properties;
 mod restart;
 mod runs;
@@ -32,20 +33,71 @@ pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.cedar")
 pub const ANYONE_REVIEWS: &str =
     "@id(\"anyone-reviews\")\npermit(principal, action == Agentd::Action::\"review\", resource);\n";
 
-/// A control plane over a fresh state directory, its clock set to [`NOW`].
+/// The database a test's control plane keeps its state in.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A fresh schema of this PostgreSQL database (a URL).
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `AGENTD_TEST_STORE=postgres` and `AGENTD_TEST_DATABASE_URL` is set (as
+    /// `cargo xtask test` does for its second pass over this suite), else SQLite.
+    pub fn from_env() -> Self {
+        match (
+            std::env::var("AGENTD_TEST_STORE"),
+            std::env::var("AGENTD_TEST_DATABASE_URL"),
+        ) {
+            (Ok(store), Ok(url)) if store == "postgres" => Backend::Postgres(url),
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
+/// A control plane over a fresh state, its clock set to [`NOW`].
 pub struct Plane {
-    /// Keeps the state directory alive.
+    /// Keeps the state directory alive (keys, and the SQLite file).
     pub dir: tempfile::TempDir,
     /// The control plane.
     pub control: Arc<ControlPlane>,
     /// Its clock.
     pub clock: Arc<ManualClock>,
+    /// On PostgreSQL: the test's schema, dropped with the plane.
+    pub schema: Option<Schema>,
 }
 
+/// A PostgreSQL schema of one test: `(database URL, schema name)`, dropped when this is.
+pub struct Schema(String, String);
+
 impl Plane {
-    /// The SQLite file.
+    /// The SQLite file (planes made on [`Backend::Sqlite`] only).
     pub fn state_file(&self) -> PathBuf {
+        assert!(self.schema.is_none(), "a test of the SQLite file ran on PostgreSQL");
         self.dir.path().join("state.db")
+    }
+}
+
+impl Drop for Schema {
+    /// Drops the schema from a thread of its own, not waited for: the test's runtime must stay
+    /// free to return the plane's connections (their rollbacks are flushed by tasks on it), and
+    /// the drop waits for those connections' locks.
+    fn drop(&mut self) {
+        let (url, schema) = (self.0.clone(), self.1.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                        let _ = sqlx::raw_sql(&format!("SET lock_timeout = '30s'; DROP SCHEMA {schema} CASCADE"))
+                            .execute(&pool)
+                            .await;
+                    }
+                });
+        });
     }
 }
 
@@ -54,9 +106,13 @@ pub fn authority() -> TokenAuthority {
     TokenAuthority::from_secret(&[9; 32], TokenConfig::default()).unwrap()
 }
 
-/// A control plane over the store at `path` under `policy`, reading `clock`.
+/// A control plane over the SQLite file at `path` under `policy`, reading `clock`.
 pub async fn open_plane(path: &std::path::Path, policy: &str, clock: Arc<ManualClock>) -> ControlPlane {
     let store = Store::open(path).await.unwrap();
+    on_store(store, policy, clock)
+}
+
+fn on_store(store: Store, policy: &str, clock: Arc<ManualClock>) -> ControlPlane {
     let policy = PolicyEngine::from_text(policy, "test").unwrap();
     ControlPlane::new(authority(), policy, store).with_clock(clock)
 }
@@ -67,21 +123,80 @@ pub async fn plane_with(policy: &str) -> Plane {
 }
 
 /// A fresh control plane under `policy`, its clock at `now_ms` (tokens and certificates are
-/// checked against the system clock, so tests of them start at the real time).
+/// checked against the system clock, so tests of them start at the real time), on the backend
+/// of [`Backend::from_env`].
 pub async fn plane_at(policy: &str, now_ms: i64) -> Plane {
+    plane_on(&Backend::from_env(), policy, now_ms).await
+}
+
+/// A fresh control plane on `backend`.
+pub async fn plane_on(backend: &Backend, policy: &str, now_ms: i64) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(now_ms));
-    let control = open_plane(&dir.path().join("state.db"), policy, Arc::clone(&clock)).await;
+    let (store, schema) = match backend {
+        Backend::Sqlite => (Store::open(&dir.path().join("state.db")).await.unwrap(), None),
+        Backend::Postgres(url) => {
+            let schema = fresh_schema(url).await;
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let scoped = format!("{url}{separator}options[search_path]={schema}");
+            let store = Store::open_postgres(&scoped, dir.path()).await.unwrap();
+            (store, Some(Schema(url.clone(), schema)))
+        }
+    };
     Plane {
         dir,
-        control: Arc::new(control),
+        control: Arc::new(on_store(store, policy, Arc::clone(&clock))),
         clock,
+        schema,
     }
+}
+
+/// Creates a schema of its own for one test, so tests run in parallel on one database.
+async fn fresh_schema(url: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!(
+        "agentd_test_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let pool = sqlx::PgPool::connect(url)
+        .await
+        .unwrap_or_else(|error| panic!("AGENTD_TEST_DATABASE_URL {url}: {error}"));
+    // Schemas of test processes that ended before their drops ran (`agentd_test_<pid>_...`).
+    let existing: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::TEXT FROM pg_namespace WHERE nspname LIKE 'agentd\\_test\\_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    for leftover in existing {
+        let pid = leftover.split('_').nth(2).unwrap_or("");
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {leftover} CASCADE"))
+                .execute(&pool)
+                .await;
+        }
+    }
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    schema
 }
 
 /// A fresh control plane under the default policy in which anyone may review.
 pub async fn plane() -> Plane {
     plane_with(&format!("{DEFAULT_POLICY}\n{ANYONE_REVIEWS}")).await
+}
+
+/// [`plane`] on SQLite whatever the environment says: for tests of the SQLite file itself.
+pub async fn sqlite_plane() -> Plane {
+    plane_on(&Backend::Sqlite, &format!("{DEFAULT_POLICY}\n{ANYONE_REVIEWS}"), NOW).await
 }
 
 /// A principal of tenant `acme`.

@@ -11,9 +11,9 @@ use control_plane::{
 
 use crate::{DEFAULT_POLICY, NOW, new_approval, open_plane, plane, principal};
 
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+pub const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn steps() -> Vec<StepSpec> {
+pub fn steps() -> Vec<StepSpec> {
     vec![StepSpec {
         step_id: "step-1".into(),
         skill: "publish-report".into(),
@@ -71,7 +71,7 @@ async fn waiting_run(control: &ControlPlane) -> i64 {
 
 #[tokio::test]
 async fn a_waiting_run_survives_a_reopen_and_illegal_or_unfenced_events_are_refused() {
-    let plane = plane().await;
+    let plane = crate::sqlite_plane().await;
     let control = &plane.control;
     let alice = principal("alice", &[Role::Agent]);
     let lease = control
@@ -127,6 +127,7 @@ async fn a_waiting_run_survives_a_reopen_and_illegal_or_unfenced_events_are_refu
         dir: _dir,
         control,
         clock,
+        ..
     } = plane;
     drop(control);
 

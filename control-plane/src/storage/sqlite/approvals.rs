@@ -1,17 +1,13 @@
 //! The `approvals` and `approval_votes` tables.
 
 use async_trait::async_trait;
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
-use super::{SqliteUnit, classify, count};
+use super::{SqliteUnit, classify};
 use crate::error::StoreError;
-use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Quorum, Vote, decisions_text};
+use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote, decisions_text};
 use crate::storage::ApprovalRows;
-
-const APPROVAL_COLUMNS: &str = "SELECT id, created_at_ms, tenant, requester, requester_roles, acting_agent, run_id, step_id,
-    traceparent, skill_json, input_digest, request_json, policy_version, reviewer_role, quorum_required, deny_threshold,
-    expires_at_ms, allowed_decisions, parent_id, status, decided_by, decided_at_ms, decision_reason, modified_request_json,
-    consumed_at_ms FROM approvals";
+use crate::storage::columns::{self, APPROVAL_COLUMNS};
 
 #[async_trait]
 impl ApprovalRows for SqliteUnit {
@@ -128,7 +124,7 @@ async fn fetch_approval(connection: &mut SqliteConnection, id: i64) -> Result<Op
         .await
         .map_err(classify)?;
     let Some(row) = row else { return Ok(None) };
-    let mut request = approval_from_row(&row)?;
+    let mut request = columns::approval(&row)?;
     let votes = sqlx::query(
         "SELECT reviewer, decision, reason, at_ms FROM approval_votes WHERE approval_id = ? ORDER BY at_ms, reviewer",
     )
@@ -136,72 +132,6 @@ async fn fetch_approval(connection: &mut SqliteConnection, id: i64) -> Result<Op
     .fetch_all(&mut *connection)
     .await
     .map_err(classify)?;
-    for vote in votes {
-        let decision: String = vote.try_get("decision").map_err(classify)?;
-        request.votes.push(Vote {
-            reviewer: vote.try_get("reviewer").map_err(classify)?,
-            decision: decision
-                .parse()
-                .map_err(|_| StoreError::corrupt(format!("vote decision `{decision}`")))?,
-            reason: vote.try_get("reason").map_err(classify)?,
-            at_ms: vote.try_get("at_ms").map_err(classify)?,
-        });
-    }
+    request.votes = votes.iter().map(columns::vote).collect::<Result<_, _>>()?;
     Ok(Some(request))
-}
-
-fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRequest, StoreError> {
-    let get_text = |column: &str| -> Result<String, StoreError> { row.try_get(column).map_err(classify) };
-    let status = get_text("status")?;
-    let reviewer_role = get_text("reviewer_role")?;
-    let requester_roles = get_text("requester_roles")?;
-    let skill_json = get_text("skill_json")?;
-    let allowed = get_text("allowed_decisions")?;
-    let number = |column: &str| -> Result<u32, StoreError> {
-        let value: i64 = row.try_get(column).map_err(classify)?;
-        if value < 0 {
-            return Err(StoreError::corrupt(format!("{column} {value}")));
-        }
-        Ok(count(value))
-    };
-    Ok(ApprovalRequest {
-        id: row.try_get("id").map_err(classify)?,
-        created_at_ms: row.try_get("created_at_ms").map_err(classify)?,
-        tenant: get_text("tenant")?,
-        requester: get_text("requester")?,
-        requester_roles: serde_json::from_str(&requester_roles)
-            .map_err(|_| StoreError::corrupt(format!("requester roles `{requester_roles}`")))?,
-        acting_agent: get_text("acting_agent")?,
-        run_id: get_text("run_id")?,
-        step_id: get_text("step_id")?,
-        traceparent: get_text("traceparent")?,
-        skill: serde_json::from_str(&skill_json)
-            .map_err(|error| StoreError::corrupt(format!("skill `{skill_json}`: {error}")))?,
-        input_digest: get_text("input_digest")?,
-        request_json: get_text("request_json")?,
-        policy_version: get_text("policy_version")?,
-        reviewer_role: reviewer_role
-            .parse()
-            .map_err(|_| StoreError::corrupt(format!("reviewer role `{reviewer_role}`")))?,
-        quorum: Quorum {
-            required: number("quorum_required")?,
-            deny_threshold: number("deny_threshold")?,
-        },
-        expires_at_ms: row.try_get("expires_at_ms").map_err(classify)?,
-        allowed_decisions: allowed
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|_| StoreError::corrupt(format!("allowed decisions `{allowed}`")))?,
-        parent_id: row.try_get("parent_id").map_err(classify)?,
-        status: status
-            .parse()
-            .map_err(|_| StoreError::corrupt(format!("approval status `{status}`")))?,
-        votes: Vec::new(),
-        decided_by: row.try_get("decided_by").map_err(classify)?,
-        decided_at_ms: row.try_get("decided_at_ms").map_err(classify)?,
-        decision_reason: row.try_get("decision_reason").map_err(classify)?,
-        modified_request_json: row.try_get("modified_request_json").map_err(classify)?,
-        consumed_at_ms: row.try_get("consumed_at_ms").map_err(classify)?,
-    })
 }

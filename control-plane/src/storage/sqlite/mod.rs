@@ -469,6 +469,8 @@ fn count(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+crate::storage::columns::impl_columns!(sqlx::sqlite::SqliteRow, classify);
+
 /// Creates an empty file at `path` with mode 0600 unless something is there already.
 fn create_private(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();

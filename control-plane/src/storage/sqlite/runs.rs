@@ -1,43 +1,22 @@
 //! The `run_events` table.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::{SqliteUnit, classify};
 use crate::error::StoreError;
-use crate::run::{RequestKey, RunEvent, RunRecord, RunState};
+use crate::run::{RequestKey, RunEvent, RunRecord};
 use crate::storage::RunRows;
+use crate::storage::columns::{self, RUN_COLUMNS, RUN_EVENT_COLUMNS, signed as token};
 
 #[async_trait]
 impl RunRows for SqliteUnit {
     async fn run_events(&mut self, run_id: &str) -> Result<Vec<RunEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms, payload
-             FROM run_events WHERE run_id = ? ORDER BY lamport",
-        )
-        .bind(run_id)
-        .fetch_all(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|row| {
-                let payload: String = row.try_get("payload").map_err(classify)?;
-                let lamport: i64 = row.try_get("lamport").map_err(classify)?;
-                let schema_version: i64 = row.try_get("schema_version").map_err(classify)?;
-                Ok(RunEvent {
-                    event_id: row.try_get("event_id").map_err(classify)?,
-                    run_id: row.try_get("run_id").map_err(classify)?,
-                    lamport: u64::try_from(lamport).map_err(|_| StoreError::corrupt(format!("lamport {lamport}")))?,
-                    node_id: row.try_get("node_id").map_err(classify)?,
-                    traceparent: row.try_get("traceparent").map_err(classify)?,
-                    schema_version: u32::try_from(schema_version)
-                        .map_err(|_| StoreError::corrupt(format!("schema version {schema_version}")))?,
-                    recorded_at_ms: row.try_get("recorded_at_ms").map_err(classify)?,
-                    payload: serde_json::from_str(&payload)
-                        .map_err(|error| StoreError::corrupt(format!("run event payload: {error}")))?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&format!("{RUN_EVENT_COLUMNS} WHERE run_id = ? ORDER BY lamport"))
+            .bind(run_id)
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(columns::run_event).collect()
     }
 
     async fn insert_run_event(&mut self, event: &RunEvent) -> Result<(), StoreError> {
@@ -46,7 +25,7 @@ impl RunRows for SqliteUnit {
                  event_type, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&event.run_id)
-        .bind(i64::try_from(event.lamport).unwrap_or(i64::MAX))
+        .bind(token(event.lamport))
         .bind(&event.event_id)
         .bind(&event.node_id)
         .bind(&event.traceparent)
@@ -74,7 +53,7 @@ impl RunRows for SqliteUnit {
             .fetch_optional(&mut *self.transaction)
             .await
             .map_err(classify)?;
-        row.as_ref().map(record_from_row).transpose()
+        row.as_ref().map(columns::run_record).transpose()
     }
 
     async fn put_run_record(&mut self, record: &RunRecord) -> Result<(), StoreError> {
@@ -138,7 +117,7 @@ impl RunRows for SqliteUnit {
         .fetch_all(&mut *self.transaction)
         .await
         .map_err(classify)?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter().map(columns::run_record).collect()
     }
 
     async fn run_records(&mut self, tenant: &str) -> Result<Vec<RunRecord>, StoreError> {
@@ -147,7 +126,7 @@ impl RunRows for SqliteUnit {
             .fetch_all(&mut *self.transaction)
             .await
             .map_err(classify)?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter().map(columns::run_record).collect()
     }
 
     async fn run_request(&mut self, tenant: &str, key: &str) -> Result<Option<(String, String)>, StoreError> {
@@ -180,29 +159,4 @@ impl RunRows for SqliteUnit {
         .map_err(classify)?;
         Ok(())
     }
-}
-
-const RUN_COLUMNS: &str = "SELECT run_id, tenant, state, owner, lease_expires_at_ms, fencing_token, deadline_ms,
-    approval_id FROM runs";
-
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, StoreError> {
-    let state: String = row.try_get("state").map_err(classify)?;
-    let token: i64 = row.try_get("fencing_token").map_err(classify)?;
-    Ok(RunRecord {
-        run_id: row.try_get("run_id").map_err(classify)?,
-        tenant: row.try_get("tenant").map_err(classify)?,
-        state: state
-            .parse::<RunState>()
-            .map_err(|_| StoreError::corrupt(format!("run state `{state}`")))?,
-        owner: row.try_get("owner").map_err(classify)?,
-        lease_expires_at_ms: row.try_get("lease_expires_at_ms").map_err(classify)?,
-        fencing_token: u64::try_from(token).map_err(|_| StoreError::corrupt(format!("fencing token {token}")))?,
-        deadline_ms: row.try_get("deadline_ms").map_err(classify)?,
-        approval_id: row.try_get("approval_id").map_err(classify)?,
-    })
-}
-
-/// A fencing token as stored (SQLite integers are signed).
-fn token(token: u64) -> i64 {
-    i64::try_from(token).unwrap_or(i64::MAX)
 }

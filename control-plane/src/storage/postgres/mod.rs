@@ -1,0 +1,393 @@
+//! The PostgreSQL backend (issue 14, ADR 0016): one database shared by every `agentd serve`
+//! node, through sqlx.
+//!
+//! - The schema is applied by sqlx's migrator from `control-plane/migrations/postgres/`
+//!   (compiled in), under sqlx's advisory lock, so nodes starting together apply it once. A
+//!   database holding a migration this build does not know (a newer agentd) is refused.
+//! - A write unit takes one transaction-scoped advisory lock ([`WRITE_LOCK`]) before anything
+//!   else: writers are serialised across every node, as SQLite's `BEGIN IMMEDIATE` serialises
+//!   them in one process, so a status read inside a unit is still the status when its
+//!   compare-and-set runs, and the audit log has a single ordered appender whose Merkle tree
+//!   head moves in the same transaction as the entry. Reads take a `REPEATABLE READ READ ONLY`
+//!   snapshot and never wait for writers. Dispatch (the guest's work) happens outside units,
+//!   so nodes run guests in parallel; only the short bookkeeping transactions queue.
+//! - A commit returns when PostgreSQL made it durable (`synchronous_commit` as the server is
+//!   configured; `on` by default), and its run events are then published on this node's feed.
+//!   The unit also sends `NOTIFY` (delivered only if it commits) naming its events, and every
+//!   other node's listener reads them and publishes them on its own feed: event streams on any
+//!   node see commits made on every node. A listener that lost its connection misses what was
+//!   sent meanwhile (PostgreSQL does not queue notifications for a closed session).
+//!
+//! Errors are classified by SQLSTATE (PostgreSQL's appendix A), never by message text.
+
+mod rows;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{Access, RunFeed, Storage, UnitOfWork};
+use crate::error::StoreError;
+use crate::run::RunEvent;
+
+/// The advisory lock key every write unit holds (`pg_advisory_xact_lock`): "agentd" in ASCII.
+pub(crate) const WRITE_LOCK: i64 = 0x6167_656e_7464;
+
+/// The migrations, oldest first: `(version, description, SQL)`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../../migrations/postgres/0001_state.sql"))];
+
+/// The newest migration this build applies.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// An open PostgreSQL state.
+#[derive(Debug)]
+pub(crate) struct PostgresStorage {
+    pool: PgPool,
+    location: String,
+    feed: RunFeed,
+    commits: Arc<AtomicU64>,
+    notices: Arc<Notices>,
+}
+
+/// Where this store announces its committed run events, and how it knows its own.
+#[derive(Debug)]
+struct Notices {
+    /// `agentd_run_events_<schema>`: one channel per schema, so states sharing a database do
+    /// not hear each other.
+    channel: String,
+    /// A random id of this open store, first in every notice it sends.
+    instance: String,
+}
+
+/// A unit of work: one PostgreSQL transaction. The run events it inserts are published on the
+/// feed once, and only if, it commits.
+pub(crate) struct PostgresUnit {
+    transaction: Transaction<'static, Postgres>,
+    inserted: Vec<RunEvent>,
+    feed: RunFeed,
+    /// Counts durable commits; `None` for a read unit.
+    commits: Option<Arc<AtomicU64>>,
+    notices: Arc<Notices>,
+}
+
+impl PostgresStorage {
+    /// Connects to `url` (`postgres://user@host:port/database`, with libpq's `options`
+    /// parameter for a `search_path`), applies the migrations this build has, and anchors a
+    /// fresh log: when the database holds no audit anchor, no tree state and no entry,
+    /// `on_creation` is called (inside the write unit that stores its anchor) with the empty
+    /// log's head. It is never called for a log that exists, so no later open re-anchors it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] naming the cause when the server cannot be reached or the
+    /// migrations fail; [`StoreError::NewerSchema`] when a newer agentd migrated the database.
+    pub(crate) async fn open(
+        url: &str,
+        on_creation: impl FnOnce((i64, String)) -> Result<crate::audit::Anchor, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|error| StoreError::Open {
+            location: "a PostgreSQL URL".to_owned(),
+            cause: Box::new(StoreError::Backend {
+                detail: format!("not a PostgreSQL URL: {error}"),
+            }),
+        })?;
+        let location = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        let open_error = |error: sqlx::Error| StoreError::Open {
+            location: location.clone(),
+            cause: Box::new(classify(error)),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .or_else(|error| match &error {
+                // No migrations table yet: a new database.
+                sqlx::Error::Database(database) if database.code().as_deref() == Some("42P01") => Ok(None),
+                _ => Err(error),
+            })
+            .map_err(open_error)?;
+        if let Some(found) = applied
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::NewerSchema {
+                location,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        migrator().run(&pool).await.map_err(|error| StoreError::Open {
+            location: location.clone(),
+            cause: Box::new(match error {
+                sqlx::migrate::MigrateError::Execute(error) => classify(error),
+                other => StoreError::Backend {
+                    detail: other.to_string(),
+                },
+            }),
+        })?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::TEXT")
+            .fetch_one(&pool)
+            .await
+            .map_err(open_error)?;
+        let mut instance = [0u8; 8];
+        getrandom::fill(&mut instance).map_err(|error| StoreError::Open {
+            location: location.clone(),
+            cause: Box::new(StoreError::Backend {
+                detail: format!("the random source failed: {error}"),
+            }),
+        })?;
+        let notices = Arc::new(Notices {
+            channel: format!("agentd_run_events_{schema}").chars().take(63).collect(),
+            instance: instance.iter().map(|byte| format!("{byte:02x}")).collect(),
+        });
+        let feed = RunFeed::default();
+        tokio::spawn(relay_notices(pool.clone(), Arc::clone(&notices), feed.clone()));
+        let storage = PostgresStorage {
+            pool,
+            location,
+            feed,
+            commits: Arc::new(AtomicU64::new(0)),
+            notices,
+        };
+        storage
+            .anchor_if_fresh(on_creation)
+            .await
+            .map_err(|cause| StoreError::Open {
+                location: storage.location.clone(),
+                cause: Box::new(cause),
+            })?;
+        Ok(storage)
+    }
+
+    /// Stores the first anchor and the empty tree of a log that has neither, nor any entry.
+    async fn anchor_if_fresh(
+        &self,
+        on_creation: impl FnOnce((i64, String)) -> Result<crate::audit::Anchor, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut unit = self.begin(Access::Write).await?;
+        let fresh =
+            unit.anchor().await?.is_none() && unit.log_state().await?.is_none() && unit.audit_head().await?.is_none();
+        if fresh {
+            let anchor = on_creation((0, crate::audit::GENESIS_HASH.to_owned()))?;
+            let state = crate::audit::LogState::new(crate::audit::merkle::Frontier::new()).map_err(|error| {
+                StoreError::Backend {
+                    detail: format!("the random source failed: {error}"),
+                }
+            })?;
+            unit.put_anchor(&anchor).await?;
+            unit.put_log_state(&state).await?;
+            unit.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// sqlx's migrator over [`MIGRATIONS`].
+fn migrator() -> Migrator {
+    Migrator {
+        migrations: MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(version, description.into(), MigrationType::Simple, sql.into(), false)
+            })
+            .collect::<Vec<_>>()
+            .into(),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        let transaction = match access {
+            Access::Read => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+            }
+            Access::Write => self.pool.begin().await,
+        }
+        .map_err(classify)?;
+        let mut unit = PostgresUnit {
+            transaction,
+            inserted: Vec::new(),
+            feed: self.feed.clone(),
+            commits: (access == Access::Write).then(|| Arc::clone(&self.commits)),
+            notices: Arc::clone(&self.notices),
+        };
+        if access == Access::Write {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *unit.transaction)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(Box::new(unit))
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn feed(&self) -> &RunFeed {
+        &self.feed
+    }
+
+    /// PostgreSQL makes each commit durable itself (and shares WAL flushes among concurrent
+    /// commits, invisibly to a client): reported as one flush per commit.
+    fn commit_stats(&self) -> (u64, u64) {
+        let commits = self.commits.load(Ordering::Relaxed);
+        (commits, commits)
+    }
+}
+
+#[async_trait]
+impl UnitOfWork for PostgresUnit {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let PostgresUnit {
+            mut transaction,
+            inserted,
+            feed,
+            commits,
+            notices,
+        } = *self;
+        if !inserted.is_empty() {
+            // `<instance>` then one `<run id> <lamport>` line per event; sent at COMMIT only.
+            let mut payload = notices.instance.clone();
+            for event in &inserted {
+                payload.push_str(&format!("\n{} {}", event.run_id, event.lamport));
+            }
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&notices.channel)
+                .bind(payload)
+                .execute(&mut *transaction)
+                .await
+                .map_err(classify)?;
+        }
+        transaction.commit().await.map_err(classify)?;
+        if let Some(commits) = commits {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
+        feed.publish(inserted);
+        Ok(())
+    }
+}
+
+/// Listens on `notices.channel` and publishes on `feed` the run events other stores (other
+/// nodes) committed; ends when the pool closes.
+async fn relay_notices(pool: PgPool, notices: Arc<Notices>, feed: RunFeed) {
+    let mut listener = loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(&notices.channel).await {
+                Ok(()) => break listener,
+                Err(error) => tracing::warn!(%error, "cannot listen for other nodes' run events"),
+            },
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => tracing::warn!(%error, "cannot listen for other nodes' run events"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    loop {
+        let notice = match listener.try_recv().await {
+            Ok(Some(notice)) => notice,
+            // The connection dropped; the listener reconnects and listens again.
+            Ok(None) => continue,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                tracing::warn!(%error, "lost the other nodes' run events; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut lines = notice.payload().lines();
+        if lines.next() == Some(notices.instance.as_str()) {
+            continue; // Published by this store already, after its own commit.
+        }
+        for line in lines {
+            let Some((run_id, lamport)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(lamport) = lamport.parse::<u64>() else { continue };
+            match read_event(&pool, run_id, lamport).await {
+                Ok(Some(event)) => feed.publish(vec![event]),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, run_id, lamport, "cannot read another node's run event"),
+            }
+        }
+    }
+}
+
+/// Run event `lamport` of `run_id`, if stored.
+async fn read_event(pool: &PgPool, run_id: &str, lamport: u64) -> Result<Option<RunEvent>, StoreError> {
+    let row = sqlx::query(&format!(
+        "{} WHERE run_id = $1 AND lamport = $2",
+        crate::storage::columns::RUN_EVENT_COLUMNS
+    ))
+    .bind(run_id)
+    .bind(crate::storage::columns::signed(lamport))
+    .fetch_optional(pool)
+    .await
+    .map_err(classify)?;
+    row.as_ref().map(crate::storage::columns::run_event).transpose()
+}
+
+/// Classifies a sqlx error by SQLSTATE, or by the I/O error's OS code.
+pub(crate) fn classify(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(database) => {
+            let detail = database.message().to_owned();
+            let code = database.code().map(|code| code.into_owned()).unwrap_or_default();
+            match (code.get(..2).unwrap_or(""), code.as_str()) {
+                // serialization_failure, deadlock_detected, lock_not_available, and the
+                // connection and operator-intervention classes: try again.
+                (_, "40001" | "40P01" | "55P03") | ("08" | "57", _) => StoreError::Busy { detail },
+                (_, "53100") => StoreError::Full { detail },
+                (_, "25006") => StoreError::ReadOnly { detail },
+                (_, "XX001" | "XX002") => StoreError::Corrupt { detail },
+                ("53" | "58", _) => StoreError::Io { detail },
+                ("23", _) => StoreError::Constraint { detail },
+                _ => StoreError::Backend { detail },
+            }
+        }
+        sqlx::Error::Io(io) => {
+            let detail = io.to_string();
+            match io.raw_os_error() {
+                Some(28) => StoreError::Full { detail },
+                _ => StoreError::Io { detail },
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Busy {
+            detail: "no connection to PostgreSQL came free in time".to_owned(),
+        },
+        error @ (sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }) => StoreError::Corrupt {
+            detail: error.to_string(),
+        },
+        other => StoreError::Backend {
+            detail: other.to_string(),
+        },
+    }
+}
+
+crate::storage::columns::impl_columns!(sqlx::postgres::PgRow, classify);
