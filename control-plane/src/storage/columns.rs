@@ -46,6 +46,24 @@ pub(crate) const RUN_COLUMNS: &str =
     "SELECT run_id, tenant, state, owner, lease_expires_at_ms, fencing_token, deadline_ms,
     approval_id FROM runs";
 
+/// The columns of an audit entry, in every backend's `audit` table.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit";
+
+/// An audit entry from a row of [`AUDIT_COLUMNS`].
+pub(crate) fn audit_entry(row: &impl Columns) -> Result<crate::audit::AuditEntry, StoreError> {
+    Ok(crate::audit::AuditEntry {
+        seq: row.int("seq")?,
+        recorded_at_ms: row.int("recorded_at_ms")?,
+        kind: row.text("kind")?,
+        tenant: row.text("tenant")?,
+        principal: row.text("principal")?,
+        payload: row.text("payload")?,
+        prev_hash: row.text("prev_hash")?,
+        hash: row.text("hash")?,
+    })
+}
+
 /// The columns of a run event, in every backend's `run_events` table.
 pub(crate) const RUN_EVENT_COLUMNS: &str =
     "SELECT run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms, payload FROM run_events";

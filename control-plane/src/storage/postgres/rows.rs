@@ -1,7 +1,6 @@
 //! Every table's rows on PostgreSQL: the storage interface's row traits for [`PostgresUnit`].
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::{PostgresUnit, classify};
 use crate::audit::merkle::Frontier;
@@ -11,7 +10,7 @@ use crate::error::StoreError;
 use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote, decisions_text};
 use crate::records::{Insertion, Record};
 use crate::run::{RequestKey, RunEvent, RunRecord};
-use crate::storage::columns::{self, APPROVAL_COLUMNS, RUN_COLUMNS, RUN_EVENT_COLUMNS, signed};
+use crate::storage::columns::{self, APPROVAL_COLUMNS, AUDIT_COLUMNS, RUN_COLUMNS, RUN_EVENT_COLUMNS, signed};
 use crate::storage::{ApprovalRows, AuditRows, AutonomyRows, RecordRows, RunRows};
 
 #[async_trait]
@@ -43,27 +42,11 @@ impl AuditRows for PostgresUnit {
     }
 
     async fn audit_entries(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit ORDER BY seq",
-        )
-        .fetch_all(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    seq: row.try_get("seq")?,
-                    recorded_at_ms: row.try_get("recorded_at_ms")?,
-                    kind: row.try_get("kind")?,
-                    tenant: row.try_get("tenant")?,
-                    principal: row.try_get("principal")?,
-                    payload: row.try_get("payload")?,
-                    prev_hash: row.try_get("prev_hash")?,
-                    hash: row.try_get("hash")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        let rows = sqlx::query(&format!("{AUDIT_COLUMNS} ORDER BY seq"))
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(columns::audit_entry).collect()
     }
 
     async fn anchor(&mut self) -> Result<Option<Anchor>, StoreError> {

@@ -7,6 +7,7 @@ use super::{SqliteUnit, classify};
 use crate::audit::merkle::Frontier;
 use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::error::StoreError;
+use crate::storage::columns::{self, AUDIT_COLUMNS};
 use crate::storage::{AppendContext, AuditRows};
 
 /// The statement inserting one audit entry, as a literal for `concat!`.
@@ -66,27 +67,11 @@ impl AuditRows for SqliteUnit {
     }
 
     async fn audit_entries(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit ORDER BY seq",
-        )
-        .fetch_all(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    seq: row.try_get("seq")?,
-                    recorded_at_ms: row.try_get("recorded_at_ms")?,
-                    kind: row.try_get("kind")?,
-                    tenant: row.try_get("tenant")?,
-                    principal: row.try_get("principal")?,
-                    payload: row.try_get("payload")?,
-                    prev_hash: row.try_get("prev_hash")?,
-                    hash: row.try_get("hash")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        let rows = sqlx::query(&format!("{AUDIT_COLUMNS} ORDER BY seq"))
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        rows.iter().map(columns::audit_entry).collect()
     }
 
     async fn anchor(&mut self) -> Result<Option<Anchor>, StoreError> {
