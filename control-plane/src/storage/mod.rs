@@ -17,6 +17,7 @@
 
 mod columns;
 pub(crate) mod postgres;
+mod rows;
 pub(crate) mod sqlite;
 
 use std::fmt;
@@ -29,6 +30,39 @@ use crate::error::StoreError;
 use crate::hitl::{ApprovalRequest, ApprovalStatus, ApprovalTransition, NewApproval, Vote};
 use crate::records::{Insertion, Record};
 use crate::run::{RequestKey, RunEvent, RunRecord};
+
+/// Classifies a sqlx error: a database error by `database(message, code)` (each backend knows
+/// its own codes), an I/O error by its OS code, and the rest alike for every backend (a pool
+/// timeout is busy; a value that does not decode is corruption).
+pub(crate) fn classify_with(error: sqlx::Error, database: impl FnOnce(String, &str) -> StoreError) -> StoreError {
+    match error {
+        sqlx::Error::Database(error) => {
+            let code = error.code().map(|code| code.into_owned()).unwrap_or_default();
+            database(error.message().to_owned(), &code)
+        }
+        sqlx::Error::Io(io) => {
+            let detail = io.to_string();
+            match io.raw_os_error() {
+                Some(28) => StoreError::Full { detail },     // ENOSPC
+                Some(30) => StoreError::ReadOnly { detail }, // EROFS
+                _ => StoreError::Io { detail },
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Busy {
+            detail: "no database connection came free in time".to_owned(),
+        },
+        error @ (sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }) => StoreError::Corrupt {
+            detail: error.to_string(),
+        },
+        other => StoreError::Backend {
+            detail: other.to_string(),
+        },
+    }
+}
 
 /// What a unit of work may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -349,45 +349,21 @@ async fn read_event(pool: &PgPool, run_id: &str, lamport: u64) -> Result<Option<
     row.as_ref().map(crate::storage::columns::run_event).transpose()
 }
 
-/// Classifies a sqlx error by SQLSTATE, or by the I/O error's OS code.
+/// Classifies a sqlx error by SQLSTATE (the rest as every backend does).
 pub(crate) fn classify(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::Database(database) => {
-            let detail = database.message().to_owned();
-            let code = database.code().map(|code| code.into_owned()).unwrap_or_default();
-            match (code.get(..2).unwrap_or(""), code.as_str()) {
-                // serialization_failure, deadlock_detected, lock_not_available, and the
-                // connection and operator-intervention classes: try again.
-                (_, "40001" | "40P01" | "55P03") | ("08" | "57", _) => StoreError::Busy { detail },
-                (_, "53100") => StoreError::Full { detail },
-                (_, "25006") => StoreError::ReadOnly { detail },
-                (_, "XX001" | "XX002") => StoreError::Corrupt { detail },
-                ("53" | "58", _) => StoreError::Io { detail },
-                ("23", _) => StoreError::Constraint { detail },
-                _ => StoreError::Backend { detail },
-            }
+    super::classify_with(error, |detail, code| {
+        match (code.get(..2).unwrap_or(""), code) {
+            // serialization_failure, deadlock_detected, lock_not_available, and the
+            // connection and operator-intervention classes: try again.
+            (_, "40001" | "40P01" | "55P03") | ("08" | "57", _) => StoreError::Busy { detail },
+            (_, "53100") => StoreError::Full { detail },
+            (_, "25006") => StoreError::ReadOnly { detail },
+            (_, "XX001" | "XX002") => StoreError::Corrupt { detail },
+            ("53" | "58", _) => StoreError::Io { detail },
+            ("23", _) => StoreError::Constraint { detail },
+            _ => StoreError::Backend { detail },
         }
-        sqlx::Error::Io(io) => {
-            let detail = io.to_string();
-            match io.raw_os_error() {
-                Some(28) => StoreError::Full { detail },
-                _ => StoreError::Io { detail },
-            }
-        }
-        sqlx::Error::PoolTimedOut => StoreError::Busy {
-            detail: "no connection to PostgreSQL came free in time".to_owned(),
-        },
-        error @ (sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. }) => StoreError::Corrupt {
-            detail: error.to_string(),
-        },
-        other => StoreError::Backend {
-            detail: other.to_string(),
-        },
-    }
+    })
 }
 
 crate::storage::columns::impl_columns!(sqlx::postgres::PgRow, classify);

@@ -6,12 +6,8 @@
 //! Errors are classified by SQLite's result code (`sqlite3_extended_errcode`, of which the low
 //! byte is the primary code), never by message text.
 
-mod approvals;
 mod audit;
-mod autonomy;
 mod durable;
-mod records;
-mod runs;
 mod schema;
 
 use std::path::Path;
@@ -421,55 +417,24 @@ fn unwritable(path: &Path) -> Option<&Path> {
         .find(|candidate| !writable(candidate))
 }
 
-/// Classifies a sqlx error by SQLite's result code, or by the I/O error's OS code.
+/// Classifies a sqlx error by SQLite's result code (the rest as every backend does).
 pub(crate) fn classify(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::Database(database) => {
-            let detail = database.message().to_owned();
-            let primary = database
-                .code()
-                .and_then(|code| code.parse::<i64>().ok())
-                .map_or(0, |code| code & 0xff);
-            match primary {
-                code::BUSY | code::LOCKED => StoreError::Busy { detail },
-                code::FULL => StoreError::Full { detail },
-                code::READONLY => StoreError::ReadOnly { detail },
-                code::CORRUPT | code::NOTADB => StoreError::Corrupt { detail },
-                code::IOERR | code::CANTOPEN | code::NOMEM => StoreError::Io { detail },
-                code::CONSTRAINT => StoreError::Constraint { detail },
-                _ => StoreError::Backend { detail },
-            }
+    super::classify_with(error, |detail, code| {
+        let primary = code.parse::<i64>().map_or(0, |code| code & 0xff);
+        match primary {
+            code::BUSY | code::LOCKED => StoreError::Busy { detail },
+            code::FULL => StoreError::Full { detail },
+            code::READONLY => StoreError::ReadOnly { detail },
+            code::CORRUPT | code::NOTADB => StoreError::Corrupt { detail },
+            code::IOERR | code::CANTOPEN | code::NOMEM => StoreError::Io { detail },
+            code::CONSTRAINT => StoreError::Constraint { detail },
+            _ => StoreError::Backend { detail },
         }
-        sqlx::Error::Io(io) => {
-            let detail = io.to_string();
-            match io.raw_os_error() {
-                Some(28) => StoreError::Full { detail },     // ENOSPC
-                Some(30) => StoreError::ReadOnly { detail }, // EROFS
-                _ => StoreError::Io { detail },
-            }
-        }
-        sqlx::Error::PoolTimedOut => StoreError::Busy {
-            detail: "no connection came free in time".to_owned(),
-        },
-        error @ (sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. }) => StoreError::Corrupt {
-            detail: error.to_string(),
-        },
-        other => StoreError::Backend {
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// `u32` from a stored count.
-fn count(value: i64) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
+    })
 }
 
 crate::storage::columns::impl_columns!(sqlx::sqlite::SqliteRow, classify);
+crate::storage::rows::impl_rows!(SqliteUnit);
 
 /// Creates an empty file at `path` with mode 0600 unless something is there already.
 fn create_private(path: &Path) -> std::io::Result<()> {
