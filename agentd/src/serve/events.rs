@@ -64,7 +64,7 @@ pub struct Hub {
 
 impl Hub {
     /// Starts routing `feed` (committed run events) and `progress` (guests' `emit`); the task
-    /// ends when the feed closes.
+    /// ends when either closes.
     pub fn start(
         mut feed: broadcast::Receiver<RunEvent>,
         mut progress: broadcast::Receiver<agent_runtime::Progress>,
@@ -88,7 +88,9 @@ impl Hub {
                             routing.send(&run_id, || Frame::Progress(frame("progress", None, &progress)));
                         }
                         Err(RecvError::Lagged(missed)) => routing.send_all(|| Frame::Progress(progress_lost(missed))),
-                        Err(RecvError::Closed) => {}
+                        // The runtime is gone: so is the server (and a closed receiver would
+                        // answer at once, for ever).
+                        Err(RecvError::Closed) => break,
                     },
                 }
             }
