@@ -4,7 +4,10 @@
 //!    transactions each) with 1, 2, 16 and 64 concurrent clients: over HTTP on loopback to an
 //!    `agentd serve` process, and in process through `agent_runtime::run_step` on the same
 //!    kind of store; p50, p99 and runs/s, and HTTP's share of in-process throughput;
-//! 2. 1,000 concurrent SSE subscribers to one run: the delay from an event's recording to its
+//! 2. with `AGENTD_BENCH_DATABASE_URL` (or `AGENTD_TEST_DATABASE_URL`): the same HTTP load at 16
+//!    clients on 1, 2 and 3 nodes sharing one PostgreSQL database, against the SQLite node, with
+//!    each node's CPU;
+//! 3. 1,000 concurrent SSE subscribers to one run: the delay from an event's recording to its
 //!    arrival at every subscriber (p50, p99, max), and the server's memory per idle stream.
 //!
 //! `cargo bench -p agentd --bench serve` (needs the packages of `cargo xtask build-plugins`).
@@ -86,8 +89,17 @@ impl Drop for Server {
 }
 
 fn serve(state: &std::path::Path) -> Server {
+    serve_on(state, None)
+}
+
+/// `agentd serve` on `state`, its control plane in `database` (PostgreSQL) when given.
+fn serve_on(state: &std::path::Path, database: Option<&str>) -> Server {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentd"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentd"));
+    if let Some(database) = database {
+        command.args(["--database", database]);
+    }
+    let mut child = command
         .args(["--state-dir", state.to_str().unwrap()])
         .args(["--plugins", packages().to_str().unwrap()])
         .args(["--policy", repo().join("policies/default.cedar").to_str().unwrap()])
@@ -102,6 +114,14 @@ fn serve(state: &std::path::Path) -> Server {
         .unwrap();
     let base = line.trim().strip_prefix("agentd listening on ").unwrap().to_owned();
     Server(child, base)
+}
+
+/// User plus system CPU time of process `pid`, in clock ticks (100 per second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -232,6 +252,73 @@ fn main() {
                 http.p99_ms,
                 http.runs_per_second / local.runs_per_second
             );
+        }
+
+        // Nodes: the same HTTP load (16 clients) on 1, 2 and 3 `agentd serve` nodes sharing one
+        // PostgreSQL database, against the SQLite node above, when a database is given.
+        if let Ok(url) = std::env::var("AGENTD_BENCH_DATABASE_URL").or_else(|_| std::env::var("AGENTD_TEST_DATABASE_URL")) {
+            const CLIENTS: usize = 16;
+            let http_load = |bases: Vec<String>| {
+                let (client, token, body) = (client.clone(), agent.clone(), body.clone());
+                let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                load(CLIENTS, move || {
+                    let base = &bases[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bases.len()];
+                    let request = client
+                        .post(format!("{base}/v1/runs"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    async move {
+                        let response = request.send().await.unwrap();
+                        assert_eq!(response.status().as_u16(), 201);
+                        response.bytes().await.unwrap();
+                    }
+                })
+            };
+            let sqlite = http_load(vec![server.1.clone()]).await;
+            println!("\nnodes: governed noop runs over HTTP, {CLIENTS} clients spread over the nodes (4 s)");
+            println!("  store          | runs/s  p50 ms  p99 ms | x SQLite | CPU per node (of 2 cores)");
+            println!(
+                "  SQLite, 1 node | {:>6.0} {:>7.2} {:>7.2} |     1.00 |",
+                sqlite.runs_per_second, sqlite.p50_ms, sqlite.p99_ms
+            );
+            let schema = format!("agentd_bench_{}", std::process::id());
+            let admin = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::raw_sql(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+            let database = format!("{url}?options[search_path]={schema}");
+            let mut nodes: Vec<Server> = Vec::new();
+            for count in 1..=3 {
+                let state = dir.path().join(format!("node-{count}"));
+                std::fs::create_dir_all(&state).unwrap();
+                std::fs::copy(http_state.join("jwt-hs256.key"), state.join("jwt-hs256.key")).unwrap();
+                if count > 1 {
+                    for key in ["postgres.audit-key", "postgres.checkpoint-key"] {
+                        std::fs::copy(dir.path().join("node-1").join(key), state.join(key)).unwrap();
+                    }
+                }
+                nodes.push(serve_on(&state, Some(&database)));
+                let ticks = |nodes: &[Server]| nodes.iter().map(|node| cpu_ticks(node.0.id())).collect::<Vec<_>>();
+                let before = ticks(&nodes);
+                let level = http_load(nodes.iter().map(|node| node.1.clone()).collect()).await;
+                let after = ticks(&nodes);
+                let cpu: Vec<String> = before
+                    .iter()
+                    .zip(&after)
+                    .map(|(before, after)| {
+                        format!("{:.0}%", (after - before) as f64 / 100.0 / (WARM_UP + MEASURE).as_secs_f64() * 100.0)
+                    })
+                    .collect();
+                println!(
+                    "  PostgreSQL, {count} | {:>6.0} {:>7.2} {:>7.2} | {:>8.2} | {}",
+                    level.runs_per_second,
+                    level.p50_ms,
+                    level.p99_ms,
+                    level.runs_per_second / sqlite.runs_per_second,
+                    cpu.join(" ")
+                );
+            }
+            drop(nodes);
+            sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
         }
 
         // SSE: 1,000 subscribers to one run that waits for approval; then approve it.
