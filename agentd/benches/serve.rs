@@ -209,6 +209,25 @@ fn main() {
             })
         };
 
+        // `clients` loops of POST /v1/runs, spread round-robin over the servers at `bases`.
+        let http_load = |bases: Vec<String>, clients: usize| {
+            let (client, token, body) = (client.clone(), agent.clone(), body.clone());
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            load(clients, move || {
+                let base = &bases[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bases.len()];
+                let request = client
+                    .post(format!("{base}/v1/runs"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                async move {
+                    let response = request.send().await.unwrap();
+                    assert_eq!(response.status().as_u16(), 201);
+                    response.bytes().await.unwrap();
+                }
+            })
+        };
+
         println!("governed, durable noop runs: in process vs over HTTP on loopback ({} s per level)", MEASURE.as_secs());
         println!(
             "  clients | in process, fsync per commit | in process, group commit      | HTTP, group commit            | HTTP/in-process"
@@ -222,22 +241,7 @@ fn main() {
             let local = in_process(&control_plane, &local_token, clients).await;
             let after = control_plane.commit_stats();
             let shared = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
-            let http = {
-                let (client, url, token, body) = (client.clone(), format!("{}/v1/runs", server.1), agent.clone(), body.clone());
-                load(clients, move || {
-                    let request = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    async move {
-                        let response = request.send().await.unwrap();
-                        assert_eq!(response.status().as_u16(), 201);
-                        response.bytes().await.unwrap();
-                    }
-                })
-                .await
-            };
+            let http = http_load(vec![server.1.clone()], clients).await;
             println!(
                 "  {clients:>7} | {:>8.0} {:>7.2} {:>7.2}     | {:>8.0} {:>7.2} {:>7.2} {:>13.1} | {:>8.0} {:>7.2} {:>7.2} | {:>5.2}",
                 each.runs_per_second,
@@ -258,24 +262,7 @@ fn main() {
         // PostgreSQL database, against the SQLite node above, when a database is given.
         if let Ok(url) = std::env::var("AGENTD_BENCH_DATABASE_URL").or_else(|_| std::env::var("AGENTD_TEST_DATABASE_URL")) {
             const CLIENTS: usize = 16;
-            let http_load = |bases: Vec<String>| {
-                let (client, token, body) = (client.clone(), agent.clone(), body.clone());
-                let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                load(CLIENTS, move || {
-                    let base = &bases[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bases.len()];
-                    let request = client
-                        .post(format!("{base}/v1/runs"))
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    async move {
-                        let response = request.send().await.unwrap();
-                        assert_eq!(response.status().as_u16(), 201);
-                        response.bytes().await.unwrap();
-                    }
-                })
-            };
-            let sqlite = http_load(vec![server.1.clone()]).await;
+            let sqlite = http_load(vec![server.1.clone()], CLIENTS).await;
             println!("\nnodes: governed noop runs over HTTP, {CLIENTS} clients spread over the nodes (4 s)");
             println!("  store          | runs/s  p50 ms  p99 ms | x SQLite | CPU per node (of 2 cores)");
             println!(
@@ -299,7 +286,7 @@ fn main() {
                 nodes.push(serve_on(&state, Some(&database)));
                 let ticks = |nodes: &[Server]| nodes.iter().map(|node| cpu_ticks(node.0.id())).collect::<Vec<_>>();
                 let before = ticks(&nodes);
-                let level = http_load(nodes.iter().map(|node| node.1.clone()).collect()).await;
+                let level = http_load(nodes.iter().map(|node| node.1.clone()).collect(), CLIENTS).await;
                 let after = ticks(&nodes);
                 let cpu: Vec<String> = before
                     .iter()

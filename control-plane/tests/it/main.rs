@@ -137,9 +137,9 @@ pub async fn plane_on(backend: &Backend, policy: &str, now_ms: i64) -> Plane {
         Backend::Sqlite => (Store::open(&dir.path().join("state.db")).await.unwrap(), None),
         Backend::Postgres(url) => {
             let schema = fresh_schema(url).await;
-            let separator = if url.contains('?') { '&' } else { '?' };
-            let scoped = format!("{url}{separator}options[search_path]={schema}");
-            let store = Store::open_postgres(&scoped, dir.path()).await.unwrap();
+            let store = Store::open_postgres(&scoped_url(url, &schema), dir.path())
+                .await
+                .unwrap();
             (store, Some(Schema(url.clone(), schema)))
         }
     };
@@ -149,6 +149,12 @@ pub async fn plane_on(backend: &Backend, policy: &str, now_ms: i64) -> Plane {
         clock,
         schema,
     }
+}
+
+/// `url` with its connections' `search_path` set to `schema`.
+pub fn scoped_url(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options[search_path]={schema}")
 }
 
 /// Creates a schema of its own for one test, so tests run in parallel on one database.

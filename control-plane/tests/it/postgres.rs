@@ -18,9 +18,7 @@ fn postgres() -> Option<String> {
 
 /// The URL of `plane`'s own schema.
 fn scoped(url: &str, plane: &crate::Plane) -> String {
-    let schema = &plane.schema.as_ref().expect("a PostgreSQL plane").1;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options[search_path]={schema}")
+    crate::scoped_url(url, &plane.schema.as_ref().expect("a PostgreSQL plane").1)
 }
 
 /// A second node's control plane on `plane`'s schema and keys.
