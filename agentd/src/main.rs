@@ -160,6 +160,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         recovery_secs: u64,
     },
+    /// Copy a SQLite state into an empty PostgreSQL database (ADR 0016): every table, the
+    /// audit log with its anchor and tree, and the log's keys (to the state directory, where
+    /// `--database` nodes read them). Both sides are verified; a non-empty target is refused.
+    Migrate {
+        /// The state to copy, `sqlite:PATH` (read only; its keys are `PATH.audit-key` and
+        /// `PATH.checkpoint-key`).
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The empty database to fill, `postgres://user@host:port/database`.
+        #[arg(long, value_name = "postgres://...", hide_env_values = true)]
+        to: String,
+    },
     /// Print the HTTP API's OpenAPI 3.1 document.
     #[command(hide = true)]
     Openapi,
@@ -849,6 +861,37 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 recovery_period: Duration::from_secs(recovery_secs.max(1)),
             };
             serve::run(&paths, options).await?;
+            Ok(Exit::Success)
+        }
+        Command::Migrate { from, to } => {
+            let source = from
+                .strip_prefix("sqlite:")
+                .filter(|path| !path.is_empty())
+                .with_context(|| format!("--from `{from}` is not `sqlite:PATH`"))?;
+            if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+                bail!("--to must be a PostgreSQL URL, `postgres://user@host:port/database`");
+            }
+            std::fs::create_dir_all(&paths.state_dir)
+                .with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))?;
+            let report = control_plane::migrate_sqlite_to_postgres(Path::new(source), &to, &paths.state_dir)
+                .await
+                .with_context(|| format!("cannot migrate {source}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("copied {} to {}:", report.source, report.target);
+                for (table, rows) in &report.tables {
+                    println!("  {table:<22} {rows:>9} rows");
+                }
+                println!(
+                    "audit log verified on both sides: {} entries, head {}, Merkle root {}",
+                    report.audit_entries, report.audit_head, report.merkle_root
+                );
+                println!(
+                    "keys: {}/postgres.audit-key and postgres.checkpoint-key; give every node a copy",
+                    report.key_dir
+                );
+            }
             Ok(Exit::Success)
         }
         Command::Openapi => {

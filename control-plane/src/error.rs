@@ -123,3 +123,86 @@ impl StoreError {
         }
     }
 }
+
+/// Why `agentd migrate` (copying a SQLite state into PostgreSQL,
+/// [`migrate_sqlite_to_postgres`](crate::migrate_sqlite_to_postgres)) refused or failed. In
+/// every case nothing was committed to the target: it holds what it held before.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The source's audit evidence does not verify, so it is not copied: a copy would launder
+    /// a broken log into one that verifies under a new anchor.
+    #[error(
+        "the source {location} does not verify at audit entry {seq} ({reason}), so nothing was copied; \
+         `agentd audit verify` says more"
+    )]
+    SourceBroken {
+        /// The source state file.
+        location: String,
+        /// The first entry that does not verify.
+        seq: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The target already holds state: migrating only ever fills an empty database.
+    #[error(
+        "the target {location} is not empty (table `{table}` holds {rows} rows); migrate only into an empty \
+         database or schema"
+    )]
+    TargetNotEmpty {
+        /// The target database.
+        location: String,
+        /// The first table found holding rows.
+        table: String,
+        /// How many.
+        rows: u64,
+    },
+    /// A key file at the target's key path differs from the source's: the copied log would be
+    /// anchored or signed by a key it was not made with.
+    #[error(
+        "the key file {} differs from the source's {}; the copied log needs the source's key \
+         (move {0} away if no node has used it)",
+        found.display(), expected.display()
+    )]
+    KeyMismatch {
+        /// The source's key file.
+        expected: std::path::PathBuf,
+        /// The key file found at the target's key path.
+        found: std::path::PathBuf,
+    },
+    /// The two schemas do not line up (a table or column on one side only, or of a type this
+    /// build does not copy): nothing is guessed.
+    #[error("the source and target schemas differ: {detail}")]
+    SchemaMismatch {
+        /// What differs.
+        detail: String,
+    },
+    /// The copy, read back inside its own transaction, does not verify as the source did; it
+    /// was rolled back.
+    #[error("the copy does not verify as the source did ({detail}); it was rolled back")]
+    CopyDiffers {
+        /// What differs.
+        detail: String,
+    },
+    /// A key file could not be read or written.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyFileError),
+    /// Either database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MigrateError {
+    /// Whether running the migration again can help: only a busy or failing database or an
+    /// I/O error on a key file.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MigrateError::Key(error) => error.is_retryable(),
+            MigrateError::Store(error) => error.is_retryable(),
+            MigrateError::SourceBroken { .. }
+            | MigrateError::TargetNotEmpty { .. }
+            | MigrateError::KeyMismatch { .. }
+            | MigrateError::SchemaMismatch { .. }
+            | MigrateError::CopyDiffers { .. } => false,
+        }
+    }
+}

@@ -71,10 +71,6 @@ impl KeyFileError {
 /// [`KeyFileError::Io`] when the file cannot be read or created, [`KeyFileError::Random`] when
 /// no random bytes can be had.
 pub fn load_or_create(path: &Path, create_bytes: usize) -> Result<Vec<u8>, KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
     match read_private(path) {
         Ok(bytes) => return Ok(bytes),
         Err(KeyFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -85,6 +81,38 @@ pub fn load_or_create(path: &Path, create_bytes: usize) -> Result<Vec<u8>, KeyFi
         path: path.to_owned(),
         message: error.to_string(),
     })?;
+    create(path, key)
+}
+
+/// The key at `path`: its bytes if the file exists, else `key` written there first (mode 0600
+/// on Unix), atomically as [`load_or_create`] does. For carrying a key to a new home (`agentd
+/// migrate`): the caller compares what it gets with what it gave.
+///
+/// # Errors
+///
+/// As [`load_or_create_exact`].
+pub fn load_or_install_exact<const N: usize>(path: &Path, key: &[u8; N]) -> Result<[u8; N], KeyFileError> {
+    let bytes = match read_private(path) {
+        Ok(bytes) => bytes,
+        Err(KeyFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            create(path, key.to_vec())?
+        }
+        Err(error) => return Err(error),
+    };
+    bytes.try_into().map_err(|bytes: Vec<u8>| KeyFileError::WrongLength {
+        path: path.to_owned(),
+        found: bytes.len(),
+        expected: N.to_string(),
+    })
+}
+
+/// Writes `key` to a unique temporary file beside `path` (0600, fsynced) and hard-links it to
+/// `path`; when another process linked first, returns theirs.
+fn create(path: &Path, key: Vec<u8>) -> Result<Vec<u8>, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut suffix = [0u8; 8];
     getrandom::fill(&mut suffix).map_err(|error| KeyFileError::Random {
         path: path.to_owned(),

@@ -27,6 +27,7 @@ pub mod governance;
 pub mod hitl;
 pub mod identity;
 pub mod keys;
+mod migrate;
 mod plane;
 pub mod records;
 pub mod risk;
@@ -43,12 +44,13 @@ pub use autonomy::{
     AutonomyAssessment, AutonomyCertificate, AutonomyLevel, AutonomyLimits, Budgets, ErrorBudget, StepResult,
 };
 pub use clock::{Clock, ManualClock, SystemClock, now_ms};
-pub use error::StoreError;
+pub use error::{MigrateError, StoreError};
 pub use governance::{
     Decision, DenyKind, Obligation, PolicyEngine, PolicyError, Quorum, ReviewDecisionKind, RiskTier, Verdict,
 };
 pub use hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, Vote};
 pub use identity::{IdentityError, Principal, Role, TokenAuthority, TokenConfig};
+pub use migrate::{MigrationReport, migrate_sqlite_to_postgres};
 pub use plane::{CancelError, ControlPlane, KernelEmitter, RECOVERY_JOB, RecoveryCandidate, StepStart};
 pub use records::{ConnectorCall, Cost, CostStatus, EmitError, LlmCall, Record, Recorded};
 pub use run::{

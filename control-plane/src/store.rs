@@ -30,17 +30,25 @@ pub struct Store {
 
 /// Where a store's keys live: beside the database, `<db>.audit-key` (HMAC anchor key, 32 bytes)
 /// and `<db>.checkpoint-key` (Ed25519 seed, 32 bytes), both mode 0600.
+/// For PostgreSQL, `<key_dir>/postgres.audit-key` and `<key_dir>/postgres.checkpoint-key`.
 #[derive(Debug, Clone)]
-struct KeyPaths {
-    anchor: PathBuf,
-    checkpoint: PathBuf,
+pub(crate) struct KeyPaths {
+    pub(crate) anchor: PathBuf,
+    pub(crate) checkpoint: PathBuf,
 }
 
 impl KeyPaths {
-    fn beside(path: &Path) -> Self {
+    pub(crate) fn beside(path: &Path) -> Self {
         KeyPaths {
             anchor: PathBuf::from(format!("{}.audit-key", path.display())),
             checkpoint: PathBuf::from(format!("{}.checkpoint-key", path.display())),
+        }
+    }
+
+    pub(crate) fn postgres(key_dir: &Path) -> Self {
+        KeyPaths {
+            anchor: key_dir.join("postgres.audit-key"),
+            checkpoint: key_dir.join("postgres.checkpoint-key"),
         }
     }
 }
@@ -111,10 +119,7 @@ impl Store {
     /// [`StoreError::NewerSchema`] when a newer agentd migrated the database,
     /// [`StoreError::AnchorKey`] when a key file exists but cannot be read (or created).
     pub async fn open_postgres(url: &str, key_dir: &Path) -> Result<Self, StoreError> {
-        let key_paths = KeyPaths {
-            anchor: key_dir.join("postgres.audit-key"),
-            checkpoint: key_dir.join("postgres.checkpoint-key"),
-        };
+        let key_paths = KeyPaths::postgres(key_dir);
         let backend = PostgresStorage::open(url, |(seq, hash)| {
             crate::keys::load_or_create_exact::<32>(&key_paths.checkpoint)?;
             let key = AnchorKey::new(crate::keys::load_or_create_exact::<32>(&key_paths.anchor)?);

@@ -25,15 +25,15 @@ use serde_json::json;
 use crate::{Env, envelope, packages_dir, stderr, stdout};
 
 /// The delivery webhook's port: `deliver-report`'s manifest names this origin.
-const PORT: u16 = 18931;
+pub(crate) const PORT: u16 = 18931;
 /// The lease TTL the chaos runs under: short, so recovery may take runs over soon after a kill.
-const LEASE_TTL_MS: u64 = 400;
+pub(crate) const LEASE_TTL_MS: u64 = 400;
 
 /// Held by the [`Webhook`] on [`PORT`], so tests needing it take turns.
 static PORT_TAKEN: Mutex<()> = Mutex::new(());
 
 /// A loopback HTTP/1.1 server recording each request's `Idempotency-Key` and delivery name.
-struct Webhook {
+pub(crate) struct Webhook {
     _port: std::sync::MutexGuard<'static, ()>,
     requests: Arc<Mutex<Vec<(String, String)>>>,
     stop: Arc<AtomicBool>,
@@ -41,7 +41,7 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = PORT_TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let listener = TcpListener::bind(("127.0.0.1", PORT))
             .unwrap_or_else(|error| panic!("the chaos test needs 127.0.0.1:{PORT}: {error}"));
@@ -130,7 +130,7 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<(String, String)>>) {
 }
 
 /// xorshift64*: a reproducible stream of pseudo-random numbers from a printed seed.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -140,7 +140,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
@@ -228,7 +228,7 @@ impl Chaos {
 }
 
 /// The default policy plus a grant of the webhook's origin to `deliver-report`.
-fn webhook_policy(env: &Env) -> std::path::PathBuf {
+pub(crate) fn webhook_policy(env: &Env) -> std::path::PathBuf {
     env.file(
         "policy.cedar",
         &format!(
@@ -241,16 +241,16 @@ fn webhook_policy(env: &Env) -> std::path::PathBuf {
 
 /// What the deliveries left behind: the webhook's distinct keys by run, the names it was sent,
 /// the files in the tenant's workspace and the key-value entries.
-struct Effects {
-    keys_by_run: BTreeMap<String, BTreeSet<String>>,
-    names_sent: BTreeSet<String>,
+pub(crate) struct Effects {
+    pub(crate) keys_by_run: BTreeMap<String, BTreeSet<String>>,
+    pub(crate) names_sent: BTreeSet<String>,
     files: BTreeSet<String>,
     kv_keys: BTreeSet<String>,
-    requests: usize,
+    pub(crate) requests: usize,
 }
 
 impl Effects {
-    fn of(env: &Env, webhook: &Webhook) -> Self {
+    pub(crate) fn of(env: &Env, webhook: &Webhook) -> Self {
         let requests = webhook.requests();
         let mut keys_by_run: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut names_sent: BTreeSet<String> = BTreeSet::new();
@@ -296,7 +296,7 @@ impl Effects {
     }
 
     /// Each run that delivered did so under one key, and every channel saw the same names.
-    fn assert_once(&self) {
+    pub(crate) fn assert_once(&self) {
         for (run_id, keys) in &self.keys_by_run {
             assert_eq!(
                 keys.len(),
@@ -318,7 +318,7 @@ impl Effects {
     }
 }
 
-fn delivery(name: &str) -> serde_json::Value {
+pub(crate) fn delivery(name: &str) -> serde_json::Value {
     json!({ "title": format!("Delivery {name}"), "body": "Quarterly numbers.", "name": name })
 }
 

@@ -49,6 +49,54 @@ pub(super) async fn append(
     Ok(entry)
 }
 
+/// [`ControlPlane::verify_audit`] inside `unit` (a read snapshot, or a write unit that sees
+/// its own rows): the chain, the head against the anchor MAC'd with `key` (kept at
+/// `key_path`, for the message when it is missing), and the stored tree.
+///
+/// # Errors
+///
+/// [`StoreError`] only when the entries cannot be read.
+pub(crate) async fn verify_in(
+    unit: &mut dyn UnitOfWork,
+    key: Option<&AnchorKey>,
+    key_path: &std::path::Path,
+) -> Result<ChainVerification, StoreError> {
+    let entries = unit.audit_entries().await?;
+    let chain = audit::verify_chain(&entries);
+    let ChainVerification::Intact {
+        entries: count, head, ..
+    } = &chain
+    else {
+        return Ok(chain);
+    };
+    let last_seq = i64::try_from(*count).unwrap_or(i64::MAX);
+    let Some(key) = key else {
+        return Ok(ChainVerification::Broken {
+            seq: last_seq,
+            reason: format!(
+                "the anchor key {} is missing, so the head cannot be checked",
+                key_path.display()
+            ),
+            verified_before: *count,
+        });
+    };
+    let anchor = match unit.anchor().await {
+        Ok(anchor) => anchor,
+        Err(error) if error.is_retryable() => return Err(error),
+        Err(_) => None,
+    };
+    let anchored = audit::check_anchor(key, anchor.as_ref(), *count, head);
+    if !matches!(anchored, ChainVerification::Intact { .. }) {
+        return Ok(anchored);
+    }
+    let state = match unit.log_state().await {
+        Ok(state) => state,
+        Err(error) if error.is_retryable() => return Err(error),
+        Err(_) => None,
+    };
+    Ok(audit::check_tree(state.as_ref(), &entries))
+}
+
 /// A non-retryable failure to read a piece of evidence (its table dropped, say) is broken
 /// evidence; a busy database stays a busy database.
 fn evidence_unreadable(what: &'static str) -> impl Fn(StoreError) -> StoreError {
@@ -99,40 +147,7 @@ impl ControlPlane {
     /// [`ChainVerification::Broken`].
     pub async fn verify_audit(&self) -> Result<ChainVerification, StoreError> {
         let mut unit = self.read().await?;
-        let entries = unit.audit_entries().await?;
-        let chain = audit::verify_chain(&entries);
-        let ChainVerification::Intact {
-            entries: count, head, ..
-        } = &chain
-        else {
-            return Ok(chain);
-        };
-        let last_seq = i64::try_from(*count).unwrap_or(i64::MAX);
-        let Some(key) = self.store.anchor_key() else {
-            return Ok(ChainVerification::Broken {
-                seq: last_seq,
-                reason: format!(
-                    "the anchor key {} is missing, so the head cannot be checked",
-                    self.store.anchor_key_path().display()
-                ),
-                verified_before: *count,
-            });
-        };
-        let anchor = match unit.anchor().await {
-            Ok(anchor) => anchor,
-            Err(error) if error.is_retryable() => return Err(error),
-            Err(_) => None,
-        };
-        let anchored = audit::check_anchor(key, anchor.as_ref(), *count, head);
-        if !matches!(anchored, ChainVerification::Intact { .. }) {
-            return Ok(anchored);
-        }
-        let state = match unit.log_state().await {
-            Ok(state) => state,
-            Err(error) if error.is_retryable() => return Err(error),
-            Err(_) => None,
-        };
-        Ok(audit::check_tree(state.as_ref(), &entries))
+        verify_in(&mut *unit, self.store.anchor_key(), self.store.anchor_key_path()).await
     }
 
     /// [`verify_audit`](Self::verify_audit), then whether the log still extends `checkpoint`

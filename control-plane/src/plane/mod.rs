@@ -19,6 +19,7 @@ mod ownership;
 mod runs;
 
 pub use admin::AdminError;
+pub(crate) use audit_log::verify_in;
 pub use emitter::KernelEmitter;
 pub use govern::StepStart;
 pub use ownership::{CancelError, RECOVERY_JOB, RecoveryCandidate};

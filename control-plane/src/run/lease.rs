@@ -211,6 +211,7 @@ mod tests {
             run_id: "run-1".into(),
             lamport: 1,
             node_id: "n".into(),
+            fencing_token: 1,
             recorded_at_ms: 0,
             traceparent: String::new(),
             schema_version: 2,

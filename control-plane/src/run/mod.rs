@@ -369,6 +369,12 @@ pub struct RunEvent {
     pub lamport: u64,
     /// The node that appended it.
     pub node_id: String,
+    /// The fencing token of the lease it was written under (ADR 0011): along a run's Lamport
+    /// order these never decrease, which is the evidence that no superseded owner wrote after a
+    /// takeover. 0 for a run's creation and for events stored before the token was recorded
+    /// (SQLite schema 5, PostgreSQL migration 2).
+    #[serde(default)]
+    pub fencing_token: u64,
     /// W3C `traceparent` of the work that caused it.
     pub traceparent: String,
     /// Payload schema version ([`RUN_EVENT_SCHEMA_VERSION`]).

@@ -65,8 +65,7 @@ pub(crate) fn audit_entry(row: &impl Columns) -> Result<crate::audit::AuditEntry
 }
 
 /// The columns of a run event, in every backend's `run_events` table.
-pub(crate) const RUN_EVENT_COLUMNS: &str =
-    "SELECT run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms, payload FROM run_events";
+pub(crate) const RUN_EVENT_COLUMNS: &str = "SELECT run_id, lamport, event_id, node_id, fencing_token, traceparent, schema_version, recorded_at_ms, payload FROM run_events";
 
 /// A count as stored (never negative).
 fn count(row: &impl Columns, column: &str) -> Result<u32, StoreError> {
@@ -146,6 +145,8 @@ pub(crate) fn run_event(row: &impl Columns) -> Result<RunEvent, StoreError> {
         run_id: row.text("run_id")?,
         lamport: u64::try_from(lamport).map_err(|_| StoreError::corrupt(format!("lamport {lamport}")))?,
         node_id: row.text("node_id")?,
+        fencing_token: u64::try_from(row.int("fencing_token")?)
+            .map_err(|_| StoreError::corrupt("a negative fencing token"))?,
         traceparent: row.text("traceparent")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| StoreError::corrupt(format!("schema version {schema_version}")))?,

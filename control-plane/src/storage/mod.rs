@@ -16,9 +16,11 @@
 //! control plane (guardrails rule `storage-holds-no-rules`).
 
 mod columns;
+pub(crate) mod copy;
 pub(crate) mod postgres;
 mod rows;
 pub(crate) mod sqlite;
+pub(crate) mod table;
 
 use std::fmt;
 

@@ -158,7 +158,7 @@ macro_rules! impl_rows {
                 async fn insert_run_event(&mut self, event: &RunEvent) -> Result<(), StoreError> {
                     sqlx::query(
                         "INSERT INTO run_events (run_id, lamport, event_id, node_id, traceparent, schema_version, recorded_at_ms,
-                             event_type, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                             event_type, payload, fencing_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     )
                     .bind(&event.run_id)
                     .bind(signed(event.lamport))
@@ -169,6 +169,7 @@ macro_rules! impl_rows {
                     .bind(event.recorded_at_ms)
                     .bind(event.payload.name())
                     .bind(serde_json::to_string(&event.payload).map_err(StoreError::corrupt)?)
+                    .bind(signed(event.fencing_token))
                     .execute(&mut *self.transaction)
                     .await
                     .map_err(classify)?;

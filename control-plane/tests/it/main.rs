@@ -69,7 +69,7 @@ pub struct Plane {
 }
 
 /// A PostgreSQL schema of one test: `(database URL, schema name)`, dropped when this is.
-pub struct Schema(String, String);
+pub struct Schema(pub String, pub String);
 
 impl Plane {
     /// The SQLite file (planes made on [`Backend::Sqlite`] only).
@@ -158,7 +158,7 @@ pub fn scoped_url(url: &str, schema: &str) -> String {
 }
 
 /// Creates a schema of its own for one test, so tests run in parallel on one database.
-async fn fresh_schema(url: &str) -> String {
+pub async fn fresh_schema(url: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -86,10 +86,12 @@ async fn schema_3_files_gain_idempotency_keys_without_touching_runs_or_the_ancho
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    sqlx::raw_sql("DROP TABLE run_requests; PRAGMA user_version = 3;")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE run_requests; ALTER TABLE run_events DROP COLUMN fencing_token; PRAGMA user_version = 3;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     let control = open_plane(&path, DEFAULT_POLICY, clock).await;
     let records = control.run_records("acme").await.unwrap();

@@ -165,3 +165,237 @@ async fn an_unreachable_server_is_a_typed_retryable_open_error() {
     assert_eq!(location, "postgres://agentd@127.0.0.1:9/none");
     assert!(cause.is_retryable(), "{cause:?}");
 }
+
+/// A SQLite state with rows in every table: audit entries, approvals (approved, pending,
+/// modified), votes, runs with records and idempotency keys, kernel records,
+/// autonomy certificates and outcomes.
+async fn busy_sqlite_state() -> crate::Plane {
+    use control_plane::{AutonomyLevel, Cost, CostStatus, LlmCall, RequestKey, ReviewDecisionKind, StepResult};
+    let plane = crate::sqlite_plane().await;
+    let control = &plane.control;
+    for n in 1..=3 {
+        crate::audit::append(control, n).await;
+    }
+    let bob = crate::principal("bob", &[control_plane::Role::Reviewer]);
+    let approved = control.request_approval(&crate::new_approval()).await.unwrap();
+    control
+        .review(approved.id, &bob, ReviewDecisionKind::Approve, Some("fine"), None)
+        .await
+        .unwrap();
+    control.request_approval(&crate::new_approval()).await.unwrap();
+    let modified = control.request_approval(&crate::new_approval()).await.unwrap();
+    control
+        .review(
+            modified.id,
+            &bob,
+            ReviewDecisionKind::Modify,
+            Some("smaller"),
+            Some(r#"{"schema_version":"agentd.invoke.v1","input":{"title":"short"}}"#),
+        )
+        .await
+        .unwrap();
+    let alice = crate::principal("alice", &[control_plane::Role::Agent]);
+    control
+        .create_run("run-1", &alice, crate::runs::steps(), crate::runs::TP, "node-a")
+        .await
+        .unwrap();
+    let key = RequestKey {
+        key: "key-1".into(),
+        request_digest: "sha256:00".into(),
+    };
+    control
+        .create_run_keyed(
+            "run-2",
+            &alice,
+            crate::runs::steps(),
+            crate::runs::TP,
+            "node-a",
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    let call = LlmCall {
+        run_id: "run-1".into(),
+        provider: "local".into(),
+        model: "tiny".into(),
+        input_tokens: 100,
+        output_tokens: 10,
+        cost: Cost {
+            micro_eur: Some(1_250),
+            status: CostStatus::Calculated,
+            pricing_version: "local-2026-11".into(),
+        },
+    };
+    control
+        .emitter()
+        .record_llm_call("acme", &control_plane::TraceContext::new_root(), &call)
+        .await
+        .unwrap();
+    let admin = crate::principal("root", &[control_plane::Role::Admin]);
+    control
+        .grant_autonomy(&admin, "alice", "demo", AutonomyLevel::L2, 3_600)
+        .await
+        .unwrap();
+    control
+        .record_outcome(&alice, "demo", StepResult::Success)
+        .await
+        .unwrap();
+    plane
+}
+
+/// A schema of this test's own, with no store opened on it, dropped at the end.
+async fn empty_target(url: &str) -> (String, crate::Schema) {
+    let schema = crate::fresh_schema(url).await;
+    (crate::scoped_url(url, &schema), crate::Schema(url.to_owned(), schema))
+}
+
+/// A control plane on the PostgreSQL `target` with keys in `key_dir`.
+async fn node_on(target: &str, key_dir: &std::path::Path) -> ControlPlane {
+    let store = Store::open_postgres(target, key_dir).await.unwrap();
+    let policy = PolicyEngine::from_text(&format!("{DEFAULT_POLICY}\n{}", crate::ANYONE_REVIEWS), "test").unwrap();
+    ControlPlane::new(authority(), policy, store).with_clock(Arc::new(ManualClock::new(NOW)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_state_moves_to_postgres_whole_verified_and_as_the_same_log() {
+    use control_plane::audit::proof::CheckpointCheck;
+    let Some(url) = postgres() else { return };
+    let source = busy_sqlite_state().await;
+    let before = source.control.checkpoint().await.unwrap();
+    let verifier = source.control.checkpoint_verifier().await.unwrap();
+    let ChainVerification::Intact { entries, head, root } = source.control.verify_audit().await.unwrap() else {
+        panic!("the source does not verify")
+    };
+    let approvals = source.control.list_approvals("acme", None).await.unwrap();
+    let run = source.control.run("acme", "run-2").await.unwrap();
+    let (target, _schema) = empty_target(&url).await;
+    let keys = tempfile::tempdir().unwrap();
+
+    let report = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.audit_entries, &report.audit_head, &report.merkle_root),
+        (entries, &head, &root)
+    );
+    // Every table of the source, row for row (and every table had rows to copy but one).
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", source.state_file().display()))
+        .await
+        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables.len(), report.tables.len(), "{tables:?} {:?}", report.tables);
+    for (table, copied) in &report.tables {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(*copied, count as u64, "{table}");
+        assert!(
+            count > 0 || table == "autonomy_demotions",
+            "{table} had nothing to copy"
+        );
+    }
+    pool.close().await;
+
+    let node = node_on(&target, keys.path()).await;
+    let ChainVerification::Intact {
+        entries: moved,
+        head: moved_head,
+        root: moved_root,
+    } = node.verify_audit().await.unwrap()
+    else {
+        panic!("the copy does not verify on a node")
+    };
+    assert_eq!((moved, moved_head, moved_root), (entries, head, root));
+    // The same log to a witness: the checkpoint signed on SQLite is extended on PostgreSQL.
+    let (_, check) = node.verify_audit_against(&before.note, &verifier).await.unwrap();
+    assert!(matches!(check, CheckpointCheck::Extends { .. }), "{check:?}");
+    assert_eq!(
+        node.checkpoint_verifier().await.unwrap().to_string(),
+        verifier.to_string()
+    );
+    assert_eq!(
+        serde_json::to_value(node.list_approvals("acme", None).await.unwrap()).unwrap(),
+        serde_json::to_value(&approvals).unwrap()
+    );
+    assert_eq!(
+        format!("{:?}", node.run("acme", "run-2").await.unwrap()),
+        format!("{run:?}")
+    );
+    // Work goes on: ids continue after the copied ones, appends link to the copied head.
+    let next = node.request_approval(&crate::new_approval()).await.unwrap();
+    assert_eq!(next.id, approvals.iter().map(|request| request.id).max().unwrap() + 1);
+    assert!(matches!(
+        node.verify_audit().await.unwrap(),
+        ChainVerification::Intact { entries: grown, .. } if grown == entries + 1
+    ));
+
+    // A second migration into the now non-empty target is refused; the target is unchanged.
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, control_plane::MigrateError::TargetNotEmpty { table, .. } if table == "audit"),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+    assert!(matches!(
+        node.verify_audit().await.unwrap(),
+        ChainVerification::Intact { entries: kept, .. } if kept == entries + 1
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_refuses_a_broken_source_and_a_foreign_key_and_leaves_the_target_empty() {
+    use control_plane::MigrateError;
+    let Some(url) = postgres() else { return };
+    let source = busy_sqlite_state().await;
+
+    // The key directory already holds another log's anchor key.
+    let (target, _schema) = empty_target(&url).await;
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(keys.path()).unwrap();
+    control_plane::keys::load_or_create_exact::<32>(&keys.path().join("postgres.audit-key")).unwrap();
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, MigrateError::KeyMismatch { .. }), "{error}");
+    assert!(!keys.path().join("postgres.checkpoint-key").exists());
+    let node = node_on(&target, keys.path()).await;
+    assert!(matches!(
+        node.verify_audit().await.unwrap(),
+        ChainVerification::Intact { entries: 0, .. }
+    ));
+
+    // A source whose audit log was edited is not copied (into an empty target).
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", source.state_file().display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("DROP TRIGGER audit_no_update; UPDATE audit SET payload = '{\"n\":20}' WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (target, _schema) = empty_target(&url).await;
+    let keys = tempfile::tempdir().unwrap();
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, MigrateError::SourceBroken { seq: 2, .. }), "{error}");
+    assert!(error.to_string().contains("nothing was copied"), "{error}");
+    assert!(
+        !keys.path().join("postgres.audit-key").exists(),
+        "a refused source left a key behind"
+    );
+
+    // Not a state file at all.
+    let error =
+        control_plane::migrate_sqlite_to_postgres(std::path::Path::new("/nonexistent.db"), &target, keys.path())
+            .await
+            .unwrap_err();
+    assert!(matches!(error, MigrateError::Store(StoreError::Open { .. })), "{error}");
+}

@@ -32,6 +32,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::table::{Cell, CellType, Table, plain_identifier};
 use super::{Access, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
 use crate::run::RunEvent;
@@ -40,10 +41,17 @@ use crate::run::RunEvent;
 pub(crate) const WRITE_LOCK: i64 = 0x6167_656e_7464;
 
 /// The migrations, oldest first: `(version, description, SQL)`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "state", include_str!("../../../migrations/postgres/0001_state.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "state", include_str!("../../../migrations/postgres/0001_state.sql")),
+    (
+        2,
+        "run event tokens",
+        include_str!("../../../migrations/postgres/0002_run_event_tokens.sql"),
+    ),
+];
 
 /// The newest migration this build applies.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// An open PostgreSQL state.
 #[derive(Debug)]
@@ -194,6 +202,150 @@ impl PostgresStorage {
             unit.put_log_state(&state).await?;
             unit.commit().await?;
         }
+        Ok(())
+    }
+}
+
+impl PostgresStorage {
+    /// A write unit as its own type (holding [`WRITE_LOCK`]), for the migration to write
+    /// tables through.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when no transaction can be begun or the lock taken.
+    pub(crate) async fn begin_write(&self) -> Result<PostgresUnit, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .map_err(classify)?;
+        Ok(PostgresUnit {
+            transaction,
+            inserted: Vec::new(),
+            feed: self.feed.clone(),
+            commits: Some(Arc::clone(&self.commits)),
+            notices: Arc::clone(&self.notices),
+        })
+    }
+}
+
+impl PostgresUnit {
+    /// The tables of the current schema (sqlx's own left out), with their columns and types.
+    ///
+    /// # Errors
+    ///
+    /// [`MigrateError::SchemaMismatch`](crate::error::MigrateError) for a column of a type
+    /// the copy does not know; [`StoreError`] when the catalogue cannot be read.
+    pub(crate) async fn tables(&mut self) -> Result<Vec<Table>, crate::error::MigrateError> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT table_name::TEXT, column_name::TEXT, data_type::TEXT, is_identity::TEXT
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'
+             ORDER BY table_name, ordinal_position",
+        )
+        .fetch_all(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
+        let mut tables: Vec<Table> = Vec::new();
+        for (table, column, data_type, identity) in rows {
+            let kind = match data_type.as_str() {
+                "bigint" => CellType::Integer,
+                "text" => CellType::Text,
+                "bytea" => CellType::Bytes,
+                other => {
+                    return Err(crate::error::MigrateError::SchemaMismatch {
+                        detail: format!(
+                            "the target's `{table}.{column}` is of type {other}, which this build does not copy"
+                        ),
+                    });
+                }
+            };
+            if !plain_identifier(&table) || !plain_identifier(&column) {
+                return Err(crate::error::MigrateError::SchemaMismatch {
+                    detail: format!("the target's `{table}.{column}` is not a name this build copies"),
+                });
+            }
+            if tables.last().is_none_or(|last| last.name != table) {
+                tables.push(Table {
+                    name: table.clone(),
+                    columns: Vec::new(),
+                    identity: None,
+                });
+            }
+            let last = tables.last_mut().expect("pushed above");
+            if identity == "YES" {
+                last.identity = Some(column.clone());
+            }
+            last.columns.push((column, kind));
+        }
+        Ok(tables)
+    }
+
+    /// How many rows `table` holds.
+    pub(crate) async fn row_count(&mut self, table: &Table) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{}\"", table.name))
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// How many entries the stored anchor vouches for (0 without an anchor).
+    pub(crate) async fn anchored_entries(&mut self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Deletes every row of `table` (only the single-row tables a fresh open fills).
+    pub(crate) async fn clear(&mut self, table: &Table) -> Result<(), StoreError> {
+        sqlx::query(&format!("DELETE FROM \"{}\"", table.name))
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Inserts `rows` (values in `table`'s column order) in one statement.
+    pub(crate) async fn insert_rows(&mut self, table: &Table, rows: Vec<Vec<Cell>>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut builder =
+            sqlx::QueryBuilder::<Postgres>::new(format!("INSERT INTO \"{}\" ({}) ", table.name, table.column_list()));
+        builder.push_values(rows, |mut values, row| {
+            for cell in row {
+                match cell {
+                    Cell::Integer(value) => values.push_bind(value),
+                    Cell::Text(value) => values.push_bind(value),
+                    Cell::Bytes(value) => values.push_bind(value),
+                };
+            }
+        });
+        builder
+            .build()
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Moves `table`'s identity sequence past the largest id stored, so the next insert does
+    /// not collide with a copied row.
+    pub(crate) async fn move_identity_past_rows(&mut self, table: &Table) -> Result<(), StoreError> {
+        let Some(column) = &table.identity else { return Ok(()) };
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence($1, $2), MAX(\"{column}\")) FROM \"{}\" HAVING MAX(\"{column}\") IS NOT NULL",
+            table.name
+        ))
+        .bind(format!("\"{}\"", table.name))
+        .bind(column)
+        .fetch_optional(&mut *self.transaction)
+        .await
+        .map_err(classify)?;
         Ok(())
     }
 }

@@ -157,6 +157,15 @@ impl SqliteStorage {
             }
             statements.push(schema::SCHEMA_3);
             statements.push(schema::SCHEMA_4);
+            let has_tokens: bool = sqlx::query_scalar(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('run_events') WHERE name = 'fencing_token'",
+            )
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(open_error)?;
+            if !has_tokens {
+                statements.push(schema::SCHEMA_5);
+            }
             statements.push(&version_pragma);
         }
         for statement in statements {
@@ -270,6 +279,91 @@ impl SqliteStorage {
                 crate::storage::Durability::FsyncEachCommit,
             )),
         })
+    }
+}
+
+impl SqliteStorage {
+    /// A read unit as its own type: one snapshot, for the migration to read tables through.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when no transaction can be begun.
+    pub(crate) async fn begin_read(&self) -> Result<SqliteUnit, StoreError> {
+        let transaction = self.pool.begin().await.map_err(classify)?;
+        Ok(SqliteUnit::new(transaction, self.feed.clone(), None))
+    }
+}
+
+impl SqliteUnit {
+    /// The names of the tables agentd made (SQLite's own `sqlite_*` tables left out).
+    pub(crate) async fn table_names(&mut self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)
+    }
+
+    /// The column names of `table`; empty when there is no such table.
+    pub(crate) async fn column_names(&mut self, table: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+            .bind(table)
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)
+    }
+
+    /// Up to `limit` rows of `table` after rowid `after`, in rowid order, each with its rowid
+    /// and its values in `table`'s column order, read as the column's type.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] naming the table and column of a value that is not of its
+    /// column's type; [`StoreError::Backend`] for a table name that is not a plain identifier.
+    pub(crate) async fn table_page(
+        &mut self,
+        table: &crate::storage::table::Table,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<crate::storage::table::Cell>)>, StoreError> {
+        use crate::storage::table::{Cell, CellType, plain_identifier};
+        use sqlx::Row;
+        if !plain_identifier(&table.name) || !table.columns.iter().all(|(name, _)| plain_identifier(name)) {
+            return Err(StoreError::Backend {
+                detail: format!("`{}` is not a table this build copies", table.name),
+            });
+        }
+        let sql = format!(
+            "SELECT rowid, {} FROM \"{}\" WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            table.column_list(),
+            table.name
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                let rowid: i64 = row.try_get(0).map_err(classify)?;
+                let cells = table
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (name, kind))| {
+                        let wrong = |error: sqlx::Error| StoreError::Corrupt {
+                            detail: format!("`{}.{name}` of row {rowid}: {error}", table.name),
+                        };
+                        Ok(match kind {
+                            CellType::Integer => Cell::Integer(row.try_get(index + 1).map_err(wrong)?),
+                            CellType::Text => Cell::Text(row.try_get(index + 1).map_err(wrong)?),
+                            CellType::Bytes => Cell::Bytes(row.try_get(index + 1).map_err(wrong)?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok((rowid, cells))
+            })
+            .collect()
     }
 }
 

@@ -13,7 +13,7 @@
 //! httpapi-idempotency-key draft), each bound to its request's digest and its run.
 
 /// Schema version stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const AUDIT_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -197,4 +197,10 @@ CREATE TABLE IF NOT EXISTS run_requests (
     created_at_ms   INTEGER NOT NULL,
     PRIMARY KEY (tenant, idempotency_key)
 );
+"#;
+
+/// Schema 4 -> 5: each run event records the fencing token it was written under (earlier
+/// events: 0).
+pub(super) const SCHEMA_5: &str = r#"
+ALTER TABLE run_events ADD COLUMN fencing_token INTEGER NOT NULL DEFAULT 0 CHECK (fencing_token >= 0);
 "#;
