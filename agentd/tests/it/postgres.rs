@@ -137,6 +137,116 @@ async fn two_nodes_share_runs_approvals_and_one_audit_log() {
         .unwrap();
 }
 
+#[test]
+fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_time() {
+    let env = Env::new();
+    // Refused before anything is opened: a source that is not `sqlite:PATH`.
+    let refused = env.agentd(
+        &["migrate", "--from", "state.db", "--to", "postgres://x@127.0.0.1/y"],
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", crate::stderr(&refused));
+    assert!(
+        crate::stderr(&refused).contains("is not `sqlite:PATH`"),
+        "{}",
+        crate::stderr(&refused)
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(database) = runtime.block_on(fresh_database()) else {
+        return;
+    };
+    // A used SQLite state: a completed run and one waiting for approval.
+    let alice = env.token("alice", "agent");
+    let done = env.run_json("pii-redact", json!({ "text": "mail jane@example.org" }), &alice);
+    assert!(done.status.success(), "{}", crate::stderr(&done));
+    env.submit_report(&alice);
+    let entries = env.audit_entries();
+    let source = format!("sqlite:{}", env.state_dir().join("state.db").display());
+    let keys = tempfile::tempdir().unwrap();
+    let keys_dir = keys.path().to_str().unwrap();
+
+    let migrated = env.agentd(
+        &[
+            "--state-dir",
+            keys_dir,
+            "--json",
+            "migrate",
+            "--from",
+            &source,
+            "--to",
+            &database,
+        ],
+        None,
+    );
+    assert!(migrated.status.success(), "{}", crate::stderr(&migrated));
+    let report: serde_json::Value = serde_json::from_str(&crate::stdout(&migrated)).unwrap();
+    assert_eq!(report["audit_entries"], entries);
+    // The copy serves: the same log verifies on PostgreSQL, the waiting request is listed.
+    let reviewer = env.token("bob", "reviewer");
+    let verified = env.agentd(
+        &[
+            "--state-dir",
+            keys_dir,
+            "--database",
+            &database,
+            "--json",
+            "audit",
+            "verify",
+        ],
+        None,
+    );
+    assert!(verified.status.success(), "{}", crate::stderr(&verified));
+    let verified: serde_json::Value = serde_json::from_str(&crate::stdout(&verified)).unwrap();
+    assert_eq!(
+        (verified["status"].as_str(), verified["entries"].as_u64()),
+        (Some("intact"), Some(entries))
+    );
+    assert_eq!(verified["head"], report["audit_head"]);
+    std::fs::copy(env.state_dir().join("jwt-hs256.key"), keys.path().join("jwt-hs256.key")).unwrap();
+    let listed = env.agentd(
+        &[
+            "--state-dir",
+            keys_dir,
+            "--database",
+            &database,
+            "--json",
+            "hitl",
+            "list",
+            "--token",
+            &reviewer,
+        ],
+        None,
+    );
+    assert!(listed.status.success(), "{}", crate::stderr(&listed));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&crate::stdout(&listed)).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["status"], "pending");
+
+    let again = env.agentd(
+        &["--state-dir", keys_dir, "migrate", "--from", &source, "--to", &database],
+        None,
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        crate::stderr(&again).contains("is not empty"),
+        "{}",
+        crate::stderr(&again)
+    );
+    drop_database(&runtime, &database);
+}
+
+/// Drops the schema of `database` (a URL from [`fresh_database`]).
+fn drop_database(runtime: &tokio::runtime::Runtime, database: &str) {
+    let (url, schema) = database.split_once("?options[search_path]=").unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+}
+
 /// The lease TTL of the three-node test (ms): long enough that a live owner on a loaded
 /// 2-core machine mostly keeps its runs, short enough that a killed node's runs move on fast.
 const NODE_LEASE_TTL_MS: &str = "1000";
@@ -282,7 +392,6 @@ fn three_nodes_under_sigkill_run_each_run_once_and_keep_one_log() {
             driven.voted
         );
     }
-    let (url, schema) = database.split_once("?options[search_path]=").unwrap();
     let facts = runtime.block_on(async {
         let pool = sqlx::PgPool::connect(&database).await.unwrap();
         // Each run has one step: its end is the step's success (and nothing else ends it).
@@ -414,13 +523,7 @@ fn three_nodes_under_sigkill_run_each_run_once_and_keep_one_log() {
     );
 
     drop(nodes);
-    runtime.block_on(async {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
-    });
+    drop_database(&runtime, &database);
 }
 
 /// Drives run `n<index>` to its end as a client would through nodes that die: takes it on

@@ -22,12 +22,53 @@ static PARSED_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
 });
 
 /// A loaded, validated Cedar policy set: the policy decision point.
+///
+/// Its decisions are cached: a decision is a function of the principal (subject, tenant,
+/// roles), the skill's summary (id, version, side effect, capabilities, digest) and this
+/// policy set, and of nothing else Cedar reads (the requests carry no time and no other
+/// context), so [`decide`](Self::decide) evaluates each such combination once. The cache
+/// belongs to the engine: a policy change builds a new engine and starts empty. Callers still
+/// audit every decision they act on; the cache only spares the evaluation.
 #[derive(Debug)]
 pub struct PolicyEngine {
     cedar: CedarSet,
     version: String,
     annotations: Annotations,
+    cache: std::sync::RwLock<std::collections::HashMap<DecisionKey, Decision>>,
 }
+
+/// Everything of a decision's inputs that Cedar reads: the principal entity and the skill
+/// resource with all their attributes (the action and the context follow from these).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    subject: String,
+    tenant: String,
+    roles: Vec<Role>,
+    skill: String,
+    version: String,
+    side_effect: plugin_abi::SideEffect,
+    capabilities: Vec<plugin_abi::Capability>,
+    digest: String,
+}
+
+impl DecisionKey {
+    fn of(principal: &Principal, skill: &SkillSummary) -> Self {
+        DecisionKey {
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            roles: principal.roles.iter().copied().collect(),
+            skill: skill.id.clone(),
+            version: skill.version.to_string(),
+            side_effect: skill.side_effect,
+            capabilities: skill.capabilities.clone(),
+            digest: skill.digest.clone(),
+        }
+    }
+}
+
+/// Decisions kept per engine; when full, the cache is emptied and refilled (principals times
+/// skill versions in use, far below this in practice).
+const DECISION_CACHE_ENTRIES: usize = 16_384;
 
 impl PolicyEngine {
     /// Reads and loads the policy file at `path`.
@@ -73,6 +114,7 @@ impl PolicyEngine {
             cedar: CedarSet::new(policies),
             version,
             annotations,
+            cache: std::sync::RwLock::default(),
         })
     }
 
@@ -101,11 +143,57 @@ impl PolicyEngine {
     }
 
     /// Decides whether `principal` may invoke `skill` at `now_ms`; `None` means the skill is
-    /// unknown.
+    /// unknown. The same as [`decide_uncached`](Self::decide_uncached), from the engine's
+    /// cache when this principal and skill were decided before (the decision's times,
+    /// `decided_at_ms` and an approval's `expires_at_ms`, are those of `now_ms`).
     ///
     /// Never fails: anything that prevents a decision yields [`Verdict::Deny`] with
-    /// [`DenyKind::FailedClosed`].
+    /// [`DenyKind::FailedClosed`] (never cached).
     pub fn decide(
+        &self,
+        principal: &Principal,
+        requested_skill: &str,
+        skill: Option<&SkillSummary>,
+        now_ms: i64,
+    ) -> Decision {
+        let Some(summary) = skill else {
+            return self.decide_uncached(principal, requested_skill, skill, now_ms);
+        };
+        let key = DecisionKey::of(principal, summary);
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let decision = match cached {
+            Some(decision) => decision,
+            None => {
+                // Decided at time 0, so that its times are offsets to rebase.
+                let decision = self.decide_uncached(principal, requested_skill, skill, 0);
+                if !matches!(
+                    decision.verdict,
+                    Verdict::Deny {
+                        kind: DenyKind::FailedClosed,
+                        ..
+                    }
+                ) {
+                    let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if cache.len() >= DECISION_CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                    cache.insert(key, decision.clone());
+                }
+                decision
+            }
+        };
+        at(decision, now_ms)
+    }
+
+    /// Decides whether `principal` may invoke `skill` at `now_ms` by evaluating the policies
+    /// now, bypassing the cache (benchmarks compare the two; [`decide`](Self::decide) is the
+    /// one to call).
+    pub fn decide_uncached(
         &self,
         principal: &Principal,
         requested_skill: &str,
@@ -298,6 +386,15 @@ impl PolicyEngine {
     }
 }
 
+/// `decision`, made at time 0, as made at `now_ms`.
+fn at(mut decision: Decision, now_ms: i64) -> Decision {
+    decision.decided_at_ms = now_ms;
+    if let Verdict::RequireApproval { expires_at_ms, .. } = &mut decision.verdict {
+        *expires_at_ms = now_ms.saturating_add(*expires_at_ms);
+    }
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +421,57 @@ mod tests {
             capabilities: capabilities.iter().map(|c| c.parse().unwrap()).collect(),
             digest: "sha256:00".into(),
         }
+    }
+
+    #[test]
+    fn a_cached_decision_is_the_evaluated_one_at_its_own_time_and_keyed_by_every_input() {
+        let engine = PolicyEngine::from_text(DEFAULT_POLICY, "test").unwrap();
+        let agent = principal(&[Role::Agent]);
+        let reviewer = principal(&[Role::Reviewer]);
+        let cases = [
+            (agent.clone(), skill(SideEffect::Pure, &[])),
+            (agent.clone(), skill(SideEffect::Effectful, &["fs.write:reports/"])),
+            (
+                agent.clone(),
+                skill(SideEffect::Effectful, &["net.http:https://example.org"]),
+            ),
+            (reviewer.clone(), skill(SideEffect::Pure, &[])),
+        ];
+        for round in 0..3 {
+            for (who, summary) in &cases {
+                let now = NOW + round * 60_000;
+                let cached = engine.decide(who, &summary.id, Some(summary), now);
+                let evaluated = engine.decide_uncached(who, &summary.id, Some(summary), now);
+                assert_eq!(
+                    format!("{cached:?}"),
+                    format!("{evaluated:?}"),
+                    "round {round}: {who} on {summary:?}"
+                );
+            }
+        }
+        // A change to any input is a different decision, never a stale hit: the same skill id
+        // and version with another capability, digest or side effect, or another role.
+        let granted = engine.decide(
+            &agent,
+            "demo",
+            Some(&skill(SideEffect::Effectful, &["fs.write:reports/"])),
+            NOW,
+        );
+        let other = engine.decide(
+            &agent,
+            "demo",
+            Some(&skill(SideEffect::Effectful, &["fs.write:etc/"])),
+            NOW,
+        );
+        assert_ne!(granted.granted_capabilities, other.granted_capabilities);
+        let mut redigested = skill(SideEffect::Pure, &[]);
+        redigested.digest = "sha256:11".into();
+        assert_ne!(
+            DecisionKey::of(&agent, &redigested),
+            DecisionKey::of(&agent, &skill(SideEffect::Pure, &[]))
+        );
+        let nobody = engine.decide(&principal(&[]), "demo", Some(&skill(SideEffect::Pure, &[])), NOW);
+        assert_eq!(deny_kind(&nobody), Some(DenyKind::FailedClosed));
     }
 
     fn deny_kind(decision: &Decision) -> Option<DenyKind> {

@@ -195,6 +195,22 @@ async fn a_paused_owner_cannot_write_after_its_run_was_taken_over() {
     control.append_run_event(draft(&b, succeeded())).await.unwrap();
     let view = control.run("acme", "run-1").await.unwrap();
     assert_eq!((view.state, view.events), (RunState::Succeeded, 3));
+    // Each stored event names the lease it was written under: the creation, a's start, b's end.
+    let tokens: Vec<(String, u64)> = control
+        .run_events("acme", "run-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.node_id, event.fencing_token))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("node-a".to_owned(), 0),
+            ("node-a".to_owned(), a.token),
+            ("node-b".to_owned(), b.token)
+        ]
+    );
 }
 
 #[tokio::test]
