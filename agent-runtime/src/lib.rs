@@ -44,6 +44,7 @@ pub use dispatch::{DispatchRequest, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
 pub use engine::{EPOCH_TICK_MS, EngineError};
 pub use host::Progress;
 pub use ladder::SUPPORTED_OBLIGATIONS;
+pub use loader::{DirLoad, DirWarning};
 pub use outcome::{DispatchReport, Metrics, Outcome, RuntimeFailure, SkillFailure};
 pub use package::{LimitCeilings, Limits, Manifest, PackageError};
 pub use plan::{Started, run_plan, run_step, start_plan};

@@ -28,35 +28,95 @@ use crate::package::{
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
 
+/// What [`Runtime::load_dir`] found in a plugin directory.
+#[derive(Debug, Default)]
+pub struct DirLoad {
+    /// The packages loaded, in directory name order.
+    pub loaded: Vec<SkillSummary>,
+    /// The packages refused, each with why (a duplicate id and version names both directories).
+    pub refused: Vec<PackageError>,
+    /// What looks like a mistake but refuses nothing.
+    pub warnings: Vec<DirWarning>,
+}
+
+/// Something in a plugin directory that is probably not what its author meant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirWarning {
+    /// The directory holds no package at all.
+    #[error("{} holds no skill package (a package is a directory with a `skill.toml`)", dir.display())]
+    Empty {
+        /// The plugin directory.
+        dir: PathBuf,
+    },
+    /// A subdirectory without a manifest holds packages one level further down.
+    #[error(
+        "{} is not a package (no `skill.toml`) but holds {found} one directory down, such as {}: pass \
+         `--plugins {}` or move them up",
+        dir.display(),
+        example.display(),
+        dir.display()
+    )]
+    TooDeep {
+        /// The subdirectory.
+        dir: PathBuf,
+        /// How many packages it holds.
+        found: usize,
+        /// One of them.
+        example: PathBuf,
+    },
+}
+
 impl Runtime {
     /// Loads every package directory directly under `dir` (those holding a `skill.toml`), in
     /// name order. Returns what loaded and, separately, what was refused and why, so one bad
-    /// package does not hide the good ones.
+    /// package does not hide the good ones, and what looks misplaced.
     ///
     /// # Errors
     ///
     /// [`PackageError::Read`] when `dir` itself cannot be listed.
-    pub async fn load_dir(&self, dir: &Path) -> Result<(Vec<SkillSummary>, Vec<PackageError>), PackageError> {
+    pub async fn load_dir(&self, dir: &Path) -> Result<DirLoad, PackageError> {
         let read_error = |source| PackageError::Read {
             path: dir.to_owned(),
             source,
         };
-        let mut package_dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_error)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.join(MANIFEST_FILE).is_file())
+            .filter(|path| path.is_dir())
             .collect();
-        package_dirs.sort();
-        let mut loaded = Vec::new();
-        let mut refused = Vec::new();
-        for package_dir in package_dirs {
-            match self.load_package(&package_dir).await {
-                Ok(summary) => loaded.push(summary),
-                Err(error) => refused.push(error),
+        subdirs.sort();
+        let mut report = DirLoad::default();
+        let mut packages = 0;
+        for subdir in subdirs {
+            if !subdir.join(MANIFEST_FILE).is_file() {
+                let mut nested: Vec<PathBuf> = std::fs::read_dir(&subdir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .filter(|path| path.join(MANIFEST_FILE).is_file())
+                    .collect();
+                nested.sort();
+                if let Some(example) = nested.first() {
+                    report.warnings.push(DirWarning::TooDeep {
+                        dir: subdir.clone(),
+                        found: nested.len(),
+                        example: example.clone(),
+                    });
+                }
+                continue;
+            }
+            packages += 1;
+            match self.load_package(&subdir).await {
+                Ok(summary) => report.loaded.push(summary),
+                Err(error) => report.refused.push(error),
             }
         }
-        Ok((loaded, refused))
+        if packages == 0 {
+            report.warnings.push(DirWarning::Empty { dir: dir.to_owned() });
+        }
+        Ok(report)
     }
 
     /// Loads one package (the checks of this module, in order) and installs it.

@@ -231,13 +231,23 @@ pub enum PackageError {
         /// The component's value.
         component: String,
     },
-    /// The same id and version is already loaded.
-    #[error("{id} {version} is already loaded")]
+    /// The same id and version is already loaded, from another package (or with other bytes):
+    /// a version is immutable.
+    #[error(
+        "{id} {version} is provided by both {} and {}: a version is immutable; give one of them another \
+         version, or remove it",
+        loaded_from.display(),
+        path.display()
+    )]
     Duplicate {
         /// Skill id.
         id: String,
         /// Version.
         version: semver::Version,
+        /// The package directory it is loaded from.
+        loaded_from: PathBuf,
+        /// The package directory refused.
+        path: PathBuf,
     },
 }
 

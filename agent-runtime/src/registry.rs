@@ -212,10 +212,12 @@ impl Registry {
                 versions.withdrawn.remove(&summary.version);
             }
             // A version is immutable: the same number with other bytes (or twice) is refused.
-            Some(_) => {
+            Some(existing) => {
                 return Err(PackageError::Duplicate {
                     id: summary.id.clone(),
                     version: summary.version.clone(),
+                    loaded_from: existing.package_dir.clone(),
+                    path: loaded.package_dir.clone(),
                 });
             }
             None => {

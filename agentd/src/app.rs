@@ -180,6 +180,8 @@ impl ControlPlaneApp {
 pub struct App {
     pub control_plane: ControlPlane,
     pub runtime: Runtime,
+    /// What loading the plugin directory found: refusals and warnings, already printed.
+    pub packages: agent_runtime::DirLoad,
 }
 
 impl App {
@@ -220,17 +222,28 @@ impl App {
             kv_path: Some(paths.state_dir.join("kv.db")),
             ..RuntimeConfig::default()
         })?;
-        let (loaded, refused) = runtime.load_dir(&paths.plugins).await.with_context(|| {
+        let packages = runtime.load_dir(&paths.plugins).await.with_context(|| {
             format!(
                 "no plugin packages at {}; build them with `cargo xtask build-plugins` or pass --plugins",
                 paths.plugins.display()
             )
         })?;
-        for error in &refused {
+        for error in &packages.refused {
             eprintln!("warning: skill package refused: {error}");
         }
-        tracing::debug!(loaded = loaded.len(), refused = refused.len(), "plugin packages");
-        Ok(App { control_plane, runtime })
+        for warning in &packages.warnings {
+            eprintln!("warning: {warning}");
+        }
+        tracing::debug!(
+            loaded = packages.loaded.len(),
+            refused = packages.refused.len(),
+            "plugin packages"
+        );
+        Ok(App {
+            control_plane,
+            runtime,
+            packages,
+        })
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Principal> {

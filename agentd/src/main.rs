@@ -362,6 +362,8 @@ enum Exit {
     Denied,
     AwaitingApproval,
     Failed,
+    /// No loaded package provides the skill asked for (the fail-closed denial is audited).
+    UnknownSkill,
 }
 
 fn main() -> ExitCode {
@@ -382,6 +384,7 @@ fn main() -> ExitCode {
         Ok(Exit::Denied) => ExitCode::from(3),
         Ok(Exit::AwaitingApproval) => ExitCode::from(4),
         Ok(Exit::Failed) => ExitCode::from(5),
+        Ok(Exit::UnknownSkill) => ExitCode::from(6),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -484,6 +487,18 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let principal = app.authenticate(&token.read()?)?;
             let report = app.run(&principal, &skill, &request).await?;
             print_step(&report, json);
+            if matches!(report, StepReport::Denied { .. }) && app.runtime.lookup(&skill).is_none() {
+                eprintln!(
+                    "error: no loaded package provides skill `{skill}` ({} in {}; {} refused, see the warnings above)",
+                    match app.packages.loaded.len() {
+                        1 => "1 package loaded".to_owned(),
+                        n => format!("{n} packages loaded"),
+                    },
+                    paths.plugins.display(),
+                    app.packages.refused.len()
+                );
+                return Ok(Exit::UnknownSkill);
+            }
             Ok(step_exit(&report))
         }
         Command::RunPlan { plan, token } => {
@@ -816,7 +831,19 @@ async fn execute(cli: Cli) -> Result<Exit> {
                     .iter()
                     .map(|skill| (&skill.summary, &skill.manifest.limits, &skill.load))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&skills)?);
+                let refused: Vec<_> = app
+                    .packages
+                    .refused
+                    .iter()
+                    .map(|error| serde_json::json!({ "reason": error.to_string() }))
+                    .collect();
+                let warnings: Vec<String> = app.packages.warnings.iter().map(ToString::to_string).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "skills": skills, "refused": refused, "warnings": warnings })
+                    )?
+                );
             } else {
                 for skill in app.runtime.skills() {
                     let capabilities: Vec<String> =
@@ -842,7 +869,13 @@ async fn execute(cli: Cli) -> Result<Exit> {
                     );
                 }
             }
-            Ok(Exit::Success)
+            // Refusals were printed (stderr); a listing that hides a refused package must not
+            // pass a CI step.
+            Ok(if app.packages.refused.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Failed
+            })
         }
         Command::Serve {
             listen,

@@ -51,9 +51,10 @@ pub async fn runtime_with_packages(workspace: Option<&Path>) -> Runtime {
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let (loaded, refused) = runtime.load_dir(&packages_dir()).await.unwrap();
-    assert!(refused.is_empty(), "{refused:?}");
-    assert_eq!(loaded.len(), PACKAGES);
+    let report = runtime.load_dir(&packages_dir()).await.unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_eq!(report.loaded.len(), PACKAGES);
     runtime
 }
 

@@ -152,12 +152,60 @@ async fn each_bad_package_gets_its_own_error() {
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let (loaded, refused) = runtime.load_dir(root).await.unwrap();
+    let report = runtime.load_dir(root).await.unwrap();
     assert_eq!(
-        loaded.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        report.loaded.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["publish-report"]
     );
-    assert_eq!(refused.len(), 7);
+    assert_eq!(report.refused.len(), 7);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+}
+
+#[tokio::test]
+async fn a_duplicate_a_package_too_deep_and_an_empty_directory_are_each_named() {
+    use agent_runtime::DirWarning;
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path();
+    let runtime = || {
+        Runtime::new(RuntimeConfig {
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    // An empty plugin directory loads nothing and says so.
+    let report = runtime().load_dir(root).await.unwrap();
+    assert_eq!(report.warnings, [DirWarning::Empty { dir: root.to_owned() }]);
+
+    // The same id and version in two directories: the second is refused naming both.
+    let first = copy_package("noop", root, "a-noop", |_, _| {}, false);
+    let second = copy_package("noop", root, "b-noop", |_, _| {}, false);
+    // A package one directory too deep, and a stray directory with nothing in it.
+    std::fs::create_dir_all(root.join("nested")).unwrap();
+    let deep = copy_package("pii-redact", &root.join("nested"), "pii-redact", |_, _| {}, false);
+    std::fs::create_dir_all(root.join("stray")).unwrap();
+    let report = runtime().load_dir(root).await.unwrap();
+    assert_eq!(
+        report.loaded.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["noop"]
+    );
+    let [PackageError::Duplicate { loaded_from, path, .. }] = report.refused.as_slice() else {
+        panic!("{:?}", report.refused)
+    };
+    assert_eq!((loaded_from, path), (&first, &second));
+    let message = report.refused[0].to_string();
+    assert!(
+        message.contains(&first.display().to_string()) && message.contains(&second.display().to_string()),
+        "{message}"
+    );
+    assert_eq!(
+        report.warnings,
+        [DirWarning::TooDeep {
+            dir: root.join("nested"),
+            found: 1,
+            example: deep
+        }]
+    );
 }
 
 #[tokio::test]

@@ -178,15 +178,15 @@ pub async fn run(paths: &Paths, options: ServeOptions) -> Result<()> {
     let installed = paths.state_dir.join("packages");
     if installed.is_dir() {
         // Packages installed over HTTP before a restart; a bad one is reported and skipped.
-        let (loaded, refused) = app
+        let report = app
             .runtime
             .load_dir(&installed)
             .await
             .with_context(|| format!("cannot read the installed packages in {}", installed.display()))?;
-        for error in &refused {
+        for error in &report.refused {
             tracing::warn!(%error, "an installed package was refused");
         }
-        tracing::info!(loaded = loaded.len(), "installed packages loaded");
+        tracing::info!(loaded = report.loaded.len(), "installed packages loaded");
     }
     let recovered = agent_runtime::recover(&app.runtime, &app.control_plane, agent_runtime::recovery::PASS_LIMIT)
         .await

@@ -217,7 +217,13 @@ fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
         ],
         None,
     );
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    // Its own exit code, not governance's 3: the skill is not there to govern.
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("error: no loaded package provides skill `pii-redact` (1 package loaded in"),
+        "{}",
+        stderr(&output)
+    );
     assert!(
         stderr(&output).contains("warning: skill package refused: digest mismatch for"),
         "{}",
@@ -226,6 +232,26 @@ fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
     assert!(crate::stdout(&output).contains("unknown skill `pii-redact`: no verified package provides it"));
     // The denial itself is audited; nothing else changed.
     assert_eq!(env.audit_entries(), 1);
+    // `plugins list` shows the refusal in its JSON and fails.
+    let listed = env.agentd(
+        &["--plugins", plugins.to_str().unwrap(), "--json", "plugins", "list"],
+        None,
+    );
+    assert_eq!(listed.status.code(), Some(5), "{}", stderr(&listed));
+    let listed: serde_json::Value = serde_json::from_str(&crate::stdout(&listed)).unwrap();
+    assert_eq!(listed["skills"].as_array().unwrap().len(), 1, "{listed}");
+    let reason = listed["refused"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("digest mismatch for"), "{reason}");
+    // An empty plugin directory is a warning, not silence.
+    let empty = env.dir.path().join("no-plugins");
+    std::fs::create_dir_all(&empty).unwrap();
+    let listed = env.agentd(&["--plugins", empty.to_str().unwrap(), "plugins", "list"], None);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    assert!(
+        stderr(&listed).contains("holds no skill package"),
+        "{}",
+        stderr(&listed)
+    );
 }
 
 #[cfg(unix)]

@@ -110,12 +110,17 @@ fn run_approve_and_audit_through_the_cli() {
         stdout(&output)
     );
 
-    // An unknown skill is denied, failing closed (exit code 3).
+    // An unknown skill is denied, failing closed (audited), with its own exit code: 6.
     let output = env.agentd(
         &["run", "ghost", "--input", empty.to_str().unwrap(), "--token", &agent],
         None,
     );
-    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(output.status.code(), Some(6));
+    assert!(
+        stderr(&output).contains("no loaded package provides skill `ghost`"),
+        "{}",
+        stderr(&output)
+    );
     assert!(stdout(&output).contains("unknown skill `ghost`"), "{}", stdout(&output));
 
     // 2 x (verdict, dispatch); verdict, approval-requested; approval-decision, verdict,
