@@ -817,6 +817,22 @@ impl Scanner<'_> {
         }
     }
 
+    /// The string literals of a prose attribute, for pattern rules only.
+    fn check_prose_strings(&mut self, tokens: TokenStream) {
+        for tree in tokens {
+            match tree {
+                TokenTree::Group(group) => self.check_prose_strings(group.stream()),
+                TokenTree::Literal(literal) => {
+                    if let Ok(syn::Lit::Str(lit)) = syn::parse2::<syn::Lit>(TokenTree::Literal(literal.clone()).into())
+                    {
+                        self.check_literal(&lit.value(), Span::of_span(literal.span()), "string-literal");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn with_attrs<F: FnOnce(&mut Self)>(&mut self, attrs: &[syn::Attribute], body: F) {
         let was = self.in_test;
         if attrs.iter().any(is_test_attr) {
@@ -978,12 +994,31 @@ impl<'ast> Visit<'ast> for Collector<'_, '_> {
     }
 }
 
+/// The tool namespaces rustc resolves attributes in before any crate (`#[rustfmt::skip]`,
+/// `#[clippy::msrv]`, `#[diagnostic::on_unimplemented]`, `#[rust_analyzer::rust_fixture]`):
+/// an attribute path starting with one of them names a tool, never a crate of that name.
+const TOOL_ATTRIBUTE_NAMESPACES: &[&str] = &["rustfmt", "clippy", "diagnostic", "rust_analyzer", "miri", "rustdoc"];
+
+/// Attributes whose strings are prose for people (a deprecation note, a lint's reason, a
+/// `must_use` message), never paths the compiler resolves.
+const PROSE_ATTRIBUTES: &[&str] = &["deprecated", "must_use", "allow", "expect", "warn", "deny", "forbid"];
+
 impl<'ast> Visit<'ast> for Scanner<'_> {
     fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
         if attr.path().is_ident("doc") {
             return;
         }
+        let tool = attr.path().segments.len() > 1
+            && attr
+                .path()
+                .segments
+                .first()
+                .is_some_and(|first| TOOL_ATTRIBUTE_NAMESPACES.contains(&first.ident.to_string().as_str()));
+        let prose = tool || PROSE_ATTRIBUTES.iter().any(|name| attr.path().is_ident(name));
         match &attr.meta {
+            // Pattern rules still see the strings of prose attributes; crate references are
+            // not looked for in them.
+            syn::Meta::List(list) if prose => self.check_prose_strings(list.tokens.clone()),
             syn::Meta::List(list) => self.check_attribute_strings(list.tokens.clone()),
             syn::Meta::NameValue(value) => {
                 if let syn::Expr::Lit(syn::ExprLit {
@@ -996,7 +1031,9 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
             }
             syn::Meta::Path(_) => {}
         }
-        self.check_path(attr.path(), "path");
+        if !tool {
+            self.check_path(attr.path(), "path");
+        }
     }
 
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
