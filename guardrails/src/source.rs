@@ -345,6 +345,7 @@ pub fn scan_file(
         imports: BTreeMap::new(),
         globs: Vec::new(),
         local_mods: BTreeSet::new(),
+        local_imports: BTreeSet::new(),
         module: file.module.clone().unwrap_or_default(),
         in_test: file_test,
         facts: Vec::new(),
@@ -401,6 +402,9 @@ struct Scanner<'a> {
     globs: Vec<Vec<String>>,
     /// Names of modules declared in this file (they shadow crate names in relative paths).
     local_mods: BTreeSet<String>,
+    /// Names this file imports from its own crate (`use crate::x`, `use super::x as y`): they
+    /// shadow crate names in relative paths too.
+    local_imports: BTreeSet<String>,
     module: String,
     in_test: bool,
     facts: Vec<Fact>,
@@ -531,7 +535,8 @@ impl Scanner<'_> {
     }
 
     fn is_crate_ref(&self, leading_colon: bool, first: &str) -> bool {
-        self.watch.crate_names.contains(first) && (leading_colon || !self.local_mods.contains(first))
+        self.watch.crate_names.contains(first)
+            && (leading_colon || !(self.local_mods.contains(first) || self.local_imports.contains(first)))
     }
 
     /// A `use` tree: crate references (first segment) and function imports (leaves).
@@ -928,6 +933,18 @@ struct Collector<'s, 'a> {
 }
 
 impl Collector<'_, '_> {
+    /// `visible`, imported by a `use` of `segments`, names an item of this crate when the path
+    /// starts at `crate`, `self` or `super` (a module sharing a dependency's name, say).
+    fn note_local_import(&mut self, leading: bool, segments: &[String], visible: &str) {
+        if !leading
+            && segments
+                .first()
+                .is_some_and(|first| matches!(first.as_str(), "crate" | "self" | "super"))
+        {
+            self.scanner.local_imports.insert(visible.to_owned());
+        }
+    }
+
     fn collect_use(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>, leading: bool) {
         match tree {
             syn::UseTree::Path(path) => {
@@ -944,6 +961,7 @@ impl Collector<'_, '_> {
                     name.ident.to_string()
                 };
                 let full = self.scanner.canonical_use(leading, &segments);
+                self.note_local_import(leading, &segments, &visible);
                 self.scanner.imports.entry(visible).or_default().push(full);
             }
             syn::UseTree::Rename(rename) => {
@@ -952,6 +970,7 @@ impl Collector<'_, '_> {
                     segments.push(rename.ident.to_string());
                 }
                 let full = self.scanner.canonical_use(leading, &segments);
+                self.note_local_import(leading, &segments, &rename.rename.to_string());
                 self.scanner
                     .imports
                     .entry(rename.rename.to_string())
