@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proc_macro2::{TokenStream, TokenTree};
 use rayon::prelude::*;
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned as _;
 use syn::visit::{self, Visit};
 
@@ -123,7 +124,7 @@ impl Visitor {
         match tree {
             syn::UseTree::Path(path) => {
                 let start = start.or_else(|| Some(Span::of_span(path.ident.span())));
-                prefix.push(path.ident.to_string());
+                prefix.push(path.ident.unraw().to_string());
                 self.use_tree(&path.tree, prefix, leading, public, start);
                 prefix.pop();
             }
@@ -132,8 +133,8 @@ impl Visitor {
                 let visible = if name.ident == "self" {
                     prefix.last().cloned().unwrap_or_default()
                 } else {
-                    segments.push(name.ident.to_string());
-                    name.ident.to_string()
+                    segments.push(name.ident.unraw().to_string());
+                    name.ident.unraw().to_string()
                 };
                 let span = start.unwrap_or_else(|| Span::of_span(name.ident.span()));
                 self.record_use(segments, visible, leading, public, span);
@@ -141,7 +142,7 @@ impl Visitor {
             syn::UseTree::Rename(rename) => {
                 let mut segments = prefix.clone();
                 if rename.ident != "self" {
-                    segments.push(rename.ident.to_string());
+                    segments.push(rename.ident.unraw().to_string());
                 }
                 let span = start.unwrap_or_else(|| Span::of_span(rename.ident.span()));
                 self.record_use(segments, rename.rename.to_string(), leading, public, span);
@@ -189,7 +190,7 @@ impl Visitor {
                         continue;
                     }
                     let start = ident.span();
-                    let mut segments = vec![ident.to_string()];
+                    let mut segments = vec![ident.unraw().to_string()];
                     let mut next = index + 1;
                     while is_separator(&trees, next) {
                         match trees.get(next + 2) {
@@ -221,7 +222,10 @@ fn is_separator(trees: &[TokenTree], index: usize) -> bool {
 }
 
 fn path_segments(path: &syn::Path) -> Vec<String> {
-    path.segments.iter().map(|segment| segment.ident.to_string()).collect()
+    path.segments
+        .iter()
+        .map(|segment| segment.ident.unraw().to_string())
+        .collect()
 }
 
 impl<'ast> Visit<'ast> for Visitor {
@@ -229,7 +233,7 @@ impl<'ast> Visit<'ast> for Visitor {
         let was_test = self.in_test;
         self.in_test |= item.attrs.iter().any(is_test_attr);
         if item.content.is_some() {
-            self.module.push(item.ident.to_string());
+            self.module.push(item.ident.unraw().to_string());
             self.facts.inline_modules.push(self.module.join("::"));
             visit::visit_item_mod(self, item);
             self.module.pop();

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use proc_macro2::{Delimiter, LineColumn, Spacing, TokenStream, TokenTree};
 use regex::Regex;
+use syn::ext::IdentExt as _;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
 use syn::visit::{self, Visit};
@@ -544,7 +545,7 @@ impl Scanner<'_> {
         let top = prefix.is_empty();
         match tree {
             syn::UseTree::Path(path) => {
-                let name = path.ident.to_string();
+                let name = path.ident.unraw().to_string();
                 if top && self.is_crate_ref(leading_colon, &name) {
                     self.push(
                         Span::of_span(path.ident.span()),
@@ -557,7 +558,7 @@ impl Scanner<'_> {
                 prefix.pop();
             }
             syn::UseTree::Name(leaf) => {
-                let name = leaf.ident.to_string();
+                let name = leaf.ident.unraw().to_string();
                 if top && self.is_crate_ref(leading_colon, &name) {
                     self.push(
                         Span::of_span(leaf.ident.span()),
@@ -568,7 +569,7 @@ impl Scanner<'_> {
                 self.use_leaf(prefix, &name, leaf.ident.span(), leading_colon);
             }
             syn::UseTree::Rename(rename) => {
-                let name = rename.ident.to_string();
+                let name = rename.ident.unraw().to_string();
                 if top && self.is_crate_ref(leading_colon, &name) {
                     self.push(
                         Span::of_span(rename.ident.span()),
@@ -599,7 +600,7 @@ impl Scanner<'_> {
     }
 
     fn check_path(&mut self, path: &syn::Path, form_for_fn: &'static str) {
-        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.unraw().to_string()).collect();
         let leading = path.leading_colon.is_some();
         if let Some(first) = path.segments.first()
             && (segments.len() >= 2 || leading)
@@ -709,12 +710,12 @@ impl Scanner<'_> {
                         continue;
                     }
                     // Collect the run ident (:: ident)*.
-                    let mut segments = vec![ident.to_string()];
+                    let mut segments = vec![ident.unraw().to_string()];
                     let mut spans = vec![ident.span()];
                     let mut cursor = index + 1;
                     while is_path_sep(&trees, cursor) {
                         if let Some(TokenTree::Ident(next)) = trees.get(cursor + 2) {
-                            segments.push(next.to_string());
+                            segments.push(next.unraw().to_string());
                             spans.push(next.span());
                             cursor += 3;
                         } else {
@@ -772,7 +773,7 @@ impl Scanner<'_> {
             .path
             .segments
             .last()
-            .map(|s| s.ident.to_string())
+            .map(|s| s.ident.unraw().to_string())
             .unwrap_or_default();
         if matches!(name.as_str(), "include" | "include_str" | "include_bytes") {
             if let Some(target) = self.include_target(&mac.tokens) {
@@ -806,12 +807,12 @@ impl Scanner<'_> {
                     self.check_literal(&lit.value(), span, "string-literal");
                     if let Ok(path) = syn::parse_str::<syn::Path>(lit.value().trim())
                         && let Some(first) = path.segments.first()
-                        && self.is_crate_ref(path.leading_colon.is_some(), &first.ident.to_string())
+                        && self.is_crate_ref(path.leading_colon.is_some(), &first.ident.unraw().to_string())
                     {
                         self.push(
                             span,
                             FactKind::CrateRef {
-                                name: first.ident.to_string(),
+                                name: first.ident.unraw().to_string(),
                             },
                             "attribute-string",
                         );
@@ -889,7 +890,7 @@ pub fn inline_modules(file: &SourceFile) -> Vec<String> {
     impl<'ast> Visit<'ast> for Mods {
         fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
             if item.content.is_some() {
-                self.path.push(item.ident.to_string());
+                self.path.push(item.ident.unraw().to_string());
                 self.out.push(self.path.join("::"));
                 visit::visit_item_mod(self, item);
                 self.path.pop();
@@ -948,7 +949,7 @@ impl Collector<'_, '_> {
     fn collect_use(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>, leading: bool) {
         match tree {
             syn::UseTree::Path(path) => {
-                prefix.push(path.ident.to_string());
+                prefix.push(path.ident.unraw().to_string());
                 self.collect_use(&path.tree, prefix, leading);
                 prefix.pop();
             }
@@ -957,8 +958,8 @@ impl Collector<'_, '_> {
                 let visible = if name.ident == "self" {
                     prefix.last().cloned().unwrap_or_default()
                 } else {
-                    segments.push(name.ident.to_string());
-                    name.ident.to_string()
+                    segments.push(name.ident.unraw().to_string());
+                    name.ident.unraw().to_string()
                 };
                 let full = self.scanner.canonical_use(leading, &segments);
                 self.note_local_import(leading, &segments, &visible);
@@ -967,7 +968,7 @@ impl Collector<'_, '_> {
             syn::UseTree::Rename(rename) => {
                 let mut segments = prefix.clone();
                 if rename.ident != "self" {
-                    segments.push(rename.ident.to_string());
+                    segments.push(rename.ident.unraw().to_string());
                 }
                 let full = self.scanner.canonical_use(leading, &segments);
                 self.note_local_import(leading, &segments, &rename.rename.to_string());
@@ -992,7 +993,7 @@ impl Collector<'_, '_> {
 
 impl<'ast> Visit<'ast> for Collector<'_, '_> {
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
-        self.scanner.local_mods.insert(item.ident.to_string());
+        self.scanner.local_mods.insert(item.ident.unraw().to_string());
         visit::visit_item_mod(self, item);
     }
 
@@ -1002,7 +1003,7 @@ impl<'ast> Visit<'ast> for Collector<'_, '_> {
 
     fn visit_item_extern_crate(&mut self, item: &'ast syn::ItemExternCrate) {
         if let Some((_, rename)) = &item.rename {
-            let real = item.ident.to_string();
+            let real = item.ident.unraw().to_string();
             let real = self.scanner.watch.renames.get(&real).cloned().unwrap_or(real);
             self.scanner
                 .imports
@@ -1032,7 +1033,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                 .path()
                 .segments
                 .first()
-                .is_some_and(|first| TOOL_ATTRIBUTE_NAMESPACES.contains(&first.ident.to_string().as_str()));
+                .is_some_and(|first| TOOL_ATTRIBUTE_NAMESPACES.contains(&first.ident.unraw().to_string().as_str()));
         let prose = tool || PROSE_ATTRIBUTES.iter().any(|name| attr.path().is_ident(name));
         match &attr.meta {
             // Pattern rules still see the strings of prose attributes; crate references are
@@ -1105,7 +1106,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
     }
 
     fn visit_item_extern_crate(&mut self, item: &'ast syn::ItemExternCrate) {
-        let name = item.ident.to_string();
+        let name = item.ident.unraw().to_string();
         if self.watch.crate_names.contains(&name) {
             self.push(
                 Span::of_span(item.ident.span()),
@@ -1132,16 +1133,21 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                 .segments
                 .iter()
                 .skip(qself.position)
-                .map(|s| s.ident.to_string())
+                .map(|s| s.ident.unraw().to_string())
                 .collect();
             let mut candidates = Vec::new();
             if let syn::Type::Path(type_path) = &*qself.ty {
-                let segments: Vec<String> = type_path.path.segments.iter().map(|s| s.ident.to_string()).collect();
+                let segments: Vec<String> = type_path
+                    .path
+                    .segments
+                    .iter()
+                    .map(|s| s.ident.unraw().to_string())
+                    .collect();
                 for base in self.resolve(type_path.path.leading_colon.is_some(), &segments) {
                     candidates.push(base.into_iter().chain(rest.iter().cloned()).collect::<Vec<_>>());
                 }
             }
-            let trait_segments: Vec<String> = expr.path.segments.iter().map(|s| s.ident.to_string()).collect();
+            let trait_segments: Vec<String> = expr.path.segments.iter().map(|s| s.ident.unraw().to_string()).collect();
             candidates.extend(self.resolve(expr.path.leading_colon.is_some(), &trait_segments));
             if let Some(function) = self.function_matches(&candidates) {
                 let span = expr
