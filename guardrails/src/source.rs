@@ -849,6 +849,22 @@ impl Scanner<'_> {
     }
 }
 
+/// `tokens` with every literal left out (groups kept, with their delimiters and spans).
+fn without_literals(tokens: TokenStream) -> TokenStream {
+    tokens
+        .into_iter()
+        .filter_map(|tree| match tree {
+            TokenTree::Literal(_) => None,
+            TokenTree::Group(group) => {
+                let mut inner = proc_macro2::Group::new(group.delimiter(), without_literals(group.stream()));
+                inner.set_span(group.span());
+                Some(TokenTree::Group(inner))
+            }
+            other => Some(other),
+        })
+        .collect()
+}
+
 fn parse_matches_body(input: syn::parse::ParseStream<'_>) -> syn::Result<()> {
     input.parse::<syn::Expr>()?;
     input.parse::<syn::Token![,]>()?;
@@ -1039,7 +1055,12 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
             // Pattern rules still see the strings of prose attributes; crate references are
             // not looked for in them.
             syn::Meta::List(list) if prose => self.check_prose_strings(list.tokens.clone()),
-            syn::Meta::List(list) => self.check_attribute_strings(list.tokens.clone()),
+            syn::Meta::List(list) => {
+                self.check_attribute_strings(list.tokens.clone());
+                // Paths among the arguments: `#[derive(krate::X)]`, `#[attr(krate::f)]` (the
+                // strings were checked just above, so the token scan does not see them again).
+                self.scan_tokens(without_literals(list.tokens.clone()));
+            }
             syn::Meta::NameValue(value) => {
                 if let syn::Expr::Lit(syn::ExprLit {
                     lit: syn::Lit::Str(lit),
