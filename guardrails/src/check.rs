@@ -51,6 +51,7 @@ pub struct RuleTargets {
 /// [`Error::UnknownCrate`] when a rule names a crate that does not exist.
 pub fn rule_targets(workspace: &Workspace, config: &Config) -> Result<Vec<RuleTargets>, Error> {
     Ok(resolve_rules(workspace, config)?
+        .0
         .into_iter()
         .map(|resolved| RuleTargets {
             from: resolved.from,
@@ -59,8 +60,10 @@ pub fn rule_targets(workspace: &Workspace, config: &Config) -> Result<Vec<RuleTa
         .collect())
 }
 
-fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<Vec<Resolved<'c>>, Error> {
+/// The rules with their packages, and notes on forbidden names that match nothing yet.
+fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<(Vec<Resolved<'c>>, Vec<String>), Error> {
     let mut resolved = Vec::new();
+    let mut notes = Vec::new();
     for rule in &config.dependency_rules {
         let mut from = BTreeSet::new();
         for entry in &rule.from {
@@ -97,13 +100,30 @@ fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<Vec<Re
                 all_members = true;
                 continue;
             }
-            let matched = workspace.packages_named(entry);
+            // A glob (`hir-*`) forbids every package whose name it matches, so a new one is
+            // covered the day it appears.
+            let matched: Vec<usize> = if entry.contains(['*', '?', '[']) {
+                let glob = globset::Glob::new(entry)
+                    .map_err(|error| Error::Config {
+                        path: config.path.clone(),
+                        line: rule.line,
+                        message: format!("rule `{}`: `{entry}` is not a valid glob: {error}", rule.name),
+                    })?
+                    .compile_matcher();
+                (0..workspace.packages.len())
+                    .filter(|&i| glob.is_match(&workspace.packages[i].name))
+                    .collect()
+            } else {
+                workspace.packages_named(entry)
+            };
             if matched.is_empty() {
-                return Err(Error::UnknownCrate {
-                    rule: rule.name.clone(),
-                    name: entry.clone(),
-                    what: "is not a package of the resolved dependency graph",
-                });
+                // Forbidding a crate before anyone adds it is a rule worth having; a typo would
+                // look the same, so it is said.
+                notes.push(format!(
+                    "rule `{}` forbids `{entry}`, which matches no package of the resolved dependency graph yet \
+                     (it applies once one is added; check the spelling)",
+                    rule.name
+                ));
             }
             forbidden_names.extend(matched);
         }
@@ -121,7 +141,7 @@ fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<Vec<Re
             .collect();
         resolved.push(Resolved { rule, from, forbidden });
     }
-    Ok(resolved)
+    Ok((resolved, notes))
 }
 
 /// Line, column and end column of a dependency's declaration in a manifest.
@@ -529,7 +549,7 @@ fn definitions(file: &SourceFile, names: &BTreeSet<String>) -> Vec<(Vec<String>,
 /// (a crate, a function, a module, a file), so that the rule would check nothing.
 pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<Report, Error> {
     let started = Instant::now();
-    let resolved = resolve_rules(workspace, config)?;
+    let (resolved, notes) = resolve_rules(workspace, config)?;
     let mut findings = Vec::new();
     manifest_findings(workspace, &resolved, &mut findings);
 
@@ -591,6 +611,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
         files: files.len(),
         manifest_time,
         source_time,
+        notes,
         ..Default::default()
     };
     let test_modules: Vec<String> = scans

@@ -109,6 +109,9 @@ fn human(report: &Report, color: bool) -> String {
             stats.files_unparsed, stats.macros_unparsed, stats.macros
         );
     }
+    for note in &stats.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     for file in &stats.unscannable {
         let _ = writeln!(
             out,

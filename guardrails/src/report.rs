@@ -276,6 +276,8 @@ pub struct Stats {
     pub macros_unparsed: u64,
     /// Files that could not be read or tokenized.
     pub unscannable: Vec<String>,
+    /// Things worth knowing that are not findings (a forbidden name matching no package yet).
+    pub notes: Vec<String>,
     /// Wall time of `cargo metadata`.
     #[serde(skip)]
     pub metadata_time: Duration,

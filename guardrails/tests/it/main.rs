@@ -330,3 +330,24 @@ fn selftest_catches_every_mutant_on_the_fixture() {
         assert!(forms.contains(form), "no {form} mutant");
     }
 }
+
+#[test]
+fn a_forbidden_crate_not_in_the_graph_is_a_note_not_an_error() {
+    // Issue 15: forbidding a crate before anyone adds it is allowed; the report says it matches
+    // nothing yet, since a typo would look the same.
+    let dir = materialize(Some("forbidden-crate-not-in-the-graph-is-a-note"));
+    let report = check_workspace(dir.path(), None, &options()).unwrap();
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert_eq!(report.stats.notes.len(), 1, "{:?}", report.stats.notes);
+    assert!(
+        report.stats.notes[0].contains("forbids `engine-old`, which matches no package"),
+        "{}",
+        report.stats.notes[0]
+    );
+    let (code, stdout, _) = cli(&["check", "--offline", "--workspace", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("note: rule `app-never-reaches-engine` forbids `engine-old`"),
+        "{stdout}"
+    );
+}
