@@ -821,10 +821,12 @@ pub enum AdrStatus {
     Found(PathBuf, String),
 }
 
-/// Resolves an exemption's `adr` (a number such as `0006`, or a file name in `adr/`) and reads
-/// its status: a `Status:` line (bold or not) or the first line under a `## Status` heading.
-pub fn adr_status(root: &Path, adr: &str) -> AdrStatus {
-    let dir = root.join("adr");
+/// Resolves an exemption's `adr` (a number such as `0006`, or a file name in `adr_dir`) and
+/// reads its status in the formats in use: a `Status:` line, bold or not, or a bullet
+/// (`* Status: accepted`, MADR 2), a `status:` front-matter key (MADR 3), or the first line
+/// under a `## Status` heading (Nygard, adr-tools).
+pub fn adr_status(root: &Path, adr_dir: &str, adr: &str) -> AdrStatus {
+    let dir = root.join(adr_dir);
     let path = if adr.chars().all(|c| c.is_ascii_digit()) {
         let number = format!("{:04}-", adr.parse::<u32>().unwrap_or(u32::MAX));
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -843,7 +845,10 @@ pub fn adr_status(root: &Path, adr: &str) -> AdrStatus {
             None => return AdrStatus::Missing,
         }
     } else {
-        let name = adr.strip_prefix("adr/").unwrap_or(adr);
+        let name = adr
+            .strip_prefix(adr_dir)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(adr);
         if name.contains("..") || name.contains('/') {
             return AdrStatus::Missing;
         }
@@ -919,9 +924,11 @@ fn apply_exemptions(workspace: &Workspace, config: &Config, today: Date, finding
                 form: "exemption".to_owned(),
                 chain: Vec::new(),
                 reason: exemption.reason.clone(),
-                hint: "an exemption needs an ADR in adr/ with status Accepted, a date that has not passed, and a \
-                       finding to exempt; fix or remove it"
-                    .to_owned(),
+                hint: format!(
+                    "an exemption needs an ADR in {}/ with status Accepted, a date that has not passed, and a \
+                     finding to exempt; fix or remove it",
+                    config.adr_dir
+                ),
                 line_text: config_lines
                     .get(exemption.line as usize - 1)
                     .map(|l| (*l).to_owned())
@@ -930,13 +937,13 @@ fn apply_exemptions(workspace: &Workspace, config: &Config, today: Date, finding
             }
             .seal()
         };
-        match adr_status(&workspace.root, &exemption.adr) {
+        match adr_status(&workspace.root, &config.adr_dir, &exemption.adr) {
             AdrStatus::Missing => {
                 report.findings.push(meta(
                     Code::ExemptionAdrMissing,
                     format!(
-                        "exemption from `{}` cites ADR `{}`, which is not in adr/",
-                        exemption.rule, exemption.adr
+                        "exemption from `{}` cites ADR `{}`, which is not in {}/",
+                        exemption.rule, exemption.adr, config.adr_dir
                     ),
                 ));
                 continue;

@@ -40,6 +40,8 @@ pub struct Config {
     pub acyclic_modules: Vec<AcyclicModules>,
     /// `[[exemption]]` entries.
     pub exemptions: Vec<Exemption>,
+    /// Where exemptions' ADRs live, relative to the workspace root (`adr-dir`, default `adr`).
+    pub adr_dir: String,
 }
 
 /// "Inside crate `krate`, modules under `from` never reference modules under `forbidden`."
@@ -294,6 +296,7 @@ pub struct Exemption {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
     version: u32,
+    adr_dir: Option<String>,
     #[serde(default)]
     dependency_rule: Vec<Spanned<RawDependencyRule>>,
     #[serde(default)]
@@ -432,6 +435,20 @@ impl Config {
                     raw.version
                 ),
             ));
+        }
+        if let Some(dir) = &raw.adr_dir {
+            let path = Path::new(dir);
+            if dir.trim().is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|part| matches!(part, std::path::Component::ParentDir))
+            {
+                problems.push((
+                    line_of(&text, text.find("adr-dir").unwrap_or(0)),
+                    format!("adr-dir `{dir}` must be a directory inside the workspace, relative to its root"),
+                ));
+            }
         }
         let mut names: Vec<String> = Vec::new();
         let mut claim = |name: &str, line: u32, problems: &mut Vec<(u32, String)>| {
@@ -691,7 +708,9 @@ impl Config {
                 message,
             });
         }
+        let adr_dir = raw.adr_dir.clone().unwrap_or_else(|| "adr".to_owned());
         Ok(Config {
+            adr_dir,
             path: path.to_path_buf(),
             text,
             dependency_rules,
@@ -781,6 +800,33 @@ adr = "0001"
             "line 17: exemption `file` must be one file, not a glob",
         ] {
             assert!(message.contains(expected), "`{expected}` missing from:\n{message}");
+        }
+    }
+
+    #[test]
+    fn the_adr_directory_is_configurable_and_stays_inside_the_workspace() {
+        let parse = |dir: &str| {
+            Config::parse(
+                Path::new("guardrails.toml"),
+                format!("adr-dir = \"{dir}\"\nversion = 1\n"),
+            )
+        };
+        assert_eq!(parse("docs/decisions").unwrap().adr_dir, "docs/decisions");
+        assert_eq!(
+            Config::parse(Path::new("guardrails.toml"), "version = 1\n".to_owned())
+                .unwrap()
+                .adr_dir,
+            "adr"
+        );
+        for outside in ["../elsewhere", "/etc", ""] {
+            let Err(Error::Config { line, message, .. }) = parse(outside) else {
+                panic!("adr-dir `{outside}` was accepted")
+            };
+            assert_eq!(line, 1);
+            assert!(
+                message.contains("must be a directory inside the workspace"),
+                "{message}"
+            );
         }
     }
 
