@@ -673,6 +673,15 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
             };
             match &fact.kind {
                 FactKind::CrateRef { name } => {
+                    // A renamed dependency is named as the rule names it, and as written.
+                    let shown = match watches
+                        .per_package
+                        .get(&file.package)
+                        .and_then(|watch| watch.renames.get(name))
+                    {
+                        Some(real) => format!("`{real}` (as `{name}`)"),
+                        None => format!("`{name}`"),
+                    };
                     for &rule_index in watches.names.get(&(file.package, name.clone())).into_iter().flatten() {
                         let rule = resolved[rule_index].rule;
                         if !rule.include_tests && in_test {
@@ -682,7 +691,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                             Code::ForbiddenReference,
                             rule.name.clone(),
                             format!(
-                                "`{}` refers to `{name}` ({}), which rule `{}` forbids",
+                                "`{}` refers to {shown} in a {} form, which rule `{}` forbids",
                                 workspace.packages[file.package].name, fact.form, rule.name
                             ),
                             &rule.reason,

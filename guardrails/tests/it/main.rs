@@ -351,3 +351,19 @@ fn a_forbidden_crate_not_in_the_graph_is_a_note_not_an_error() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_renamed_dependency_is_named_as_the_rule_names_it_and_as_written() {
+    // Issue 15: the source finding named only the alias (`eng`), not the crate the rule forbids.
+    let dir = materialize(Some("edge-renamed"));
+    let report = check_workspace(dir.path(), None, &options()).unwrap();
+    let reference = report
+        .findings
+        .iter()
+        .find(|finding| finding.code.to_string() == "forbidden-reference")
+        .expect("the source finding");
+    assert_eq!(
+        reference.message,
+        "`app` refers to `engine` (as `eng`) in a use form, which rule `app-never-reaches-engine` forbids"
+    );
+}
