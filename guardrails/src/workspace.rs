@@ -341,6 +341,15 @@ impl Workspace {
     /// `path` relative to the workspace root, with `/` separators (paths outside the root stay
     /// absolute).
     pub fn relative(&self, path: &Path) -> String {
+        // A path given relative to the current directory (`--config ./guardrails.toml`) is
+        // named as any other file of the workspace is, whatever the flag's spelling.
+        let absolute;
+        let path = if path.is_relative() {
+            absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            absolute.as_path()
+        } else {
+            path
+        };
         let Ok(relative) = path.strip_prefix(&self.root) else {
             return path.display().to_string();
         };

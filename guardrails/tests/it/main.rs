@@ -367,3 +367,30 @@ fn a_renamed_dependency_is_named_as_the_rule_names_it_and_as_written() {
         "`app` refers to `engine` (as `eng`) in a use form, which rule `app-never-reaches-engine` forbids"
     );
 }
+
+#[test]
+fn a_config_finding_names_the_file_the_same_way_whatever_the_flag_says() {
+    // Issue 15: `--config ./guardrails.toml` printed `./guardrails.toml`, no flag `guardrails.toml`.
+    let dir = materialize(Some("exemption-unused"));
+    let run = |config: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guardrails"));
+        command
+            .current_dir(dir.path())
+            .args(["check", "--offline", "--format", "json", "--workspace", "."]);
+        if let Some(config) = config {
+            command.args(["--config", config]);
+        }
+        let output = command.output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|finding| finding["file"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let plain = run(None);
+    assert!(plain.contains(&"guardrails.toml".to_owned()), "{plain:?}");
+    assert_eq!(run(Some("./guardrails.toml")), plain);
+    assert_eq!(run(Some("guardrails.toml")), plain);
+}
