@@ -460,6 +460,17 @@ fn build_watches(workspace: &Workspace, resolved: &[Resolved<'_>]) -> Watches {
     }
 }
 
+/// The directory of the package that owns `path`: of all packages whose directory holds it,
+/// the deepest (normalized as the watches' directories are).
+fn owner_dir(workspace: &Workspace, path: &Path) -> Option<PathBuf> {
+    workspace
+        .packages
+        .iter()
+        .map(|package| source::normalize(&package.dir))
+        .filter(|dir| path.starts_with(dir))
+        .max_by_key(|dir| dir.components().count())
+}
+
 /// A function of a caller allowlist, located.
 fn watched_functions(workspace: &Workspace, config: &Config) -> Result<Vec<WatchedFn>, Error> {
     let mut functions = Vec::new();
@@ -700,11 +711,16 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                     }
                 }
                 FactKind::Include { target: included } => {
+                    // The file belongs to the package with the deepest directory holding it: a
+                    // root package's directory holds every member, but not their files.
+                    let Some(owner) = owner_dir(workspace, included) else {
+                        continue;
+                    };
                     for (rule_index, entry) in resolved.iter().enumerate() {
                         let Some(dirs) = watches.dirs.get(&(file.package, rule_index)) else {
                             continue;
                         };
-                        if !dirs.iter().any(|dir| included.starts_with(dir)) || (!entry.rule.include_tests && in_test) {
+                        if !dirs.contains(&owner) || (!entry.rule.include_tests && in_test) {
                             continue;
                         }
                         emit(
