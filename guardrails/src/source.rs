@@ -274,6 +274,13 @@ pub struct Query<'a> {
     pub no_prefilter: bool,
 }
 
+/// `#[cfg(test)]` (or a `#[test]`-like attribute) followed by an out-of-line `mod name;`: a
+/// superset of what the parser would find, so the pre-filter never hides one.
+static OUT_OF_LINE_TEST_MODULE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+    Regex::new(r"cfg\s*\(\s*test\s*\)\s*\]\s*(?:#\s*\[[^\]]*\]\s*)*(?:pub(?:\s*\([^)]*\))?\s+)?mod\s+(?:r#)?[A-Za-z_][A-Za-z0-9_]*\s*;")
+        .expect("the test-module pattern is valid")
+});
+
 /// Builds the literal pre-filter for one package: any watched name, directory name or function
 /// name. `None` when there is nothing to look for.
 pub fn prefilter(watch: &Watch, functions: &[WatchedFn]) -> Option<Regex> {
@@ -318,7 +325,10 @@ pub fn scan_file(
     scan.bytes = text.len() as u64;
     let pattern_hit = query.patterns.iter().any(|pattern| pattern.regex.is_match(&text));
     let name_hit = filter.is_some_and(|filter| filter.is_match(&text));
-    if !(query.no_prefilter || pattern_hit || name_hit) {
+    // A file declaring an out-of-line test module (`#[cfg(test)] mod tests;`) is parsed even
+    // when nothing watched appears in it: its child file is test code only if this is known.
+    let declares_test_module = text.contains("cfg") && OUT_OF_LINE_TEST_MODULE.is_match(&text);
+    if !(query.no_prefilter || pattern_hit || name_hit || declares_test_module) {
         return scan;
     }
     scan.parsed = true;
