@@ -60,6 +60,21 @@ pub fn rule_targets(workspace: &Workspace, config: &Config) -> Result<Vec<RuleTa
         .collect())
 }
 
+/// `entry` of `rule` as a glob.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the rule's line when it is not a valid glob.
+fn rule_glob(config: &Config, rule: &DependencyRule, entry: &str) -> Result<globset::GlobMatcher, Error> {
+    Ok(globset::Glob::new(entry)
+        .map_err(|error| Error::Config {
+            path: config.path.clone(),
+            line: rule.line,
+            message: format!("rule `{}`: `{entry}` is not a valid glob: {error}", rule.name),
+        })?
+        .compile_matcher())
+}
+
 /// The rules with their packages, and notes on forbidden names that match nothing yet.
 fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<(Vec<Resolved<'c>>, Vec<String>), Error> {
     let mut resolved = Vec::new();
@@ -68,13 +83,7 @@ fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<(Vec<R
         let mut from = BTreeSet::new();
         for entry in &rule.from {
             let matched: Vec<usize> = if entry.contains('/') || entry.contains('*') {
-                let glob = globset::Glob::new(entry)
-                    .map_err(|error| Error::Config {
-                        path: config.path.clone(),
-                        line: rule.line,
-                        message: format!("rule `{}`: `{entry}` is not a valid glob: {error}", rule.name),
-                    })?
-                    .compile_matcher();
+                let glob = rule_glob(config, rule, entry)?;
                 workspace
                     .members
                     .iter()
@@ -103,13 +112,7 @@ fn resolve_rules<'c>(workspace: &Workspace, config: &'c Config) -> Result<(Vec<R
             // A glob (`hir-*`) forbids every package whose name it matches, so a new one is
             // covered the day it appears.
             let matched: Vec<usize> = if entry.contains(['*', '?', '[']) {
-                let glob = globset::Glob::new(entry)
-                    .map_err(|error| Error::Config {
-                        path: config.path.clone(),
-                        line: rule.line,
-                        message: format!("rule `{}`: `{entry}` is not a valid glob: {error}", rule.name),
-                    })?
-                    .compile_matcher();
+                let glob = rule_glob(config, rule, entry)?;
                 (0..workspace.packages.len())
                     .filter(|&i| glob.is_match(&workspace.packages[i].name))
                     .collect()

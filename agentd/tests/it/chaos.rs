@@ -129,6 +129,28 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<(String, String)>>) {
     }
 }
 
+/// The number in environment variable `name`, else `default`.
+pub(crate) fn from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed for [`Rng`]: environment variable `name` (to replay a printed seed), else the clock.
+pub(crate) fn seed(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
 /// xorshift64*: a reproducible stream of pseudo-random numbers from a printed seed.
 pub(crate) struct Rng(pub(crate) u64);
 
@@ -335,20 +357,8 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
         agent,
         reviewer,
     };
-    let seed = std::env::var("AGENTD_CHAOS_SEED")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    let kills_wanted: u32 = std::env::var("AGENTD_CHAOS_KILLS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(200);
+    let seed = seed("AGENTD_CHAOS_SEED");
+    let kills_wanted: u32 = from_env("AGENTD_CHAOS_KILLS", 200);
     eprintln!("chaos seed {seed} (AGENTD_CHAOS_SEED={seed} replays it)");
     let mut rng = Rng(seed);
 
@@ -630,15 +640,8 @@ fn sigkill_of_the_server_mid_request_then_restart_leaves_every_effect_exactly_on
     let policy = webhook_policy(&env);
     let agent = env.token("alice", "agent");
     let reviewer = env.token("bob", "reviewer");
-    let kills: u32 = std::env::var("AGENTD_SERVE_KILLS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(8);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let kills: u32 = from_env("AGENTD_SERVE_KILLS", 8);
+    let seed = seed("AGENTD_SERVE_SEED");
     eprintln!("serve chaos seed {seed}");
     let mut rng = Rng(seed);
     let ttl = LEASE_TTL_MS.to_string();

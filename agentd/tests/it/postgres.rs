@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::Env;
-use crate::chaos::{Effects, Rng, Webhook, delivery, webhook_policy};
+use crate::chaos::{Effects, Rng, Webhook, delivery, from_env, seed, webhook_policy};
 use crate::serve::{Api, Served, tokens};
 
 /// A fresh schema on the test database and the URL scoped to it; `None` without a database.
@@ -268,18 +268,9 @@ fn three_nodes_under_sigkill_run_each_run_once_and_keep_one_log() {
     let Some(database) = runtime.block_on(fresh_database()) else {
         return; // No database to share: `.ci/run` always sets one.
     };
-    let read = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(default)
-    };
-    let (runs, kills) = (read("AGENTD_NODES_RUNS", 3_000), read("AGENTD_NODES_KILLS", 20));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let (runs, kills): (usize, usize) = (from_env("AGENTD_NODES_RUNS", 3_000), from_env("AGENTD_NODES_KILLS", 20));
+    // The kill schedule replays with `AGENTD_NODES_SEED`; the interleaving of requests does not.
+    let seed = seed("AGENTD_NODES_SEED");
     eprintln!("three-node chaos seed {seed}: {runs} runs, {kills} kills");
     let webhook = Webhook::start();
     // The nodes share one state directory, as nodes on one host share a volume: the workspace
