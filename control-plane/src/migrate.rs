@@ -85,7 +85,12 @@ pub async fn migrate_sqlite_to_postgres(
         }
     };
     let Some(source_anchor) = source_anchor else {
-        unreachable!("verify_in reports a missing anchor key as broken")
+        // `verify_in` already reports a missing key as broken; kept as a value all the same.
+        return Err(MigrateError::SourceBroken {
+            location: source.display().to_string(),
+            seq: 0,
+            reason: format!("the anchor key {} is missing", source_keys.anchor.display()),
+        });
     };
     // A fresh target is anchored at open with the key in `key_dir`, installed from the source
     // when there is none; a different key already there is refused below.
@@ -111,11 +116,21 @@ pub async fn migrate_sqlite_to_postgres(
             head: copied_head,
             root: copied_root,
         } if copied_entries == entries && copied_head == head && copied_root == root => {}
-        other => {
+        ChainVerification::Intact {
+            entries: copied_entries,
+            head: copied_head,
+            root: copied_root,
+        } => {
             return Err(MigrateError::CopyDiffers {
                 detail: format!(
-                    "the source verified as {entries} entries, head {head}, root {root}; the copy as {other:?}"
+                    "the source verified as {entries} entries, head {head}, root {root}; the copy as \
+                     {copied_entries} entries, head {copied_head}, root {copied_root}"
                 ),
+            });
+        }
+        ChainVerification::Broken { seq, reason, .. } => {
+            return Err(MigrateError::CopyDiffers {
+                detail: format!("the copy breaks at audit entry {seq}: {reason}"),
             });
         }
     }
