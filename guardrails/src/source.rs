@@ -1099,6 +1099,28 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                 let target = self.file_dir().join(lit.value());
                 self.check_target_path(target, Span::of_span(lit.span()), "path-attribute");
             }
+            // `#[cfg_attr(unix, path = "...")]`: every `path = "..."` among its attributes, on
+            // whichever platform it applies.
+            if attr.path().is_ident("cfg_attr")
+                && let syn::Meta::List(list) = &attr.meta
+            {
+                let trees: Vec<TokenTree> = list.tokens.clone().into_iter().collect();
+                for window in trees.windows(3) {
+                    if let [
+                        TokenTree::Ident(name),
+                        TokenTree::Punct(equals),
+                        TokenTree::Literal(literal),
+                    ] = window
+                        && name == "path"
+                        && equals.as_char() == '='
+                        && let Ok(syn::Lit::Str(lit)) =
+                            syn::parse2::<syn::Lit>(TokenTree::Literal(literal.clone()).into())
+                    {
+                        let target = self.file_dir().join(lit.value());
+                        self.check_target_path(target, Span::of_span(literal.span()), "path-attribute");
+                    }
+                }
+            }
         }
         let test = item.attrs.iter().any(is_test_attr);
         let child = format!("{}::{}", self.module, item.ident);
