@@ -51,7 +51,7 @@ impl Paths {
     }
 }
 
-fn ensure_state_dir(paths: &Paths) -> Result<()> {
+pub fn ensure_state_dir(paths: &Paths) -> Result<()> {
     // Private to this user (0700): it holds the keys and every tenant's state.
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);

@@ -904,8 +904,8 @@ async fn execute(cli: Cli) -> Result<Exit> {
             if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
                 bail!("--to must be a PostgreSQL URL, `postgres://user@host:port/database`");
             }
-            std::fs::create_dir_all(&paths.state_dir)
-                .with_context(|| format!("cannot create the state directory {}", paths.state_dir.display()))?;
+            // Private (0700), as every command makes it: the keys go there.
+            app::ensure_state_dir(&paths)?;
             let report = control_plane::migrate_sqlite_to_postgres(Path::new(source), &to, &paths.state_dir)
                 .await
                 .with_context(|| format!("cannot migrate {source}"))?;

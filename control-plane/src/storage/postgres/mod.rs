@@ -207,8 +207,8 @@ impl PostgresStorage {
 }
 
 impl PostgresStorage {
-    /// A write unit as its own type (holding [`WRITE_LOCK`]), for the migration to write
-    /// tables through.
+    /// A write unit as its own type (holding [`WRITE_LOCK`]): what [`Storage::begin`] gives
+    /// for writing, and what the migration writes tables through.
     ///
     /// # Errors
     ///
@@ -369,30 +369,21 @@ fn migrator() -> Migrator {
 #[async_trait]
 impl Storage for PostgresStorage {
     async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError> {
-        let transaction = match access {
-            Access::Read => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await
-            }
-            Access::Write => self.pool.begin().await,
+        if access == Access::Write {
+            return Ok(Box::new(self.begin_write().await?));
         }
-        .map_err(classify)?;
-        let mut unit = PostgresUnit {
+        let transaction = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(classify)?;
+        Ok(Box::new(PostgresUnit {
             transaction,
             inserted: Vec::new(),
             feed: self.feed.clone(),
-            commits: (access == Access::Write).then(|| Arc::clone(&self.commits)),
+            commits: None,
             notices: Arc::clone(&self.notices),
-        };
-        if access == Access::Write {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK)
-                .execute(&mut *unit.transaction)
-                .await
-                .map_err(classify)?;
-        }
-        Ok(Box::new(unit))
+        }))
     }
 
     fn location(&self) -> &str {

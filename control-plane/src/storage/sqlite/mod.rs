@@ -283,7 +283,8 @@ impl SqliteStorage {
 }
 
 impl SqliteStorage {
-    /// A read unit as its own type: one snapshot, for the migration to read tables through.
+    /// A read unit as its own type (one snapshot): what [`Storage::begin`] gives for reading,
+    /// and what the migration reads tables through.
     ///
     /// # Errors
     ///
@@ -414,13 +415,15 @@ async fn backfill_schema_3(unit: &mut SqliteUnit) -> Result<(), StoreError> {
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError> {
-        let transaction = match access {
-            Access::Read => self.pool.begin().await,
-            Access::Write => self.pool.begin_with("BEGIN IMMEDIATE").await,
+        if access == Access::Read {
+            return Ok(Box::new(self.begin_read().await?));
         }
-        .map_err(classify)?;
-        let group = (access == Access::Write).then(|| Arc::clone(&self.group));
-        Ok(Box::new(SqliteUnit::new(transaction, self.feed.clone(), group)))
+        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+        Ok(Box::new(SqliteUnit::new(
+            transaction,
+            self.feed.clone(),
+            Some(Arc::clone(&self.group)),
+        )))
     }
 
     fn location(&self) -> &str {
