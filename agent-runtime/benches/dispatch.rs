@@ -238,6 +238,50 @@ fn main() {
             );
         }
 
+        // Fuel's share (ADR 0017): the same pii-redact package, fuel-metered (the default)
+        // against `limits.cpu = "epoch"` (bounded by the epoch deadline alone), interleaved.
+        let epoch_dir = std::env::temp_dir().join(format!("agentd-bench-epoch-{}", std::process::id()));
+        std::fs::create_dir_all(&epoch_dir).unwrap();
+        for file in ["skill.toml", "skill.wasm"] {
+            std::fs::copy(dir.join("pii-redact").join(file), epoch_dir.join(file)).unwrap();
+        }
+        let manifest = std::fs::read_to_string(epoch_dir.join("skill.toml")).unwrap();
+        std::fs::write(epoch_dir.join("skill.toml"), manifest.replace("[limits]\n", "[limits]\ncpu = \"epoch\"\n")).unwrap();
+        let epoch_only = Runtime::new(RuntimeConfig {
+            max_instances: 16,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let epoch_skill = epoch_only.load_package(&epoch_dir).await.unwrap();
+        assert_eq!(epoch_skill.cpu_metering, plugin_abi::CpuMetering::Epoch);
+        std::fs::remove_dir_all(&epoch_dir).unwrap();
+        let epoch_skill = epoch_only.lookup("pii-redact").unwrap();
+        let (mut fueled, mut unfueled) = (Vec::with_capacity(300), Vec::with_capacity(300));
+        for round in 0..330 {
+            let started = Instant::now();
+            let report = agentd.dispatch(&skill, &request(&large)).await;
+            let fuel_time = started.elapsed();
+            assert_eq!(report.outcome.name(), "completed");
+            let started = Instant::now();
+            let report = epoch_only.dispatch(&epoch_skill, &request(&large)).await;
+            let epoch_time = started.elapsed();
+            assert_eq!(report.outcome.name(), "completed");
+            assert_eq!(report.metrics.fuel_consumed, 0);
+            if round >= 30 {
+                fueled.push(fuel_time);
+                unfueled.push(epoch_time);
+            }
+        }
+        let (fuel50, epoch50) = (us(percentile(&mut fueled, 0.5)), us(percentile(&mut unfueled, 0.5)));
+        println!(
+            "  fuel's share, pii-redact 64 KiB (300 calls each): fuel-metered p50 {fuel50:.1} µs, p99 {:.1}; \
+             epoch-only p50 {epoch50:.1} µs, p99 {:.1}; fuel costs {:+.1}% p50 ({:.0}% of the metered call)",
+            us(percentile(&mut fueled, 0.99)),
+            us(percentile(&mut unfueled, 0.99)),
+            (fuel50 / epoch50 - 1.0) * 100.0,
+            (1.0 - epoch50 / fuel50) * 100.0
+        );
+
         let noop_summary = agentd.lookup("noop").unwrap().summary.clone();
         let (mut cached, mut evaluated) = (Vec::with_capacity(5_000), Vec::with_capacity(5_000));
         for _ in 0..5_000 {

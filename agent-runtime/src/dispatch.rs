@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use plugin_abi::{Capability, OutputEnvelope, WorkspacePath};
+use plugin_abi::{Capability, CpuMetering, OutputEnvelope, WorkspacePath};
 use wasmtime::Trap;
 
 use crate::bindings::agentd::skill::types::Invocation;
@@ -162,8 +162,10 @@ impl Runtime {
                     now + Duration::from_millis(limits.deadline_ms),
                     now + wall_clock_limit(limits.deadline_ms),
                 );
-                // Cannot fail: fuel consumption is enabled on this engine.
-                let _ = store.set_fuel(limits.fuel);
+                if limits.cpu == CpuMetering::Fuel {
+                    // Cannot fail: fuel consumption is enabled on this engine.
+                    let _ = store.set_fuel(limits.fuel);
+                }
                 store.set_epoch_deadline(1);
                 (store, Some(parked.instance), parked.calls)
             }
@@ -205,7 +207,11 @@ impl Runtime {
             Err(elapsed) => (Err(elapsed), None),
         };
 
-        metrics.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        // Epoch-only skills burn no fuel: there is nothing to count.
+        metrics.fuel_consumed = match store.get_fuel() {
+            Ok(left) => limits.fuel.saturating_sub(left),
+            Err(_) => 0,
+        };
         let state = store.data();
         metrics.peak_memory_bytes = state.limiter.peak_bytes;
         metrics.host_calls = state.host_calls;

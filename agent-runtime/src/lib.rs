@@ -2,7 +2,8 @@
 //! travels:
 //!
 //! - loading: [`package`] (`skill.toml`, SHA-256, limits), [`loader`] (the checks, in order),
-//!   [`cache`] (verified compiled code), [`registry`] (versions, hot swap, rollback);
+//!   [`cache`] (verified compiled code), [`registry`] (versions, hot swap, rollback),
+//!   [`preinit`] (pre-initialisation at packaging time);
 //! - running: [`engine`] (one wasmtime engine, one store per invocation), [`dispatch`]
 //!   (admission, limits, warm instances), [`host`] and [`kv`] (the host functions, each a
 //!   capability checked at call time), [`outcome`] (typed outcomes);
@@ -31,6 +32,7 @@ pub mod outcome;
 pub mod package;
 mod pep;
 pub mod plan;
+pub mod preinit;
 pub mod recovery;
 pub mod registry;
 pub mod resume;

@@ -133,8 +133,15 @@ impl Runtime {
         let manifest = self.read_manifest(package_dir)?;
         let component_path = package_dir.join(&manifest.component);
         let (bytes, digest) = read_verified_component(&manifest, &component_path)?;
-        let (component, load) = self.compile(&bytes, &digest, &component_path)?;
-        let pre = self.link(&component, &component_path)?;
+        let flavour = self
+            .engine
+            .flavour(manifest.limits.cpu)
+            .map_err(|error| PackageError::Compile {
+                path: component_path.clone(),
+                message: error.to_string(),
+            })?;
+        let (component, load) = self.compile(flavour, &bytes, &digest, &component_path)?;
+        let pre = link(flavour, &component, &component_path)?;
         let descriptor = self.describe(&manifest, &pre, &component_path).await?;
         check_descriptor(&manifest, &descriptor, &component_path)?;
         let summary = SkillSummary {
@@ -143,6 +150,7 @@ impl Runtime {
             side_effect: manifest.side_effect,
             capabilities: manifest.capabilities.clone(),
             digest,
+            cpu_metering: manifest.limits.cpu,
         };
         let loaded = LoadedSkill::new(
             manifest,
@@ -168,18 +176,19 @@ impl Runtime {
     /// Compiles the verified bytes, or loads them from the code cache.
     fn compile(
         &self,
+        flavour: &crate::engine::Flavour,
         bytes: &[u8],
         digest: &str,
         component_path: &Path,
     ) -> Result<(Component, LoadStats), PackageError> {
         let compile = || {
-            Component::new(&self.engine.engine, bytes).map_err(|error| PackageError::Compile {
+            Component::new(&flavour.engine, bytes).map_err(|error| PackageError::Compile {
                 path: component_path.to_owned(),
                 message: format!("{error:#}"),
             })
         };
         match &self.cache {
-            Some(cache) => cache.load(&self.engine.engine, digest, compile),
+            Some(cache) => cache.load(&flavour.engine, digest, compile),
             None => {
                 let started = Instant::now();
                 let component = compile()?;
@@ -193,26 +202,6 @@ impl Runtime {
                 ))
             }
         }
-    }
-
-    /// Links the component against the host and checks it implements the world.
-    fn link(
-        &self,
-        component: &Component,
-        component_path: &Path,
-    ) -> Result<SkillPre<crate::host::HostState>, PackageError> {
-        let instance_pre = self
-            .engine
-            .linker
-            .instantiate_pre(component)
-            .map_err(|error| PackageError::Link {
-                path: component_path.to_owned(),
-                message: format!("{error:#}"),
-            })?;
-        SkillPre::new(instance_pre).map_err(|error| PackageError::WrongWorld {
-            path: component_path.to_owned(),
-            message: format!("{error:#}"),
-        })
     }
 
     /// Instantiates the skill once, with no capability, and asks it to `describe` itself, under
@@ -343,4 +332,23 @@ fn check_descriptor(manifest: &Manifest, descriptor: &Descriptor, component_path
         ));
     }
     Ok(())
+}
+
+/// Links the component against the host and checks it implements the world.
+fn link(
+    flavour: &crate::engine::Flavour,
+    component: &Component,
+    component_path: &Path,
+) -> Result<SkillPre<crate::host::HostState>, PackageError> {
+    let instance_pre = flavour
+        .linker
+        .instantiate_pre(component)
+        .map_err(|error| PackageError::Link {
+            path: component_path.to_owned(),
+            message: format!("{error:#}"),
+        })?;
+    SkillPre::new(instance_pre).map_err(|error| PackageError::WrongWorld {
+        path: component_path.to_owned(),
+        message: format!("{error:#}"),
+    })
 }

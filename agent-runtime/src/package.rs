@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use plugin_abi::{ABI_VERSION, Capability, SideEffect};
+use plugin_abi::{ABI_VERSION, Capability, CpuMetering, SideEffect};
 use sha2::{Digest, Sha256};
 
 /// The manifest file name inside a package directory.
@@ -53,6 +53,11 @@ pub struct Limits {
     /// trap, a limit hit, a timeout or an invalid output.
     #[serde(default)]
     pub max_reuse: u32,
+    /// How CPU use is bounded: `"fuel"` (the default: `fuel` is enforced and every budget is
+    /// deterministic) or `"epoch"` (the `deadline_ms` epoch deadline only, without fuel's
+    /// per-instruction cost; governed by the policy's `cpu_metering` attribute, ADR 0017).
+    #[serde(default, skip_serializing_if = "CpuMetering::is_fuel")]
+    pub cpu: CpuMetering,
 }
 
 /// The largest `limits.max_reuse` a manifest may ask for.
@@ -147,7 +152,9 @@ pub enum PackageError {
         found: u32,
     },
     /// The manifest has no `sha256`: it is a source manifest, not a package.
-    #[error("{path} has no `sha256`; build the package with `cargo xtask build-plugins`")]
+    #[error(
+        "{path} has no `sha256`: it is a source manifest; package it with `agentd skill pack` (in this repository, `cargo xtask build-plugins`)"
+    )]
     MissingDigest {
         /// The manifest file.
         path: PathBuf,

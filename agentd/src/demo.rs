@@ -7,6 +7,8 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_runtime::{Outcome, RuntimeFailure};
@@ -84,13 +86,20 @@ struct Totals {
 
 const KINDS: [&str; 5] = ["email", "iban", "card", "ipv4", "phone"];
 
-pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, json: bool) -> Result<()> {
+/// Runs the demo; `concurrency` files are redacted at once (default: the machine's cores).
+pub async fn run(
+    paths: &Paths,
+    input: Option<&Path>,
+    max_files: Option<usize>,
+    concurrency: Option<usize>,
+    json: bool,
+) -> Result<()> {
     let say = |line: String| {
         if !json {
             println!("{line}");
         }
     };
-    let app = App::open(paths).await?;
+    let app = Arc::new(App::open(paths).await?);
     say(format!(
         "agentd demo: state in {}, {} skill packages verified, policy {}",
         paths.state_dir.display(),
@@ -117,12 +126,47 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
     } else {
         format!("{} Debian changelogs under {CHANGELOG_DIR}", documents.len())
     };
-    say(format!("\n[1/4] pii-redact (pure; policy allows agents) over {source}"));
+    let concurrency = concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    say(format!(
+        "\n[1/4] pii-redact (pure; policy allows agents) over {source}, {concurrency} at a time"
+    ));
     let mut totals = Totals::default();
     let mut sample = None;
+    let (commits_before, fsyncs_before) = app.control_plane.commit_stats();
     let started = Instant::now();
-    for document in &documents {
-        let report = app.run(&agent, "pii-redact", &text_request(&document.text)).await?;
+    // Each file is still its own governed, durable, audited step; `concurrency` workers take
+    // the next file as they finish one, and their commits share fsyncs (group commit, ADR 0015).
+    let documents = Arc::new(documents);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (app, agent, documents, next) = (
+            Arc::clone(&app),
+            agent.clone(),
+            Arc::clone(&documents),
+            Arc::clone(&next),
+        );
+        workers.spawn(async move {
+            let mut reports = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(document) = documents.get(index) else {
+                    return Ok::<_, anyhow::Error>(reports);
+                };
+                let report = app.run(&agent, "pii-redact", &text_request(&document.text)).await?;
+                reports.push((index, report));
+            }
+        });
+    }
+    let mut reports = Vec::with_capacity(documents.len());
+    while let Some(done) = workers.join_next().await {
+        reports.extend(done.context("a demo worker panicked")??);
+    }
+    reports.sort_by_key(|(index, _)| *index);
+    for (index, report) in reports {
+        let document = &documents[index];
         let StepReport::Completed { report, .. } = report else {
             totals.failures += 1;
             continue;
@@ -147,6 +191,8 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         }
     }
     let wall = started.elapsed();
+    let (commits, fsyncs) = app.control_plane.commit_stats();
+    let (commits, fsyncs) = (commits - commits_before, fsyncs - fsyncs_before);
     let mib = totals.bytes as f64 / (1024.0 * 1024.0);
     let files = totals.files.max(1) as f64;
     say(format!(
@@ -174,6 +220,10 @@ pub async fn run(paths: &Paths, input: Option<&Path>, max_files: Option<usize>, 
         totals.instantiate_us as f64 / files,
         totals.execute_us as f64 / files,
         totals.fuel as f64 / (totals.bytes.max(1) as f64)
+    ));
+    say(format!(
+        "  durable commits   {commits} in {fsyncs} fsyncs ({:.1} per file; group commit shares an fsync among concurrent commits)",
+        commits as f64 / files
     ));
     if let Some(sample) = &sample {
         say(format!("  sample            {sample}"));

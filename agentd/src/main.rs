@@ -13,6 +13,7 @@ mod app;
 mod client;
 mod demo;
 mod serve;
+mod skill;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,11 @@ enum Command {
     /// Skill packages.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Tools for skill authors.
+    #[command(subcommand)]
+    Skill(SkillCommand),
+    /// Print the WIT contract (package `agentd:skill`) that skill components implement.
+    Wit,
     /// Serve the HTTP API v1 and the reviewer page until SIGTERM (see /v1/openapi.json).
     Serve {
         /// Address to listen on; port 0 picks a free port (the bound address is printed).
@@ -183,6 +189,9 @@ enum Command {
         /// Process at most this many changelogs.
         #[arg(long)]
         max_files: Option<usize>,
+        /// Files redacted at once, each still its own governed step; default: the cores.
+        #[arg(long)]
+        concurrency: Option<usize>,
     },
 }
 
@@ -347,6 +356,33 @@ enum RunsCommand {
         run_id: String,
         #[command(flatten)]
         token: TokenArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SkillCommand {
+    /// Package a built component: pre-initialise it when it exports `wizer-initialize` (its
+    /// initialisation snapshotted, so fresh instances start ready), then write it with its
+    /// `skill.toml` and SHA-256 into a package directory that `--plugins` can load.
+    Pack {
+        /// The skill's directory, holding its source `skill.toml`.
+        dir: PathBuf,
+        /// The built component; default: the manifest's `component`, relative to DIR.
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// The package directory to write; default: DIR/package.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Package the component as it is, without running `wizer-initialize`.
+        #[arg(long)]
+        no_preinit: bool,
+    },
+    /// Run every load check on a package directory (manifest, digest, component world,
+    /// compile, link, `describe` against the manifest) and print what `describe` reports,
+    /// with the input and output JSON Schemas; exits 5 on any failure.
+    Check {
+        /// The package directory (holding `skill.toml` and the component).
+        dir: PathBuf,
     },
 }
 
@@ -823,6 +859,70 @@ async fn execute(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        Command::Skill(SkillCommand::Pack {
+            dir,
+            component,
+            out,
+            no_preinit,
+        }) => {
+            let packed = skill::pack(&dir, component.as_deref(), out.as_deref(), !no_preinit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&packed)?);
+            } else {
+                println!(
+                    "packaged {} ({} bytes{}) -> {}",
+                    packed.sha256,
+                    packed.packaged_bytes,
+                    if packed.preinitialized {
+                        format!(
+                            "; pre-initialised in {} ms, {} fuel, from {} bytes",
+                            packed.init_ms, packed.init_fuel, packed.input_bytes
+                        )
+                    } else {
+                        String::new()
+                    },
+                    packed.package.display()
+                );
+            }
+            Ok(Exit::Success)
+        }
+        Command::Skill(SkillCommand::Check { dir }) => match skill::check(&dir).await {
+            Ok(checked) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&checked)?);
+                } else {
+                    let capabilities: Vec<String> =
+                        checked.summary.capabilities.iter().map(ToString::to_string).collect();
+                    println!(
+                        "ok: {} {} ({}), capabilities [{}], cpu {}, {}; compiled in {} ms",
+                        checked.summary.id,
+                        checked.summary.version,
+                        checked.summary.side_effect,
+                        capabilities.join(", "),
+                        checked.summary.cpu_metering,
+                        checked.summary.digest,
+                        checked.compile_us / 1_000
+                    );
+                    println!(
+                        "input schema:\n{}",
+                        serde_json::to_string_pretty(&checked.input_schema)?
+                    );
+                    println!(
+                        "output schema:\n{}",
+                        serde_json::to_string_pretty(&checked.output_schema)?
+                    );
+                }
+                Ok(Exit::Success)
+            }
+            Err(error) => {
+                eprintln!("error: {} failed a load check: {error:#}", dir.display());
+                Ok(Exit::Failed)
+            }
+        },
+        Command::Wit => {
+            print!("{}", plugin_abi::WIT);
+            Ok(Exit::Success)
+        }
         Command::Plugins(PluginsCommand::List) => {
             let app = App::open(&paths).await?;
             if json {
@@ -931,8 +1031,12 @@ async fn execute(cli: Cli) -> Result<Exit> {
             print!("{}", serve::api::openapi_json());
             Ok(Exit::Success)
         }
-        Command::Demo { input, max_files } => {
-            demo::run(&paths, input.as_deref(), max_files, json).await?;
+        Command::Demo {
+            input,
+            max_files,
+            concurrency,
+        } => {
+            demo::run(&paths, input.as_deref(), max_files, concurrency, json).await?;
             Ok(Exit::Success)
         }
     }

@@ -137,6 +137,7 @@ fn main() {
             side_effect: SideEffect::ReadOnly,
             capabilities: vec![],
             digest: "sha256:00".into(),
+            cpu_metering: plugin_abi::CpuMetering::Fuel,
         };
         let n = 1_000u32;
         let started = Instant::now();

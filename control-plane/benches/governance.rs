@@ -71,6 +71,7 @@ fn main() {
         side_effect: SideEffect::ReadOnly,
         capabilities: vec![],
         digest: "sha256:00".into(),
+        cpu_metering: plugin_abi::CpuMetering::Fuel,
     };
 
     println!(

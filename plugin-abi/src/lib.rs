@@ -27,6 +27,11 @@ use std::str::FromStr;
 /// Version of the `agentd:skill` WIT package in `wit/skill.wit`.
 pub const WIT_PACKAGE_VERSION: &str = "0.1.0";
 
+/// The contract's WIT text (`plugin-abi/wit/skill.wit`): package `agentd:skill`, the `skill`
+/// world every component implements and the `skill-preinit` world the Rust SDK builds.
+/// `agentd wit` prints it, for generators of other languages (componentize-py, jco).
+pub const WIT: &str = include_str!("../wit/skill.wit");
+
 /// The package ABI version a `skill.toml` declares as `abi = 1`.
 ///
 /// Bumped when the WIT world changes incompatibly; a number is never reused. The runtime refuses
@@ -90,6 +95,47 @@ impl FromStr for SideEffect {
     }
 }
 
+/// How a skill's CPU use is bounded, chosen per skill in its manifest (`limits.cpu`) and
+/// allowed or not by policy (the `cpu_metering` attribute of the Cedar `Skill` entity).
+///
+/// ADR 0017 gives the trade-off: fuel makes every budget deterministic (the same input burns
+/// the same fuel and meets the same outcome, whatever the host's load) and measurable (fuel per
+/// byte), at a cost measured at about a quarter of a compute-heavy guest's time; the epoch
+/// deadline alone bounds the wall time only, so an outcome near the deadline depends on the
+/// host's load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuMetering {
+    /// Fuel metering plus the epoch deadline: the default.
+    #[default]
+    Fuel,
+    /// The epoch deadline only (`limits.deadline_ms`); `limits.fuel` is not enforced.
+    Epoch,
+}
+
+impl CpuMetering {
+    /// `fuel` or `epoch`, as in manifests and policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuMetering::Fuel => "fuel",
+            CpuMetering::Epoch => "epoch",
+        }
+    }
+
+    /// Whether this is the default, [`CpuMetering::Fuel`] (serialisation leaves it out, so
+    /// summaries stored before the choice existed read back unchanged).
+    pub fn is_fuel(&self) -> bool {
+        *self == CpuMetering::Fuel
+    }
+}
+
+impl fmt::Display for CpuMetering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What the control plane needs to know about a skill to decide on it.
 ///
 /// Built by the runtime from a verified package (manifest checked against the component's own
@@ -108,6 +154,9 @@ pub struct SkillSummary {
     pub capabilities: Vec<Capability>,
     /// `sha256:<hex>` digest of the component bytes.
     pub digest: String,
+    /// How its CPU use is bounded (the manifest's `limits.cpu`).
+    #[serde(default, skip_serializing_if = "CpuMetering::is_fuel")]
+    pub cpu_metering: CpuMetering,
 }
 
 #[cfg(test)]

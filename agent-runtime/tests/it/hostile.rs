@@ -228,3 +228,60 @@ async fn a_spinning_describe_is_stopped_at_its_own_deadline() {
         .await
         .expect("the runtime still loads a good package");
 }
+
+/// `limits.cpu = "epoch"` (ADR 0017): the skill runs on the engine without fuel, burns and
+/// reports no fuel, gives the same answer, and a guest that spins is still stopped at its
+/// deadline, now by the epoch alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_only_skills_run_without_fuel_and_a_spinning_one_still_stops_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch_only = |manifest: String| manifest.replace("[limits]\n", "[limits]\ncpu = \"epoch\"\n");
+    let runtime = crate::empty_runtime();
+    let redact = runtime
+        .load_package(&crate::package_copy(dir.path(), "pii-redact", epoch_only))
+        .await
+        .unwrap();
+    assert_eq!(redact.cpu_metering, plugin_abi::CpuMetering::Epoch);
+    let spin = crate::package_copy(dir.path(), "spin-forever", |manifest| {
+        epoch_only(manifest).replace("deadline_ms = 500", "deadline_ms = 200")
+    });
+    runtime.load_package(&spin).await.unwrap();
+
+    let metered = runtime_with_packages(None).await;
+    let input = serde_json::json!({ "text": "mail jane@example.org or call +49 30 1234567" });
+    let with_fuel = metered
+        .dispatch(&skill(&metered, "pii-redact"), &request(input.clone(), &[]))
+        .await;
+    let without = runtime
+        .dispatch(&skill(&runtime, "pii-redact"), &request(input, &[]))
+        .await;
+    match (&with_fuel.outcome, &without.outcome) {
+        (Outcome::Completed { output: a }, Outcome::Completed { output: b }) => assert_eq!(a, b),
+        other => panic!("{other:?}"),
+    }
+    assert!(with_fuel.metrics.fuel_consumed > 0);
+    assert_eq!(without.metrics.fuel_consumed, 0);
+
+    let started = std::time::Instant::now();
+    let spun = runtime
+        .dispatch(&skill(&runtime, "spin-forever"), &request(serde_json::json!({}), &[]))
+        .await;
+    assert!(
+        matches!(
+            spun.outcome,
+            Outcome::Failed {
+                failure: RuntimeFailure::Timeout {
+                    deadline_ms: 200,
+                    in_guest: true
+                }
+            }
+        ),
+        "{:?}",
+        spun.outcome
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -3,6 +3,7 @@
 
 #![allow(missing_docs, reason = "test helpers are not public API")]
 
+mod authoring;
 mod bad_input;
 mod browser;
 mod chaos;

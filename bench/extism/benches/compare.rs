@@ -4,6 +4,7 @@
 //!   `pii-redact` components.
 //! - agentd, bounded warm-instance mode (`max_reuse` in the manifest, pure skills only): the same
 //!   components, one instance reused for up to `max_reuse` calls.
+//! - agentd, fresh instance per call with `limits.cpu = "epoch"` (no fuel metering, ADR 0017).
 //! - Extism: `Plugin::call` of the same logic built with extism-pdk (`bench/extism/plugin`);
 //!   one plugin instance reused across calls, as Extism does.
 //!
@@ -41,14 +42,14 @@ fn request(input: &str) -> DispatchRequest {
     }
 }
 
-/// A copy of package `name` whose manifest allows warm reuse of `reuse` calls per instance.
-fn warm_copy(dir: &Path, name: &str, reuse: u32) -> PathBuf {
+/// A copy of package `name` under `dir` with `limits` appended to its `[limits]` table.
+fn package_copy(dir: &Path, name: &str, limits: &str) -> PathBuf {
     let package = dir.join(name);
     std::fs::create_dir_all(&package).unwrap();
     let source = packages().join(name);
     std::fs::copy(source.join("skill.wasm"), package.join("skill.wasm")).unwrap();
     let manifest = std::fs::read_to_string(source.join("skill.toml")).unwrap();
-    std::fs::write(package.join("skill.toml"), format!("{manifest}max_reuse = {reuse}\n")).unwrap();
+    std::fs::write(package.join("skill.toml"), format!("{manifest}{limits}\n")).unwrap();
     package
 }
 
@@ -71,10 +72,18 @@ fn main() {
         fresh.load_package(&packages().join("pii-redact")).await.unwrap();
         let warm_dir = std::env::temp_dir().join(format!("agentd-extism-bench-{}", std::process::id()));
         let warm = Runtime::new(RuntimeConfig::default()).unwrap();
-        warm.load_package(&warm_copy(&warm_dir, "noop", 1000)).await.unwrap();
-        warm.load_package(&warm_copy(&warm_dir, "pii-redact", 1000))
-            .await
-            .unwrap();
+        let epoch_dir = warm_dir.join("epoch");
+        let epoch = Runtime::new(RuntimeConfig::default()).unwrap();
+        for name in ["noop", "pii-redact"] {
+            warm.load_package(&package_copy(&warm_dir, name, "max_reuse = 1000"))
+                .await
+                .unwrap();
+            // Fresh instances bounded by the epoch deadline alone, no fuel (ADR 0017).
+            epoch
+                .load_package(&package_copy(&epoch_dir, name, "cpu = \"epoch\""))
+                .await
+                .unwrap();
+        }
 
         let mut extism = extism::Plugin::new(&extism_bytes, [], false).expect("the Extism plugin loads");
 
@@ -93,6 +102,7 @@ fn main() {
         ] {
             let fresh_skill = fresh.lookup(skill_id).unwrap();
             let warm_skill = warm.lookup(skill_id).unwrap();
+            let epoch_skill = epoch.lookup(skill_id).unwrap();
             // The Extism plugin answers with the same JSON as the component.
             let reference = fresh.dispatch(&fresh_skill, &request(input)).await;
             let extism_output: String = extism.call::<&str, String>(export, input).unwrap();
@@ -109,7 +119,8 @@ fn main() {
                 }
                 other => panic!("{other:?}"),
             }
-            let (mut ours_fresh, mut ours_warm, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ours_fresh, mut ours_warm, mut ours_epoch, mut theirs) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for round in 0..n + n / 10 {
                 let started = Instant::now();
                 let report = fresh.dispatch(&fresh_skill, &request(input)).await;
@@ -120,23 +131,33 @@ fn main() {
                 let warm_elapsed = started.elapsed();
                 assert_eq!(report.outcome.name(), "completed");
                 let started = Instant::now();
+                let report = epoch.dispatch(&epoch_skill, &request(input)).await;
+                let epoch_elapsed = started.elapsed();
+                assert_eq!(report.outcome.name(), "completed");
+                let started = Instant::now();
                 let output: String = extism.call::<&str, String>(export, input).unwrap();
                 let extism_elapsed = started.elapsed();
                 std::hint::black_box(output);
                 if round >= n / 10 {
                     ours_fresh.push(fresh_elapsed);
                     ours_warm.push(warm_elapsed);
+                    ours_epoch.push(epoch_elapsed);
                     theirs.push(extism_elapsed);
                 }
             }
             let (e50, e99) = (percentile(&mut theirs, 0.5), percentile(&mut theirs, 0.99));
             let (f50, f99) = (percentile(&mut ours_fresh, 0.5), percentile(&mut ours_fresh, 0.99));
             let (w50, w99) = (percentile(&mut ours_warm, 0.5), percentile(&mut ours_warm, 0.99));
+            let (p50, p99) = (percentile(&mut ours_epoch, 0.5), percentile(&mut ours_epoch, 0.99));
             println!("  {label} ({n} calls each):");
             println!("    Extism             p50 {e50:>9.1}  p99 {e99:>9.1}");
             println!(
                 "    agentd fresh       p50 {f50:>9.1}  p99 {f99:>9.1}   p50 ratio to Extism {:.2}x",
                 f50 / e50
+            );
+            println!(
+                "    agentd fresh, epoch-only CPU p50 {p50:>9.1}  p99 {p99:>9.1}   p50 ratio to Extism {:.2}x",
+                p50 / e50
             );
             println!(
                 "    agentd warm        p50 {w50:>9.1}  p99 {w99:>9.1}   p50 ratio to Extism {:.2}x",

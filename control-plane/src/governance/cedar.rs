@@ -171,6 +171,7 @@ pub(super) fn skill_resource(skill: &SkillSummary) -> (EntityUid, Result<Entity,
                 RestrictedExpression::new_set(skill.capabilities.iter().map(|c| string(&c.to_string()))),
             ),
             ("risk_tier".to_owned(), string(RiskTier::of(skill).as_str())),
+            ("cpu_metering".to_owned(), string(skill.cpu_metering.as_str())),
         ]),
         std::collections::HashSet::new(),
     )

@@ -23,7 +23,7 @@
 //! The entity model (see the schema):
 //! - principal `Agentd::Principal::"<tenant>/<subject>"` with `subject`, `tenant`, `roles`;
 //! - action `invoke` on `Agentd::Skill::"<id>"` with `id`, `version`, `side_effect`, `digest`,
-//!   `capabilities`, `risk_tier`;
+//!   `capabilities`, `risk_tier`, `cpu_metering` (`fuel` or `epoch`);
 //! - action `use-capability` on `Agentd::Capability::"<text>"` with `kind` and `scope`, context
 //!   `skill` and `side_effect`;
 //! - action `review` on the skill, context `tenant`, `risk_tier` and `requester`.

@@ -49,6 +49,7 @@ struct DecisionKey {
     side_effect: plugin_abi::SideEffect,
     capabilities: Vec<plugin_abi::Capability>,
     digest: String,
+    cpu_metering: plugin_abi::CpuMetering,
 }
 
 impl DecisionKey {
@@ -62,6 +63,7 @@ impl DecisionKey {
             side_effect: skill.side_effect,
             capabilities: skill.capabilities.clone(),
             digest: skill.digest.clone(),
+            cpu_metering: skill.cpu_metering,
         }
     }
 }
@@ -420,6 +422,7 @@ mod tests {
             side_effect,
             capabilities: capabilities.iter().map(|c| c.parse().unwrap()).collect(),
             digest: "sha256:00".into(),
+            cpu_metering: plugin_abi::CpuMetering::Fuel,
         }
     }
 
@@ -472,6 +475,31 @@ mod tests {
         );
         let nobody = engine.decide(&principal(&[]), "demo", Some(&skill(SideEffect::Pure, &[])), NOW);
         assert_eq!(deny_kind(&nobody), Some(DenyKind::FailedClosed));
+    }
+
+    #[test]
+    fn epoch_only_cpu_is_allowed_for_pure_skills_only_and_is_part_of_the_cached_key() {
+        let engine = PolicyEngine::from_text(DEFAULT_POLICY, "default.cedar").unwrap();
+        let agent = principal(&[Role::Agent]);
+        let epoch = |side_effect, capabilities: &[&str]| SkillSummary {
+            cpu_metering: plugin_abi::CpuMetering::Epoch,
+            ..skill(side_effect, capabilities)
+        };
+        let pure = engine.decide(&agent, "demo", Some(&epoch(SideEffect::Pure, &[])), NOW);
+        assert_eq!(pure.verdict, Verdict::Allow { obligations: vec![] });
+        for side_effect in [SideEffect::ReadOnly, SideEffect::Effectful] {
+            // The same skill is allowed (or sent for review) under fuel metering ...
+            let fuel = engine.decide(&agent, "demo", Some(&skill(side_effect, &[])), NOW);
+            assert_ne!(deny_kind(&fuel), Some(DenyKind::Forbidden), "{fuel:?}");
+            // ... and forbidden, naming the rule, when it asks for the epoch alone; the
+            // cache, which holds the fuel decision, must not answer for it.
+            let decision = engine.decide(&agent, "demo", Some(&epoch(side_effect, &[])), NOW);
+            assert_eq!(deny_kind(&decision), Some(DenyKind::Forbidden), "{decision:?}");
+            assert!(
+                format!("{:?}", decision.verdict).contains("epoch-only-cpu-only-for-pure-skills"),
+                "{decision:?}"
+            );
+        }
     }
 
     fn deny_kind(decision: &Decision) -> Option<DenyKind> {

@@ -306,6 +306,7 @@ mod tests {
                 side_effect: plugin_abi::SideEffect::Effectful,
                 capabilities: vec![],
                 digest: "sha256:aa".into(),
+                cpu_metering: plugin_abi::CpuMetering::Fuel,
             },
             input_digest: "sha256:bb".into(),
             request_json: String::new(),

@@ -22,6 +22,7 @@ pub async fn append(control: &ControlPlane, n: i64) {
         side_effect: plugin_abi::SideEffect::Pure,
         capabilities: vec![],
         digest: "sha256:cafe".into(),
+        cpu_metering: plugin_abi::CpuMetering::Fuel,
     };
     control
         .govern(
@@ -296,6 +297,7 @@ async fn a_run_exports_as_prov_o_json_ld() {
         side_effect: plugin_abi::SideEffect::Pure,
         capabilities: vec![],
         digest: "sha256:cafe".into(),
+        cpu_metering: plugin_abi::CpuMetering::Fuel,
     };
     control
         .govern(&alice, &step, "pii-redact", Some(&skill), "sha256:input")

@@ -22,6 +22,7 @@ fn skill(side_effect: SideEffect, capabilities: &[&str]) -> SkillSummary {
         side_effect,
         capabilities: capabilities.iter().map(|c| c.parse().unwrap()).collect(),
         digest: "sha256:dd".into(),
+        cpu_metering: plugin_abi::CpuMetering::Fuel,
     }
 }
 

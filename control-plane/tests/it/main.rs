@@ -225,6 +225,7 @@ pub fn skill() -> SkillSummary {
         side_effect: SideEffect::Effectful,
         capabilities: vec!["fs.write:reports/".parse().unwrap()],
         digest: "sha256:aa".into(),
+        cpu_metering: plugin_abi::CpuMetering::Fuel,
     }
 }
 

@@ -99,6 +99,7 @@ fn crash_writer() {
             side_effect: plugin_abi::SideEffect::Pure,
             capabilities: vec![],
             digest: "sha256:cafe".into(),
+            cpu_metering: plugin_abi::CpuMetering::Fuel,
         };
         for n in 1u64.. {
             let trace = TraceContext::new_root();

@@ -8,6 +8,8 @@ use plugin_abi::guest::{Descriptor, Invocation, OutputRecord, SkillError, WitSid
 pub struct InvalidOutput;
 
 impl plugin_abi::guest::bindings::Guest for InvalidOutput {
+    fn wizer_initialize() {}
+
     fn describe() -> Descriptor {
         Descriptor {
             id: "invalid-output".to_owned(),

@@ -8,6 +8,8 @@ use plugin_abi::guest::{Descriptor, Invocation, OutputRecord, SkillError};
 struct SpinDescribe;
 
 impl plugin_abi::guest::bindings::Guest for SpinDescribe {
+    fn wizer_initialize() {}
+
     fn describe() -> Descriptor {
         let mut iterations: u64 = 0;
         loop {
