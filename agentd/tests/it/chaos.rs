@@ -410,7 +410,9 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
     let mut kills = 0u32;
     let mut by_command: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
     let mut iteration = 0u32;
-    while kills < kills_wanted && iteration < kills_wanted * 4 {
+    // A kill lands when its delay beats the command; commands that finish faster than the
+    // calibration run land fewer (about one in four here), so allow up to eight commands a kill.
+    while kills < kills_wanted && iteration < kills_wanted * 8 {
         iteration += 1;
         let approvals = if iteration.is_multiple_of(3) || iteration < 3 {
             chaos.approvals()
