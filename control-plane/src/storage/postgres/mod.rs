@@ -119,6 +119,17 @@ impl PostgresStorage {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            // A unit whose future was dropped while `BEGIN` was in flight (a request cancelled
+            // by its client) can hand its connection back with the server-side transaction
+            // still open; the next unit's `BEGIN` would then run inside it. Ending any such
+            // transaction before a connection is handed out costs one round trip (a `ROLLBACK`
+            // outside a transaction is only a warning).
+            .before_acquire(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(open_error)?;
