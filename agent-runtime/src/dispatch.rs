@@ -244,7 +244,20 @@ impl Runtime {
                 },
             },
             Ok(Ok(Ok(output))) => match OutputEnvelope::parse(&output.schema_version, &output.output) {
-                Ok(output) => Outcome::Completed { output },
+                // The output must also match the skill's own output schema: a caller is never
+                // handed an object the skill's contract does not describe.
+                Ok(output) => {
+                    let output = serde_json::Value::Object(output);
+                    match (skill.output_schema().check(&output), output) {
+                        (Ok(()), serde_json::Value::Object(output)) => Outcome::Completed { output },
+                        (Err(violation), _) => Outcome::Failed {
+                            failure: RuntimeFailure::InvalidOutput {
+                                message: violation.to_string(),
+                            },
+                        },
+                        (Ok(()), _) => unreachable!("the output was made an object above"),
+                    }
+                }
                 Err(error) => Outcome::Failed {
                     failure: RuntimeFailure::InvalidOutput {
                         message: error.to_string(),
@@ -311,12 +324,14 @@ fn classify_trap(
         },
         Some(_) => RuntimeFailure::Trap {
             message: format!("{error:#}"),
+            output: state.streams.output(),
         },
         None if during_instantiation => RuntimeFailure::Host {
             message: format!("instantiation failed: {error:#}"),
         },
         None => RuntimeFailure::Trap {
             message: format!("{error:#}"),
+            output: state.streams.output(),
         },
     }
 }

@@ -38,6 +38,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::agentd::skill::host::{CapabilityError, Host, HttpRequest, HttpResponse, LogLevel};
+use crate::guest_output::GuestStreams;
 use crate::kv::{EffectId, KvStore, MAX_KV_VALUE_BYTES};
 
 /// Largest single `workspace-write`, bytes.
@@ -106,6 +107,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// Everything one invocation's store holds.
 pub struct HostState {
     pub(crate) wasi: WasiCtx,
+    /// The tails of the guest's stdout and stderr (the same buffers the WASI context writes).
+    pub(crate) streams: GuestStreams,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) grants: Vec<Capability>,
@@ -199,10 +202,16 @@ impl HostState {
         guest_deadline: Instant,
         deadline: Instant,
     ) -> Self {
+        let streams = GuestStreams::default();
         HostState {
             // Nothing is granted through WASI: no preopened directories, no environment, no
-            // arguments, no network; stdin is empty and stdout/stderr are discarded.
-            wasi: WasiCtx::builder().build(),
+            // arguments, no network; stdin is empty. Of stdout and stderr only a bounded tail is
+            // kept, for the outcome of a trap.
+            wasi: WasiCtx::builder()
+                .stdout(streams.stdout.clone())
+                .stderr(streams.stderr.clone())
+                .build(),
+            streams,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit_bytes: memory_limit_bytes,
@@ -263,6 +272,7 @@ impl HostState {
         self.log_lines = 0;
         self.log_bytes = 0;
         self.dropped_output = 0;
+        self.streams.clear();
     }
 }
 

@@ -21,7 +21,7 @@ use plugin_abi::SideEffect;
 
 use crate::breaker::{Admission, CircuitBreakers};
 use crate::dispatch::DispatchRequest;
-use crate::outcome::{DispatchReport, Outcome, RuntimeFailure};
+use crate::outcome::{DispatchReport, Outcome, RuntimeFailure, SkillFailure};
 use crate::package::sha256_digest;
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
@@ -210,6 +210,22 @@ async fn attempt_candidate(
     let breakers = runtime.breakers();
     let key = CircuitBreakers::key(&skill.summary, &principal.tenant);
     let version = format!("{}@{}", skill.summary.id, skill.summary.version);
+    // The input must match this candidate's own input schema (a fallback may declare another):
+    // a skill never sees input its contract refuses, and no attempt is made or retried.
+    if let Err(violation) = skill.check_input(&serde_json::Value::Object(step.request().input.clone())) {
+        let report = DispatchReport::not_dispatched(
+            &skill.summary,
+            Outcome::SkillFailed {
+                error: SkillFailure::InvalidInput(violation.to_string()),
+            },
+        );
+        let audited = attempt_record(&report, rung.name, 1, policy.max_attempts, rung.selection);
+        history.push(format!("{version}: not dispatched, {violation}"));
+        return Ok(Ok(Attempts {
+            last: Some((report, audited)),
+            exhausted: false,
+        }));
+    }
     let mut attempt = 0_usize;
     loop {
         if breakers.admit(&key, Instant::now()) == Admission::Rejected {

@@ -3,7 +3,8 @@
 //!
 //! - loading: [`package`] (`skill.toml`, SHA-256, limits), [`loader`] (the checks, in order),
 //!   [`cache`] (verified compiled code), [`registry`] (versions, hot swap, rollback),
-//!   [`preinit`] (pre-initialisation at packaging time);
+//!   [`preinit`] (pre-initialisation at packaging time), [`schema`] (the skill's JSON Schemas,
+//!   enforced);
 //! - running: [`engine`] (one wasmtime engine, one store per invocation), [`dispatch`]
 //!   (admission, limits, warm instances), [`host`] and [`kv`] (the host functions, each a
 //!   capability checked at call time), [`outcome`] (typed outcomes);
@@ -23,6 +24,7 @@ pub mod breaker;
 pub mod cache;
 pub mod dispatch;
 pub mod engine;
+pub mod guest_output;
 pub mod host;
 pub mod kv;
 mod ladder;
@@ -38,6 +40,7 @@ pub mod registry;
 pub mod resume;
 pub mod retry;
 pub mod runtime;
+pub mod schema;
 pub mod selector;
 pub mod step;
 mod workspace;
@@ -54,6 +57,7 @@ pub use recovery::{Recovered, recover, recover_every};
 pub use registry::{LoadedSkill, Rollback, RollbackError};
 pub use resume::{Answered, answer_approval, cancel_approval, close_unapproved, resume_approved};
 pub use runtime::{PROGRESS_CAPACITY, Runtime, RuntimeConfig};
+pub use schema::{SchemaError, SchemaRole, SchemaViolation, SkillSchema};
 pub use step::{Begin, Step, StepError, StepOutcome, node_id};
 
 /// Host-side bindings of the `agentd:skill` world, generated from `plugin-abi/wit`.

@@ -27,6 +27,7 @@ use crate::package::{
 };
 use crate::registry::LoadedSkill;
 use crate::runtime::Runtime;
+use crate::schema::{SchemaRole, SkillSchema};
 
 /// What [`Runtime::load_dir`] found in a plugin directory.
 #[derive(Debug, Default)]
@@ -37,6 +38,9 @@ pub struct DirLoad {
     pub refused: Vec<PackageError>,
     /// What looks like a mistake but refuses nothing.
     pub warnings: Vec<DirWarning>,
+    /// Package directories not loaded because no skill asked for needs them
+    /// ([`Runtime::load_dir_for`]), in name order.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Something in a plugin directory that is probably not what its author meant.
@@ -75,6 +79,28 @@ impl Runtime {
     ///
     /// [`PackageError::Read`] when `dir` itself cannot be listed.
     pub async fn load_dir(&self, dir: &Path) -> Result<DirLoad, PackageError> {
+        self.load_dir_filtered(dir, None).await
+    }
+
+    /// [`load_dir`](Self::load_dir), but only the packages a step of `skills` can run: those
+    /// whose manifest names one of `skills`, or a fallback of such a package (transitively).
+    /// The others are not compiled, only their manifests read (a compile of an 18 MB Python
+    /// component takes seconds); they are listed in [`DirLoad::skipped`]. A package whose
+    /// manifest cannot be read is loaded, so its refusal is reported.
+    ///
+    /// # Errors
+    ///
+    /// [`PackageError::Read`] when `dir` itself cannot be listed.
+    pub async fn load_dir_for(&self, dir: &Path, skills: &[&str]) -> Result<DirLoad, PackageError> {
+        let wanted: std::collections::BTreeSet<String> = skills.iter().map(|id| (*id).to_owned()).collect();
+        self.load_dir_filtered(dir, Some(wanted)).await
+    }
+
+    async fn load_dir_filtered(
+        &self,
+        dir: &Path,
+        mut wanted: Option<std::collections::BTreeSet<String>>,
+    ) -> Result<DirLoad, PackageError> {
         let read_error = |source| PackageError::Read {
             path: dir.to_owned(),
             source,
@@ -86,9 +112,33 @@ impl Runtime {
             .filter(|path| path.is_dir())
             .collect();
         subdirs.sort();
+        // Manifests are small: read them all, then close the wanted set over fallbacks.
+        let manifests: Vec<Option<Manifest>> = subdirs
+            .iter()
+            .map(|subdir| {
+                subdir
+                    .join(MANIFEST_FILE)
+                    .is_file()
+                    .then(|| self.read_manifest(subdir).ok())
+                    .flatten()
+            })
+            .collect();
+        if let Some(wanted) = &mut wanted {
+            loop {
+                let before = wanted.len();
+                for manifest in manifests.iter().flatten() {
+                    if wanted.contains(&manifest.id) {
+                        wanted.extend(manifest.fallbacks.iter().cloned());
+                    }
+                }
+                if wanted.len() == before {
+                    break;
+                }
+            }
+        }
         let mut report = DirLoad::default();
         let mut packages = 0;
-        for subdir in subdirs {
+        for (subdir, manifest) in subdirs.into_iter().zip(manifests) {
             if !subdir.join(MANIFEST_FILE).is_file() {
                 let mut nested: Vec<PathBuf> = std::fs::read_dir(&subdir)
                     .into_iter()
@@ -108,6 +158,12 @@ impl Runtime {
                 continue;
             }
             packages += 1;
+            if let (Some(wanted), Some(manifest)) = (&wanted, &manifest)
+                && !wanted.contains(&manifest.id)
+            {
+                report.skipped.push(subdir);
+                continue;
+            }
             match self.load_package(&subdir).await {
                 Ok(summary) => report.loaded.push(summary),
                 Err(error) => report.refused.push(error),
@@ -144,6 +200,16 @@ impl Runtime {
         let pre = link(flavour, &component, &component_path)?;
         let descriptor = self.describe(&manifest, &pre, &component_path).await?;
         check_descriptor(&manifest, &descriptor, &component_path)?;
+        let schema = |role, text: &str| {
+            SkillSchema::compile(role, text).map_err(|error| PackageError::Schema {
+                path: component_path.clone(),
+                error,
+            })
+        };
+        let schemas = (
+            schema(SchemaRole::Input, &descriptor.input_schema)?,
+            schema(SchemaRole::Output, &descriptor.output_schema)?,
+        );
         let summary = SkillSummary {
             id: manifest.id.clone(),
             version: manifest.version.clone(),
@@ -157,6 +223,7 @@ impl Runtime {
             summary,
             package_dir.to_owned(),
             (descriptor.input_schema, descriptor.output_schema),
+            schemas,
             load,
             pre,
         );
@@ -222,9 +289,16 @@ impl Runtime {
         let mut store = self
             .engine
             .new_store(&manifest.id, &limits, "describe", Vec::new(), Effects::default());
-        let describe_error = |error: wasmtime::Error| PackageError::Describe {
+        let describe_error = |error: wasmtime::Error, memory_limit_hit: bool| PackageError::Describe {
             path: component_path.to_owned(),
             message: match error.downcast_ref::<wasmtime::Trap>() {
+                _ if memory_limit_hit => format!(
+                    "it needs more memory than `limits.memory_bytes` = {} bytes ({} MiB) allows: \
+                     raise it in skill.toml (a componentize-py or jco component needs at least 16 MiB \
+                     before it runs a line; wasmtime said: {error:#})",
+                    limits.memory_bytes,
+                    limits.memory_bytes / (1024 * 1024)
+                ),
                 Some(wasmtime::Trap::Interrupt) => format!(
                     "it did not return within {deadline_ms} ms, the deadline of `describe` \
                      (which only returns constants)"
@@ -241,8 +315,9 @@ impl Runtime {
         };
         // The epoch deadline interrupts guest code; the wall-clock limit is the backstop for
         // time spent outside it (the host never blocks in describe: it has no capability).
-        match tokio::time::timeout(crate::engine::wall_clock_limit(deadline_ms), call).await {
-            Ok(result) => result.map_err(describe_error),
+        let result = tokio::time::timeout(crate::engine::wall_clock_limit(deadline_ms), call).await;
+        match result {
+            Ok(result) => result.map_err(|error| describe_error(error, store.data().limiter.limit_hit)),
             Err(_elapsed) => Err(PackageError::Describe {
                 path: component_path.to_owned(),
                 message: format!("it did not return within {deadline_ms} ms, the deadline of `describe`"),

@@ -5,6 +5,7 @@ use control_plane::{DispatchMetrics, OutcomeKind};
 use plugin_abi::{Capability, SkillSummary};
 
 use crate::bindings::agentd::skill::types::SkillError;
+use crate::guest_output::GuestOutput;
 
 /// A runtime failure: the skill did not produce a result of its own.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -28,10 +29,15 @@ pub enum RuntimeFailure {
         /// The limit, bytes.
         limit_bytes: u64,
     },
-    /// The guest trapped. Not retryable.
+    /// The guest trapped: a panic, an uncaught exception, an `unreachable`. Not retryable.
     Trap {
         /// The trap and its backtrace.
         message: String,
+        /// The end of what the guest wrote to stdout and stderr before it trapped (a Python
+        /// traceback, a JavaScript exception, a Rust panic message); absent when it wrote
+        /// nothing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<GuestOutput>,
     },
     /// The guest needed a capability that was not granted. Not retryable.
     CapabilityDenied {
@@ -60,6 +66,45 @@ pub enum RuntimeFailure {
 }
 
 impl RuntimeFailure {
+    /// What a skill author can change about it, whatever the skill's language; `None` when
+    /// nothing in the skill or its manifest would help (an overloaded or failing host).
+    pub fn advice(&self) -> Option<String> {
+        Some(match self {
+            RuntimeFailure::Timeout { deadline_ms, .. } => format!(
+                "the skill ran past `limits.deadline_ms` ({deadline_ms} ms): raise it in skill.toml, or do \
+                 less per call"
+            ),
+            RuntimeFailure::FuelExhausted { fuel } => format!(
+                "the skill burnt its `limits.fuel` ({fuel}): raise it in skill.toml. Counting words, \
+                 compiled Rust burns about 230 fuel per input byte, a componentize-py component about \
+                 1,000 and a componentize-js one about 5,500 (BENCHMARKS.md)"
+            ),
+            RuntimeFailure::MemoryLimit { limit_bytes } => format!(
+                "the skill needed more linear memory than `limits.memory_bytes` ({limit_bytes} bytes, \
+                 {} MiB): raise it in skill.toml; componentize-py and jco components need at least 16 MiB",
+                limit_bytes / (1024 * 1024)
+            ),
+            RuntimeFailure::Trap { output, .. } => format!(
+                "the guest trapped: a Rust panic, an uncaught Python or JavaScript exception, or an \
+                 `unreachable`{}",
+                if output.is_some() {
+                    "; the end of what it wrote to stdout and stderr is in `output`"
+                } else {
+                    " (it wrote nothing to stdout or stderr)"
+                }
+            ),
+            RuntimeFailure::CapabilityDenied { capability, .. } => format!(
+                "declare `{capability}` (or a wider capability) in skill.toml's `capabilities`, and have \
+                 the policy grant it"
+            ),
+            RuntimeFailure::InvalidOutput { .. } => "the output must be an `agentd.output.v1` envelope \
+                 holding a JSON object that matches the skill's output schema (`agentd skill check DIR` \
+                 prints the schema)"
+                .to_owned(),
+            RuntimeFailure::Host { .. } | RuntimeFailure::Overloaded { .. } => return None,
+        })
+    }
+
     /// Whether a retry can help.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -176,7 +176,12 @@ pub enum PackageError {
         path: PathBuf,
     },
     /// The file is a core module, not a component.
-    #[error("{path} is a core WebAssembly module, not a component; build for wasm32-wasip2")]
+    #[error(
+        "{path} is a core WebAssembly module, not a component: build a component of the `skill` world \
+         (Rust: `--target wasm32-wasip2`; Python: componentize-py; JavaScript: componentize-js or \
+         `jco componentize`; a WASI preview 1 module from elsewhere: `wasm-tools component new` \
+         with the wasi_snapshot_preview1 adapter)"
+    )]
     CoreModule {
         /// The component file.
         path: PathBuf,
@@ -196,6 +201,17 @@ pub enum PackageError {
         path: PathBuf,
         /// wasmtime's diagnosis.
         message: String,
+    },
+    /// The component imports an interface the host does not provide: refused before the
+    /// compile, with what to change in the build.
+    #[error("{path} imports `{import}`, which this host does not provide: {advice}")]
+    UnsupportedImport {
+        /// The component file.
+        path: PathBuf,
+        /// The import, e.g. `wasi:http/outgoing-handler@0.2.3`.
+        import: String,
+        /// What to change, per toolchain.
+        advice: String,
     },
     /// The component does not export the `agentd:skill/skill` world.
     #[error("{path} does not implement the `agentd:skill` world: {message}")]
@@ -225,6 +241,14 @@ pub enum PackageError {
         path: PathBuf,
         /// What happened.
         message: String,
+    },
+    /// A schema `describe` returned is not JSON or not a valid JSON Schema (draft 2020-12).
+    #[error("{path}: `describe` returned an unusable schema: {error}")]
+    Schema {
+        /// The component file.
+        path: PathBuf,
+        /// What is wrong, naming the schema.
+        error: crate::schema::SchemaError,
     },
     /// `describe` disagrees with the manifest.
     #[error("{path}: the component describes {field} `{component}` but the manifest says `{manifest}`")]
@@ -310,6 +334,32 @@ pub fn read_package_file(path: &Path, max: u64) -> Result<Vec<u8>, PackageError>
     Ok(bytes)
 }
 
+/// A hand-written `sha256` in the form agentd stores, `sha256:<64 lower-case hex>`, from the
+/// forms authors write: that form with upper-case hex, the bare hex, or a line of `sha256sum`
+/// (`<hex>  <file>` or `<hex> *<file>`) naming the manifest's `component`. `None` when `text`
+/// is none of these (the manifest check then names the format), or when the `sha256sum` line
+/// names another file.
+fn normalize_digest(text: &str, component: &str) -> Option<String> {
+    let text = text.trim();
+    let is_hex = |hex: &str| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex = if let Some(hex) = text.strip_prefix("sha256:") {
+        hex
+    } else {
+        let mut words = text.split_whitespace();
+        let hex = words.next()?;
+        match (words.next(), words.next()) {
+            (None, _) => hex,
+            (Some(file), None) => {
+                let file = file.strip_prefix('*').unwrap_or(file);
+                let name = file.rsplit(['/', '\\']).next().unwrap_or(file);
+                (name == component).then_some(hex)?
+            }
+            _ => return None,
+        }
+    };
+    is_hex(hex).then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
 /// `sha256:<hex>` of `bytes`: the digest format of components, inputs and outputs.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -323,10 +373,17 @@ impl Manifest {
     /// [`PackageError::Manifest`] for bad TOML, unknown fields, an id that is not kebab-case,
     /// limits of zero or above `ceilings`; [`PackageError::UnsupportedAbi`].
     pub fn parse(text: &str, path: &Path, ceilings: &LimitCeilings) -> Result<Self, PackageError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|error| PackageError::Manifest {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|error| PackageError::Manifest {
             path: path.to_owned(),
             problems: vec![error.to_string().trim_end().to_owned()],
         })?;
+        if let Some(digest) = manifest
+            .sha256
+            .as_deref()
+            .and_then(|d| normalize_digest(d, &manifest.component))
+        {
+            manifest.sha256 = Some(digest);
+        }
         if manifest.abi != ABI_VERSION {
             return Err(PackageError::UnsupportedAbi {
                 path: path.to_owned(),
@@ -434,6 +491,57 @@ pub fn check_component_header(bytes: &[u8], path: &Path) -> Result<(), PackageEr
 /// The functions the `skill` world exports at the component's root.
 const WORLD_EXPORTS: [&str; 2] = ["describe", "invoke"];
 
+/// The WASI packages the host links, all at version 0.2 (wasmtime-wasi's p2 linker, with
+/// nothing granted: no preopened directory, no network, no environment). Anything else a
+/// component imports, beside `agentd:skill`, refuses it before the compile.
+pub const HOST_WASI_PACKAGES: [&str; 6] = [
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Whether the host provides `import` (a `namespace:package/interface@version` name), and if
+/// not, what to change in the build, for each toolchain a skill is built with.
+fn unsupported_import_advice(import: &str) -> Option<String> {
+    let (package, version) = match import.split_once('/') {
+        Some((package, rest)) => (package, rest.split_once('@').map(|(_, version)| version)),
+        None => return None, // a plain name: the link that follows names it
+    };
+    if package == "agentd:skill" {
+        return None; // versions are checked by `check_name`
+    }
+    let provided = HOST_WASI_PACKAGES.contains(&package);
+    if provided && version.is_none_or(|version| version.starts_with("0.2.")) {
+        return None;
+    }
+    let offered = format!(
+        "the host provides {} at 0.2, and agentd:skill/host for logging, files, key-value and HTTP \
+         (docs/wasi.md)",
+        HOST_WASI_PACKAGES.join(", ")
+    );
+    Some(if package == "wasi:http" {
+        format!(
+            "outgoing HTTP goes through agentd:skill/host's `http-fetch` under an `http.get:` \
+             capability. With jco, build with `jco componentize --disable http --disable fetch-event` \
+             (`-d http -d fetch-event`); with componentize-py, use a world that does not include \
+             `wasi:http/proxy`; in Rust, drop the crate that pulls in wasi:http. {offered}"
+        )
+    } else if provided {
+        format!(
+            "this host speaks WASI 0.2 (wasmtime 48); rebuild against the WASI 0.2 interfaces \
+             (wasm32-wasip2 for Rust; componentize-py and jco target 0.2 by default). {offered}"
+        )
+    } else {
+        format!(
+            "remove the dependency that imports it, or stub the interface with \
+             `wasm-tools compose` before packaging. {offered}"
+        )
+    })
+}
+
 /// Checks the component's own import and export names before anything is compiled (a compile
 /// of a large component takes seconds; this only walks the section headers: 0.45 ms for the
 /// 1.2 MB pii-redact component, whose compile takes 1.4 s, measured 2026-12-06):
@@ -481,7 +589,15 @@ pub fn check_component_world(bytes: &[u8], path: &Path) -> Result<(), PackageErr
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentImportSection(reader) if depth == 0 => {
                 for import in reader {
-                    speaks_skill |= check_name(import.map_err(malformed)?.name.name)?;
+                    let name = import.map_err(malformed)?.name.name;
+                    speaks_skill |= check_name(name)?;
+                    if let Some(advice) = unsupported_import_advice(name) {
+                        return Err(PackageError::UnsupportedImport {
+                            path: path.to_owned(),
+                            import: name.to_owned(),
+                            advice,
+                        });
+                    }
                 }
             }
             Payload::ComponentExportSection(reader) if depth == 0 => {
@@ -538,6 +654,29 @@ fuel = 1000
 deadline_ms = 100
 "#;
 
+    #[test]
+    fn imports_the_host_does_not_provide_are_named_with_advice() {
+        for provided in [
+            "wasi:cli/stdout@0.2.0",
+            "wasi:io/streams@0.2.6",
+            "wasi:sockets/tcp@0.2.3",
+            "wasi:random/insecure-seed@0.2.0",
+            "agentd:skill/host@1.0.0",
+            "plain-name",
+        ] {
+            assert_eq!(unsupported_import_advice(provided), None, "{provided}");
+        }
+        let http = unsupported_import_advice("wasi:http/outgoing-handler@0.2.3").unwrap();
+        assert!(
+            http.contains("--disable http") && http.contains("componentize-py"),
+            "{http}"
+        );
+        let newer = unsupported_import_advice("wasi:cli/stdout@0.3.0-rc-2025-09-16").unwrap();
+        assert!(newer.contains("WASI 0.2"), "{newer}");
+        let other = unsupported_import_advice("wasi:keyvalue/store@0.2.0-draft").unwrap();
+        assert!(other.contains("wasm-tools compose"), "{other}");
+    }
+
     #[track_caller]
     fn check_error(text: &str, expected: &str) {
         let error = Manifest::parse(text, Path::new("skill.toml"), &LimitCeilings::default()).unwrap_err();
@@ -570,17 +709,33 @@ deadline_ms = 100
         );
     }
 
+    /// Issue 16: `sha256sum`'s output was refused as a mismatch. It is accepted, as are
+    /// upper-case and bare hex, and stored as `sha256:<lower-case hex>`; a `sha256sum` line
+    /// naming another file still names the format.
     #[test]
-    fn digests_in_sha256sum_or_upper_case_form_get_a_message_naming_the_format() {
+    fn digests_in_sha256sum_bare_or_upper_case_form_are_accepted() {
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let good = format!("sha256 = \"sha256:{hex}\"");
+        for written in [
+            format!("{hex}  skill.wasm"),
+            format!("{hex} *skill.wasm"),
+            format!("{hex}  target/wasm32-wasip2/release/skill.wasm\n"),
+            hex.to_owned(),
+            hex.to_ascii_uppercase(),
+            format!("sha256:{}", hex.to_ascii_uppercase()),
+        ] {
+            let text = GOOD.replace(&good, &format!("sha256 = {:?}", written));
+            let manifest = Manifest::parse(&text, Path::new("skill.toml"), &LimitCeilings::default())
+                .unwrap_or_else(|error| panic!("{written:?}: {error}"));
+            assert_eq!(
+                manifest.sha256.as_deref(),
+                Some(format!("sha256:{hex}").as_str()),
+                "{written:?}"
+            );
+        }
         check_error(
-            &GOOD.replace(&good, &format!("sha256 = \"{hex}  skill.wasm\"")),
+            &GOOD.replace(&good, &format!("sha256 = \"{hex}  other.wasm\"")),
             &format!("looks like `sha256sum` output: write \"sha256:{hex}\""),
-        );
-        check_error(
-            &GOOD.replace(&good, &format!("sha256 = \"sha256:{}\"", hex.to_ascii_uppercase())),
-            &format!("write the hex in lower case: \"sha256:{hex}\""),
         );
         check_error(
             &GOOD.replace(&good, "sha256 = \"sha256:00\""),

@@ -16,6 +16,7 @@ use crate::bindings::{Skill, SkillPre};
 use crate::cache::LoadStats;
 use crate::host::HostState;
 use crate::package::{Manifest, PackageError};
+use crate::schema::{SchemaViolation, SkillSchema};
 
 /// Most instances one skill version keeps parked in warm mode; each holds a pooling-allocator
 /// slot while parked.
@@ -33,6 +34,8 @@ pub struct LoadedSkill {
     pub input_schema: String,
     /// JSON Schema of the output object, from `describe`.
     pub output_schema: String,
+    /// The two schemas, compiled (draft 2020-12): input checked before dispatch, output after.
+    schemas: (SkillSchema, SkillSchema),
     /// How the compiled code was obtained and how long it took.
     pub load: LoadStats,
     /// Exponentially weighted mean of recent invocation wall times, µs (0 before the first).
@@ -79,6 +82,7 @@ impl LoadedSkill {
         summary: SkillSummary,
         package_dir: PathBuf,
         schemas: (String, String),
+        compiled: (SkillSchema, SkillSchema),
         load: LoadStats,
         pre: SkillPre<HostState>,
     ) -> Self {
@@ -89,6 +93,7 @@ impl LoadedSkill {
             package_dir,
             input_schema: schemas.0,
             output_schema: schemas.1,
+            schemas: compiled,
             load,
             recent_latency_us: AtomicU64::new(0),
             slots: tokio::sync::Semaphore::new(slots),
@@ -96,6 +101,26 @@ impl LoadedSkill {
             warm: Mutex::new(Vec::new()),
             pre,
         }
+    }
+
+    /// The compiled input schema (its JSON: [`SkillSchema::value`]).
+    pub fn input_schema(&self) -> &SkillSchema {
+        &self.schemas.0
+    }
+
+    /// The compiled output schema.
+    pub fn output_schema(&self) -> &SkillSchema {
+        &self.schemas.1
+    }
+
+    /// Checks an input object against the skill's input schema; the step pipeline calls it
+    /// before every dispatch, so a skill never sees input its schema refuses.
+    ///
+    /// # Errors
+    ///
+    /// A [`SchemaViolation`] naming the first violations (JSON Pointers into `input`).
+    pub fn check_input(&self, input: &serde_json::Value) -> Result<(), SchemaViolation> {
+        self.schemas.0.check(input)
     }
 
     /// Exponentially weighted mean (weight 1/8 for the newest) of recent invocation times, µs.

@@ -41,13 +41,33 @@ impl Paths {
     /// Opens the control plane's store: the PostgreSQL database when one is given (its audit
     /// keys in the state directory), else `state.db`.
     async fn open_store(&self) -> Result<Store> {
-        Ok(match &self.database {
+        let store = match &self.database {
             Some(url) => {
                 ensure_state_dir(self)?;
                 Store::open_postgres(url, &self.state_dir).await?
             }
             None => Store::open(&self.state_file()).await?,
-        })
+        };
+        OPEN_STORES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(store.clone());
+        Ok(store)
+    }
+}
+
+/// Every store this process opened, closed by [`close_stores`] when the command is done.
+static OPEN_STORES: std::sync::Mutex<Vec<Store>> = std::sync::Mutex::new(Vec::new());
+
+/// Closes every store the command opened and waits for it: on SQLite the write-ahead log is
+/// folded into the database file before the process exits, so a read-only copy of the state
+/// made afterwards (opened immutable, without its WAL) holds every committed transaction.
+/// Review finding: `agentd run` exited with its last commits only in the WAL, and a read-only
+/// inspection of the state then found an empty database.
+pub async fn close_stores() {
+    let stores = std::mem::take(&mut *OPEN_STORES.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for store in stores {
+        store.close().await;
     }
 }
 
@@ -215,6 +235,16 @@ impl App {
 
     /// Opens the control plane and the runtime, loading every package under `paths.plugins`.
     pub async fn open(paths: &Paths) -> Result<Self> {
+        Self::open_loading(paths, None).await
+    }
+
+    /// [`open`](Self::open), loading only the packages that can run `skills` (theirs and their
+    /// fallbacks'): a command that runs one skill does not compile every other package.
+    pub async fn open_for(paths: &Paths, skills: &[&str]) -> Result<Self> {
+        Self::open_loading(paths, Some(skills)).await
+    }
+
+    async fn open_loading(paths: &Paths, skills: Option<&[&str]>) -> Result<Self> {
         let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
         let runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
@@ -222,7 +252,11 @@ impl App {
             kv_path: Some(paths.state_dir.join("kv.db")),
             ..RuntimeConfig::default()
         })?;
-        let packages = runtime.load_dir(&paths.plugins).await.with_context(|| {
+        let packages = match skills {
+            Some(skills) => runtime.load_dir_for(&paths.plugins, skills).await,
+            None => runtime.load_dir(&paths.plugins).await,
+        };
+        let packages = packages.with_context(|| {
             format!(
                 "no plugin packages at {}; build them with `cargo xtask build-plugins` or pass --plugins",
                 paths.plugins.display()
@@ -425,6 +459,27 @@ pub fn print_step(report: &StepReport, json: bool) {
                 report.outcome.name(),
                 if *retryable { "retryable" } else { "not retryable" }
             );
+            if let Outcome::Failed { failure } = &report.outcome {
+                if let agent_runtime::RuntimeFailure::Trap {
+                    output: Some(output), ..
+                } = failure
+                {
+                    for (name, text, total) in [
+                        ("stdout", &output.stdout, output.stdout_bytes),
+                        ("stderr", &output.stderr, output.stderr_bytes),
+                    ] {
+                        if total > 0 {
+                            println!("  guest {name} (last {} of {total} bytes):", text.len());
+                            for line in text.lines() {
+                                println!("    {line}");
+                            }
+                        }
+                    }
+                }
+                if let Some(advice) = failure.advice() {
+                    println!("  advice: {advice}");
+                }
+            }
         }
         StepReport::Denied { run_id, decision } => {
             if let Verdict::Deny { kind, reasons, .. } = &decision.verdict {

@@ -361,6 +361,19 @@ enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 enum SkillCommand {
+    /// Start a skill: writes DIR/NAME with a word-frequency skill in the language chosen, the
+    /// WIT contract, a source `skill.toml` with that language's default limits, and `build.sh`
+    /// (pinned tool versions; it ends with `agentd skill pack`).
+    New {
+        /// The skill id (kebab-case), also the directory's name.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: skill::Lang,
+        /// Where to create the skill's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Package a built component: pre-initialise it when it exports `wizer-initialize` (its
     /// initialisation snapshotted, so fresh instances start ready), then write it with its
     /// `skill.toml` and SHA-256 into a package directory that `--plugins` can load.
@@ -415,7 +428,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli)) {
+    let result = runtime.block_on(async {
+        let result = execute(cli).await;
+        app::close_stores().await;
+        result
+    });
+    match result {
         Ok(Exit::Success) => ExitCode::SUCCESS,
         Ok(Exit::Denied) => ExitCode::from(3),
         Ok(Exit::AwaitingApproval) => ExitCode::from(4),
@@ -519,16 +537,17 @@ async fn execute(cli: Cli) -> Result<Exit> {
         }
         Command::Run { skill, input, token } => {
             let request = app::read_envelope(&input)?;
-            let app = App::open(&paths).await?;
+            let app = App::open_for(&paths, &[skill.as_str()]).await?;
             let principal = app.authenticate(&token.read()?)?;
             let report = app.run(&principal, &skill, &request).await?;
             print_step(&report, json);
             if matches!(report, StepReport::Denied { .. }) && app.runtime.lookup(&skill).is_none() {
+                let packages = app.packages.loaded.len() + app.packages.refused.len() + app.packages.skipped.len();
                 eprintln!(
-                    "error: no loaded package provides skill `{skill}` ({} in {}; {} refused, see the warnings above)",
-                    match app.packages.loaded.len() {
-                        1 => "1 package loaded".to_owned(),
-                        n => format!("{n} packages loaded"),
+                    "error: no loaded package provides skill `{skill}` (none of the {} in {} names it; {} refused, see the warnings above)",
+                    match packages {
+                        1 => "1 package".to_owned(),
+                        n => format!("{n} packages"),
                     },
                     paths.plugins.display(),
                     app.packages.refused.len()
@@ -546,7 +565,8 @@ async fn execute(cli: Cli) -> Result<Exit> {
             let text = app::read_input(&plan)?;
             let parsed: Plan =
                 serde_json::from_str(&text).with_context(|| format!("plan {} is not a valid plan", plan.display()))?;
-            let app = App::open(&paths).await?;
+            let skills: Vec<&str> = parsed.steps.iter().map(|step| step.skill.as_str()).collect();
+            let app = App::open_for(&paths, &skills).await?;
             let principal = app.authenticate(&token.read()?)?;
             let report = app.run_plan(&principal, parsed.steps).await?;
             print_step(&report, json);
@@ -859,6 +879,23 @@ async fn execute(cli: Cli) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        Command::Skill(SkillCommand::New { name, lang, dir }) => {
+            let created = skill::new(&dir, &name, lang)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("created {} ({:?} skill):", created.dir.display(), created.lang);
+                for file in &created.files {
+                    println!("  {}", file.display());
+                }
+                println!(
+                    "next: {}/build.sh, then `agentd skill check {}/package`",
+                    created.dir.display(),
+                    created.dir.display()
+                );
+            }
+            Ok(Exit::Success)
+        }
         Command::Skill(SkillCommand::Pack {
             dir,
             component,
@@ -929,7 +966,16 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 let skills = app.runtime.skills();
                 let skills: Vec<_> = skills
                     .iter()
-                    .map(|skill| (&skill.summary, &skill.manifest.limits, &skill.load))
+                    .map(|skill| {
+                        serde_json::json!({
+                            "summary": &skill.summary,
+                            "limits": &skill.manifest.limits,
+                            "load": &skill.load,
+                            "package_dir": &skill.package_dir,
+                            "input_schema": skill.input_schema().value(),
+                            "output_schema": skill.output_schema().value(),
+                        })
+                    })
                     .collect();
                 let refused: Vec<_> = app
                     .packages

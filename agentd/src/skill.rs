@@ -120,7 +120,7 @@ pub struct Checked {
     pub summary: plugin_abi::SkillSummary,
     /// The manifest's limits.
     pub limits: agent_runtime::Limits,
-    /// The input's JSON Schema, as `describe` returned it.
+    /// The input's JSON Schema, as `describe` returned it (valid draft 2020-12).
     pub input_schema: serde_json::Value,
     /// The output's JSON Schema, as `describe` returned it.
     pub output_schema: serde_json::Value,
@@ -129,7 +129,8 @@ pub struct Checked {
 }
 
 /// Runs every check the runtime runs at load on the package in `dir` (manifest, digest,
-/// component header and world, compile, link, `describe` against the manifest), on a runtime
+/// component header, world and imports, compile, link, `describe` against the manifest, both
+/// schemas compiled as JSON Schema draft 2020-12), on a runtime
 /// of its own without a code cache.
 ///
 /// # Errors
@@ -144,12 +145,10 @@ pub async fn check(dir: &Path) -> Result<Checked> {
     let loaded = runtime
         .lookup(&summary.id)
         .context("the package loaded but is not registered")?;
-    let schema = |text: &str, which: &str| {
-        serde_json::from_str(text).with_context(|| format!("`describe` returned a {which} schema that is not JSON"))
-    };
+    // The loader compiled both schemas (draft 2020-12) or refused the package.
     Ok(Checked {
-        input_schema: schema(&loaded.input_schema, "input")?,
-        output_schema: schema(&loaded.output_schema, "output")?,
+        input_schema: loaded.input_schema().value().clone(),
+        output_schema: loaded.output_schema().value().clone(),
         limits: loaded.manifest.limits,
         compile_us: loaded.load.load_us,
         summary,
@@ -163,4 +162,168 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// A language `skill new` writes a skill in, with the toolchain its build script uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lang {
+    /// Rust, built for wasm32-wasip2 with cargo and wit-bindgen 0.61.1.
+    Rust,
+    /// Python, built with componentize-py 0.25.1.
+    Python,
+    /// JavaScript, built with componentize-js 0.22.0 (the engine of `jco componentize`).
+    Js,
+}
+
+impl Lang {
+    /// The template's files: (path in the skill directory, text with `{{...}}` placeholders).
+    fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Lang::Rust => &[
+                ("Cargo.toml", include_str!("../templates/rust/Cargo.toml.in")),
+                ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+                ("build.sh", include_str!("../templates/rust/build.sh")),
+            ],
+            Lang::Python => &[
+                ("app.py", include_str!("../templates/python/app.py")),
+                ("build.sh", include_str!("../templates/python/build.sh")),
+            ],
+            Lang::Js => &[
+                ("app.js", include_str!("../templates/js/app.js")),
+                ("package.json", include_str!("../templates/js/package.json")),
+                ("build.sh", include_str!("../templates/js/build.sh")),
+            ],
+        }
+    }
+
+    /// Default limits for the template's word-frequency task, from the per-language figures in
+    /// BENCHMARKS.md ("Skills in three languages"): at least twice the peak memory and the fuel
+    /// measured on a 1 MiB input, and a deadline well above its time:
+    /// `(memory bytes, fuel, deadline ms)`.
+    pub fn default_limits(self) -> (u64, u64, u64) {
+        match self {
+            // Measured on 1 MiB: 5.1 MiB peak, 232 fuel per byte, 22 ms.
+            Lang::Rust => (32 * 1024 * 1024, 1_000_000_000, 5_000),
+            // 17.4 MiB peak (CPython alone starts at 12.4 MiB), 983 fuel per byte, 126 ms.
+            Lang::Python => (64 * 1024 * 1024, 4_000_000_000, 10_000),
+            // 17.1 MiB peak, 5,493 fuel per byte, 600 ms.
+            Lang::Js => (64 * 1024 * 1024, 12_000_000_000, 10_000),
+        }
+    }
+
+    fn toolchain(self) -> &'static str {
+        match self {
+            Lang::Rust => "cargo and wit-bindgen 0.61.1 for wasm32-wasip2",
+            Lang::Python => "componentize-py 0.25.1 (pip install componentize-py==0.25.1)",
+            Lang::Js => "componentize-js 0.22.0 (npm install, from package.json)",
+        }
+    }
+}
+
+/// The schemas every template declares: one source, substituted into each language's code.
+const TEMPLATE_SCHEMAS: &str = include_str!("../templates/schemas.json");
+
+/// What `new` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct Created {
+    /// The skill's directory.
+    pub dir: PathBuf,
+    /// The language.
+    pub lang: Lang,
+    /// Files written, relative to `dir`.
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes a new skill `id` in `lang` into `parent/id`: its source (a word-frequency skill to
+/// start from), the WIT contract in `wit/skill.wit`, a source `skill.toml` with the language's
+/// default limits, and `build.sh`, which builds the component with pinned tool versions and
+/// packages it with `agentd skill pack`.
+///
+/// # Errors
+///
+/// When `id` is not a valid skill id (kebab-case, as the manifest requires), when `parent/id`
+/// exists and is not empty (nothing is overwritten), or when a file cannot be written.
+pub fn new(parent: &Path, id: &str, lang: Lang) -> Result<Created> {
+    let (memory_bytes, fuel, deadline_ms) = lang.default_limits();
+    let manifest = format!(
+        "# The {id} skill's source manifest. `./build.sh` builds the component and `agentd skill pack`\n\
+         # writes the package (this file plus the component's name and SHA-256) to ./package.\n\
+         # Limits: the defaults for {lang:?} skills (BENCHMARKS.md, \"Skills in three languages\");\n\
+         # measure yours (`agentd run` prints fuel and peak memory) and tighten them.\n\
+         abi = 1\n\
+         id = \"{id}\"\n\
+         version = \"0.1.0\"\n\
+         side_effect = \"pure\"\n\
+         capabilities = []\n\
+         \n\
+         [limits]\n\
+         memory_bytes = {memory_bytes}\n\
+         fuel = {fuel}\n\
+         deadline_ms = {deadline_ms}\n"
+    );
+    // The id is checked exactly as the loader will check it, before anything is written.
+    Manifest::parse(&manifest, Path::new(MANIFEST_FILE), &LimitCeilings::default())
+        .with_context(|| format!("`{id}` cannot be a skill id"))?;
+    let dir = parent.join(id);
+    if dir.exists() && std::fs::read_dir(&dir).map_or(true, |mut entries| entries.next().is_some()) {
+        bail!("{} already exists and is not empty; nothing was written", dir.display());
+    }
+    let schemas: serde_json::Value =
+        serde_json::from_str(TEMPLATE_SCHEMAS).context("the built-in template schemas are not JSON")?;
+    let substitute = |text: &str| {
+        text.replace("{{id}}", id)
+            .replace("{{crate}}", &id.replace('-', "_"))
+            .replace("{{input_schema}}", &schemas["input"].to_string())
+            .replace("{{output_schema}}", &schemas["output"].to_string())
+    };
+    let readme = format!(
+        "# {id}\n\n\
+         An agentd skill in {lang:?}, built with {toolchain}.\n\n\
+         ```sh\n\
+         ./build.sh                        # builds the component and packages it into ./package\n\
+         agentd skill check package        # every load check; prints describe and the schemas\n\
+         export AGENTD_POLICY=/path/to/agentd/policies/default.cedar   # the governance policy\n\
+         TOKEN=$(agentd token issue --sub me --role agent --tenant acme)\n\
+         echo '{{\"schema_version\": \"agentd.invoke.v1\", \"input\": {{\"text\": \"to be or not to be\"}}}}' |\n  \
+         agentd --plugins . run {id} --input - --token \"$TOKEN\"\n\
+         ```\n\n\
+         The contract is `wit/skill.wit` (`agentd wit` prints it). The guide for {lang:?} skills,\n\
+         with logging, errors, capabilities and limits, is docs/skills-{guide}.md in the agentd\n\
+         repository.\n",
+        toolchain = lang.toolchain(),
+        guide = match lang {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "javascript",
+        }
+    );
+    let mut files: Vec<(String, String)> = lang
+        .files()
+        .iter()
+        .map(|(path, text)| ((*path).to_owned(), substitute(text)))
+        .collect();
+    files.push(("wit/skill.wit".to_owned(), plugin_abi::WIT.to_owned()));
+    files.push((MANIFEST_FILE.to_owned(), manifest));
+    files.push(("README.md".to_owned(), readme));
+    let mut written = Vec::new();
+    for (path, text) in files {
+        let target = dir.join(&path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
+        #[cfg(unix)]
+        if path.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot make {} executable", target.display()))?;
+        }
+        written.push(PathBuf::from(path));
+    }
+    Ok(Created {
+        dir,
+        lang,
+        files: written,
+    })
 }

@@ -156,6 +156,12 @@ impl Store {
         self.backend.location()
     }
 
+    /// Closes the database's connections and waits for them (on SQLite, after folding the
+    /// write-ahead log into the database file). Units begun afterwards fail.
+    pub async fn close(&self) {
+        self.backend.close().await;
+    }
+
     pub(crate) fn backend(&self) -> &dyn Storage {
         self.backend.as_ref()
     }

@@ -8,6 +8,9 @@
 //! - `test`: `build-plugins`, then the whole test suite (the default members).
 //! - `bench-extism`: `build-plugins`, builds `bench/extism/plugin` for `wasm32-unknown-unknown`
 //!   (installing the target if missing), then runs the agentd-vs-Extism benchmark.
+//! - `skill-templates [--bench]`: every `agentd skill new` template (Rust, Python, JavaScript)
+//!   built with its pinned toolchain (installed into the target directory when missing),
+//!   checked and run; `--bench` then runs the per-language benchmark on them.
 //! - `ci`: formatting, clippy with `-D warnings`, then `test`.
 
 #![allow(clippy::print_stderr, reason = "xtask reports progress on stderr")]
@@ -16,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+mod templates;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -69,8 +74,9 @@ fn main() -> Result<()> {
             run(test)
         }
         "fuzz" => fuzz(&root, &rest),
+        "skill-templates" => templates::skill_templates(&root, &rest),
         _ => bail!(
-            "usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci | fuzz [SECONDS [TARGET..]]>"
+            "usage: cargo xtask <build-plugins | demo [ARGS..] | test [ARGS..] | bench-extism [ARGS..] | ci | fuzz [SECONDS [TARGET..]] | skill-templates [--bench]>"
         ),
     }
 }
@@ -87,9 +93,35 @@ fn postgres_pass(root: &Path, rest: &[String]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: the control plane's store suite again, on PostgreSQL");
-    let mut test = cargo(root);
-    test.env("AGENTD_TEST_STORE", "postgres")
-        .args(["test", "--package", "control-plane", "--test", "it"]);
+    // The binary the first pass built, run again: `cargo test -p control-plane` alone would
+    // unify features over that one package and rebuild sqlx, cedar-policy and the rest with
+    // another feature set (minutes on a cold machine). Asking cargo for the test executables of
+    // the default members rebuilds nothing.
+    let mut list = cargo(root);
+    list.args(["test", "--no-run", "--message-format=json", "--quiet"]);
+    let output = list.output().context("could not start cargo test --no-run")?;
+    if !output.status.success() {
+        bail!(
+            "cargo test --no-run failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let executable = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|message| {
+            message["reason"] == "compiler-artifact"
+                && message["target"]["name"] == "it"
+                && message["manifest_path"]
+                    .as_str()
+                    .is_some_and(|path| Path::new(path) == root.join("control-plane").join("Cargo.toml"))
+        })
+        .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `it` test binary for control-plane")?;
+    let mut test = Command::new(&executable);
+    test.current_dir(root.join("control-plane"))
+        .env("CARGO_MANIFEST_DIR", root.join("control-plane"))
+        .env("AGENTD_TEST_STORE", "postgres");
     run(test)
 }
 
@@ -219,6 +251,16 @@ fn workspace_root() -> Result<PathBuf> {
         .context("the workspace manifest has no parent directory")
 }
 
+/// Builds the `agentd` binary (debug profile); returns its path.
+fn build_agentd(root: &Path) -> Result<PathBuf> {
+    let mut build = cargo(root);
+    build.args(["build", "--quiet", "--package", "agentd"]);
+    run(build)?;
+    Ok(target_dir(root)
+        .join("debug")
+        .join(format!("agentd{}", std::env::consts::EXE_SUFFIX)))
+}
+
 /// The cargo target directory: `$CARGO_TARGET_DIR` or `<root>/target`.
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
@@ -345,14 +387,7 @@ fn build_plugins(root: &Path) -> Result<PathBuf> {
     remove_stale_packages(&refused, &refused_dirs)?;
     // Packaging is `agentd skill pack` (pre-initialisation, digest, manifest), the tool skill
     // authors use: built once here, run per plugin.
-    run({
-        let mut build = cargo(root);
-        build.args(["build", "--quiet", "--package", "agentd"]);
-        build
-    })?;
-    let agentd = target
-        .join("debug")
-        .join(format!("agentd{}", std::env::consts::EXE_SUFFIX));
+    let agentd = build_agentd(root)?;
     for (dir, crate_name) in crates {
         let packages = if dir.join(REFUSED_MARKER).is_file() {
             &refused

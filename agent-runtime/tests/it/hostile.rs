@@ -44,7 +44,7 @@ async fn every_hostile_plugin_maps_to_exactly_one_typed_outcome() {
 
     let recursion = outcome(&runtime, "deep-recursion", json!({ "depth": 100_000_000u64 })).await;
     assert!(
-        matches!(&recursion, Outcome::Failed { failure: RuntimeFailure::Trap { message } } if message.contains("call stack exhausted")),
+        matches!(&recursion, Outcome::Failed { failure: RuntimeFailure::Trap { message, .. } } if message.contains("call stack exhausted")),
         "{recursion:?}"
     );
     // A shallow recursion of the same skill completes: the trap is the depth, not the skill.
@@ -227,6 +227,114 @@ async fn a_spinning_describe_is_stopped_at_its_own_deadline() {
         .load_package(&crate::packages_dir().join("noop"))
         .await
         .expect("the runtime still loads a good package");
+}
+
+/// Issue 16: a schema `describe` returns that is not JSON was accepted and never used.
+/// bad-schema's input schema is `not json at all {`: the package is refused naming the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_whose_schema_is_not_json_is_refused_naming_the_schema() {
+    let package = crate::packages_dir()
+        .with_file_name("plugins-refused")
+        .join("bad-schema");
+    let runtime = crate::empty_runtime();
+    let error = runtime.load_package(&package).await.unwrap_err();
+    let agent_runtime::PackageError::Schema {
+        error: schema_error, ..
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert!(
+        matches!(
+            schema_error,
+            agent_runtime::SchemaError::NotJson {
+                role: agent_runtime::SchemaRole::Input,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("the input schema is not JSON"), "{error}");
+    assert!(runtime.lookup("bad-schema").is_none());
+}
+
+/// Issue 16: output that parses but contradicts the skill's own output schema is refused as
+/// `invalid-output` naming where, and output that matches it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_off_its_own_schema_is_invalid_output_naming_the_pointer() {
+    let runtime = crate::empty_runtime();
+    runtime
+        .load_package(&crate::packages_dir().join("invalid-output"))
+        .await
+        .unwrap();
+    let off = outcome(&runtime, "invalid-output", json!({ "mode": "off-schema" })).await;
+    let Outcome::Failed {
+        failure: RuntimeFailure::InvalidOutput { message },
+    } = &off
+    else {
+        panic!("{off:?}")
+    };
+    assert!(
+        message.starts_with("the output does not match the skill's output schema: at /redacted:"),
+        "{message}"
+    );
+    assert!(!off.is_retryable());
+    let valid = outcome(&runtime, "invalid-output", json!({ "mode": "valid" })).await;
+    assert_eq!(valid.name(), "completed", "{valid:?}");
+}
+
+/// Issue 16: a guest's stdout and stderr were dropped, so a panic's or an exception's message
+/// was lost. The trap's outcome carries the end of both streams, and a warm instance's next
+/// call does not inherit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_carries_the_tail_of_the_guests_stdout_and_stderr() {
+    let runtime = crate::empty_runtime();
+    runtime
+        .load_package(&crate::packages_dir().join("invalid-output"))
+        .await
+        .unwrap();
+    let trapped = outcome(&runtime, "invalid-output", json!({ "mode": "panic" })).await;
+    let Outcome::Failed {
+        failure: RuntimeFailure::Trap {
+            output: Some(output), ..
+        },
+    } = &trapped
+    else {
+        panic!("{trapped:?}")
+    };
+    assert_eq!(output.stdout, "invalid-output: about to fail on purpose\n");
+    assert!(
+        output.stderr.starts_with("invalid-output: stderr before the panic\n"),
+        "{output:?}"
+    );
+    assert!(
+        output.stderr.contains("invalid-output was asked to panic"),
+        "{output:?}"
+    );
+    assert_eq!(output.stderr_bytes, output.stderr.len() as u64);
+    // The audit entry records the outcome as JSON: the streams are in it.
+    let audited = serde_json::to_value(&trapped).unwrap();
+    assert!(
+        audited["failure"]["output"]["stderr"]
+            .as_str()
+            .is_some_and(|text| text.contains("asked to panic")),
+        "{audited}"
+    );
+    // A skill that traps without writing anything has no `output` at all.
+    runtime
+        .load_package(&crate::packages_dir().join("deep-recursion"))
+        .await
+        .unwrap();
+    let silent = outcome(&runtime, "deep-recursion", json!({ "depth": 100_000_000u64 })).await;
+    assert!(
+        matches!(
+            &silent,
+            Outcome::Failed {
+                failure: RuntimeFailure::Trap { output: None, .. }
+            }
+        ),
+        "{silent:?}"
+    );
 }
 
 /// `limits.cpu = "epoch"` (ADR 0017): the skill runs on the engine without fuel, burns and

@@ -184,3 +184,73 @@ async fn a_candidate_whose_capability_is_withheld_is_not_dispatched() {
     let rungs = dispatch_rungs(&control_plane).await;
     assert_eq!(rungs, [(String::new(), "capability-denied".to_owned(), 0)], "{rungs:?}");
 }
+
+/// Issue 16: input a skill's own schema refuses never reaches the skill. The step ends
+/// `invalid-input` (not retryable, no retry, no fallback), its dispatch entry says it was not
+/// dispatched (no instance, no fuel) and names the offending pointer; input that matches runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_its_schema_refuses_is_invalid_input_and_never_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = empty_runtime();
+    runtime
+        .load_package(&packages_dir().join("invalid-output"))
+        .await
+        .unwrap();
+    let control_plane = ControlPlane::new(
+        TokenAuthority::from_secret(&[9; 32], TokenConfig::default()).unwrap(),
+        PolicyEngine::from_text(
+            r#"permit(principal, action == Agentd::Action::"invoke", resource)
+               when { principal.roles.contains("agent") };"#,
+            "test policy",
+        )
+        .unwrap(),
+        Store::open(&dir.path().join("state.db")).await.unwrap(),
+    );
+    let request = |input: &str| {
+        InvokeRequest::parse(&format!(r#"{{"schema_version":"agentd.invoke.v1","input":{input}}}"#)).unwrap()
+    };
+    let outcome = run_step(
+        &runtime,
+        &control_plane,
+        &agent(),
+        "invalid-output",
+        &request(r#"{"mode": 7}"#),
+    )
+    .await
+    .unwrap();
+    let StepOutcome::Dispatched { report, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    let Outcome::SkillFailed {
+        error: agent_runtime::SkillFailure::InvalidInput(message),
+    } = &report.outcome
+    else {
+        panic!("{:?}", report.outcome)
+    };
+    assert!(
+        message.starts_with("the input does not match the skill's input schema: at /mode:"),
+        "{message}"
+    );
+    assert_eq!(
+        report.metrics,
+        agent_runtime::Metrics::default(),
+        "nothing was instantiated"
+    );
+    assert_eq!(
+        dispatch_rungs(&control_plane).await,
+        vec![("primary".to_owned(), "invalid-input".to_owned(), 1)]
+    );
+    let valid = run_step(
+        &runtime,
+        &control_plane,
+        &agent(),
+        "invalid-output",
+        &request(r#"{"mode": "valid"}"#),
+    )
+    .await
+    .unwrap();
+    let StepOutcome::Dispatched { report, .. } = &valid else {
+        panic!("{valid:?}")
+    };
+    assert_eq!(report.outcome.name(), "completed", "{:?}", report.outcome);
+}

@@ -92,7 +92,7 @@ async fn each_bad_package_gets_its_own_error() {
     assert!(
         error
             .to_string()
-            .ends_with("is a core WebAssembly module, not a component; build for wasm32-wasip2")
+            .contains("is a core WebAssembly module, not a component: build a component of the `skill` world (Rust: `--target wasm32-wasip2`; Python: componentize-py; JavaScript: componentize-js")
     );
 
     let wrong_world = copy_package(
@@ -352,8 +352,62 @@ async fn wit_package_version_and_world_exports_are_checked_before_the_compile() 
     }
     assert_eq!(cached_entries(), 0);
 
+    // Issue 16: jco's default build imports wasi:http, which the host does not provide; this
+    // was said only after a 31 s compile, with Rust-only advice. It is refused before the
+    // compile, naming the import and each toolchain's fix.
+    let http = copy_package(
+        "pii-redact",
+        root,
+        "imports-wasi-http",
+        |_, bytes| {
+            *bytes = wat::parse_str(
+                r#"(component
+                    (import "agentd:skill/types@0.1.0" (instance))
+                    (import "wasi:http/types@0.2.3" (instance)))"#,
+            )
+            .unwrap()
+        },
+        true,
+    );
+    let error = load_cached(http).await.unwrap_err();
+    let PackageError::UnsupportedImport { import, advice, .. } = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(import, "wasi:http/types@0.2.3");
+    for toolchain in ["jco componentize --disable http", "componentize-py", "Rust"] {
+        assert!(advice.contains(toolchain), "{advice}");
+    }
+    assert_eq!(cached_entries(), 0, "a refused component is never compiled");
+
     // The real package passes the same check and is compiled into the cache.
     let good = copy_package("pii-redact", root, "good", |_, _| {}, false);
     load_cached(good).await.unwrap();
     assert_eq!(cached_entries(), 1);
+}
+
+/// Issue 16: every command compiled every package (an 18 MB Python component costs seconds).
+/// `load_dir_for` loads the packages that provide the skills asked for and, transitively,
+/// their fallbacks; the rest are only named as skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_dir_for_loads_the_skills_asked_for_and_their_fallbacks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::package_copy(dir.path(), "spin-forever", |manifest| {
+        format!("fallbacks = [\"noop\"]\n{manifest}")
+    });
+    crate::package_copy(dir.path(), "noop", |manifest| manifest);
+    crate::package_copy(dir.path(), "pii-redact", |manifest| manifest);
+    let runtime = crate::empty_runtime();
+    let report = runtime.load_dir_for(dir.path(), &["spin-forever"]).await.unwrap();
+    let loaded: Vec<&str> = report.loaded.iter().map(|summary| summary.id.as_str()).collect();
+    assert_eq!(loaded, ["noop", "spin-forever"]);
+    assert_eq!(report.skipped, [dir.path().join("pii-redact")]);
+    assert!(report.refused.is_empty() && report.warnings.is_empty());
+    assert!(runtime.lookup("pii-redact").is_none());
+    // Asking for nothing that exists loads nothing, and is not an empty directory.
+    let none = crate::empty_runtime()
+        .load_dir_for(dir.path(), &["no-such-skill"])
+        .await
+        .unwrap();
+    assert!(none.loaded.is_empty() && none.warnings.is_empty(), "{none:?}");
+    assert_eq!(none.skipped.len(), 3);
 }

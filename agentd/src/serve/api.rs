@@ -515,7 +515,6 @@ pub struct SkillInfo {
     security(("bearer" = []))
 )]
 pub async fn list_skills(State(server): State<Shared>, _caller: Caller) -> Json<Vec<SkillInfo>> {
-    let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
     Json(
         server
             .app
@@ -525,8 +524,8 @@ pub async fn list_skills(State(server): State<Shared>, _caller: Caller) -> Json<
             .map(|skill| SkillInfo {
                 summary: skill.summary.clone(),
                 limits: skill.manifest.limits,
-                input_schema: parse(&skill.input_schema),
-                output_schema: parse(&skill.output_schema),
+                input_schema: skill.input_schema().value().clone(),
+                output_schema: skill.output_schema().value().clone(),
             })
             .collect(),
     )

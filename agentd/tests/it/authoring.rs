@@ -153,3 +153,103 @@ fn pack_and_check_refuse_bad_input_by_name() {
     assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
     assert!(stderr(&output).contains("sha256"), "{}", stderr(&output));
 }
+
+/// Issue 16: `agentd skill new --lang` writes a skill to start from in each language: source,
+/// the WIT contract, a source manifest the loader accepts with that language's limits, and an
+/// executable build script with pinned tool versions. It never overwrites, and refuses an id
+/// the manifest would refuse. (`cargo xtask skill-templates` builds and runs all three.)
+#[test]
+fn skill_new_writes_each_language_and_overwrites_nothing() {
+    let env = Env::new();
+    let parent = env.dir.path().join("skills");
+    for (lang, source, pin) in [
+        ("rust", "src/lib.rs", "wit-bindgen = { version = \"=0.61.1\""),
+        ("python", "app.py", "componentize-py 0.25.1"),
+        ("js", "app.js", "\"@bytecodealliance/componentize-js\": \"0.22.0\""),
+    ] {
+        let id = format!("hello-{lang}");
+        let created = json(&env.agentd(
+            &[
+                "--json",
+                "skill",
+                "new",
+                &id,
+                "--lang",
+                lang,
+                "--dir",
+                parent.to_str().unwrap(),
+            ],
+            None,
+        ));
+        let dir = parent.join(&id);
+        assert_eq!(created["dir"], dir.to_str().unwrap());
+        let text = |path: &str| std::fs::read_to_string(dir.join(path)).unwrap();
+        assert!(text(source).contains(&id), "{lang}: the source names the skill");
+        assert!(!text(source).contains("{{"), "{lang}: a placeholder was left");
+        // The schemas in the source are the template's, as JSON.
+        assert_eq!(text("wit/skill.wit"), plugin_abi::WIT);
+        let pinned = [text("build.sh"), text("README.md")]
+            .into_iter()
+            .chain(
+                ["Cargo.toml", "package.json"]
+                    .iter()
+                    .filter(|f| dir.join(f).exists())
+                    .map(|f| text(f)),
+            )
+            .any(|text| text.contains(pin));
+        assert!(pinned, "{lang}: the toolchain version is pinned ({pin})");
+        let manifest = agent_runtime::Manifest::parse(
+            &text("skill.toml"),
+            &dir.join("skill.toml"),
+            &agent_runtime::LimitCeilings::default(),
+        )
+        .unwrap();
+        assert_eq!(manifest.id, id);
+        if lang != "rust" {
+            assert!(
+                manifest.limits.memory_bytes >= 16 * 1024 * 1024,
+                "{lang}: CPython and SpiderMonkey need 16 MiB"
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.join("build.sh")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111, "{lang}: build.sh is executable");
+        }
+        // Again: refused, and the files are untouched.
+        std::fs::write(dir.join("app.marker"), "mine").unwrap();
+        let again = env.agentd(
+            &["skill", "new", &id, "--lang", lang, "--dir", parent.to_str().unwrap()],
+            None,
+        );
+        assert_eq!(again.status.code(), Some(1));
+        assert!(
+            stderr(&again).contains("already exists and is not empty; nothing was written"),
+            "{}",
+            stderr(&again)
+        );
+        assert_eq!(text("app.marker"), "mine");
+    }
+    let bad = env.agentd(
+        &[
+            "skill",
+            "new",
+            "Bad_Name",
+            "--lang",
+            "python",
+            "--dir",
+            parent.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("`Bad_Name` cannot be a skill id"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!parent.join("Bad_Name").exists());
+    let unknown = env.agentd(&["skill", "new", "x", "--lang", "cobol"], None);
+    assert_eq!(unknown.status.code(), Some(2), "a usage error");
+}

@@ -220,7 +220,7 @@ fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
     // Its own exit code, not governance's 3: the skill is not there to govern.
     assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("error: no loaded package provides skill `pii-redact` (1 package loaded in"),
+        stderr(&output).contains("error: no loaded package provides skill `pii-redact` (none of the 2 packages in"),
         "{}",
         stderr(&output)
     );
@@ -240,6 +240,17 @@ fn a_tampered_package_is_refused_and_its_skill_fails_closed() {
     assert_eq!(listed.status.code(), Some(5), "{}", stderr(&listed));
     let listed: serde_json::Value = serde_json::from_str(&crate::stdout(&listed)).unwrap();
     assert_eq!(listed["skills"].as_array().unwrap().len(), 1, "{listed}");
+    // Each skill is listed with its schemas, parsed (issue 16).
+    let listed_skill = &listed["skills"][0];
+    assert_eq!(listed_skill["input_schema"]["type"], "object", "{listed}");
+    assert!(listed_skill["output_schema"].is_object(), "{listed}");
+    assert!(
+        listed_skill["summary"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{listed}"
+    );
     let reason = listed["refused"][0]["reason"].as_str().unwrap();
     assert!(reason.starts_with("digest mismatch for"), "{reason}");
     // An empty plugin directory is a warning, not silence.

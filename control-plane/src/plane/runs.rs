@@ -138,6 +138,14 @@ impl ControlPlane {
         self.store.backend().feed().subscribe()
     }
 
+    /// Closes the store's connections and waits for them: on SQLite the write-ahead log is
+    /// folded into the database file, so a read-only copy or mount of the state afterwards
+    /// holds every committed transaction. A process that exits right after its last commit
+    /// (the CLI) calls it; a unit begun afterwards fails.
+    pub async fn close(&self) {
+        self.store.backend().close().await;
+    }
+
     /// `(durable write commits, fsyncs)` since the store was opened. Concurrent commits share
     /// fsyncs (group commit), so under load the second figure grows slower than the first.
     pub fn commit_stats(&self) -> (u64, u64) {

@@ -101,6 +101,11 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// `(durable write commits, fsyncs)` since the store was opened: how well concurrent
     /// commits share fsyncs.
     fn commit_stats(&self) -> (u64, u64);
+
+    /// Closes every connection and waits until they are closed. SQLite then folds its
+    /// write-ahead log into the database file, so a read-only (immutable) open of the file
+    /// afterwards sees every committed transaction. Units begun after this fail.
+    async fn close(&self);
 }
 
 /// Run events as their units of work commit, to whoever listens (`agentd serve`'s event

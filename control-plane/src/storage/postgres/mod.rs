@@ -407,6 +407,10 @@ impl Storage for PostgresStorage {
 
     /// PostgreSQL makes each commit durable itself (and shares WAL flushes among concurrent
     /// commits, invisibly to a client): reported as one flush per commit.
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     fn commit_stats(&self) -> (u64, u64) {
         let commits = self.commits.load(Ordering::Relaxed);
         (commits, commits)
