@@ -15,6 +15,9 @@ use serde_json::Value;
 /// Most violations named in one message; the rest are counted.
 pub const MAX_VIOLATIONS_NAMED: usize = 5;
 
+/// Longest message kept of one violation, bytes (an enum of a schema can be long).
+pub const MAX_VIOLATION_BYTES: usize = 256;
+
 /// Which of a skill's two schemas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -145,7 +148,14 @@ impl SkillSchema {
         for error in self.validator.iter_errors(instance) {
             total += 1;
             if violations.len() < MAX_VIOLATIONS_NAMED {
-                violations.push((error.instance_path().to_string(), error.to_string()));
+                // Masked: the message names the offending part by its pointer, never by its
+                // value. It goes into the run log and the append-only audit log, and an input
+                // can hold anything (a 64 KiB document, a secret).
+                let mut message = error.masked().to_string();
+                if crate::outcome::cut_to(&mut message, MAX_VIOLATION_BYTES) > 0 {
+                    message.push('…');
+                }
+                violations.push((error.instance_path().to_string(), message));
             }
         }
         Err(SchemaViolation {
@@ -257,6 +267,17 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("; and 3 more"), "{text}");
+    }
+
+    #[test]
+    fn a_violation_never_echoes_the_value() {
+        let schema = json!({ "type": "object", "properties": { "text": { "maxLength": 5 } } });
+        let compiled = SkillSchema::compile(SchemaRole::Input, &schema.to_string()).unwrap();
+        let secret = format!("sk-live-{}", "9".repeat(70_000));
+        let text = compiled.check(&json!({ "text": secret })).unwrap_err().to_string();
+        assert!(!text.contains("sk-live"), "{}", &text[..200.min(text.len())]);
+        assert!(text.len() < 512, "{} bytes", text.len());
+        assert!(text.contains("at /text: value is longer than 5 characters"), "{text}");
     }
 
     #[test]
