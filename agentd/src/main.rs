@@ -493,6 +493,16 @@ fn print_review(decided: &ApprovalRequest, step: Option<&StepReport>, reviewer: 
     }
 }
 
+/// A skill's capabilities as `a, b`, for listings.
+fn capability_list(summary: &plugin_abi::SkillSummary) -> String {
+    summary
+        .capabilities
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn step_exit(report: &StepReport) -> Exit {
     match report {
         StepReport::Completed { .. } => Exit::Success,
@@ -928,14 +938,12 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&checked)?);
                 } else {
-                    let capabilities: Vec<String> =
-                        checked.summary.capabilities.iter().map(ToString::to_string).collect();
                     println!(
                         "ok: {} {} ({}), capabilities [{}], cpu {}, {}; compiled in {} ms",
                         checked.summary.id,
                         checked.summary.version,
                         checked.summary.side_effect,
-                        capabilities.join(", "),
+                        capability_list(&checked.summary),
                         checked.summary.cpu_metering,
                         checked.summary.digest,
                         checked.compile_us / 1_000
@@ -992,14 +1000,12 @@ async fn execute(cli: Cli) -> Result<Exit> {
                 );
             } else {
                 for skill in app.runtime.skills() {
-                    let capabilities: Vec<String> =
-                        skill.summary.capabilities.iter().map(ToString::to_string).collect();
                     println!(
                         "{:<16} {:<8} {:<10} caps [{}]  memory {} MiB, fuel {}, deadline {} ms  {}  ({}, {} µs)",
                         skill.summary.id,
                         skill.summary.version,
                         skill.summary.side_effect,
-                        capabilities.join(", "),
+                        capability_list(&skill.summary),
                         skill.manifest.limits.memory_bytes / (1024 * 1024),
                         skill.manifest.limits.fuel,
                         skill.manifest.limits.deadline_ms,

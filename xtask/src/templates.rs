@@ -67,7 +67,8 @@ pub(crate) fn skill_templates(root: &Path, args: &[String]) -> Result<()> {
             .arg(dir.join("package"))
             .output()?;
         ensure(&checked, &format!("agentd skill check {id}/package"))?;
-        copy_dir(&dir.join("package"), &packages.join(lang))?;
+        std::fs::rename(dir.join("package"), packages.join(lang))
+            .with_context(|| format!("cannot move {id}/package into {}", packages.display()))?;
         eprintln!(
             "xtask: {id}: built and packaged in {build_s:.1} s, {} bytes; every load check passed",
             std::fs::metadata(packages.join(lang).join("skill.wasm"))?.len()
@@ -252,14 +253,4 @@ fn ensure_componentize_js(tools: &Path) -> Result<PathBuf> {
         );
     }
     Ok(binary)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))
-            .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-    }
-    Ok(())
 }
