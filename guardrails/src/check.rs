@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use regex::Regex;
 
 use crate::Error;
 use crate::config::{Config, Date, DependencyRule, Exemption, module_has_prefix};
@@ -18,14 +17,40 @@ use crate::workspace::{EdgeKind, TargetKind, Workspace};
 pub struct Options {
     /// Pass `--offline` to `cargo metadata`.
     pub offline: bool,
-    /// Parse every file even when the pre-filter rules it out (benchmarks only).
+    /// Parse every file even when the pre-filter rules it out (benchmarks, and the selftest's
+    /// proof that the pre-filter hides nothing).
     pub no_prefilter: bool,
+    /// Files (absolute) parsed even when the pre-filter rules them out: the selftest's proof
+    /// on the one file a mutant changed.
+    pub parse_anyway: Vec<PathBuf>,
     /// The date exemptions expire against (default: today, UTC).
     pub today: Option<Date>,
 }
 
-const DEFAULT_HINT: &str = "if this is intended, write an ADR in adr/, get it Accepted, and add an \
-[[exemption]] citing it to guardrails.toml (narrow: one file or module, one target)";
+/// The help line of a rule finding: the rule author's hint when there is one, what usually
+/// fixes this kind of finding (`fix`), and how to accept it on purpose.
+fn advice(author: Option<&str>, fix: &str, adr_dir: &str) -> String {
+    let mut out = String::new();
+    if let Some(hint) = author {
+        out.push_str(hint.trim_end_matches(['.', ' ']));
+        out.push_str("; otherwise ");
+    }
+    out.push_str(fix);
+    out.push_str("; if it is intended, write an ADR in ");
+    out.push_str(adr_dir);
+    out.push_str("/, get it Accepted, and add an [[exemption]] citing it to guardrails.toml (narrow: one file or module, one target)");
+    out
+}
+
+/// `a`, `a` or `b`, `a`, `b` or `c`: scopes as a list for a sentence.
+fn either(scopes: &[crate::config::Scope]) -> String {
+    let names: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
+    match names.as_slice() {
+        [] => "nowhere".to_owned(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
 
 /// A dependency rule resolved against the workspace.
 struct Resolved<'c> {
@@ -222,7 +247,7 @@ fn read_lines(path: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], findings: &mut Vec<Finding>) {
+fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], adr_dir: &str, findings: &mut Vec<Finding>) {
     for entry in resolved {
         let rule = entry.rule;
         for (position, &source) in entry.from.iter().enumerate() {
@@ -254,11 +279,26 @@ fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], findings:
                             find_declaration(&manifest_text, info.kind, info.platform.as_deref(), &keys)
                                 .unwrap_or((1, 1, 1));
                         let reached_name = &workspace.packages[reached].name;
+                        let fix = if chain.len() == 1 {
+                            let table = match info.kind {
+                                EdgeKind::Normal => "dependencies",
+                                EdgeKind::Dev => "dev-dependencies",
+                                EdgeKind::Build => "build-dependencies",
+                            };
+                            format!(
+                                "remove `{reached_name}` from `{}`'s [{table}], and move the code that needs it into a crate the rule allows",
+                                package.name
+                            )
+                        } else {
+                            format!(
+                                "`{to_name}` leads to `{reached_name}` (chain above): drop the dependency on `{to_name}`, turn off the feature that adds the path, or cut the path inside the chain"
+                            )
+                        };
                         let message = if chain.len() == 1 {
                             format!(
                                 "`{}` depends on `{reached_name}` ({}), which rule `{}` forbids",
                                 package.name,
-                                chain_label(&chain[0]),
+                                chain[0].label(),
                                 rule.name
                             )
                         } else {
@@ -286,7 +326,7 @@ fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], findings:
                                 form: "manifest".to_owned(),
                                 chain,
                                 reason: rule.reason.clone(),
-                                hint: rule.hint.clone().unwrap_or_else(|| DEFAULT_HINT.to_owned()),
+                                hint: advice(rule.hint.as_deref(), &fix, adr_dir),
                                 line_text: lines
                                     .get(line as usize - 1)
                                     .map(|l| (*l).to_owned())
@@ -300,13 +340,6 @@ fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], findings:
             }
         }
     }
-}
-
-fn chain_label(edge: &ChainEdge) -> String {
-    let text = edge.to_string();
-    let start = text.find('(').map_or(0, |i| i + 1);
-    let end = text.find(')').unwrap_or(text.len());
-    text[start..end].to_owned()
 }
 
 /// Whether a later hop (not the first) follows `info`: normal edges always, build edges when the
@@ -565,7 +598,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
     let started = Instant::now();
     let (resolved, notes) = resolve_rules(workspace, config)?;
     let mut findings = Vec::new();
-    manifest_findings(workspace, &resolved, &mut findings);
+    manifest_findings(workspace, &resolved, &config.adr_dir, &mut findings);
 
     let manifest_time = started.elapsed();
 
@@ -574,6 +607,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
     let mut functions = watched_functions(workspace, config)?;
     let watches = build_watches(workspace, &resolved);
     let files = source::discover(workspace);
+    let mut stats_outside = 0;
     let function_names: BTreeSet<String> = functions.iter().filter_map(|f| f.path.last().cloned()).collect();
     let defined: Vec<(Vec<String>, bool)> = files
         .par_iter()
@@ -596,7 +630,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
             }
         }
     }
-    let filters: BTreeMap<usize, Option<Regex>> = watches
+    let filters: BTreeMap<usize, crate::tokens::Prefilter> = watches
         .per_package
         .iter()
         .map(|(&package, watch)| (package, source::prefilter(watch, &functions)))
@@ -605,16 +639,53 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
         functions: &functions,
         patterns: &config.patterns,
         no_prefilter: options.no_prefilter,
+        parse_anyway: &options.parse_anyway,
     };
     let empty = Watch::default();
-    let scans: Vec<FileScan> = files
-        .par_iter()
-        .map(|file| {
-            let watch = watches.per_package.get(&file.package).unwrap_or(&empty);
-            let filter = filters.get(&file.package).and_then(Option::as_ref);
-            source::scan_file(file, &workspace.packages[file.package].dir, watch, filter, &query)
-        })
-        .collect();
+    let no_filter = source::prefilter(&empty, &functions);
+    let scan = |file: &SourceFile| {
+        let watch = watches.per_package.get(&file.package).unwrap_or(&empty);
+        let filter = filters.get(&file.package).unwrap_or(&no_filter);
+        source::scan_file(file, &workspace.packages[file.package].dir, watch, filter, &query)
+    };
+    let mut files = files;
+    let mut scans: Vec<FileScan> = files.par_iter().map(scan).collect();
+    // `#[path]` modules whose file no member directory holds (outside the workspace, in an
+    // excluded directory): scanned as part of the crate that declares them, transitively.
+    let mut known: BTreeSet<PathBuf> = files.iter().map(|file| source::normalize(&file.path)).collect();
+    let mut frontier = 0..files.len();
+    loop {
+        let mut extra = Vec::new();
+        for index in frontier.clone() {
+            for (target, module, in_test) in &scans[index].path_modules {
+                if known.contains(target) || !target.is_file() {
+                    continue;
+                }
+                known.insert(target.clone());
+                let parent = &files[index];
+                extra.push(SourceFile {
+                    path: target.clone(),
+                    rel: workspace.relative(target),
+                    package: parent.package,
+                    target: if *in_test && !parent.target.is_test() {
+                        TargetKind::Test
+                    } else {
+                        parent.target
+                    },
+                    crate_name: parent.crate_name.clone(),
+                    module: Some(module.clone()),
+                });
+            }
+        }
+        if extra.is_empty() {
+            break;
+        }
+        let extra_scans: Vec<FileScan> = extra.par_iter().map(scan).collect();
+        frontier = files.len()..files.len() + extra.len();
+        stats_outside += extra.len();
+        files.extend(extra);
+        scans.extend(extra_scans);
+    }
 
     let source_time = source_started.elapsed();
     let mut stats = crate::report::Stats {
@@ -623,6 +694,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
         members: workspace.members.len(),
         packages: workspace.packages.len(),
         files: files.len(),
+        files_outside: stats_outside,
         manifest_time,
         source_time,
         notes,
@@ -637,6 +709,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
     for (file_index, (file, scan)) in files.iter().zip(&scans).enumerate() {
         stats.bytes += scan.bytes;
         stats.files_parsed += usize::from(scan.parsed);
+        stats.doc_tests += scan.doc_tests;
         stats.files_unparsed += usize::from(scan.parse_failed);
         stats.macros += scan.macros;
         stats.macros_unparsed += scan.macros_unparsed;
@@ -665,7 +738,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
             };
             let lines = line_cache.entry(file_index).or_insert_with(|| read_lines(&file.path));
             let line_text = lines.get(fact.span.line as usize - 1).cloned().unwrap_or_default();
-            let mut emit = |code: Code, rule: String, message: String, reason: &str, hint: Option<&str>| {
+            let mut emit = |code: Code, rule: String, message: String, reason: &str, hint: String| {
                 findings.push(
                     Finding {
                         code,
@@ -678,7 +751,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                         form: fact.form.to_owned(),
                         chain: Vec::new(),
                         reason: reason.to_owned(),
-                        hint: hint.unwrap_or(DEFAULT_HINT).to_owned(),
+                        hint,
                         line_text: line_text.clone(),
                         fingerprint: String::new(),
                     }
@@ -701,6 +774,12 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                         if !rule.include_tests && in_test {
                             continue;
                         }
+                        // Test code and examples build with dev-dependencies: when the rule
+                        // leaves dev edges out, their references are not its business (a normal
+                        // edge to the crate is still a manifest finding).
+                        if !rule.edges.contains(&EdgeKind::Dev) && (in_test || file.target == TargetKind::Example) {
+                            continue;
+                        }
                         emit(
                             Code::ForbiddenReference,
                             rule.name.clone(),
@@ -709,7 +788,14 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                                 workspace.packages[file.package].name, fact.form, rule.name
                             ),
                             &rule.reason,
-                            rule.hint.as_deref(),
+                            advice(
+                                rule.hint.as_deref(),
+                                &format!(
+                                    "remove this reference to {shown}: reach what it does through a crate `{}` may depend on, or move this code into a crate the rule allows",
+                                    workspace.packages[file.package].name
+                                ),
+                                &config.adr_dir,
+                            ),
                         );
                     }
                 }
@@ -737,7 +823,14 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                                 entry.rule.name
                             ),
                             &entry.rule.reason,
-                            entry.rule.hint.as_deref(),
+                            advice(
+                                entry.rule.hint.as_deref(),
+                                &format!(
+                                    "do not compile another crate's files into `{}`: depend on an allowed crate that provides this, or give `{}` its own copy",
+                                    workspace.packages[file.package].name, workspace.packages[file.package].name
+                                ),
+                                &config.adr_dir,
+                            ),
                         );
                     }
                 }
@@ -761,7 +854,15 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                             list.function, fact.form, list.name
                         ),
                         &list.reason,
-                        list.hint.as_deref(),
+                        advice(
+                            list.hint.as_deref(),
+                            &format!(
+                                "call `{}` only from {}; from here, go through an API those modules offer",
+                                list.function,
+                                either(&list.allowed)
+                            ),
+                            &config.adr_dir,
+                        ),
                     );
                 }
                 FactKind::Pattern { pattern } => {
@@ -781,7 +882,14 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                             pattern.regex, fact.form, pattern.name
                         ),
                         &pattern.reason,
-                        pattern.hint.as_deref(),
+                        advice(
+                            pattern.hint.as_deref(),
+                            &format!(
+                                "keep such text in {}, and call into it from here",
+                                either(&pattern.allowed)
+                            ),
+                            &config.adr_dir,
+                        ),
                     );
                 }
             }
@@ -1153,7 +1261,14 @@ fn module_findings(
                 ),
                 reference,
                 &rule.reason,
-                rule.hint.clone().unwrap_or_else(|| DEFAULT_HINT.to_owned()),
+                advice(
+                    rule.hint.as_deref(),
+                    &format!(
+                        "move what `{}` needs out of `{}` into a module both may use, or pass it in from above",
+                        reference.from, reference.to
+                    ),
+                    &config.adr_dir,
+                ),
             ));
         }
     }
@@ -1171,9 +1286,11 @@ fn module_findings(
                         ),
                         reference,
                         &rule.reason,
-                        rule.hint.clone().unwrap_or_else(|| {
-                            "move what both modules need into a module below them, or pass it down as a value".to_owned()
-                        }),
+                        advice(
+                            rule.hint.as_deref(),
+                            "move what both modules need into a module below them, or pass it down as a value",
+                            &config.adr_dir,
+                        ),
                     ));
                 }
             }

@@ -35,6 +35,7 @@ pub mod output;
 pub mod report;
 pub mod selftest;
 pub mod source;
+pub mod tokens;
 pub mod workspace;
 
 pub use check::Options;

@@ -120,8 +120,9 @@ pub struct ChainEdge {
     pub platform: Option<String>,
 }
 
-impl fmt::Display for ChainEdge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ChainEdge {
+    /// The edge's kind, `optional` and platform: `normal, optional, cfg(unix)`.
+    pub fn label(&self) -> String {
         let mut label = self.kind.as_str().to_owned();
         if self.optional {
             label.push_str(", optional");
@@ -130,7 +131,13 @@ impl fmt::Display for ChainEdge {
             label.push_str(", ");
             label.push_str(platform);
         }
-        write!(f, " -({label})-> {}", self.to)
+        label
+    }
+}
+
+impl fmt::Display for ChainEdge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, " -({})-> {}", self.label(), self.to)
     }
 }
 
@@ -262,6 +269,10 @@ pub struct Stats {
     pub packages: usize,
     /// `.rs` files read.
     pub files: usize,
+    /// Of those, `#[path]` module files no member directory holds, scanned with their crate.
+    pub files_outside: usize,
+    /// Doc-tests scanned (those naming something watched).
+    pub doc_tests: u64,
     /// Files the pre-filter passed to the parser.
     pub files_parsed: usize,
     /// Bytes read.

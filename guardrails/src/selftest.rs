@@ -35,17 +35,32 @@ pub struct MutantResult {
     pub detail: String,
 }
 
-/// Every mutant's result.
+/// A property of the check itself, proved on the copy.
+#[derive(Debug, Clone)]
+pub struct Invariant {
+    /// Its name (`prefilter-sound`, `checkout-rename`).
+    pub name: &'static str,
+    /// Whether it held.
+    pub held: bool,
+    /// What was compared, or what differed.
+    pub detail: String,
+}
+
+/// Every mutant's result, and the invariants.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// In injection order.
     pub mutants: Vec<MutantResult>,
+    /// `prefilter-sound`: on the copy and on every source mutant, the findings with the token
+    /// pre-filter equal the findings with every file parsed. `checkout-rename`: a second copy
+    /// in a directory named after a forbidden crate reports the same findings.
+    pub invariants: Vec<Invariant>,
 }
 
 impl Outcome {
-    /// Whether every mutant was caught (and there was at least one).
+    /// Whether every mutant was caught (and there was at least one) and every invariant held.
     pub fn all_caught(&self) -> bool {
-        !self.mutants.is_empty() && self.mutants.iter().all(|m| m.caught)
+        !self.mutants.is_empty() && self.mutants.iter().all(|m| m.caught) && self.invariants.iter().all(|i| i.held)
     }
 
     /// A table of escapes (or of every mutant with `verbose`) and the total.
@@ -67,6 +82,15 @@ impl Outcome {
                     let _ = writeln!(out, "        {}", mutant.detail);
                 }
             }
+        }
+        for invariant in &self.invariants {
+            let _ = writeln!(
+                out,
+                "{:7} {:<34} {}",
+                if invariant.held { "held" } else { "BROKEN" },
+                invariant.name,
+                invariant.detail
+            );
         }
         let caught = self.mutants.iter().filter(|m| m.caught).count();
         let rules: BTreeSet<&str> = self.mutants.iter().map(|m| m.rule.as_str()).collect();
@@ -125,19 +149,86 @@ pub fn run(root: &Path) -> Result<Outcome, Error> {
         offline: true,
         ..Default::default()
     };
+    let every_file = Options {
+        no_prefilter: true,
+        ..options.clone()
+    };
     let workspace = Workspace::load(&copy, true)?;
     let baseline = run_check(&workspace, &config, &options)?;
     let known: BTreeSet<String> = baseline.findings.iter().map(|f| f.fingerprint.clone()).collect();
+    let mut outcome = Outcome::default();
+
+    // The same workspace in a directory named after a forbidden crate (the name a text
+    // pre-filter would trip over) must report the same findings.
+    let renamed_name = rule_targets(&workspace, &config)?
+        .iter()
+        .flat_map(|targets| targets.forbidden.iter().flatten())
+        .map(|&index| workspace.packages[index].name.clone())
+        .next()
+        .unwrap_or_else(|| "guardrails-renamed".to_owned());
+    let renamed = temp.path().join(&renamed_name);
+    copy_tree(&root, &renamed).map_err(|error| Error::Selftest(format!("cannot copy the workspace: {error}")))?;
+    let renamed_report = Workspace::load(&renamed, true).and_then(|loaded| run_check(&loaded, &config, &options))?;
+    let renamed_known: BTreeSet<String> = renamed_report.findings.iter().map(|f| f.fingerprint.clone()).collect();
+    outcome.invariants.push(Invariant {
+        name: "checkout-rename",
+        held: renamed_known == known,
+        detail: format!(
+            "{} findings in `workspace/`, {} in `{renamed_name}/`",
+            known.len(),
+            renamed_known.len()
+        ),
+    });
 
     let mutants = plan(&workspace, &config)?;
-    let mut outcome = Outcome::default();
+    let mut sound = 0;
+    let mut unsound = Vec::new();
+    let full_baseline = run_check(&workspace, &config, &every_file)?;
+    if full_baseline
+        .findings
+        .iter()
+        .map(|f| &f.fingerprint)
+        .collect::<BTreeSet<_>>()
+        == baseline
+            .findings
+            .iter()
+            .map(|f| &f.fingerprint)
+            .collect::<BTreeSet<_>>()
+    {
+        sound += 1;
+    } else {
+        unsound.push("the unmutated copy".to_owned());
+    }
     for mutant in mutants {
         let backup = Backup::take(&copy, &mutant.edits)?;
         let (file, line) = apply(&mutant)?;
         let result = if mutant.needs_metadata {
             Workspace::load(&copy, true).and_then(|reloaded| run_check(&reloaded, &config, &options))
         } else {
-            run_check(&workspace, &config, &options)
+            let filtered = run_check(&workspace, &config, &options);
+            // Soundness of the pre-filter, on this mutant: parsing the changed file whatever the
+            // pre-filter says finds the same (the unmutated copy was proved with every file).
+            let forced = Options {
+                parse_anyway: mutant
+                    .edits
+                    .iter()
+                    .filter_map(|edit| match edit {
+                        Edit::Append { file, .. } => Some(file.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                ..options.clone()
+            };
+            if let (Ok(filtered), Ok(full)) = (&filtered, run_check(&workspace, &config, &forced)) {
+                let a: BTreeSet<&str> = filtered.findings.iter().map(|f| f.fingerprint.as_str()).collect();
+                let b: BTreeSet<&str> = full.findings.iter().map(|f| f.fingerprint.as_str()).collect();
+                if a == b {
+                    sound += 1;
+                } else {
+                    unsound.push(mutant.form.clone());
+                }
+            }
+            filtered
         };
         backup.restore()?;
         let rel = relative(&copy, &file);
@@ -155,6 +246,18 @@ pub fn run(root: &Path) -> Result<Outcome, Error> {
             detail,
         });
     }
+    outcome.invariants.push(Invariant {
+        name: "prefilter-sound",
+        held: unsound.is_empty(),
+        detail: if unsound.is_empty() {
+            format!(
+                "the copy with every file parsed, and {} source mutants with their file parsed: the same findings",
+                sound - 1
+            )
+        } else {
+            format!("the pre-filter hid findings of: {}", unsound.join(", "))
+        },
+    });
     Ok(outcome)
 }
 
@@ -469,6 +572,28 @@ fn plan(workspace: &Workspace, config: &Config) -> Result<Vec<Mutant>, Error> {
             )),
             0,
         );
+        add(
+            "macro-argument",
+            r,
+            root_file.clone(),
+            one(format!("pub fn guardrails_mutant() {{ guardrails_mutant!({c}); }}")),
+            0,
+        );
+        // A doc-test is test code built with dev-dependencies: only rules that count both.
+        if rule.include_tests && rule.edges.contains(&EdgeKind::Dev) {
+            add(
+                "doc-test",
+                r,
+                root_file.clone(),
+                vec![
+                    "/// ```".to_owned(),
+                    format!("/// let _ = {c}::guardrails_mutant();"),
+                    "/// ```".to_owned(),
+                    "pub fn guardrails_mutant() {}".to_owned(),
+                ],
+                1,
+            );
+        }
         add(
             "macro-body-not-rust",
             r,

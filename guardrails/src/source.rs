@@ -2,9 +2,11 @@
 //! and parses it with `syn` for references to watched crates and functions, `#[path]` and
 //! `include!` that reach into watched directories, and watched string literals.
 //!
-//! A file is only parsed when a cheap literal pre-filter finds one of the names it could refer
-//! to (a reference without the name in the text is impossible); every other file is read and
-//! counted but not parsed. Parsing runs on all cores (rayon).
+//! A file is only parsed when the token pre-filter ([`crate::tokens`]) finds a token that could
+//! make a fact (a watched crate name in path position, a watched function's name, a string
+//! naming one, `#[path]` or `include!` when directories are watched); every other file is read,
+//! lexed and counted but not parsed. Doc-tests that name something watched are scanned too, as
+//! test code. Parsing runs on all cores (rayon).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -18,6 +20,7 @@ use syn::spanned::Spanned as _;
 use syn::visit::{self, Visit};
 
 use crate::config::{ForbiddenPattern, SearchIn, line_of};
+use crate::tokens::{DocTest, Prefilter};
 use crate::workspace::{TargetKind, Workspace};
 
 /// A `.rs` file of a workspace member.
@@ -248,6 +251,8 @@ pub struct FileScan {
     pub bytes: u64,
     /// Whether the pre-filter let it through to the parser.
     pub parsed: bool,
+    /// Doc-tests scanned (those whose text names something watched).
+    pub doc_tests: u64,
     /// `syn` could not parse it (it was scanned as tokens instead, when that worked).
     pub parse_failed: bool,
     /// It could not even be tokenized; nothing in it was checked.
@@ -260,6 +265,9 @@ pub struct FileScan {
     pub test_modules: Vec<String>,
     /// Inline modules (`mod x { .. }`) declared here, as full module paths.
     pub inline_modules: Vec<String>,
+    /// `#[path]` modules declared here: (file, module path, in test code), so that a file
+    /// outside the members' directories is scanned as part of this crate too.
+    pub path_modules: Vec<(PathBuf, String, bool)>,
     /// The file could not be read.
     pub read_error: Option<String>,
 }
@@ -272,6 +280,8 @@ pub struct Query<'a> {
     pub patterns: &'a [ForbiddenPattern],
     /// Parse every file, even when the pre-filter says it cannot match (for benchmarking).
     pub no_prefilter: bool,
+    /// Files parsed even when the pre-filter says they cannot match (the selftest's proof).
+    pub parse_anyway: &'a [PathBuf],
 }
 
 /// `#[cfg(test)]` (or a `#[test]`-like attribute) followed by an out-of-line `mod name;`: a
@@ -281,29 +291,17 @@ static OUT_OF_LINE_TEST_MODULE: std::sync::LazyLock<Regex> = std::sync::LazyLock
         .expect("the test-module pattern is valid")
 });
 
-/// Builds the literal pre-filter for one package: any watched name, directory name or function
-/// name. `None` when there is nothing to look for.
-pub fn prefilter(watch: &Watch, functions: &[WatchedFn]) -> Option<Regex> {
-    let mut needles: BTreeSet<String> = watch.crate_names.iter().cloned().collect();
-    for dir in &watch.dirs {
-        if let Some(name) = dir.file_name() {
-            needles.insert(name.to_string_lossy().into_owned());
-        }
-    }
-    for function in functions {
-        if let Some(last) = function.path.last() {
-            needles.insert(last.clone());
-        }
-    }
-    if needles.is_empty() {
-        return None;
-    }
-    let alternation = needles
-        .iter()
-        .map(|needle| regex::escape(needle))
-        .collect::<Vec<_>>()
-        .join("|");
-    Regex::new(&alternation).ok()
+/// Builds the token pre-filter for one package ([`crate::tokens`]): its watched crate names,
+/// the watched functions' names, and `#[path]`/`include!` when it watches directories.
+pub fn prefilter(watch: &Watch, functions: &[WatchedFn]) -> Prefilter {
+    Prefilter::new(
+        watch.crate_names.iter().cloned(),
+        functions.iter().filter_map(|function| function.path.last().cloned()),
+        // `#[path]` and `include!` matter to every package a rule watches: into a watched
+        // directory they are findings, and a `#[path]` file outside the members' directories
+        // is scanned as part of the crate.
+        !(watch.dirs.is_empty() && watch.crate_names.is_empty() && functions.is_empty()),
+    )
 }
 
 /// Scans one file.
@@ -311,7 +309,7 @@ pub fn scan_file(
     file: &SourceFile,
     package_dir: &Path,
     watch: &Watch,
-    filter: Option<&Regex>,
+    filter: &Prefilter,
     query: &Query<'_>,
 ) -> FileScan {
     let mut scan = FileScan::default();
@@ -323,17 +321,10 @@ pub fn scan_file(
         }
     };
     scan.bytes = text.len() as u64;
-    let pattern_hit = query.patterns.iter().any(|pattern| pattern.regex.is_match(&text));
-    let name_hit = filter.is_some_and(|filter| filter.is_match(&text));
-    // A file declaring an out-of-line test module (`#[cfg(test)] mod tests;`) is parsed even
-    // when nothing watched appears in it: its child file is test code only if this is known.
-    let declares_test_module = text.contains("cfg") && OUT_OF_LINE_TEST_MODULE.is_match(&text);
-    if !(query.no_prefilter || pattern_hit || name_hit || declares_test_module) {
-        return scan;
-    }
-    scan.parsed = true;
     let file_test = file.target.is_test();
 
+    // Text patterns are matched on the text itself; they never make a file parsed, so what
+    // the parser finds does not depend on which other rules exist.
     for (index, pattern) in query.patterns.iter().enumerate() {
         if pattern.search == SearchIn::Text {
             for found in pattern.regex.find_iter(&text) {
@@ -348,34 +339,36 @@ pub fn scan_file(
         }
     }
 
-    let mut scanner = Scanner {
-        file,
-        package_dir,
-        watch,
-        query,
-        imports: BTreeMap::new(),
-        globs: Vec::new(),
-        local_mods: BTreeSet::new(),
-        local_imports: BTreeSet::new(),
-        module: file.module.clone().unwrap_or_default(),
-        in_test: file_test,
-        facts: Vec::new(),
-        macros: 0,
-        macros_unparsed: 0,
-        test_modules: Vec::new(),
-        inline_modules: Vec::new(),
-    };
-    match syn::parse_file(&text) {
-        Ok(ast) => {
-            let mut collector = Collector { scanner: &mut scanner };
-            collector.visit_file(&ast);
-            scanner.visit_file(&ast);
-        }
-        Err(_) => {
-            scan.parse_failed = true;
-            match TokenStream::from_str(&text) {
-                Ok(tokens) => scanner.scan_tokens(tokens),
-                Err(_) => scan.unscannable = true,
+    let literal_patterns: Vec<&Regex> = query
+        .patterns
+        .iter()
+        .filter(|pattern| pattern.search == SearchIn::StringLiterals)
+        .map(|pattern| &pattern.regex)
+        .collect();
+    // Doc-tests are compiled for library targets only.
+    let doc_tests = file.target == TargetKind::Lib;
+    let forced = query.no_prefilter || query.parse_anyway.contains(&file.path);
+    let lexed = filter.lex(&text, &literal_patterns, doc_tests, forced);
+    // A file declaring an out-of-line test module (`#[cfg(test)] mod tests;`) is parsed even
+    // when nothing watched appears in it: its child file is test code only if this is known.
+    let declares_test_module = text.contains("cfg") && OUT_OF_LINE_TEST_MODULE.is_match(&text);
+    let parse = forced || lexed.parse || declares_test_module;
+
+    let mut scanner = Scanner::new(file, package_dir, watch, query, file_test);
+    if parse {
+        scan.parsed = true;
+        match syn::parse_file(&text) {
+            Ok(ast) => {
+                let mut collector = Collector { scanner: &mut scanner };
+                collector.visit_file(&ast);
+                scanner.visit_file(&ast);
+            }
+            Err(_) => {
+                scan.parse_failed = true;
+                match TokenStream::from_str(&text) {
+                    Ok(tokens) => scanner.scan_tokens(tokens),
+                    Err(_) => scan.unscannable = true,
+                }
             }
         }
     }
@@ -384,9 +377,73 @@ pub fn scan_file(
     scan.macros_unparsed = scanner.macros_unparsed;
     scan.test_modules = scanner.test_modules;
     scan.inline_modules = scanner.inline_modules;
+    scan.path_modules = scanner.path_modules;
+    for test in &lexed.doc_tests {
+        scan.doc_tests += 1;
+        scan.facts
+            .extend(scan_doc_test(&text, test, file, package_dir, watch, query));
+    }
     scan.facts.sort();
     scan.facts.dedup();
     scan
+}
+
+/// Scans one doc-test as rustdoc compiles it: as a file, or wrapped in `fn main() { .. }` when
+/// it is a list of statements. Its facts are test code (a doc-test is a test crate that may use
+/// dev-dependencies), with the form `doc-test` and spans in the file's own lines.
+fn scan_doc_test(
+    text: &str,
+    test: &DocTest,
+    file: &SourceFile,
+    package_dir: &Path,
+    watch: &Watch,
+    query: &Query<'_>,
+) -> Vec<Fact> {
+    let mut scanner = Scanner::new(file, package_dir, watch, query, true);
+    let mut line_shift = 0;
+    let ast = syn::parse_file(&test.code).ok().or_else(|| {
+        line_shift = 1;
+        syn::parse_file(&format!("fn main() {{\n{}\n}}", test.code)).ok()
+    });
+    match ast {
+        Some(ast) => {
+            let mut collector = Collector { scanner: &mut scanner };
+            collector.visit_file(&ast);
+            scanner.visit_file(&ast);
+        }
+        None => {
+            line_shift = 0;
+            let Ok(tokens) = TokenStream::from_str(&test.code) else {
+                return Vec::new();
+            };
+            scanner.scan_tokens(tokens);
+        }
+    }
+    let place = |line: u32, column: u32| -> Option<(u32, u32)> {
+        let index = usize::try_from(line.checked_sub(1 + line_shift)?).ok()?;
+        let start = *test.line_starts.get(index)?;
+        let file_line = line_of(text, start);
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let file_column = u32::try_from(text[line_start..start].chars().count()).unwrap_or(u32::MAX) + column;
+        Some((file_line, file_column))
+    };
+    scanner
+        .facts
+        .into_iter()
+        .filter_map(|mut fact| {
+            let (line, column) = place(fact.span.line, fact.span.column)?;
+            let (end_line, end_column) = place(fact.span.end_line, fact.span.end_column).unwrap_or((line, column));
+            fact.span = Span {
+                line,
+                column,
+                end_line,
+                end_column,
+            };
+            fact.form = "doc-test";
+            fact.in_test = true;
+            Some(fact)
+        })
+        .collect()
 }
 
 fn text_span(text: &str, start: usize, end: usize) -> Span {
@@ -423,6 +480,13 @@ struct Scanner<'a> {
     macros_unparsed: u64,
     test_modules: Vec<String>,
     inline_modules: Vec<String>,
+    /// Names bound in this file (patterns, parameters, fields, items): a bare one in a macro
+    /// body is that binding, not a crate.
+    bound: BTreeSet<String>,
+    /// Inside a macro invocation's body.
+    in_macro_body: bool,
+    /// `#[path]` modules declared here: (file, module path, in test code).
+    path_modules: Vec<(PathBuf, String, bool)>,
 }
 
 /// Whether `attr` marks test code: `#[test]`, `#[tokio::test]`, `#[cfg(test)]`.
@@ -445,7 +509,30 @@ pub(crate) fn is_test_attr(attr: &syn::Attribute) -> bool {
     false
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(file: &'a SourceFile, package_dir: &'a Path, watch: &'a Watch, query: &'a Query<'a>, in_test: bool) -> Self {
+        Scanner {
+            file,
+            package_dir,
+            watch,
+            query,
+            imports: BTreeMap::new(),
+            globs: Vec::new(),
+            local_mods: BTreeSet::new(),
+            local_imports: BTreeSet::new(),
+            module: file.module.clone().unwrap_or_default(),
+            in_test,
+            facts: Vec::new(),
+            macros: 0,
+            macros_unparsed: 0,
+            test_modules: Vec::new(),
+            inline_modules: Vec::new(),
+            bound: BTreeSet::new(),
+            in_macro_body: false,
+            path_modules: Vec::new(),
+        }
+    }
+
     fn push(&mut self, span: Span, kind: FactKind, form: &'static str) {
         self.facts.push(Fact {
             span,
@@ -648,6 +735,15 @@ impl Scanner<'_> {
         }
     }
 
+    /// Remembers an out-of-line `#[path]` module's file, for files no member directory holds.
+    fn note_path_module(&mut self, target: &Path, item: &syn::ItemMod, test: bool) {
+        if item.content.is_none() {
+            let module = format!("{}::{}", self.module, item.ident.unraw());
+            self.path_modules
+                .push((normalize(target), module, self.in_test || test));
+        }
+    }
+
     fn file_dir(&self) -> PathBuf {
         self.file.path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
@@ -737,8 +833,30 @@ impl Scanner<'_> {
                     let method_call = index >= 1
                         && matches!(&trees[index - 1], TokenTree::Punct(p) if p.as_char() == '.')
                         && matches!(trees.get(index + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
+                    // A crate's name alone as a macro argument (`delegate!(engine)`), unless
+                    // it is a binding of this file, a field, a `$` fragment, a named argument
+                    // or a macro's own name.
+                    let after_dot_or_dollar = index >= 1
+                        && matches!(&trees[index - 1], TokenTree::Punct(p) if matches!(p.as_char(), '.' | '$'));
+                    let bare_argument = self.in_macro_body
+                        && segments.len() == 1
+                        && !leading
+                        && !keyword_before
+                        && !after_dot_or_dollar
+                        && !matches!(trees.get(index + 1), Some(TokenTree::Punct(p))
+                            if (p.as_char() == ':' && !is_path_sep(&trees, index + 1)) || matches!(p.as_char(), '=' | '!'))
+                        && !self.bound.contains(&segments[0])
+                        && !self.imports.contains_key(&segments[0]);
                     if method_call {
                         self.method_call(&segments[0], spans[0]);
+                    } else if bare_argument && self.is_crate_ref(false, &segments[0]) {
+                        self.push(
+                            Span::of_span(spans[0]),
+                            FactKind::CrateRef {
+                                name: segments[0].clone(),
+                            },
+                            "macro-argument",
+                        );
                     } else {
                         if (segments.len() >= 2 || leading || keyword_before)
                             && self.is_crate_ref(leading, &segments[0])
@@ -801,7 +919,9 @@ impl Scanner<'_> {
         if !parses {
             self.macros_unparsed += 1;
         }
+        let outer = std::mem::replace(&mut self.in_macro_body, true);
         self.scan_tokens(mac.tokens.clone());
+        self.in_macro_body = outer;
     }
 
     fn check_attribute_strings(&mut self, tokens: TokenStream) {
@@ -857,6 +977,10 @@ impl Scanner<'_> {
         body(self);
         self.in_test = was;
     }
+}
+
+fn attrs_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(is_test_attr)
 }
 
 /// `tokens` with every literal left out (groups kept, with their delimiters and spans).
@@ -1023,6 +1147,33 @@ impl<'ast> Visit<'ast> for Collector<'_, '_> {
         visit::visit_item_mod(self, item);
     }
 
+    fn visit_pat_ident(&mut self, pat: &'ast syn::PatIdent) {
+        self.scanner.bound.insert(pat.ident.unraw().to_string());
+        visit::visit_pat_ident(self, pat);
+    }
+
+    fn visit_field(&mut self, field: &'ast syn::Field) {
+        if let Some(ident) = &field.ident {
+            self.scanner.bound.insert(ident.unraw().to_string());
+        }
+        visit::visit_field(self, field);
+    }
+
+    fn visit_signature(&mut self, sig: &'ast syn::Signature) {
+        self.scanner.bound.insert(sig.ident.unraw().to_string());
+        visit::visit_signature(self, sig);
+    }
+
+    fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {
+        self.scanner.bound.insert(item.ident.unraw().to_string());
+        visit::visit_item_const(self, item);
+    }
+
+    fn visit_item_static(&mut self, item: &'ast syn::ItemStatic) {
+        self.scanner.bound.insert(item.ident.unraw().to_string());
+        visit::visit_item_static(self, item);
+    }
+
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
         self.collect_use(&item.tree, &mut Vec::new(), item.leading_colon.is_some());
     }
@@ -1069,7 +1220,9 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                 self.check_attribute_strings(list.tokens.clone());
                 // Paths among the arguments: `#[derive(krate::X)]`, `#[attr(krate::f)]` (the
                 // strings were checked just above, so the token scan does not see them again).
+                let outer = std::mem::replace(&mut self.in_macro_body, false);
                 self.scan_tokens(without_literals(list.tokens.clone()));
+                self.in_macro_body = outer;
             }
             syn::Meta::NameValue(value) => {
                 if let syn::Expr::Lit(syn::ExprLit {
@@ -1097,6 +1250,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                 }) = &value.value
             {
                 let target = self.file_dir().join(lit.value());
+                self.note_path_module(&target, item, attrs_test(&item.attrs));
                 self.check_target_path(target, Span::of_span(lit.span()), "path-attribute");
             }
             // `#[cfg_attr(unix, path = "...")]`: every `path = "..."` among its attributes, on
@@ -1117,6 +1271,7 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
                             syn::parse2::<syn::Lit>(TokenTree::Literal(literal.clone()).into())
                     {
                         let target = self.file_dir().join(lit.value());
+                        self.note_path_module(&target, item, attrs_test(&item.attrs));
                         self.check_target_path(target, Span::of_span(literal.span()), "path-attribute");
                     }
                 }

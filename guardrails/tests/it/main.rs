@@ -62,7 +62,11 @@ fn error_name(error: &Error) -> &'static str {
 
 /// What the check reports for `root`, in `expect.txt` form, sorted.
 fn observe(root: &Path) -> Vec<String> {
-    let mut lines = match check_workspace(root, None, &options()) {
+    observe_with(root, &options())
+}
+
+fn observe_with(root: &Path, options: &Options) -> Vec<String> {
+    let mut lines = match check_workspace(root, None, options) {
         Ok(report) => {
             let mut lines = Vec::new();
             for finding in &report.findings {
@@ -107,6 +111,19 @@ fn every_case_reports_exactly_what_it_expects() {
         let observed = observe(dir.path());
         if observed != expected {
             failures.push(format!("{case}:\n  expected {expected:?}\n  observed {observed:?}"));
+        }
+        // The pre-filter is sound: parsing every file finds nothing more.
+        let every_file = observe_with(
+            dir.path(),
+            &Options {
+                no_prefilter: true,
+                ..options()
+            },
+        );
+        if every_file != observed {
+            failures.push(format!(
+                "{case}: the pre-filter hid something:\n  filtered   {observed:?}\n  every file {every_file:?}"
+            ));
         }
     }
     assert!(
@@ -393,4 +410,123 @@ fn a_config_finding_names_the_file_the_same_way_whatever_the_flag_says() {
     assert!(plain.contains(&"guardrails.toml".to_owned()), "{plain:?}");
     assert_eq!(run(Some("./guardrails.toml")), plain);
     assert_eq!(run(Some("guardrails.toml")), plain);
+}
+
+#[test]
+fn the_prefilter_does_not_depend_on_the_checkout_directory_name() {
+    // Issue 15: the same code gave 1, 7 or 17 findings depending on the checkout directory's
+    // name. Here the checkout is named after the forbidden crate, and after nothing.
+    for case in [
+        "doc-test",
+        "path-attribute",
+        "use-path",
+        "crate-name-passed-to-a-macro",
+        "pattern-in-literal",
+    ] {
+        let mut seen = Vec::new();
+        for name in ["engine", "elsewhere", "app"] {
+            let parent = tempfile::tempdir().unwrap();
+            let root = parent.path().join(name);
+            std::fs::create_dir_all(&root).unwrap();
+            copy_into(&fixtures().join("base"), &root);
+            copy_into(&fixtures().join("cases").join(case), &root);
+            seen.push(observe(&root));
+        }
+        assert!(!seen[0].is_empty(), "{case}: {seen:?}");
+        assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "{case}: {seen:?}");
+    }
+}
+
+#[test]
+fn a_path_module_outside_the_workspace_is_scanned_with_its_crate() {
+    // Issue 15: a `#[path]` file outside the workspace was never read, so what it referenced
+    // went unseen.
+    let dir = materialize(None);
+    let outside = tempfile::tempdir().unwrap();
+    let shared = outside.path().join("shared.rs");
+    std::fs::write(&shared, "pub fn helper() { let _ = engine::start(); }\n").unwrap();
+    std::fs::write(
+        dir.path().join("app/src/lib.rs"),
+        format!("#[path = {:?}]\nmod shared;\n", shared.to_str().unwrap()),
+    )
+    .unwrap();
+    let report = check_workspace(dir.path(), None, &options()).unwrap();
+    let found: Vec<_> = report
+        .findings
+        .iter()
+        .map(|f| (f.code.to_string(), f.file.clone(), f.span.line, f.module.clone()))
+        .collect();
+    let canonical = std::fs::canonicalize(&shared).unwrap();
+    assert!(
+        found.contains(&(
+            "forbidden-reference".to_owned(),
+            canonical.display().to_string(),
+            1,
+            Some("app::shared".to_owned())
+        )) || found.contains(&(
+            "forbidden-reference".to_owned(),
+            shared.display().to_string(),
+            1,
+            Some("app::shared".to_owned())
+        )),
+        "{found:?}"
+    );
+    assert_eq!(report.stats.files_outside, 1);
+}
+
+#[test]
+fn every_headline_balances_its_parentheses_and_backticks() {
+    // Issue 15: one headline had an unbalanced parenthesis.
+    let mut cases: Vec<String> = std::fs::read_dir(fixtures().join("cases"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    let mut checked = 0;
+    for case in &cases {
+        let dir = materialize(Some(case));
+        let Ok(report) = check_workspace(dir.path(), None, &options()) else {
+            continue;
+        };
+        for finding in report.findings.iter().chain(report.exempted.iter().map(|e| &e.finding)) {
+            for text in [&finding.message, &finding.hint] {
+                let open = text.matches('(').count();
+                let close = text.matches(')').count();
+                let ticks = text.matches('`').count();
+                assert!(open == close && ticks % 2 == 0, "{case}: {text}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "only {checked} findings");
+}
+
+#[test]
+fn every_finding_carries_fixing_advice_even_without_a_hint() {
+    // Issue 15: advice appeared only when the rule's author wrote a `hint`. The fixture's rules
+    // have none; each finding must still say what fixes it, then how to accept it on purpose.
+    let mut codes = std::collections::BTreeSet::new();
+    for case in [
+        "use-path",
+        "transitive-3-hops",
+        "path-attribute",
+        "call-qualified",
+        "pattern-in-literal",
+        "module-rule-use",
+        "module-cycle",
+    ] {
+        let dir = materialize(Some(case));
+        let report = check_workspace(dir.path(), None, &options()).unwrap();
+        assert!(!report.findings.is_empty(), "{case}");
+        for finding in &report.findings {
+            let (fix, accept) = finding
+                .hint
+                .split_once("; if it is intended, write an ADR in adr/")
+                .unwrap_or_else(|| panic!("{case}: {}", finding.hint));
+            assert!(fix.len() > 30, "{case}: {}", finding.hint);
+            assert!(accept.contains("[[exemption]]"), "{case}: {}", finding.hint);
+            codes.insert(finding.code.to_string());
+        }
+    }
+    assert_eq!(codes.len(), 7, "{codes:?}");
 }
