@@ -30,6 +30,7 @@ use std::time::Instant;
 
 pub mod check;
 pub mod config;
+pub mod graph;
 pub mod modules;
 pub mod output;
 pub mod report;

@@ -530,3 +530,64 @@ fn every_finding_carries_fixing_advice_even_without_a_hint() {
     }
     assert_eq!(codes.len(), 7, "{codes:?}");
 }
+
+#[test]
+fn init_proposes_layer_rules_that_hold_today_and_never_overwrites() {
+    // Issue 15: `guardrails init` proposes rules from the current graph, reasons to fill in.
+    let dir = materialize(Some("transitive-3-hops"));
+    std::fs::remove_file(dir.path().join("guardrails.toml")).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let (code, proposal, stderr) = cli(&["init", "--offline", "--workspace", root]);
+    assert_eq!(code, 0, "{stderr}");
+    // engine <- hop2 <- hop1 <- app: four layers; gate sits in layer 0 with engine.
+    assert!(
+        proposal.contains("#   layer 3: app\n#   layer 2: hop1\n#   layer 1: hop2\n#   layer 0: engine, gate\n"),
+        "{proposal}"
+    );
+    assert!(proposal.contains("reason = \"TODO:"), "{proposal}");
+    let (code, _, stderr) = cli(&["init", "--offline", "--write", "--workspace", root]);
+    assert_eq!(code, 0, "{stderr}");
+    let written = std::fs::read_to_string(dir.path().join("guardrails.toml")).unwrap();
+    assert_eq!(written, proposal);
+    // Every proposed rule holds today.
+    let report = check_workspace(dir.path(), None, &options()).unwrap();
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert!(report.stats.rules >= 2, "{:?}", report.stats.rules);
+    // A second --write refuses and leaves the file alone.
+    std::fs::write(dir.path().join("guardrails.toml"), "# mine\n").unwrap();
+    let (code, _, stderr) = cli(&["init", "--offline", "--write", "--workspace", root]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exists; nothing written"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("guardrails.toml")).unwrap(),
+        "# mine\n"
+    );
+}
+
+#[test]
+fn graph_draws_layers_and_marks_the_violating_edge_in_mermaid_and_dot() {
+    // Issue 15: `guardrails graph --format mermaid|dot`.
+    let dir = materialize(Some("edge-normal"));
+    let root = dir.path().to_str().unwrap();
+    let (code, mermaid, stderr) = cli(&["graph", "--offline", "--workspace", root]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(mermaid.starts_with("flowchart TB\n"), "{mermaid}");
+    assert!(mermaid.contains("subgraph layer1[\"layer 1\"]"), "{mermaid}");
+    assert!(
+        mermaid.contains("app -->|normal VIOLATES app-never-reaches-engine| engine"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("app -->|normal| gate"), "{mermaid}");
+    assert!(mermaid.contains("stroke:#d00"), "{mermaid}");
+    let (code, dot, stderr) = cli(&["graph", "--offline", "--format", "dot", "--workspace", root]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(dot.starts_with("digraph workspace {"), "{dot}");
+    assert!(
+        dot.contains(
+            "app -> engine [style=solid, color=red, penwidth=3, label=\"normal VIOLATES app-never-reaches-engine\"];"
+        ),
+        "{dot}"
+    );
+    assert!(dot.contains("app -> gate [style=solid, label=\"normal\"];"), "{dot}");
+    assert_eq!(dot.matches('{').count(), dot.matches('}').count(), "{dot}");
+}
