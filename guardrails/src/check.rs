@@ -650,19 +650,27 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
     };
     let mut files = files;
     let mut scans: Vec<FileScan> = files.par_iter().map(scan).collect();
-    // `#[path]` modules whose file no member directory holds (outside the workspace, in an
-    // excluded directory): scanned as part of the crate that declares them, transitively.
-    let mut known: BTreeSet<PathBuf> = files.iter().map(|file| source::normalize(&file.path)).collect();
+    // `#[path]` modules and `include!`d `.rs` files outside the declaring package's directory
+    // (another member's, an excluded directory, outside the workspace): compiled into the
+    // declaring crate, so scanned as part of it, transitively.
+    let mut known: BTreeSet<(PathBuf, usize)> = files
+        .iter()
+        .map(|file| (source::normalize(&file.path), file.package))
+        .collect();
     let mut frontier = 0..files.len();
     loop {
         let mut extra = Vec::new();
         for index in frontier.clone() {
+            let parent = &files[index];
+            let own_dir = source::normalize(&workspace.packages[parent.package].dir);
             for (target, module, in_test) in &scans[index].path_modules {
-                if known.contains(target) || !target.is_file() {
+                if target.starts_with(&own_dir)
+                    || known.contains(&(target.clone(), parent.package))
+                    || !target.is_file()
+                {
                     continue;
                 }
-                known.insert(target.clone());
-                let parent = &files[index];
+                known.insert((target.clone(), parent.package));
                 extra.push(SourceFile {
                     path: target.clone(),
                     rel: workspace.relative(target),
@@ -1026,7 +1034,10 @@ fn exemption_matches(exemption: &Exemption, finding: &Finding) -> bool {
         return false;
     }
     let scope = match (&exemption.file, &exemption.module) {
-        (Some(file), _) => &finding.file == file,
+        (Some(file), _) => match &exemption.file_glob {
+            Some(glob) => glob.is_match(&finding.file),
+            None => &finding.file == file,
+        },
         (None, Some(module)) => finding.module.as_deref().is_some_and(|m| module_has_prefix(m, module)),
         (None, None) => false,
     };

@@ -275,8 +275,11 @@ impl fmt::Display for Date {
 pub struct Exemption {
     /// The rule (dependency rule, caller allowlist or pattern) it exempts from.
     pub rule: String,
-    /// Exactly one file (relative to the workspace root), e.g. `control-plane/Cargo.toml`.
+    /// One file (relative to the workspace root), e.g. `control-plane/Cargo.toml`, or a glob of
+    /// files, e.g. `control-plane/tests/**` (`*` stays within one directory, `**` crosses them).
     pub file: Option<String>,
+    /// `file` compiled, when it is a glob.
+    pub file_glob: Option<GlobMatcher>,
     /// Or one module (and its submodules), e.g. `control_plane::legacy`.
     pub module: Option<String>,
     /// Optionally only this kind of code (`test`, `build`, ...). For manifest findings the
@@ -657,10 +660,16 @@ impl Config {
                     ),
                 ));
             }
+            let mut file_glob = None;
             if let Some(file) = &exemption.file
-                && (file.contains('*') || file.contains('?') || file.contains('['))
+                && file.contains(['*', '?', '[', '{'])
             {
-                problems.push((line, format!("exemption `file` must be one file, not a glob: `{file}`")));
+                match globset::GlobBuilder::new(file).literal_separator(true).build() {
+                    Ok(glob) => file_glob = Some(glob.compile_matcher()),
+                    Err(error) => {
+                        problems.push((line, format!("exemption `file` is not a valid glob: `{file}`: {error}")))
+                    }
+                }
             }
             let expires = match &exemption.expires {
                 None => None,
@@ -675,6 +684,7 @@ impl Config {
             exemptions.push(Exemption {
                 rule: exemption.rule,
                 file: exemption.file,
+                file_glob,
                 module: exemption.module,
                 target: exemption.target,
                 reason: exemption.reason,
@@ -780,7 +790,7 @@ reason = "r"
 
 [[exemption]]
 rule = "nowhere"
-file = "a/*.rs"
+file = "a/[*.rs"
 reason = "r"
 adr = "0001"
 "#;
@@ -797,7 +807,7 @@ adr = "0001"
             "line 10: `not a scope!` is neither a module path",
             "does not match its regex",
             "line 17: exemption names rule `nowhere`, which does not exist",
-            "line 17: exemption `file` must be one file, not a glob",
+            "line 17: exemption `file` is not a valid glob: `a/[*.rs`",
         ] {
             assert!(message.contains(expected), "`{expected}` missing from:\n{message}");
         }

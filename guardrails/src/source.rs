@@ -265,8 +265,8 @@ pub struct FileScan {
     pub test_modules: Vec<String>,
     /// Inline modules (`mod x { .. }`) declared here, as full module paths.
     pub inline_modules: Vec<String>,
-    /// `#[path]` modules declared here: (file, module path, in test code), so that a file
-    /// outside the members' directories is scanned as part of this crate too.
+    /// `#[path]` modules declared and `.rs` files `include!`d here: (file, module path, in test
+    /// code), so that a file outside this package's directory is scanned with this crate too.
     pub path_modules: Vec<(PathBuf, String, bool)>,
     /// The file could not be read.
     pub read_error: Option<String>,
@@ -905,6 +905,12 @@ impl<'a> Scanner<'a> {
             .unwrap_or_default();
         if matches!(name.as_str(), "include" | "include_str" | "include_bytes") {
             if let Some(target) = self.include_target(&mac.tokens) {
+                // `include!` pastes Rust into this module: scanned with this crate when the
+                // file is not its own.
+                if name == "include" && target.extension().is_some_and(|e| e == "rs") {
+                    self.path_modules
+                        .push((normalize(&target), self.module.clone(), self.in_test));
+                }
                 self.check_target_path(target, Span::of_span(mac.path.span()), "include");
             }
             return;
