@@ -342,9 +342,10 @@ fn main() {
         }
         println!("\n{label}:");
         println!(
-            "  files {} ({} parsed, {} did not parse), {:.1} MB; doc-tests scanned {}; findings {} {:?}",
+            "  files {} ({} parsed = {:.1} MB, {} did not parse), {:.1} MB; doc-tests scanned {}; findings {} {:?}",
             report.stats.files,
             report.stats.files_parsed,
+            report.stats.bytes_parsed as f64 / 1e6,
             report.stats.files_unparsed,
             mb,
             report.stats.doc_tests,

@@ -467,7 +467,15 @@ fn build_watches(workspace: &Workspace, resolved: &[Resolved<'_>]) -> Watches {
             let watch = per_package.entry(source).or_default();
             for &forbidden in &entry.forbidden[position] {
                 let target = &workspace.packages[forbidden];
-                let mut written = vec![target.code_name()];
+                // Code names a crate by the extern name of a dependency: when this package's
+                // dependency of that name is another package (wasmtime-c-api's library is also
+                // called `wasmtime`), the name means that package, never the forbidden one.
+                let code_name = target.code_name();
+                let taken_by_another = package
+                    .deps
+                    .iter()
+                    .any(|dep| dep.extern_name == code_name && dep.to != forbidden);
+                let mut written = if taken_by_another { Vec::new() } else { vec![code_name] };
                 written.extend(
                     package
                         .deps
@@ -717,6 +725,9 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
     for (file_index, (file, scan)) in files.iter().zip(&scans).enumerate() {
         stats.bytes += scan.bytes;
         stats.files_parsed += usize::from(scan.parsed);
+        if scan.parsed {
+            stats.bytes_parsed += scan.bytes;
+        }
         stats.doc_tests += scan.doc_tests;
         stats.files_unparsed += usize::from(scan.parse_failed);
         stats.macros += scan.macros;

@@ -269,8 +269,11 @@ pub struct Stats {
     pub packages: usize,
     /// `.rs` files read.
     pub files: usize,
-    /// Of those, `#[path]` module files no member directory holds, scanned with their crate.
+    /// Of those, `#[path]` modules and `include!`d files outside their package, scanned with the
+    /// crate that compiles them.
     pub files_outside: usize,
+    /// Bytes of the files the pre-filter let through to `syn`.
+    pub bytes_parsed: u64,
     /// Doc-tests scanned (those naming something watched).
     pub doc_tests: u64,
     /// Files the pre-filter passed to the parser.

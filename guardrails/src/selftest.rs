@@ -572,13 +572,6 @@ fn plan(workspace: &Workspace, config: &Config) -> Result<Vec<Mutant>, Error> {
             )),
             0,
         );
-        add(
-            "macro-argument",
-            r,
-            root_file.clone(),
-            one(format!("pub fn guardrails_mutant() {{ guardrails_mutant!({c}); }}")),
-            0,
-        );
         // A doc-test is test code built with dev-dependencies: only rules that count both.
         if rule.include_tests && rule.edges.contains(&EdgeKind::Dev) {
             add(

@@ -480,11 +480,6 @@ struct Scanner<'a> {
     macros_unparsed: u64,
     test_modules: Vec<String>,
     inline_modules: Vec<String>,
-    /// Names bound in this file (patterns, parameters, fields, items): a bare one in a macro
-    /// body is that binding, not a crate.
-    bound: BTreeSet<String>,
-    /// Inside a macro invocation's body.
-    in_macro_body: bool,
     /// `#[path]` modules declared here: (file, module path, in test code).
     path_modules: Vec<(PathBuf, String, bool)>,
 }
@@ -527,8 +522,6 @@ impl<'a> Scanner<'a> {
             macros_unparsed: 0,
             test_modules: Vec::new(),
             inline_modules: Vec::new(),
-            bound: BTreeSet::new(),
-            in_macro_body: false,
             path_modules: Vec::new(),
         }
     }
@@ -833,30 +826,8 @@ impl<'a> Scanner<'a> {
                     let method_call = index >= 1
                         && matches!(&trees[index - 1], TokenTree::Punct(p) if p.as_char() == '.')
                         && matches!(trees.get(index + 1), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis);
-                    // A crate's name alone as a macro argument (`delegate!(engine)`), unless
-                    // it is a binding of this file, a field, a `$` fragment, a named argument
-                    // or a macro's own name.
-                    let after_dot_or_dollar = index >= 1
-                        && matches!(&trees[index - 1], TokenTree::Punct(p) if matches!(p.as_char(), '.' | '$'));
-                    let bare_argument = self.in_macro_body
-                        && segments.len() == 1
-                        && !leading
-                        && !keyword_before
-                        && !after_dot_or_dollar
-                        && !matches!(trees.get(index + 1), Some(TokenTree::Punct(p))
-                            if (p.as_char() == ':' && !is_path_sep(&trees, index + 1)) || matches!(p.as_char(), '=' | '!'))
-                        && !self.bound.contains(&segments[0])
-                        && !self.imports.contains_key(&segments[0]);
                     if method_call {
                         self.method_call(&segments[0], spans[0]);
-                    } else if bare_argument && self.is_crate_ref(false, &segments[0]) {
-                        self.push(
-                            Span::of_span(spans[0]),
-                            FactKind::CrateRef {
-                                name: segments[0].clone(),
-                            },
-                            "macro-argument",
-                        );
                     } else {
                         if (segments.len() >= 2 || leading || keyword_before)
                             && self.is_crate_ref(leading, &segments[0])
@@ -903,6 +874,11 @@ impl<'a> Scanner<'a> {
             .last()
             .map(|s| s.ident.unraw().to_string())
             .unwrap_or_default();
+        // `quote!` and its kin build tokens for another crate (a proc macro's output, generated
+        // source): the paths in them are that crate's references, not this one's.
+        if QUOTE_MACROS.contains(&name.as_str()) {
+            return;
+        }
         if matches!(name.as_str(), "include" | "include_str" | "include_bytes") {
             if let Some(target) = self.include_target(&mac.tokens) {
                 // `include!` pastes Rust into this module: scanned with this crate when the
@@ -925,9 +901,7 @@ impl<'a> Scanner<'a> {
         if !parses {
             self.macros_unparsed += 1;
         }
-        let outer = std::mem::replace(&mut self.in_macro_body, true);
         self.scan_tokens(mac.tokens.clone());
-        self.in_macro_body = outer;
     }
 
     fn check_attribute_strings(&mut self, tokens: TokenStream) {
@@ -1128,6 +1102,15 @@ impl Collector<'_, '_> {
                 }
                 let full = self.scanner.canonical_use(leading, &segments);
                 self.note_local_import(leading, &segments, &rename.rename.to_string());
+                // `use other::error as wasmtime;`: a rename onto a crate's name binds that name
+                // to something else in this file (a re-export kept under its own name, `use
+                // hop::engine;`, still counts as the crate).
+                let renamed = rename.rename.unraw().to_string();
+                if segments.last().is_none_or(|last| *last != renamed)
+                    && segments.first().is_none_or(|first| *first != renamed)
+                {
+                    self.scanner.local_imports.insert(renamed);
+                }
                 self.scanner
                     .imports
                     .entry(rename.rename.to_string())
@@ -1153,33 +1136,6 @@ impl<'ast> Visit<'ast> for Collector<'_, '_> {
         visit::visit_item_mod(self, item);
     }
 
-    fn visit_pat_ident(&mut self, pat: &'ast syn::PatIdent) {
-        self.scanner.bound.insert(pat.ident.unraw().to_string());
-        visit::visit_pat_ident(self, pat);
-    }
-
-    fn visit_field(&mut self, field: &'ast syn::Field) {
-        if let Some(ident) = &field.ident {
-            self.scanner.bound.insert(ident.unraw().to_string());
-        }
-        visit::visit_field(self, field);
-    }
-
-    fn visit_signature(&mut self, sig: &'ast syn::Signature) {
-        self.scanner.bound.insert(sig.ident.unraw().to_string());
-        visit::visit_signature(self, sig);
-    }
-
-    fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {
-        self.scanner.bound.insert(item.ident.unraw().to_string());
-        visit::visit_item_const(self, item);
-    }
-
-    fn visit_item_static(&mut self, item: &'ast syn::ItemStatic) {
-        self.scanner.bound.insert(item.ident.unraw().to_string());
-        visit::visit_item_static(self, item);
-    }
-
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
         self.collect_use(&item.tree, &mut Vec::new(), item.leading_colon.is_some());
     }
@@ -1197,14 +1153,34 @@ impl<'ast> Visit<'ast> for Collector<'_, '_> {
     }
 }
 
+/// Macros whose bodies are tokens emitted for another crate (`quote`'s and `syn`'s).
+const QUOTE_MACROS: &[&str] = &["quote", "quote_spanned", "parse_quote", "parse_quote_spanned"];
+
 /// The tool namespaces rustc resolves attributes in before any crate (`#[rustfmt::skip]`,
 /// `#[clippy::msrv]`, `#[diagnostic::on_unimplemented]`, `#[rust_analyzer::rust_fixture]`):
 /// an attribute path starting with one of them names a tool, never a crate of that name.
 const TOOL_ATTRIBUTE_NAMESPACES: &[&str] = &["rustfmt", "clippy", "diagnostic", "rust_analyzer", "miri", "rustdoc"];
 
-/// Attributes whose strings are prose for people (a deprecation note, a lint's reason, a
-/// `must_use` message), never paths the compiler resolves.
-const PROSE_ATTRIBUTES: &[&str] = &["deprecated", "must_use", "allow", "expect", "warn", "deny", "forbid"];
+/// Attributes whose strings are never paths the compiler resolves: prose for people (a
+/// deprecation note, a lint's reason, a `must_use` message), configuration predicates
+/// (`#[cfg(feature = "cranelift")]`) and linker names (`#[link(wasm_import_module = "..")]`).
+const PROSE_ATTRIBUTES: &[&str] = &[
+    "deprecated",
+    "must_use",
+    "allow",
+    "expect",
+    "warn",
+    "deny",
+    "forbid",
+    "cfg",
+    "link",
+    "link_name",
+    "export_name",
+    "link_section",
+    "target_feature",
+    "crate_name",
+    "crate_type",
+];
 
 impl<'ast> Visit<'ast> for Scanner<'_> {
     fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
@@ -1222,13 +1198,24 @@ impl<'ast> Visit<'ast> for Scanner<'_> {
             // Pattern rules still see the strings of prose attributes; crate references are
             // not looked for in them.
             syn::Meta::List(list) if prose => self.check_prose_strings(list.tokens.clone()),
+            // `#[cfg_attr(predicate, attrs..)]`: the predicate's strings are feature names and
+            // target values (`feature = "serde"`), the attributes after it are scanned.
+            syn::Meta::List(list) if attr.path().is_ident("cfg_attr") => {
+                let mut trees = list.tokens.clone().into_iter();
+                let predicate: TokenStream = trees
+                    .by_ref()
+                    .take_while(|tree| !matches!(tree, TokenTree::Punct(p) if p.as_char() == ','))
+                    .collect();
+                self.check_prose_strings(predicate);
+                let rest: TokenStream = trees.collect();
+                self.check_attribute_strings(rest.clone());
+                self.scan_tokens(without_literals(rest));
+            }
             syn::Meta::List(list) => {
                 self.check_attribute_strings(list.tokens.clone());
                 // Paths among the arguments: `#[derive(krate::X)]`, `#[attr(krate::f)]` (the
                 // strings were checked just above, so the token scan does not see them again).
-                let outer = std::mem::replace(&mut self.in_macro_body, false);
                 self.scan_tokens(without_literals(list.tokens.clone()));
-                self.in_macro_body = outer;
             }
             syn::Meta::NameValue(value) => {
                 if let syn::Expr::Lit(syn::ExprLit {

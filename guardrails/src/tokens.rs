@@ -11,8 +11,8 @@
 //! - a string literal whose value contains a watched name (`#[serde(with = "krate::f")]`) or
 //!   matches a string-literal pattern; the value is unescaped first, so `"\u{6b}rate"` counts;
 //! - a doc comment matching a string-literal pattern (inside a macro body it is a literal);
-//! - when the package watches directories, `path =` (a `#[path]` attribute, `cfg_attr` included)
-//!   or `include!`, `include_str!`, `include_bytes!`.
+//! - when a rule watches the package, `path = "..."` (a `#[path]` attribute, `cfg_attr`
+//!   included) or `include!`, `include_str!`, `include_bytes!`.
 //!
 //! Nothing here depends on file or directory names, or on which other rules exist: a rule's
 //! text patterns are matched on their own and never make a file parsed. That is what makes the
@@ -26,7 +26,7 @@ use ra_ap_rustc_lexer::{FrontmatterAllowed, LiteralKind, TokenKind};
 use regex::Regex;
 
 /// What one package's files are checked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Prefilter {
     /// Crate names as code writes them (renames included).
     crate_names: HashSet<String>,
@@ -36,6 +36,10 @@ pub struct Prefilter {
     includes: bool,
     /// Any watched name, searched in literal values and doc comments.
     needles: Option<Regex>,
+    /// Cheap checks before hashing an identifier: bit `n` is set when some watched name is `n`
+    /// bytes long (63 stands for any longer one), and which first bytes watched names have.
+    lengths: u64,
+    first_bytes: [bool; 256],
 }
 
 /// A doc-test: one fenced Rust code block of a doc comment, with hidden lines (`# `) shown.
@@ -74,12 +78,31 @@ impl Prefilter {
             Regex::new(&all.iter().map(|n| regex::escape(n)).collect::<Vec<_>>().join("|"))
                 .expect("escaped literals form a valid regex")
         });
+        let mut lengths = 0u64;
+        let mut first_bytes = [false; 256];
+        for name in crate_names.iter().chain(&functions) {
+            lengths |= 1 << name.len().min(63);
+            if let Some(&first) = name.as_bytes().first() {
+                first_bytes[usize::from(first)] = true;
+            }
+        }
         Prefilter {
             crate_names,
             functions,
             includes,
             needles,
+            lengths,
+            first_bytes,
         }
+    }
+
+    /// Whether `name` may be watched (false means it is not; true means look it up).
+    fn may_watch(&self, name: &str) -> bool {
+        self.lengths & (1 << name.len().min(63)) != 0
+            && name
+                .as_bytes()
+                .first()
+                .is_some_and(|&first| self.first_bytes[usize::from(first)])
     }
 
     fn text_hit(&self, value: &str, patterns: &[&Regex]) -> bool {
@@ -113,10 +136,6 @@ impl Prefilter {
         let mut in_use = false;
         // `path =` was seen: a string literal next is a `#[path]` (or a `cfg_attr` one).
         let mut literal_pending = false;
-        // Macro bodies: `name!` was seen (a delimiter opens the body next; `macro_rules!` takes
-        // one identifier first), and the nesting depth inside the current body (0 outside).
-        let mut macro_next: u8 = 0;
-        let mut macro_depth: u32 = 0;
         let mut previous_was_colon = false;
         let mut doc_run: Vec<(usize, usize)> = Vec::new();
         let mut doc_run_hit = false;
@@ -183,33 +202,17 @@ impl Prefilter {
             let bang = std::mem::replace(&mut bang_pending, false);
             let eq = std::mem::replace(&mut eq_pending, false);
             let path_literal = std::mem::replace(&mut literal_pending, false);
-            let opens_macro = std::mem::replace(&mut macro_next, 0);
-            match token.kind {
-                TokenKind::OpenParen | TokenKind::OpenBrace | TokenKind::OpenBracket
-                    if macro_depth > 0 || opens_macro > 0 =>
-                {
-                    macro_depth += 1;
-                }
-                TokenKind::CloseParen | TokenKind::CloseBrace | TokenKind::CloseBracket => {
-                    macro_depth = macro_depth.saturating_sub(1);
-                }
-                _ => {}
-            }
             match token.kind {
                 TokenKind::Ident | TokenKind::RawIdent => {
                     let name = slice.strip_prefix("r#").unwrap_or(slice);
-                    if self.crate_names.contains(name) {
-                        // In path position, or anywhere in a macro body (a crate's name can
-                        // be a macro's argument).
-                        if last == Last::PathSep || last == Last::Ident(true) || in_use || macro_depth > 0 {
+                    let watched = self.may_watch(name);
+                    if watched && self.crate_names.contains(name) {
+                        if last == Last::PathSep || last == Last::Ident(true) || in_use {
                             lexed.parse = true;
                         }
                         name_pending = true;
                     }
-                    if opens_macro == 2 {
-                        macro_next = 1;
-                    }
-                    if self.functions.contains(name) {
+                    if watched && self.functions.contains(name) {
                         lexed.parse = true;
                     }
                     if token.kind == TokenKind::Ident {
@@ -237,20 +240,6 @@ impl Prefilter {
                 TokenKind::Bang => {
                     if bang {
                         lexed.parse = true;
-                    }
-                    if let Last::Ident(_) = last {
-                        let before = text[..token_start].trim_end();
-                        let word_start = before
-                            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-                            .map_or(0, |i| i + 1);
-                        macro_next = match &before[word_start..] {
-                            "macro_rules" => 2,
-                            // `if !x`, `return !x`, ...: a negation, not a macro.
-                            "if" | "while" | "match" | "return" | "in" | "else" | "let" | "mut" | "break" | "yield" => {
-                                0
-                            }
-                            _ => 1,
-                        };
                     }
                     last = Last::Other;
                 }

@@ -420,7 +420,7 @@ fn the_prefilter_does_not_depend_on_the_checkout_directory_name() {
         "doc-test",
         "path-attribute",
         "use-path",
-        "crate-name-passed-to-a-macro",
+        "crate-name-passed-to-a-macro-is-left-to-the-manifest-layer",
         "pattern-in-literal",
     ] {
         let mut seen = Vec::new();
