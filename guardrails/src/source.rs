@@ -243,7 +243,7 @@ pub struct Fact {
 }
 
 /// The outcome of scanning one file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FileScan {
     /// Facts, sorted.
     pub facts: Vec<Fact>,
@@ -321,15 +321,78 @@ pub fn scan_file(
         }
     };
     scan.bytes = text.len() as u64;
+    // The same text scanned for the same things gives the same scan: `selftest` runs the check
+    // hundreds of times on a copy where one file changed at a time.
+    let key = memo_key(file, package_dir, watch, query, &text);
+    if let Some(memo) = SCAN_MEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
+        return memo.clone();
+    }
+    let scan = scan_text(file, package_dir, watch, filter, query, &text, scan);
+    SCAN_MEMO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, scan.clone());
+    scan
+}
+
+/// Scans of files already seen in this process: (everything a scan depends on) → its result.
+static SCAN_MEMO: std::sync::Mutex<BTreeMap<[u8; 32], FileScan>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// A SHA-256 of everything [`scan_text`] reads: the file's place and text, the package's
+/// directory, what is watched and the query.
+fn memo_key(file: &SourceFile, package_dir: &Path, watch: &Watch, query: &Query<'_>, text: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(file.path.as_os_str().as_encoded_bytes());
+    field(file.rel.as_bytes());
+    field(
+        format!(
+            "{:?} {:?} {:?} {}",
+            file.target, file.crate_name, file.module, file.package
+        )
+        .as_bytes(),
+    );
+    field(package_dir.as_os_str().as_encoded_bytes());
+    field(format!("{:?} {:?} {:?}", watch.crate_names, watch.dirs, watch.renames).as_bytes());
+    for function in query.functions {
+        field(format!("{:?} {}", function.path, function.method).as_bytes());
+    }
+    for pattern in query.patterns {
+        field(format!("{} {:?}", pattern.regex.as_str(), pattern.search).as_bytes());
+    }
+    let forced = query.no_prefilter || query.parse_anyway.contains(&file.path);
+    field(&[u8::from(forced)]);
+    field(text.as_bytes());
+    hasher.finalize().into()
+}
+
+/// Scans one file's `text` (see [`scan_file`]).
+fn scan_text(
+    file: &SourceFile,
+    package_dir: &Path,
+    watch: &Watch,
+    filter: &Prefilter,
+    query: &Query<'_>,
+    text: &str,
+    mut scan: FileScan,
+) -> FileScan {
     let file_test = file.target.is_test();
 
     // Text patterns are matched on the text itself; they never make a file parsed, so what
     // the parser finds does not depend on which other rules exist.
     for (index, pattern) in query.patterns.iter().enumerate() {
         if pattern.search == SearchIn::Text {
-            for found in pattern.regex.find_iter(&text) {
+            for found in pattern.regex.find_iter(text) {
                 scan.facts.push(Fact {
-                    span: text_span(&text, found.start(), found.end()),
+                    span: text_span(text, found.start(), found.end()),
                     kind: FactKind::Pattern { pattern: index },
                     form: "text",
                     in_test: file_test,
@@ -348,16 +411,16 @@ pub fn scan_file(
     // Doc-tests are compiled for library targets only.
     let doc_tests = file.target == TargetKind::Lib;
     let forced = query.no_prefilter || query.parse_anyway.contains(&file.path);
-    let lexed = filter.lex(&text, &literal_patterns, doc_tests, forced);
+    let lexed = filter.lex(text, &literal_patterns, doc_tests, forced);
     // A file declaring an out-of-line test module (`#[cfg(test)] mod tests;`) is parsed even
     // when nothing watched appears in it: its child file is test code only if this is known.
-    let declares_test_module = text.contains("cfg") && OUT_OF_LINE_TEST_MODULE.is_match(&text);
+    let declares_test_module = text.contains("cfg") && OUT_OF_LINE_TEST_MODULE.is_match(text);
     let parse = forced || lexed.parse || declares_test_module;
 
     let mut scanner = Scanner::new(file, package_dir, watch, query, file_test);
     if parse {
         scan.parsed = true;
-        match syn::parse_file(&text) {
+        match syn::parse_file(text) {
             Ok(ast) => {
                 let mut collector = Collector { scanner: &mut scanner };
                 collector.visit_file(&ast);
@@ -365,7 +428,7 @@ pub fn scan_file(
             }
             Err(_) => {
                 scan.parse_failed = true;
-                match TokenStream::from_str(&text) {
+                match TokenStream::from_str(text) {
                     Ok(tokens) => scanner.scan_tokens(tokens),
                     Err(_) => scan.unscannable = true,
                 }
@@ -381,7 +444,7 @@ pub fn scan_file(
     for test in &lexed.doc_tests {
         scan.doc_tests += 1;
         scan.facts
-            .extend(scan_doc_test(&text, test, file, package_dir, watch, query));
+            .extend(scan_doc_test(text, test, file, package_dir, watch, query));
     }
     scan.facts.sort();
     scan.facts.dedup();
