@@ -23,6 +23,10 @@ pub struct Options {
     /// Files (absolute) parsed even when the pre-filter rules them out: the selftest's proof
     /// on the one file a mutant changed.
     pub parse_anyway: Vec<PathBuf>,
+    /// Reuse scans of files already scanned in this process with the same text and query
+    /// (`selftest`, which checks hundreds of times with one file changed; never a one-off
+    /// check or a benchmark).
+    pub memo: bool,
     /// The date exemptions expire against (default: today, UTC).
     pub today: Option<Date>,
 }
@@ -648,6 +652,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
         patterns: &config.patterns,
         no_prefilter: options.no_prefilter,
         parse_anyway: &options.parse_anyway,
+        memo: options.memo,
     };
     let empty = Watch::default();
     let no_filter = source::prefilter(&empty, &functions);

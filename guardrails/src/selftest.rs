@@ -147,6 +147,7 @@ pub fn run(root: &Path) -> Result<Outcome, Error> {
     let config = Config::load(&copy.join(CONFIG_FILE))?;
     let options = Options {
         offline: true,
+        memo: true,
         ..Default::default()
     };
     let every_file = Options {

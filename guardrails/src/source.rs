@@ -282,6 +282,8 @@ pub struct Query<'a> {
     pub no_prefilter: bool,
     /// Files parsed even when the pre-filter says they cannot match (the selftest's proof).
     pub parse_anyway: &'a [PathBuf],
+    /// Reuse scans memoised in this process (see [`crate::Options::memo`]).
+    pub memo: bool,
 }
 
 /// `#[cfg(test)]` (or a `#[test]`-like attribute) followed by an out-of-line `mod name;`: a
@@ -323,6 +325,9 @@ pub fn scan_file(
     scan.bytes = text.len() as u64;
     // The same text scanned for the same things gives the same scan: `selftest` runs the check
     // hundreds of times on a copy where one file changed at a time.
+    if !query.memo {
+        return scan_text(file, package_dir, watch, filter, query, &text, scan);
+    }
     let key = memo_key(file, package_dir, watch, query, &text);
     if let Some(memo) = SCAN_MEMO
         .lock()
