@@ -695,6 +695,7 @@ pub fn run(workspace: &Workspace, config: &Config, options: &Options) -> Result<
                     },
                     crate_name: parent.crate_name.clone(),
                     module: Some(module.clone()),
+                    doc_tests: parent.doc_tests,
                 });
             }
         }

@@ -38,6 +38,9 @@ pub struct SourceFile {
     pub crate_name: Option<String>,
     /// Its module path (`control_plane::store`), when it belongs to a target.
     pub module: Option<String>,
+    /// Whether its doc comments are compiled as doc-tests: library code of a library whose
+    /// doc-tests are on.
+    pub doc_tests: bool,
 }
 
 /// Finds every `.rs` file of every workspace member, skipping `target/`, hidden directories,
@@ -69,7 +72,12 @@ pub fn discover(workspace: &Workspace) -> Vec<SourceFile> {
                     stack.push(path);
                 } else if name.ends_with(".rs") {
                     let (target, crate_name, module) = locate(workspace, index, &path);
+                    let doc_tests = target == TargetKind::Lib
+                        && package.targets.iter().any(|t| {
+                            t.kind == TargetKind::Lib && t.doctest && Some(&t.crate_name) == crate_name.as_ref()
+                        });
                     files.push(SourceFile {
+                        doc_tests,
                         rel: workspace.relative(&path),
                         path,
                         package: index,
@@ -413,8 +421,8 @@ fn scan_text(
         .filter(|pattern| pattern.search == SearchIn::StringLiterals)
         .map(|pattern| &pattern.regex)
         .collect();
-    // Doc-tests are compiled for library targets only.
-    let doc_tests = file.target == TargetKind::Lib;
+    // Doc-tests are compiled for library targets only, unless `doctest = false`.
+    let doc_tests = file.doc_tests;
     let forced = query.no_prefilter || query.parse_anyway.contains(&file.path);
     let lexed = filter.lex(text, &literal_patterns, doc_tests, forced);
     // A file declaring an out-of-line test module (`#[cfg(test)] mod tests;`) is parsed even

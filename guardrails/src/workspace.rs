@@ -133,6 +133,8 @@ pub struct Target {
     pub kind: TargetKind,
     /// Its root source file.
     pub src_path: PathBuf,
+    /// Whether `cargo test` compiles its doc-tests (`[lib] doctest = false` turns them off).
+    pub doctest: bool,
 }
 
 /// One resolved edge kind of a dependency: the kind plus, for `[target.'cfg(..)'.dependencies]`,
@@ -242,6 +244,7 @@ impl Workspace {
                     crate_name: target.name.replace('-', "_"),
                     kind: TargetKind::from_cargo(&target.kind),
                     src_path: PathBuf::from(target.src_path.as_std_path()),
+                    doctest: target.doctest,
                 })
                 .collect();
             targets.sort_by(|a, b| a.src_path.cmp(&b.src_path));
