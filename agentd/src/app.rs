@@ -244,8 +244,33 @@ impl App {
         Self::open_loading(paths, Some(skills)).await
     }
 
+    /// [`open`](Self::open) for answering or resuming approval request `id` as `token`'s
+    /// principal: loads only the packages of the skills of that request's run (and their
+    /// fallbacks). When the request or its run cannot be read here, every package is loaded and
+    /// the command itself reports what is wrong.
+    pub async fn open_for_approval(paths: &Paths, token: &str, id: i64) -> Result<Self> {
+        let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
+        let mut skills: Option<Vec<String>> = None;
+        if let Ok(principal) = control_plane.authenticate(token)
+            && let Ok(Some(request)) = control_plane.approval(&principal.tenant, id).await
+            && let Ok(run) = control_plane.run(&principal.tenant, &request.run_id).await
+        {
+            let mut names: Vec<String> = run.steps.iter().map(|step| step.spec.skill.clone()).collect();
+            names.push(request.skill.id.clone());
+            names.sort();
+            names.dedup();
+            skills = Some(names);
+        }
+        let skills: Option<Vec<&str>> = skills.as_ref().map(|names| names.iter().map(String::as_str).collect());
+        Self::with_runtime(paths, control_plane, skills.as_deref()).await
+    }
+
     async fn open_loading(paths: &Paths, skills: Option<&[&str]>) -> Result<Self> {
         let ControlPlaneApp { control_plane } = Self::open_control_plane(paths).await?;
+        Self::with_runtime(paths, control_plane, skills).await
+    }
+
+    async fn with_runtime(paths: &Paths, control_plane: ControlPlane, skills: Option<&[&str]>) -> Result<Self> {
         let runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
             code_cache: Some(paths.state_dir.join("code-cache")),
@@ -271,6 +296,7 @@ impl App {
         tracing::debug!(
             loaded = packages.loaded.len(),
             refused = packages.refused.len(),
+            skipped = packages.skipped.len(),
             "plugin packages"
         );
         Ok(App {

@@ -420,6 +420,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log piped to a file or a collector stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -616,8 +618,9 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Hitl(HitlCommand::Approve { id, reason, token }) => {
-            let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.read()?)?;
+            let token = token.read()?;
+            let app = App::open_for_approval(&paths, &token, id).await?;
+            let reviewer = app.authenticate(&token)?;
             let (decided, step) = app
                 .review(&reviewer, id, ReviewDecisionKind::Approve, reason.as_deref(), None)
                 .await?;
@@ -630,8 +633,9 @@ async fn execute(cli: Cli) -> Result<Exit> {
             token,
         }) => {
             let edited = serde_json::to_string(&app::read_envelope(&input)?)?;
-            let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.read()?)?;
+            let token = token.read()?;
+            let app = App::open_for_approval(&paths, &token, id).await?;
+            let reviewer = app.authenticate(&token)?;
             let (decided, step) = app
                 .review(
                     &reviewer,
@@ -655,15 +659,17 @@ async fn execute(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Hitl(HitlCommand::Resume { id, token }) => {
-            let app = App::open(&paths).await?;
-            let caller = app.authenticate(&token.read()?)?;
+            let token = token.read()?;
+            let app = App::open_for_approval(&paths, &token, id).await?;
+            let caller = app.authenticate(&token)?;
             let step = app.resume(&caller, id).await?;
             print_step(&step, json);
             Ok(step_exit(&step))
         }
         Command::Hitl(HitlCommand::Deny { id, reason, token }) => {
-            let app = App::open(&paths).await?;
-            let reviewer = app.authenticate(&token.read()?)?;
+            let token = token.read()?;
+            let app = App::open_for_approval(&paths, &token, id).await?;
+            let reviewer = app.authenticate(&token)?;
             let (decided, step) = app
                 .review(&reviewer, id, ReviewDecisionKind::Deny, reason.as_deref(), None)
                 .await?;

@@ -102,6 +102,38 @@ fn bad_input_and_bad_tokens_are_refused_without_touching_state() {
 }
 
 #[test]
+fn an_approval_loads_only_the_packages_of_its_run() {
+    // An approval used to compile every package of the plugins directory (9.9 s the first time
+    // in the chaos test); it needs the run's skills only.
+    let env = Env::new();
+    let agent = env.token("alice", "agent");
+    let reviewer = env.token("bob", "reviewer");
+    let id = env.submit_report(&agent);
+    let output = env.agentd_with(
+        &["hitl", "approve", &id, "--token", &reviewer],
+        None,
+        &[("AGENTD_LOG", "agentd=debug")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    let line = log
+        .lines()
+        .find(|line| line.contains("plugin packages"))
+        .unwrap_or_else(|| panic!("no package line in:\n{log}"));
+    let count = |key: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(&format!("{key}=")))
+            .and_then(|value| value.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    assert_eq!(count("loaded"), 1, "{line}");
+    assert!(count("skipped") >= 10, "{line}");
+    assert!(env.state_dir().join("workspace/acme/reports/t.md").exists());
+    // A log written to a pipe carries no terminal colour codes.
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
 fn self_approval_and_missing_requests_are_refused() {
     let env = Env::new();
     let agent_and_reviewer = env.token("alice", "agent");

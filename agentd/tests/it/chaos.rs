@@ -381,9 +381,10 @@ fn sigkill_anywhere_then_recovery_leaves_every_effect_exactly_once() {
         stdout(&warm_up),
         stderr(&warm_up)
     );
-    // `run` compiles only the packages it needs, `hitl approve` every package: fill the
-    // compiled-code cache with all of them before timing (else the first approval compiles them
-    // and stretches the kill window tenfold: 9.9 s, and 4 kills in 1,600 commands).
+    // `run` and `hitl approve` compile only the packages their run needs: fill the compiled-code
+    // cache with all of them before timing anyway, so that no command's first call pays for a
+    // compile inside the calibrated kill window (a compile stretched it tenfold once: 9.9 s, and
+    // 4 kills in 1,600 commands).
     let listed = chaos.run(&["plugins", "list"]);
     assert!(listed.status.success(), "{}{}", stdout(&listed), stderr(&listed));
     let started = Instant::now();

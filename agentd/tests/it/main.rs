@@ -56,8 +56,14 @@ impl Env {
 
     /// Runs `agentd ARGS` with this environment; `stdin` is fed to standard input.
     pub fn agentd(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.agentd_with(args, stdin, &[])
+    }
+
+    /// [`agentd`](Self::agentd) with extra environment variables.
+    pub fn agentd_with(&self, args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)]) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agentd"));
         command
+            .envs(vars.iter().copied())
             .args(["--state-dir", self.state_dir().to_str().unwrap()])
             .args(["--plugins", packages_dir().to_str().unwrap()])
             .args(["--policy", repo_root().join("policies/default.cedar").to_str().unwrap()])
