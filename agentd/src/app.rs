@@ -11,12 +11,35 @@ use control_plane::{
 };
 use plugin_abi::InvokeRequest;
 
+/// agentd's default policy (`policies/default.cedar` as built), for a machine without the
+/// repository's files.
+const BUILT_IN_POLICY: &str = include_str!("../../policies/default.cedar");
+
+/// The governance policy: `--policy`/`AGENTD_POLICY` when given; else `policies/default.cedar`
+/// in the current directory when it exists (a checkout of this repository); else the default
+/// policy built into this binary.
+pub fn load_policy(paths: &Paths) -> Result<PolicyEngine> {
+    let default_file = Path::new("policies/default.cedar");
+    match &paths.policy {
+        Some(path) => PolicyEngine::from_file(path).context("cannot load the governance policy"),
+        None if default_file.is_file() => {
+            PolicyEngine::from_file(default_file).context("cannot load the governance policy")
+        }
+        None => {
+            tracing::debug!("no --policy and no policies/default.cedar here: the built-in default policy");
+            PolicyEngine::from_text(BUILT_IN_POLICY, "the built-in default policy")
+                .context("cannot load the built-in default policy")
+        }
+    }
+}
+
 /// Where agentd keeps and finds things.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub state_dir: PathBuf,
     pub plugins: PathBuf,
-    pub policy: PathBuf,
+    /// The Cedar policy file; `None` for the default (see [`load_policy`]).
+    pub policy: Option<PathBuf>,
     /// An external identity provider's JWKS: when given, access tokens are verified against it
     /// only and none is issued here.
     pub jwks: Option<PathBuf>,
@@ -146,7 +169,7 @@ pub async fn open_read_only(paths: &Paths) -> Result<ControlPlane> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("the random source failed: {error}"))?;
     let authority = TokenAuthority::from_secret(&secret, TokenConfig::default())?;
-    let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
+    let policy = load_policy(paths)?;
     // The error names the file and the cause once; no context repeats them. A server
     // database has no read-only mode of its own here: grant a read-only role for that.
     let store = match &paths.database {
@@ -208,7 +231,7 @@ impl App {
     /// Opens the control plane only: enough for approvals lists, denials and audit checks.
     pub async fn open_control_plane(paths: &Paths) -> Result<ControlPlaneApp> {
         let authority = open_authority(paths)?;
-        let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
+        let policy = load_policy(paths)?;
         let store = paths.open_store().await?;
         Ok(ControlPlaneApp {
             control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
@@ -227,7 +250,7 @@ impl App {
             Err(error) => return Err(error),
         };
         let authority = open_authority(paths)?;
-        let policy = PolicyEngine::from_file(&paths.policy).context("cannot load the governance policy")?;
+        let policy = load_policy(paths)?;
         Ok(ControlPlaneApp {
             control_plane: with_run_timing(ControlPlane::new(authority, policy, store))?,
         })

@@ -54,9 +54,10 @@ struct PathArgs {
     /// Directory of skill packages (built by `cargo xtask build-plugins`).
     #[arg(long, global = true, env = "AGENTD_PLUGINS", default_value = "target/plugins")]
     plugins: PathBuf,
-    /// Cedar policy file.
-    #[arg(long, global = true, env = "AGENTD_POLICY", default_value = "policies/default.cedar")]
-    policy: PathBuf,
+    /// Cedar policy file [default: policies/default.cedar when it exists in the current
+    /// directory, else the default policy built into agentd].
+    #[arg(long, global = true, env = "AGENTD_POLICY")]
+    policy: Option<PathBuf>,
     /// JSON Web Key Set of an external identity provider. Access tokens are then verified
     /// against its public keys only (EdDSA, ES256, RS256, chosen by `kid`) and this runtime
     /// issues none; without it, the state directory's HS256 key issues and verifies them.

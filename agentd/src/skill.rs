@@ -283,7 +283,7 @@ pub fn new(parent: &Path, id: &str, lang: Lang) -> Result<Created> {
          ```sh\n\
          ./build.sh                        # builds the component and packages it into ./package\n\
          agentd skill check package        # every load check; prints describe and the schemas\n\
-         export AGENTD_POLICY=/path/to/agentd/policies/default.cedar   # the governance policy\n\
+         # the governance policy: agentd's built-in default, or your own with --policy FILE\n\
          TOKEN=$(agentd token issue --sub me --role agent --tenant acme)\n\
          echo '{{\"schema_version\": \"agentd.invoke.v1\", \"input\": {{\"text\": \"to be or not to be\"}}}}' |\n  \
          agentd --plugins . run {id} --input - --token \"$TOKEN\"\n\

@@ -134,6 +134,60 @@ fn an_approval_loads_only_the_packages_of_its_run() {
 }
 
 #[test]
+fn outside_the_repository_without_a_policy_flag_the_built_in_policy_governs() {
+    // Issue 16's note: outside a checkout `agentd` needed --policy, since its default was the
+    // relative `policies/default.cedar`. Now the default policy is built in.
+    let env = Env::new();
+    let agent = env.token("alice", "agent");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let input = env.file("in.json", &envelope(json!({ "text": "mail bob@example.com" })));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .current_dir(elsewhere.path())
+        .env_remove("AGENTD_POLICY")
+        .env_remove("AGENTD_TOKEN")
+        .args(["--state-dir", env.state_dir().to_str().unwrap()])
+        .args(["--plugins", crate::packages_dir().to_str().unwrap()])
+        .args([
+            "--json",
+            "run",
+            "pii-redact",
+            "--input",
+            input.to_str().unwrap(),
+            "--token",
+            &agent,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(
+        report["report"]["outcome"]["output"]["redacted"], "mail [EMAIL]",
+        "{report}"
+    );
+    // A policy named explicitly that is not there is an error naming it, never the built-in one.
+    let missing = elsewhere.path().join("nope.cedar");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+        .current_dir(elsewhere.path())
+        .env_remove("AGENTD_TOKEN")
+        .args(["--state-dir", env.state_dir().to_str().unwrap()])
+        .args(["--plugins", crate::packages_dir().to_str().unwrap()])
+        .args(["--policy", missing.to_str().unwrap()])
+        .args([
+            "run",
+            "pii-redact",
+            "--input",
+            input.to_str().unwrap(),
+            "--token",
+            &agent,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("nope.cedar"), "{}", stderr(&output));
+}
+
+#[test]
 fn self_approval_and_missing_requests_are_refused() {
     let env = Env::new();
     let agent_and_reviewer = env.token("alice", "agent");
