@@ -726,7 +726,16 @@ fn sigkill_of_the_server_mid_request_then_restart_leaves_every_effect_exactly_on
                         .header("content-type", "application/json")
                         .body(r#"{"decision": "approve"}"#)
                         .send();
-                    tokio::spawn(async move { vote.await.ok().map(|response| response.status().as_u16()) })
+                    tokio::spawn(async move {
+                        let response = vote.await.ok()?;
+                        let status = response.status().as_u16();
+                        if status == 503 {
+                            // Which retryable store error it was (stop 26 saw one, unexplained).
+                            let problem = response.text().await.unwrap_or_default();
+                            eprintln!("vote on request {id}: 503 {problem}");
+                        }
+                        Some(status)
+                    })
                 })
                 .collect();
             let sent = votes.len();
@@ -765,7 +774,8 @@ fn sigkill_of_the_server_mid_request_then_restart_leaves_every_effect_exactly_on
                     }
                 }
                 // 409: still in progress; 503: a retryable store error (Retry-After). Ask again.
-                Some((409 | 503, _)) => {}
+                Some((409, _)) => {}
+                Some((503, problem)) => eprintln!("{name}: 503 {problem}"),
                 Some((status, body)) => panic!("{name}: {status} {body}"),
                 None => cut += 1,
             }
