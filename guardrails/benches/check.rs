@@ -13,16 +13,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{arg, median};
 use guardrails::{Options, Report};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
 /// One module file of roughly 4 KB of ordinary Rust: imports from the crate it depends on,
 /// types, impls, matches, closures, macros and doc comments.
@@ -205,11 +199,6 @@ reason = "benchmark"
     )
     .unwrap();
     (files, bytes)
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 fn run(root: &Path, options: &Options, runs: usize) -> (Vec<Report>, Duration, Duration, Duration, Duration) {

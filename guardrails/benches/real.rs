@@ -27,16 +27,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{arg, median};
 use guardrails::{Options, Report};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
 /// `$CARGO_HOME/registry/src/<index>/`: every index directory.
 fn registry_dirs() -> Vec<PathBuf> {
@@ -266,11 +260,6 @@ reason = "benchmark"
         bytes,
         forbidden,
     }
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 fn run(root: &Path, options: &Options, runs: usize) -> (Report, Duration, Duration, Duration) {

@@ -284,11 +284,7 @@ fn manifest_findings(workspace: &Workspace, resolved: &[Resolved<'_>], adr_dir: 
                                 .unwrap_or((1, 1, 1));
                         let reached_name = &workspace.packages[reached].name;
                         let fix = if chain.len() == 1 {
-                            let table = match info.kind {
-                                EdgeKind::Normal => "dependencies",
-                                EdgeKind::Dev => "dev-dependencies",
-                                EdgeKind::Build => "build-dependencies",
-                            };
+                            let table = info.kind.table();
                             format!(
                                 "remove `{reached_name}` from `{}`'s [{table}], and move the code that needs it into a crate the rule allows",
                                 package.name

@@ -434,11 +434,7 @@ fn scan_text(
     if parse {
         scan.parsed = true;
         match syn::parse_file(text) {
-            Ok(ast) => {
-                let mut collector = Collector { scanner: &mut scanner };
-                collector.visit_file(&ast);
-                scanner.visit_file(&ast);
-            }
+            Ok(ast) => scanner.scan_ast(&ast),
             Err(_) => {
                 scan.parse_failed = true;
                 match TokenStream::from_str(text) {
@@ -482,11 +478,7 @@ fn scan_doc_test(
         syn::parse_file(&format!("fn main() {{\n{}\n}}", test.code)).ok()
     });
     match ast {
-        Some(ast) => {
-            let mut collector = Collector { scanner: &mut scanner };
-            collector.visit_file(&ast);
-            scanner.visit_file(&ast);
-        }
+        Some(ast) => scanner.scan_ast(&ast),
         None => {
             line_shift = 0;
             let Ok(tokens) = TokenStream::from_str(&test.code) else {
@@ -600,6 +592,12 @@ impl<'a> Scanner<'a> {
             inline_modules: Vec::new(),
             path_modules: Vec::new(),
         }
+    }
+
+    /// Collects the file's imports and local modules (file-wide), then scans it.
+    fn scan_ast(&mut self, ast: &syn::File) {
+        Collector { scanner: self }.visit_file(ast);
+        self.visit_file(ast);
     }
 
     fn push(&mut self, span: Span, kind: FactKind, form: &'static str) {

@@ -141,23 +141,27 @@ fn outside_the_repository_without_a_policy_flag_the_built_in_policy_governs() {
     let agent = env.token("alice", "agent");
     let elsewhere = tempfile::tempdir().unwrap();
     let input = env.file("in.json", &envelope(json!({ "text": "mail bob@example.com" })));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
-        .current_dir(elsewhere.path())
-        .env_remove("AGENTD_POLICY")
-        .env_remove("AGENTD_TOKEN")
-        .args(["--state-dir", env.state_dir().to_str().unwrap()])
-        .args(["--plugins", crate::packages_dir().to_str().unwrap()])
-        .args([
-            "--json",
-            "run",
-            "pii-redact",
-            "--input",
-            input.to_str().unwrap(),
-            "--token",
-            &agent,
-        ])
-        .output()
-        .unwrap();
+    // `agentd` run from a directory that is not a checkout, with no policy in its environment.
+    let run_elsewhere = |before: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
+            .current_dir(elsewhere.path())
+            .env_remove("AGENTD_POLICY")
+            .env_remove("AGENTD_TOKEN")
+            .args(["--state-dir", env.state_dir().to_str().unwrap()])
+            .args(["--plugins", crate::packages_dir().to_str().unwrap()])
+            .args(before)
+            .args([
+                "run",
+                "pii-redact",
+                "--input",
+                input.to_str().unwrap(),
+                "--token",
+                &agent,
+            ])
+            .output()
+            .unwrap()
+    };
+    let output = run_elsewhere(&["--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["status"], "completed", "{report}");
@@ -167,22 +171,7 @@ fn outside_the_repository_without_a_policy_flag_the_built_in_policy_governs() {
     );
     // A policy named explicitly that is not there is an error naming it, never the built-in one.
     let missing = elsewhere.path().join("nope.cedar");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentd"))
-        .current_dir(elsewhere.path())
-        .env_remove("AGENTD_TOKEN")
-        .args(["--state-dir", env.state_dir().to_str().unwrap()])
-        .args(["--plugins", crate::packages_dir().to_str().unwrap()])
-        .args(["--policy", missing.to_str().unwrap()])
-        .args([
-            "run",
-            "pii-redact",
-            "--input",
-            input.to_str().unwrap(),
-            "--token",
-            &agent,
-        ])
-        .output()
-        .unwrap();
+    let output = run_elsewhere(&["--policy", missing.to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("nope.cedar"), "{}", stderr(&output));
 }
