@@ -240,7 +240,7 @@ fn main() {
             let before = control_plane.commit_stats();
             let local = in_process(&control_plane, &local_token, clients).await;
             let after = control_plane.commit_stats();
-            let shared = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+            let shared = (after.commits - before.commits) as f64 / (after.fsyncs - before.fsyncs).max(1) as f64;
             let http = http_load(vec![server.1.clone()], clients).await;
             println!(
                 "  {clients:>7} | {:>8.0} {:>7.2} {:>7.2}     | {:>8.0} {:>7.2} {:>7.2} {:>13.1} | {:>8.0} {:>7.2} {:>7.2} | {:>5.2}",

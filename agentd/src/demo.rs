@@ -86,7 +86,14 @@ struct Totals {
 
 const KINDS: [&str; 5] = ["email", "iban", "card", "ipv4", "phone"];
 
-/// Runs the demo; `concurrency` files are redacted at once (default: the machine's cores).
+/// Files in flight per core by default: a step spends most of its time waiting for the store
+/// (its three write units queue for the one writer, ADR 0019), not on a core. On a 2-core
+/// machine the rate rose up to 16 per core and was flat from there to 64 (BENCHMARKS.md,
+/// issue 17 item 5); each file in flight holds its text and, while it runs, an instance.
+const FILES_PER_CORE: usize = 16;
+
+/// Runs the demo; `concurrency` files are redacted at once (default: [`FILES_PER_CORE`] per
+/// core).
 pub async fn run(
     paths: &Paths,
     input: Option<&Path>,
@@ -127,17 +134,17 @@ pub async fn run(
         format!("{} Debian changelogs under {CHANGELOG_DIR}", documents.len())
     };
     let concurrency = concurrency
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .unwrap_or_else(|| FILES_PER_CORE * std::thread::available_parallelism().map_or(1, usize::from))
         .max(1);
     say(format!(
         "\n[1/4] pii-redact (pure; policy allows agents) over {source}, {concurrency} at a time"
     ));
     let mut totals = Totals::default();
     let mut sample = None;
-    let (commits_before, fsyncs_before) = app.control_plane.commit_stats();
+    let before = app.control_plane.commit_stats();
     let started = Instant::now();
     // Each file is still its own governed, durable, audited step; `concurrency` workers take
-    // the next file as they finish one, and their commits share fsyncs (group commit, ADR 0015).
+    // the next file as they finish one, and their commits share transactions and fsyncs (group commit, ADRs 0015 and 0019).
     let documents = Arc::new(documents);
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
@@ -191,8 +198,12 @@ pub async fn run(
         }
     }
     let wall = started.elapsed();
-    let (commits, fsyncs) = app.control_plane.commit_stats();
-    let (commits, fsyncs) = (commits - commits_before, fsyncs - fsyncs_before);
+    let after = app.control_plane.commit_stats();
+    let (commits, transactions, fsyncs) = (
+        after.commits - before.commits,
+        after.transactions - before.transactions,
+        after.fsyncs - before.fsyncs,
+    );
     let mib = totals.bytes as f64 / (1024.0 * 1024.0);
     let files = totals.files.max(1) as f64;
     say(format!(
@@ -222,7 +233,7 @@ pub async fn run(
         totals.fuel as f64 / (totals.bytes.max(1) as f64)
     ));
     say(format!(
-        "  durable commits   {commits} in {fsyncs} fsyncs ({:.1} per file; group commit shares an fsync among concurrent commits)",
+        "  durable commits   {commits} ({:.1} per file) in {transactions} transactions and {fsyncs} fsyncs (group commit: concurrent commits share both)",
         commits as f64 / files
     ));
     if let Some(sample) = &sample {

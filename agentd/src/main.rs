@@ -190,7 +190,8 @@ enum Command {
         /// Process at most this many changelogs.
         #[arg(long)]
         max_files: Option<usize>,
-        /// Files redacted at once, each still its own governed step; default: the cores.
+        /// Files redacted at once, each still its own governed step; default: 16 per core (a
+        /// step mostly waits for the store, not a core).
         #[arg(long)]
         concurrency: Option<usize>,
     },

@@ -57,7 +57,7 @@ pub use run::{
     Lease, RecoveryAction, RequestKey, RunCreation, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord,
     RunState, RunStoreError, RunView, StepContext, StepSpec,
 };
-pub use store::{Durability, SCHEMA_VERSION, Store};
+pub use store::{CommitStats, Durability, SCHEMA_VERSION, Store};
 pub use trace::TraceContext;
 
 pub use plane::AdminError;

@@ -52,6 +52,7 @@ pub struct Metrics {
     free_slots: Family<SkillLabels, Gauge>,
     open_streams: Gauge<i64, AtomicI64>,
     store_commits: Gauge,
+    store_transactions: Gauge,
     store_syncs: Gauge,
 }
 
@@ -114,6 +115,12 @@ impl Metrics {
             "Durable write commits of the control plane's store since start",
             store_commits.clone(),
         );
+        let store_transactions = Gauge::default();
+        registry.register(
+            "store_transactions",
+            "Database transactions that held them (SQLite: concurrent commits share one)",
+            store_transactions.clone(),
+        );
         let store_syncs = Gauge::default();
         registry.register(
             "store_fsyncs",
@@ -132,6 +139,7 @@ impl Metrics {
             free_slots,
             open_streams,
             store_commits,
+            store_transactions,
             store_syncs,
         }
     }
@@ -184,8 +192,10 @@ impl Metrics {
             commits,
         } = gauges;
         self.pending_approvals.set(*pending);
-        self.store_commits.set(i64::try_from(commits.0).unwrap_or(i64::MAX));
-        self.store_syncs.set(i64::try_from(commits.1).unwrap_or(i64::MAX));
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.store_commits.set(gauge(commits.commits));
+        self.store_transactions.set(gauge(commits.transactions));
+        self.store_syncs.set(gauge(commits.fsyncs));
         for (state, count) in [("closed", breakers.0), ("open", breakers.1), ("half-open", breakers.2)] {
             self.breakers
                 .get_or_create(&StateLabels {
@@ -217,8 +227,8 @@ pub struct Gauges {
     pub breakers: (usize, usize, usize),
     /// `(skill, version, free slots)` per loaded skill version.
     pub skills: Vec<(String, String, usize)>,
-    /// `(durable commits, fsyncs)` of the store.
-    pub commits: (u64, u64),
+    /// Durable commits, transactions and fsyncs of the store.
+    pub commits: control_plane::CommitStats,
 }
 
 /// Keeps the open-streams gauge up while an event stream lives.
@@ -245,7 +255,11 @@ mod tests {
             pending: 3,
             breakers: (2, 1, 0),
             skills: vec![("noop".into(), "1.0.0".into(), 7)],
-            commits: (10, 4),
+            commits: control_plane::CommitStats {
+                commits: 10,
+                transactions: 6,
+                fsyncs: 4,
+            },
         });
         for line in [
             "agentd_http_requests_total{method=\"POST\",route=\"/v1/runs\",status=\"201\"} 1",
@@ -257,6 +271,7 @@ mod tests {
             "agentd_open_event_streams 1",
             "agentd_http_request_duration_seconds_count{route=\"/v1/runs\"} 1",
             "agentd_store_durable_commits 10",
+            "agentd_store_transactions 6",
             "agentd_store_fsyncs 4",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
@@ -266,7 +281,7 @@ mod tests {
             pending: 0,
             breakers: (0, 0, 0),
             skills: Vec::new(),
-            commits: (0, 0),
+            commits: control_plane::CommitStats::default(),
         };
         assert!(metrics.render(&idle).contains("agentd_open_event_streams 0"));
     }

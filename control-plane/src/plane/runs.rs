@@ -146,9 +146,10 @@ impl ControlPlane {
         self.store.backend().close().await;
     }
 
-    /// `(durable write commits, fsyncs)` since the store was opened. Concurrent commits share
-    /// fsyncs (group commit), so under load the second figure grows slower than the first.
-    pub fn commit_stats(&self) -> (u64, u64) {
+    /// Durable write commits, the transactions and the fsyncs that held them, since the store
+    /// was opened. On SQLite concurrent units share transactions and fsyncs (group commit), so
+    /// under load the last two grow slower than the first.
+    pub fn commit_stats(&self) -> crate::store::CommitStats {
         self.store.backend().commit_stats()
     }
 

@@ -98,9 +98,9 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// The feed on which committed run events are published.
     fn feed(&self) -> &RunFeed;
 
-    /// `(durable write commits, fsyncs)` since the store was opened: how well concurrent
-    /// commits share fsyncs.
-    fn commit_stats(&self) -> (u64, u64);
+    /// Durable write commits, the database transactions and the fsyncs that held them since
+    /// the store was opened: how well concurrent commits share both.
+    fn commit_stats(&self) -> crate::store::CommitStats;
 
     /// Closes every connection and waits until they are closed. SQLite then folds its
     /// write-ahead log into the database file, so a read-only (immutable) open of the file

@@ -411,9 +411,14 @@ impl Storage for PostgresStorage {
         self.pool.close().await;
     }
 
-    fn commit_stats(&self) -> (u64, u64) {
+    fn commit_stats(&self) -> crate::store::CommitStats {
+        // Every unit is a transaction of its own, made durable by the server's WAL flush.
         let commits = self.commits.load(Ordering::Relaxed);
-        (commits, commits)
+        crate::store::CommitStats {
+            commits,
+            transactions: commits,
+            fsyncs: commits,
+        }
     }
 }
 

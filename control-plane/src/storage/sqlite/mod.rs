@@ -9,6 +9,7 @@
 mod audit;
 mod durable;
 mod schema;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use super::{Access, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
 use crate::run::RunEvent;
 use durable::GroupCommit;
+use writer::{Lent, Writer};
 
 pub(crate) use schema::SCHEMA_VERSION;
 
@@ -32,20 +34,50 @@ pub(crate) struct SqliteStorage {
     location: String,
     feed: RunFeed,
     group: Arc<GroupCommit>,
+    /// The one connection write units run on ([`writer`]); `None` for a read-only open.
+    writer: Option<Writer>,
 }
 
-/// A unit of work: one SQLite transaction. The run events it inserts are published on the
-/// feed once, and only if, it commits.
+/// A unit of work: a read snapshot, or a write unit inside the writer's shared transaction
+/// ([`writer`]). The run events it inserts are published on the feed once, and only if, it
+/// commits.
 pub(crate) struct SqliteUnit {
-    transaction: Transaction<'static, Sqlite>,
+    transaction: UnitConnection,
     inserted: Vec<RunEvent>,
     feed: RunFeed,
     /// The barrier a write unit's commit waits on; `None` for a read unit.
     group: Option<Arc<GroupCommit>>,
 }
 
+/// What a unit's statements run on.
+enum UnitConnection {
+    /// A transaction of its own: a read snapshot, or the schema migration at open.
+    Own(Transaction<'static, Sqlite>),
+    /// The writer's connection, inside the unit's savepoint.
+    Lent(Lent),
+}
+
+impl std::ops::Deref for UnitConnection {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &sqlx::SqliteConnection {
+        match self {
+            UnitConnection::Own(transaction) => transaction,
+            UnitConnection::Lent(lent) => lent,
+        }
+    }
+}
+
+impl std::ops::DerefMut for UnitConnection {
+    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
+        match self {
+            UnitConnection::Own(transaction) => transaction,
+            UnitConnection::Lent(lent) => lent,
+        }
+    }
+}
+
 impl SqliteUnit {
-    fn new(transaction: Transaction<'static, Sqlite>, feed: RunFeed, group: Option<Arc<GroupCommit>>) -> Self {
+    fn new(transaction: UnitConnection, feed: RunFeed, group: Option<Arc<GroupCommit>>) -> Self {
         SqliteUnit {
             transaction,
             inserted: Vec::new(),
@@ -118,7 +150,7 @@ impl SqliteStorage {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(open_error)?;
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await.map_err(open_error)?;
@@ -174,7 +206,7 @@ impl SqliteStorage {
                 .await
                 .map_err(open_error)?;
         }
-        let mut unit = SqliteUnit::new(transaction, feed.clone(), None);
+        let mut unit = SqliteUnit::new(UnitConnection::Own(transaction), feed.clone(), None);
         // Schema 3 -> 4 only adds a table: the anchor and the run records stay as they are.
         if found < 3 {
             let creation = if found == 0 {
@@ -199,16 +231,21 @@ impl SqliteStorage {
             }
             backfill_schema_3(&mut unit).await.map_err(wrap)?;
         }
-        unit.transaction.commit().await.map_err(open_error)?;
+        let UnitConnection::Own(transaction) = unit.transaction else {
+            unreachable!("the migration runs in a transaction of its own")
+        };
+        transaction.commit().await.map_err(open_error)?;
         group.durable().await.map_err(|cause| StoreError::Open {
             location: location.clone(),
             cause: Box::new(cause),
         })?;
+        let writer = Writer::start(&options).await.map_err(open_error)?;
         Ok(SqliteStorage {
             pool,
             location,
             feed,
             group,
+            writer: Some(writer),
         })
     }
 
@@ -278,6 +315,7 @@ impl SqliteStorage {
                 path,
                 crate::storage::Durability::FsyncEachCommit,
             )),
+            writer: None,
         })
     }
 }
@@ -291,7 +329,11 @@ impl SqliteStorage {
     /// [`StoreError`] when no transaction can be begun.
     pub(crate) async fn begin_read(&self) -> Result<SqliteUnit, StoreError> {
         let transaction = self.pool.begin().await.map_err(classify)?;
-        Ok(SqliteUnit::new(transaction, self.feed.clone(), None))
+        Ok(SqliteUnit::new(
+            UnitConnection::Own(transaction),
+            self.feed.clone(),
+            None,
+        ))
     }
 }
 
@@ -418,9 +460,13 @@ impl Storage for SqliteStorage {
         if access == Access::Read {
             return Ok(Box::new(self.begin_read().await?));
         }
-        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+        let connection = match &self.writer {
+            Some(writer) => UnitConnection::Lent(writer.lend().await?),
+            // Opened read-only: SQLite refuses the first write, naming why.
+            None => UnitConnection::Own(self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?),
+        };
         Ok(Box::new(SqliteUnit::new(
-            transaction,
+            connection,
             self.feed.clone(),
             Some(Arc::clone(&self.group)),
         )))
@@ -439,12 +485,21 @@ impl Storage for SqliteStorage {
         // it too, when it is the last in any process). PASSIVE waits for no other process's
         // readers or writers (an `agentd serve` beside this command); what it cannot copy now,
         // and any error, only leaves frames in the WAL for the next checkpoint.
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await;
         self.pool.close().await;
     }
 
-    fn commit_stats(&self) -> (u64, u64) {
-        self.group.stats()
+    fn commit_stats(&self) -> crate::store::CommitStats {
+        let (commits, fsyncs) = self.group.stats();
+        crate::store::CommitStats {
+            commits,
+            // Without a writer (read-only), every commit was its own transaction.
+            transactions: self.writer.as_ref().map_or(commits, Writer::transactions),
+            fsyncs,
+        }
     }
 }
 
@@ -457,7 +512,10 @@ impl UnitOfWork for SqliteUnit {
             feed,
             group,
         } = *self;
-        transaction.commit().await.map_err(classify)?;
+        match transaction {
+            UnitConnection::Own(transaction) => transaction.commit().await.map_err(classify)?,
+            UnitConnection::Lent(lent) => lent.release().await?,
+        }
         if let Some(group) = group {
             group.durable().await?;
         }
