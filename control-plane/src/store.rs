@@ -9,26 +9,14 @@ use std::sync::Arc;
 use crate::audit::AnchorKey;
 use crate::audit::checkpoint::CheckpointKey;
 use crate::error::StoreError;
-pub use crate::storage::Durability;
 use crate::storage::Storage;
 use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::{Creation, SqliteStorage};
+pub use crate::storage::{CommitStats, Durability};
 
 /// The schema version the SQLite backend writes (in `PRAGMA user_version`); a file with a newer
 /// one is refused, an older one migrated in place.
 pub const SCHEMA_VERSION: i64 = crate::storage::sqlite::SCHEMA_VERSION;
-
-/// How a store's write commits were made durable, counted since it was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CommitStats {
-    /// Write units committed and made durable.
-    pub commits: u64,
-    /// Database transactions that held them. On SQLite the units that queue while one is open
-    /// join it (ADR 0019); on PostgreSQL each unit is one transaction.
-    pub transactions: u64,
-    /// fsyncs that made them durable (on PostgreSQL: counted as one WAL flush per commit).
-    pub fsyncs: u64,
-}
 
 /// An open state store: a database, the key that anchors its audit log and the seed of the key
 /// that signs its checkpoints. Cheap to clone.

@@ -86,6 +86,18 @@ pub enum Durability {
     FsyncEachCommit,
 }
 
+/// How a store's write commits were made durable, counted since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommitStats {
+    /// Write units committed and made durable.
+    pub commits: u64,
+    /// Database transactions that held them. On SQLite the units that queue while one is open
+    /// join it (ADR 0019); on PostgreSQL each unit is one transaction.
+    pub transactions: u64,
+    /// fsyncs that made them durable (on PostgreSQL: counted as one WAL flush per commit).
+    pub fsyncs: u64,
+}
+
 /// A database the control plane keeps its state in.
 #[async_trait]
 pub(crate) trait Storage: Send + Sync + fmt::Debug {
@@ -100,7 +112,7 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 
     /// Durable write commits, the database transactions and the fsyncs that held them since
     /// the store was opened: how well concurrent commits share both.
-    fn commit_stats(&self) -> crate::store::CommitStats;
+    fn commit_stats(&self) -> CommitStats;
 
     /// Closes every connection and waits until they are closed. SQLite then folds its
     /// write-ahead log into the database file, so a read-only (immutable) open of the file

@@ -411,10 +411,10 @@ impl Storage for PostgresStorage {
         self.pool.close().await;
     }
 
-    fn commit_stats(&self) -> crate::store::CommitStats {
+    fn commit_stats(&self) -> crate::storage::CommitStats {
         // Every unit is a transaction of its own, made durable by the server's WAL flush.
         let commits = self.commits.load(Ordering::Relaxed);
-        crate::store::CommitStats {
+        crate::storage::CommitStats {
             commits,
             transactions: commits,
             fsyncs: commits,

@@ -492,9 +492,9 @@ impl Storage for SqliteStorage {
         self.pool.close().await;
     }
 
-    fn commit_stats(&self) -> crate::store::CommitStats {
+    fn commit_stats(&self) -> crate::storage::CommitStats {
         let (commits, fsyncs) = self.group.stats();
-        crate::store::CommitStats {
+        crate::storage::CommitStats {
             commits,
             // Without a writer (read-only), every commit was its own transaction.
             transactions: self.writer.as_ref().map_or(commits, Writer::transactions),
