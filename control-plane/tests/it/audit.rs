@@ -65,6 +65,46 @@ async fn chain_links_each_entry_to_the_previous_one() {
     assert_eq!((entries, head), (2, second.hash));
 }
 
+/// ADR 0019: on SQLite, write units that queue while the writer's transaction is open join
+/// it; each append still reads the head the one before it wrote, so the chain stays one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_transactions_and_keep_one_chain() {
+    let plane = plane().await;
+    let control = &plane.control;
+    let before = control.commit_stats();
+    let appends: Vec<_> = (1..=64)
+        .map(|n| {
+            let control = std::sync::Arc::clone(control);
+            tokio::spawn(async move { append(&control, n).await })
+        })
+        .collect();
+    for append in appends {
+        append.await.unwrap();
+    }
+    let after = control.commit_stats();
+    let ChainVerification::Intact { entries, .. } = control.verify_audit().await.unwrap() else {
+        panic!("concurrent appends broke the chain")
+    };
+    assert_eq!(entries, 64);
+    let mut seqs: Vec<i64> = control
+        .audit_entries()
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| entry.seq)
+        .collect();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+    assert_eq!(after.commits - before.commits, 64);
+    if !control.store_location().starts_with("postgres") {
+        assert!(
+            after.transactions - before.transactions < 64,
+            "64 concurrent appends took {} transactions: none shared",
+            after.transactions - before.transactions
+        );
+    }
+}
+
 #[tokio::test]
 async fn updates_and_deletes_are_refused_by_the_database() {
     let plane = crate::sqlite_plane().await;
