@@ -74,7 +74,7 @@ async fn concurrent_appends_share_transactions_and_keep_one_chain() {
     let before = control.commit_stats();
     let appends: Vec<_> = (1..=64)
         .map(|n| {
-            let control = std::sync::Arc::clone(control);
+            let control = Arc::clone(control);
             tokio::spawn(async move { append(&control, n).await })
         })
         .collect();
