@@ -230,7 +230,7 @@ fn main() {
 
         println!("governed, durable noop runs: in process vs over HTTP on loopback ({} s per level)", MEASURE.as_secs());
         println!(
-            "  clients | in process, fsync per commit | in process, group commit      | HTTP, group commit            | HTTP/in-process"
+            "  clients | in process, fsync per txn    | in process, group commit      | HTTP, group commit            | HTTP/in-process"
         );
         println!(
             "          |   runs/s  p50 ms  p99 ms     |   runs/s  p50 ms  p99 ms commits/fsync |   runs/s  p50 ms  p99 ms |"

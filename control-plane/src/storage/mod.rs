@@ -82,7 +82,9 @@ pub enum Durability {
     /// group-commit barrier): a commit returns after an fsync that started after it.
     #[default]
     GroupCommit,
-    /// Every COMMIT fsyncs by itself, under SQLite's write lock (`synchronous=FULL`).
+    /// Every COMMIT fsyncs by itself, under SQLite's write lock (`synchronous=FULL`). Write
+    /// units that queue meanwhile still share the writer's transaction (ADR 0019), so this is
+    /// one fsync per transaction, not per unit.
     FsyncEachCommit,
 }
 
