@@ -124,8 +124,9 @@ impl Drop for Lent {
 }
 
 /// Runs one statement on `connection`. sqlx's `Executor` itself, whose future is boxed for the
-/// connection's lifetime: `raw_sql(..).execute(..)` is generic over the executor, which a task
-/// spawned on Tokio cannot prove for every lifetime (rust-lang/rust#102211).
+/// connection's lifetime: `raw_sql(..).execute(..)` is generic over the executor, and a task
+/// spawned on Tokio that awaits it fails to compile ("implementation of `Executor` is not
+/// general enough").
 async fn execute(connection: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx::Error> {
     sqlx::Executor::execute(connection, sql).await.map(drop)
 }
