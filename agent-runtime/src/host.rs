@@ -729,7 +729,9 @@ fn kv_error(error: crate::kv::KvError) -> CapabilityError {
         crate::kv::KvError::Full { .. } | crate::kv::KvError::Quota { .. } => {
             CapabilityError::Invalid(error.to_string())
         }
-        crate::kv::KvError::Sqlite { .. } => CapabilityError::Io(error.to_string()),
+        crate::kv::KvError::Database { .. } | crate::kv::KvError::NotMigrated { .. } => {
+            CapabilityError::Io(error.to_string())
+        }
     }
 }
 

@@ -1,24 +1,35 @@
 //! The durable key-value store behind the `kv-get` and `kv-set` host functions.
 //!
 //! One namespace per (tenant, skill id): a skill never sees another skill's keys, nor another
-//! tenant's. Values are committed (SQLite WAL, `synchronous=FULL`) before `kv-set` returns, so
-//! a value a guest was told is stored survives a crash of the host.
+//! tenant's. Values are committed before `kv-set` returns, so a value a guest was told is stored
+//! survives a crash of the host.
 //!
-//! The same file holds the **effects journal**: what each invocation's idempotency key already
+//! The same store holds the **effects journal**: what each invocation's idempotency key already
 //! did, one row per effectful host call (`(idempotency key, seq)`, seq counting the
 //! invocation's effectful calls from 0), with a digest of the request and the response. A step
 //! dispatched again under the same key (a retry, a recovery after a crash) finds its earlier
 //! effects there and does not repeat them. A `kv-set` and its journal row commit in one
 //! transaction.
 //!
-//! The database is opened lazily, at the first call that needs it, so that a runtime whose
-//! skills never touch the store never creates the file.
+//! Two backends, the same tables and the same guarantees:
+//!
+//! - **SQLite** ([`KvStore::open_lazy`]): a file of its own (`<state-dir>/kv.db`, WAL,
+//!   `synchronous=FULL`), opened at the first call that needs it, so a runtime whose skills
+//!   never touch the store never creates it. A write holds SQLite's write lock from its first
+//!   statement (`BEGIN IMMEDIATE`).
+//! - **PostgreSQL** ([`KvStore::connect_postgres`]): the tables `kv` and `effects` of the
+//!   database the control plane's nodes share (ADR 0016; created by the control plane's
+//!   migration 3), so a run taken over by a node on another host finds its earlier effects
+//!   journaled. A write holds a transaction-scoped advisory lock on its namespace
+//!   (`pg_advisory_xact_lock(KV_LOCK_CLASS, hashtext(tenant || '/' || skill))`) before it reads
+//!   the journal and the quota: writes to one namespace are serialised across every node, writes
+//!   to different namespaces are not.
 
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sqlx::SqlitePool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::OnceCell;
 
 /// Largest value `kv-set` accepts, bytes.
@@ -32,16 +43,32 @@ pub const MAX_KV_KEYS: i64 = 10_000;
 /// skill and tenant. A `kv-set` that would pass it is refused; `kv-delete` frees space.
 pub const MAX_KV_NAMESPACE_BYTES: i64 = 64 * 1024 * 1024;
 
+/// The first key of the PostgreSQL advisory locks a namespace's writes hold ("kv" in ASCII);
+/// the second is `hashtext(tenant || '/' || skill)`. The two-key form lives in a key space of
+/// its own, apart from the control plane's one-key write lock.
+pub const KV_LOCK_CLASS: i32 = 0x6b76;
+
 /// Why the store failed. [`is_retryable`](KvError::is_retryable) says whether trying again helps.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
-    /// SQLite failed (I/O, a locked database, a corrupt file).
-    #[error("key-value store at {path}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// What SQLite said.
+    /// The database failed (I/O, a locked database, a lost connection, a corrupt file).
+    #[error("key-value store at {location}: {source}")]
+    Database {
+        /// The SQLite file, or the PostgreSQL server (`postgres://user@host:port/database`,
+        /// no password).
+        location: String,
+        /// What the database said.
         source: sqlx::Error,
+    },
+    /// The PostgreSQL database has no `kv` and `effects` tables: no control plane of this
+    /// build has migrated it.
+    #[error(
+        "key-value store at {location}: the database has no `kv` and `effects` tables; open it with \
+         `agentd serve --database` (or `agentd migrate`) once to apply the migrations"
+    )]
+    NotMigrated {
+        /// The PostgreSQL server.
+        location: String,
     },
     /// The namespace already holds [`MAX_KV_KEYS`] keys.
     #[error("the namespace of skill `{skill}` in tenant `{tenant}` is full ({MAX_KV_KEYS} keys)")]
@@ -69,38 +96,157 @@ pub enum KvError {
 }
 
 impl KvError {
-    /// Whether a retry can help: I/O and lock contention, yes; a full namespace, no.
+    /// Whether a retry can help: I/O, lock contention and a lost connection, yes; a full
+    /// namespace, a constraint the row breaks or an unmigrated database, no.
     pub fn is_retryable(&self) -> bool {
         match self {
-            KvError::Sqlite { source, .. } => {
-                matches!(
-                    source,
-                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Database(_)
-                )
-            }
-            KvError::Full { .. } | KvError::Quota { .. } => false,
+            KvError::Database { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+                // SQLSTATE class 23 (PostgreSQL) and SQLite's constraint codes say the row
+                // itself is refused; anything else the server reports is worth another try.
+                sqlx::Error::Database(database) => !matches!(
+                    database.kind(),
+                    sqlx::error::ErrorKind::UniqueViolation
+                        | sqlx::error::ErrorKind::ForeignKeyViolation
+                        | sqlx::error::ErrorKind::NotNullViolation
+                        | sqlx::error::ErrorKind::CheckViolation
+                ),
+                _ => false,
+            },
+            KvError::NotMigrated { .. } | KvError::Full { .. } | KvError::Quota { .. } => false,
         }
     }
+}
+
+/// Where the rows are.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool: the same statements (written with
+/// `$n` parameters, which both engines accept) typed for each engine.
+macro_rules! on_backend {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// What a namespace's write needs from its engine: a transaction that holds the namespace's
+/// write lock from its start, and the engine's spelling of a value's length in bytes.
+trait Engine {
+    type Db: sqlx::Database;
+    /// `<keys>, <bytes>, <bytes of $1>, <1 when $1 exists>` of the namespace `($2, $3)`.
+    const USAGE: &'static str;
+    async fn begin_namespace(
+        &self,
+        tenant: &str,
+        skill: &str,
+    ) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl Engine for SqlitePool {
+    type Db = sqlx::Sqlite;
+    // A blob's length is read from its record header, not its pages.
+    const USAGE: &'static str = "SELECT COUNT(*),
+                CAST(COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN key = $1 THEN length(CAST(key AS BLOB)) + length(value) END), 0) AS BIGINT),
+                CAST(COALESCE(MAX(CASE WHEN key = $1 THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM kv WHERE tenant = $2 AND skill = $3";
+
+    async fn begin_namespace(&self, _: &str, _: &str) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl Engine for PgPool {
+    type Db = sqlx::Postgres;
+    const USAGE: &'static str = "SELECT COUNT(*),
+                CAST(COALESCE(SUM(octet_length(key) + octet_length(value)), 0) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN key = $1 THEN octet_length(key) + octet_length(value) END), 0) AS BIGINT),
+                CAST(COALESCE(MAX(CASE WHEN key = $1 THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM kv WHERE tenant = $2 AND skill = $3";
+
+    async fn begin_namespace(
+        &self,
+        tenant: &str,
+        skill: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut transaction = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3))")
+            .bind(KV_LOCK_CLASS)
+            .bind(tenant)
+            .bind(skill)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(transaction)
+    }
+}
+
+/// [`Engine::USAGE`] of `pool`'s engine.
+fn usage_sql<E: Engine>(_: &E) -> &'static str {
+    E::USAGE
+}
+
+/// `(request digest, response)` of the journal row of `$effect`, on `$executor`.
+macro_rules! journaled {
+    ($executor:expr, $effect:expr) => {
+        sqlx::query_as::<_, (String, Option<Vec<u8>>)>(
+            "SELECT request_digest, response FROM effects WHERE idempotency_key = $1 AND seq = $2",
+        )
+        .bind($effect.idempotency_key)
+        .bind(i64::from($effect.seq))
+        .fetch_optional($executor)
+        .await
+    };
+}
+
+/// Stores the journal row of `$effect` with `$response` on `$executor`, replacing one of the
+/// same `(idempotency key, seq)`.
+macro_rules! record {
+    ($executor:expr, $effect:expr, $response:expr) => {
+        sqlx::query(
+            "INSERT INTO effects (idempotency_key, seq, kind, request_digest, response, recorded_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (idempotency_key, seq) DO UPDATE SET kind = excluded.kind,
+                 request_digest = excluded.request_digest, response = excluded.response,
+                 recorded_at_ms = excluded.recorded_at_ms",
+        )
+        .bind($effect.idempotency_key)
+        .bind(i64::from($effect.seq))
+        .bind($effect.kind)
+        .bind(&$effect.request_digest)
+        .bind($response)
+        .bind(now_ms())
+        .execute($executor)
+        .await
+        .map(drop)
+    };
 }
 
 /// The durable key-value store, shared by every invocation of a runtime. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KvStore {
-    path: PathBuf,
-    pool: SqlitePool,
+    location: String,
+    backend: Backend,
     ready: std::sync::Arc<OnceCell<()>>,
 }
 
 impl KvStore {
-    /// A store backed by the SQLite file at `path` (created with its table at first use).
+    /// A store backed by the SQLite file at `path` (created with its tables at first use).
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when `path` is not a usable SQLite location.
-    pub fn open_lazy(path: &Path) -> Result<Self, KvError> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|source| KvError::Sqlite {
-                path: path.to_owned(),
+    /// [`KvError::Database`] when `path` is not a usable SQLite location.
+    pub fn open_lazy(path: &std::path::Path) -> Result<Self, KvError> {
+        let location = path.display().to_string();
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{location}"))
+            .map_err(|source| KvError::Database {
+                location: location.clone(),
                 source,
             })?
             .create_if_missing(true)
@@ -109,89 +255,146 @@ impl KvStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_lazy_with(options);
         Ok(KvStore {
-            path: path.to_owned(),
-            pool,
+            location,
+            backend: Backend::Sqlite(pool),
             ready: std::sync::Arc::new(OnceCell::new()),
         })
     }
 
+    /// A store in the PostgreSQL database at `url` (`postgres://user@host:port/database`,
+    /// libpq's `options` parameter for a `search_path`), the one the control plane's nodes
+    /// share. Connects at the first call; the tables must exist by then (the control plane's
+    /// migrations create them), else that call fails with [`KvError::NotMigrated`].
+    ///
+    /// # Errors
+    ///
+    /// [`KvError::Database`] when `url` is not a PostgreSQL URL.
+    pub fn connect_postgres(url: &str) -> Result<Self, KvError> {
+        let options = PgConnectOptions::from_str(url).map_err(|source| KvError::Database {
+            location: "a PostgreSQL URL".to_owned(),
+            source,
+        })?;
+        let location = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            // A write whose future was dropped while `BEGIN` was in flight (a guest stopped at
+            // its deadline) can hand its connection back inside a server-side transaction; end
+            // any such transaction before the connection is used again.
+            .before_acquire(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(KvStore {
+            location,
+            backend: Backend::Postgres(pool),
+            ready: std::sync::Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// Where the rows are: the SQLite file or the PostgreSQL server (no password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
     fn error(&self, source: sqlx::Error) -> KvError {
-        KvError::Sqlite {
-            path: self.path.clone(),
+        KvError::Database {
+            location: self.location.clone(),
             source,
         }
     }
 
+    /// Creates the SQLite tables, or checks the PostgreSQL ones exist, once per store.
     async fn ready(&self) -> Result<(), KvError> {
         self.ready
             .get_or_try_init(|| async {
-                sqlx::raw_sql(
-                    "CREATE TABLE IF NOT EXISTS kv (
-                        tenant TEXT NOT NULL,
-                        skill TEXT NOT NULL,
-                        key TEXT NOT NULL,
-                        value BLOB NOT NULL,
-                        updated_at_ms INTEGER NOT NULL,
-                        PRIMARY KEY (tenant, skill, key)
-                    ) WITHOUT ROWID;
-                    CREATE TABLE IF NOT EXISTS effects (
-                        idempotency_key TEXT NOT NULL,
-                        seq INTEGER NOT NULL,
-                        kind TEXT NOT NULL,
-                        request_digest TEXT NOT NULL,
-                        response BLOB,
-                        recorded_at_ms INTEGER NOT NULL,
-                        PRIMARY KEY (idempotency_key, seq)
-                    ) WITHOUT ROWID",
-                )
-                .execute(&self.pool)
-                .await
-                .map(drop)
+                match &self.backend {
+                    Backend::Sqlite(pool) => sqlx::raw_sql(
+                        "CREATE TABLE IF NOT EXISTS kv (
+                            tenant TEXT NOT NULL,
+                            skill TEXT NOT NULL,
+                            key TEXT NOT NULL,
+                            value BLOB NOT NULL,
+                            updated_at_ms INTEGER NOT NULL,
+                            PRIMARY KEY (tenant, skill, key)
+                        ) WITHOUT ROWID;
+                        CREATE TABLE IF NOT EXISTS effects (
+                            idempotency_key TEXT NOT NULL,
+                            seq INTEGER NOT NULL,
+                            kind TEXT NOT NULL,
+                            request_digest TEXT NOT NULL,
+                            response BLOB,
+                            recorded_at_ms INTEGER NOT NULL,
+                            PRIMARY KEY (idempotency_key, seq)
+                        ) WITHOUT ROWID",
+                    )
+                    .execute(pool)
+                    .await
+                    .map(drop)
+                    .map_err(|source| self.error(source)),
+                    Backend::Postgres(pool) => {
+                        let migrated: bool = sqlx::query_scalar(
+                            "SELECT to_regclass('kv') IS NOT NULL AND to_regclass('effects') IS NOT NULL",
+                        )
+                        .fetch_one(pool)
+                        .await
+                        .map_err(|source| self.error(source))?;
+                        if migrated {
+                            Ok(())
+                        } else {
+                            Err(KvError::NotMigrated {
+                                location: self.location.clone(),
+                            })
+                        }
+                    }
+                }
             })
             .await
             .map(|_| ())
-            .map_err(|source| self.error(source))
-    }
-
-    /// A write transaction that holds SQLite's write lock from its first statement, so the
-    /// journal check, the quota count and the write see one state.
-    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, KvError> {
-        self.ready().await?;
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|source| self.error(source))
     }
 
     /// The value of `key` in the (tenant, skill) namespace.
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the database cannot be read.
+    /// [`KvError::Database`] when the database cannot be read.
     pub async fn get(&self, tenant: &str, skill: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.ready().await?;
-        sqlx::query_scalar("SELECT value FROM kv WHERE tenant = ? AND skill = ? AND key = ?")
-            .bind(tenant)
-            .bind(skill)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|source| self.error(source))
+        on_backend!(&self.backend, pool => {
+            sqlx::query_scalar("SELECT value FROM kv WHERE tenant = $1 AND skill = $2 AND key = $3")
+                .bind(tenant)
+                .bind(skill)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|source| self.error(source))
     }
 
     /// Stores `value` under `key` in the (tenant, skill) namespace, committed before it returns.
     ///
     /// # Errors
     ///
-    /// [`KvError::Full`] for a new key in a full namespace, [`KvError::Sqlite`] when the write
-    /// failed (nothing is changed then).
+    /// [`KvError::Full`] for a new key in a full namespace, [`KvError::Quota`] past the byte
+    /// quota, [`KvError::Database`] when the write failed (nothing is changed then).
     pub async fn set(&self, tenant: &str, skill: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.set_journaled(tenant, skill, key, value, None).await.map(drop)
     }
 
     /// [`KvStore::set`], exactly once per `effect`: when the journal already holds `effect`'s
     /// `(idempotency key, seq)` with the same request digest, nothing is written and `false` is
-    /// returned; otherwise the value and the journal row commit in one transaction.
+    /// returned; otherwise the value and the journal row commit in one transaction, under the
+    /// namespace's write lock (so the journal check, the quota count and the write see one
+    /// state, on every node).
     ///
     /// # Errors
     ///
@@ -204,64 +407,57 @@ impl KvStore {
         value: &[u8],
         effect: Option<&EffectId<'_>>,
     ) -> Result<bool, KvError> {
-        let mut transaction = self.begin_immediate().await?;
-        if let Some(effect) = effect
-            && journaled(&mut transaction, effect)
-                .await
-                .map_err(|source| self.error(source))?
-                .is_some_and(|(digest, _)| digest == effect.request_digest)
-        {
-            return Ok(false);
+        self.ready().await?;
+        let outcome: Result<Result<bool, KvError>, sqlx::Error> = on_backend!(&self.backend, pool => async {
+            let mut transaction = pool.begin_namespace(tenant, skill).await?;
+            if let Some(effect) = effect
+                && journaled!(&mut *transaction, effect)?
+                    .is_some_and(|(digest, _)| digest == effect.request_digest)
+            {
+                return Ok(Ok(false));
+            }
+            // The namespace's keys, bytes, and the bytes of `key` if it exists, in one range
+            // scan of the primary key.
+            let (keys, used, existing, exists): (i64, i64, i64, i64) = sqlx::query_as(usage_sql(pool))
+                .bind(key)
+                .bind(tenant)
+                .bind(skill)
+                .fetch_one(&mut *transaction)
+                .await?;
+            if exists == 0 && keys >= MAX_KV_KEYS {
+                return Ok(Err(KvError::Full {
+                    tenant: tenant.to_owned(),
+                    skill: skill.to_owned(),
+                }));
+            }
+            let after = used - existing + i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX);
+            if after > MAX_KV_NAMESPACE_BYTES && after > used {
+                return Ok(Err(KvError::Quota {
+                    tenant: tenant.to_owned(),
+                    skill: skill.to_owned(),
+                    used,
+                    after,
+                }));
+            }
+            sqlx::query(
+                "INSERT INTO kv (tenant, skill, key, value, updated_at_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (tenant, skill, key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(tenant)
+            .bind(skill)
+            .bind(key)
+            .bind(value)
+            .bind(now_ms())
+            .execute(&mut *transaction)
+            .await?;
+            if let Some(effect) = effect {
+                record!(&mut *transaction, effect, None::<&[u8]>)?;
+            }
+            transaction.commit().await?;
+            Ok(Ok(true))
         }
-        // The namespace's keys, bytes, and the bytes of `key` if it exists, in one range scan
-        // of the primary key (a blob's length is read from its record header, not its pages).
-        let (keys, used, existing, exists): (i64, i64, i64, bool) = sqlx::query_as(
-            "SELECT COUNT(*),
-                    COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0),
-                    COALESCE(SUM(CASE WHEN key = ?1 THEN length(CAST(key AS BLOB)) + length(value) END), 0),
-                    COALESCE(MAX(key = ?1), 0)
-             FROM kv WHERE tenant = ?2 AND skill = ?3",
-        )
-        .bind(key)
-        .bind(tenant)
-        .bind(skill)
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(|source| self.error(source))?;
-        if !exists && keys >= MAX_KV_KEYS {
-            return Err(KvError::Full {
-                tenant: tenant.to_owned(),
-                skill: skill.to_owned(),
-            });
-        }
-        let after = used - existing + i64::try_from(key.len() + value.len()).unwrap_or(i64::MAX);
-        if after > MAX_KV_NAMESPACE_BYTES && after > used {
-            return Err(KvError::Quota {
-                tenant: tenant.to_owned(),
-                skill: skill.to_owned(),
-                used,
-                after,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO kv (tenant, skill, key, value, updated_at_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (tenant, skill, key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(tenant)
-        .bind(skill)
-        .bind(key)
-        .bind(value)
-        .bind(now_ms())
-        .execute(&mut *transaction)
-        .await
-        .map_err(|source| self.error(source))?;
-        if let Some(effect) = effect {
-            record(&mut transaction, effect, None)
-                .await
-                .map_err(|source| self.error(source))?;
-        }
-        transaction.commit().await.map_err(|source| self.error(source))?;
-        Ok(true)
+        .await);
+        outcome.map_err(|source| self.error(source))?
     }
 
     /// Deletes `key` from the (tenant, skill) namespace, exactly once per `effect` as for
@@ -270,7 +466,7 @@ impl KvStore {
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the write failed (nothing is changed then).
+    /// [`KvError::Database`] when the write failed (nothing is changed then).
     pub async fn delete_journaled(
         &self,
         tenant: &str,
@@ -278,49 +474,50 @@ impl KvStore {
         key: &str,
         effect: Option<&EffectId<'_>>,
     ) -> Result<bool, KvError> {
-        let mut transaction = self.begin_immediate().await?;
-        if let Some(effect) = effect
-            && let Some((digest, response)) = journaled(&mut transaction, effect)
-                .await
-                .map_err(|source| self.error(source))?
-            && digest == effect.request_digest
-        {
-            return Ok(response.as_deref() == Some(&[1]));
+        self.ready().await?;
+        on_backend!(&self.backend, pool => async {
+            let mut transaction = pool.begin_namespace(tenant, skill).await?;
+            if let Some(effect) = effect
+                && let Some((digest, response)) = journaled!(&mut *transaction, effect)?
+                && digest == effect.request_digest
+            {
+                return Ok(response.as_deref() == Some(&[1]));
+            }
+            let deleted = sqlx::query("DELETE FROM kv WHERE tenant = $1 AND skill = $2 AND key = $3")
+                .bind(tenant)
+                .bind(skill)
+                .bind(key)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected()
+                > 0;
+            if let Some(effect) = effect {
+                record!(&mut *transaction, effect, Some(&[u8::from(deleted)][..]))?;
+            }
+            transaction.commit().await?;
+            Ok(deleted)
         }
-        let deleted = sqlx::query("DELETE FROM kv WHERE tenant = ? AND skill = ? AND key = ?")
-            .bind(tenant)
-            .bind(skill)
-            .bind(key)
-            .execute(&mut *transaction)
-            .await
-            .map_err(|source| self.error(source))?
-            .rows_affected()
-            > 0;
-        if let Some(effect) = effect {
-            record(&mut transaction, effect, Some(&[u8::from(deleted)]))
-                .await
-                .map_err(|source| self.error(source))?;
-        }
-        transaction.commit().await.map_err(|source| self.error(source))?;
-        Ok(deleted)
+        .await)
+        .map_err(|source| self.error(source))
     }
 
     /// Bytes (keys and values) and keys held by the (tenant, skill) namespace.
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the database cannot be read.
+    /// [`KvError::Database`] when the database cannot be read.
     pub async fn usage(&self, tenant: &str, skill: &str) -> Result<(i64, i64), KvError> {
         self.ready().await?;
-        sqlx::query_as(
-            "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0), COUNT(*)
-             FROM kv WHERE tenant = ? AND skill = ?",
-        )
-        .bind(tenant)
-        .bind(skill)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|source| self.error(source))
+        let (keys, used, _, _): (i64, i64, i64, i64) = on_backend!(&self.backend, pool => {
+            sqlx::query_as(usage_sql(pool))
+                .bind("")
+                .bind(tenant)
+                .bind(skill)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(|source| self.error(source))?;
+        Ok((used, keys))
     }
 
     /// What the journal holds for `effect`'s `(idempotency key, seq)`: the request digest and
@@ -328,13 +525,10 @@ impl KvStore {
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the journal cannot be read.
+    /// [`KvError::Database`] when the journal cannot be read.
     pub async fn journaled(&self, effect: &EffectId<'_>) -> Result<Option<(String, Option<Vec<u8>>)>, KvError> {
         self.ready().await?;
-        let mut connection = self.pool.acquire().await.map_err(|source| self.error(source))?;
-        journaled(&mut connection, effect)
-            .await
-            .map_err(|source| self.error(source))
+        on_backend!(&self.backend, pool => journaled!(pool, effect)).map_err(|source| self.error(source))
     }
 
     /// Records that `effect` happened, with its `response`, committed before it returns
@@ -343,28 +537,26 @@ impl KvStore {
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the row cannot be written.
+    /// [`KvError::Database`] when the row cannot be written.
     pub async fn record_effect(&self, effect: &EffectId<'_>, response: Option<&[u8]>) -> Result<(), KvError> {
         self.ready().await?;
-        let mut connection = self.pool.acquire().await.map_err(|source| self.error(source))?;
-        record(&mut connection, effect, response)
-            .await
-            .map_err(|source| self.error(source))
+        on_backend!(&self.backend, pool => record!(pool, effect, response)).map_err(|source| self.error(source))
     }
 
     /// Journal rows under idempotency key `key` (for tests and inspection).
     ///
     /// # Errors
     ///
-    /// [`KvError::Sqlite`] when the journal cannot be read.
+    /// [`KvError::Database`] when the journal cannot be read.
     pub async fn effects_of(&self, key: &str) -> Result<Vec<(u32, String)>, KvError> {
         self.ready().await?;
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT seq, kind FROM effects WHERE idempotency_key = ? ORDER BY seq")
+        let rows: Vec<(i64, String)> = on_backend!(&self.backend, pool => {
+            sqlx::query_as("SELECT seq, kind FROM effects WHERE idempotency_key = $1 ORDER BY seq")
                 .bind(key)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await
-                .map_err(|source| self.error(source))?;
+        })
+        .map_err(|source| self.error(source))?;
         Ok(rows
             .into_iter()
             .map(|(seq, kind)| (u32::try_from(seq).unwrap_or(u32::MAX), kind))
@@ -387,37 +579,6 @@ pub struct EffectId<'a> {
     pub request_digest: String,
 }
 
-async fn journaled(
-    connection: &mut sqlx::SqliteConnection,
-    effect: &EffectId<'_>,
-) -> Result<Option<(String, Option<Vec<u8>>)>, sqlx::Error> {
-    sqlx::query_as("SELECT request_digest, response FROM effects WHERE idempotency_key = ? AND seq = ?")
-        .bind(effect.idempotency_key)
-        .bind(i64::from(effect.seq))
-        .fetch_optional(connection)
-        .await
-}
-
-async fn record(
-    connection: &mut sqlx::SqliteConnection,
-    effect: &EffectId<'_>,
-    response: Option<&[u8]>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT OR REPLACE INTO effects (idempotency_key, seq, kind, request_digest, response, recorded_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(effect.idempotency_key)
-    .bind(i64::from(effect.seq))
-    .bind(effect.kind)
-    .bind(&effect.request_digest)
-    .bind(response)
-    .bind(now_ms())
-    .execute(connection)
-    .await
-    .map(drop)
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -437,13 +598,71 @@ mod tests {
         }
     }
 
+    /// A schema of its own on the test database (`AGENTD_TEST_DATABASE_URL`), migrated by the
+    /// control plane as a node does, and the URL scoped to it; `None` without a database.
+    async fn postgres_schema() -> Option<(String, tempfile::TempDir)> {
+        let url = std::env::var("AGENTD_TEST_DATABASE_URL").ok()?;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let schema = format!(
+            "agentd_kv_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let pool = PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let scoped = format!("{url}?options[search_path]={schema}");
+        let keys = tempfile::tempdir().unwrap();
+        control_plane::Store::open_postgres(&scoped, keys.path())
+            .await
+            .unwrap()
+            .close()
+            .await;
+        Some((scoped, keys))
+    }
+
+    /// Drops the schema of `scoped` (a URL from [`postgres_schema`]).
+    async fn drop_schema(scoped: &str) {
+        let (url, schema) = scoped.split_once("?options[search_path]=").unwrap();
+        let pool = PgPool::connect(url).await.unwrap();
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+
+    /// Runs `test` against every store: SQLite, and PostgreSQL when a test database is set
+    /// (its schema dropped afterwards).
+    async fn on_every_store(test: impl AsyncFn(&KvStore)) {
+        let dir = tempfile::tempdir().unwrap();
+        test(&KvStore::open_lazy(&dir.path().join("kv.db")).unwrap()).await;
+        if let Some((url, _keys)) = postgres_schema().await {
+            let kv = KvStore::connect_postgres(&url).unwrap();
+            test(&kv).await;
+            if let Backend::Postgres(pool) = &kv.backend {
+                pool.close().await;
+            }
+            drop_schema(&url).await;
+        }
+    }
+
     /// Review finding: kv had no total quota (10,000 keys of 1 MiB: 10 GB per tenant and skill)
     /// and no delete. The quota counts keys and values per namespace, is refused before
     /// anything is written, and deleting frees the space.
     #[tokio::test]
     async fn a_namespace_is_held_to_its_byte_quota_and_delete_frees_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = KvStore::open_lazy(&dir.path().join("kv.db")).unwrap();
+        on_every_store(namespace_quota).await;
+    }
+
+    async fn namespace_quota(kv: &KvStore) {
         let value = vec![7u8; MAX_KV_VALUE_BYTES];
         let fits = usize::try_from(MAX_KV_NAMESPACE_BYTES).unwrap() / (MAX_KV_VALUE_BYTES + 8);
         for i in 0..fits {
@@ -484,8 +703,10 @@ mod tests {
     /// written again since then survives the replay.
     #[tokio::test]
     async fn a_journaled_delete_happens_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = KvStore::open_lazy(&dir.path().join("kv.db")).unwrap();
+        on_every_store(delete_once).await;
+    }
+
+    async fn delete_once(kv: &KvStore) {
         kv.set("acme", "notes", "draft", b"v1").await.unwrap();
         let first = effect("acme/run-1/step-1", 0, "sha256:delete-draft");
         assert!(
@@ -510,5 +731,87 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(kv.get("acme", "notes", "draft").await.unwrap(), None);
+    }
+
+    /// Two nodes (two stores on one database) replaying the same journaled writes at once: each
+    /// effect is written by exactly one of them, because the journal check and the write hold
+    /// the namespace's lock. Without the lock both would find no journal row and both write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_sharing_postgres_write_each_journaled_effect_once() {
+        let Some((url, _keys)) = postgres_schema().await else {
+            return; // No database: `.ci/run` always sets one.
+        };
+        let nodes = [
+            KvStore::connect_postgres(&url).unwrap(),
+            KvStore::connect_postgres(&url).unwrap(),
+        ];
+        let mut tasks = tokio::task::JoinSet::new();
+        for round in 0..4 {
+            for (index, node) in nodes.iter().enumerate() {
+                for step in 0..10 {
+                    let node = node.clone();
+                    tasks.spawn(async move {
+                        let key = format!("acme/run-{step}/step-1");
+                        let value = format!("from node {index}, round {round}");
+                        let effect = EffectId {
+                            idempotency_key: &key,
+                            seq: 0,
+                            kind: "kv-set",
+                            request_digest: format!("sha256:step-{step}"),
+                        };
+                        node.set_journaled(
+                            "acme",
+                            "notes",
+                            &format!("step-{step}"),
+                            value.as_bytes(),
+                            Some(&effect),
+                        )
+                        .await
+                        .unwrap()
+                    });
+                }
+            }
+        }
+        let written = tasks.join_all().await.into_iter().filter(|&wrote| wrote).count();
+        assert_eq!(written, 10, "each of the 10 effects is written once, by one node");
+        assert_eq!(nodes[1].usage("acme", "notes").await.unwrap().1, 10);
+        for step in 0..10 {
+            assert_eq!(
+                nodes[0].effects_of(&format!("acme/run-{step}/step-1")).await.unwrap(),
+                [(0, "kv-set".to_owned())]
+            );
+        }
+        for node in &nodes {
+            if let Backend::Postgres(pool) = &node.backend {
+                pool.close().await;
+            }
+        }
+        drop_schema(&url).await;
+    }
+
+    /// A database no control plane migrated has no `kv` table: a typed error that says how to
+    /// fix it, not retried.
+    #[tokio::test]
+    async fn an_unmigrated_postgres_database_is_refused_by_name() {
+        let Ok(url) = std::env::var("AGENTD_TEST_DATABASE_URL") else {
+            return;
+        };
+        let schema = format!("agentd_kv_bare_{}", std::process::id());
+        let pool = PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let kv = KvStore::connect_postgres(&format!("{url}?options[search_path]={schema}")).unwrap();
+        let error = kv.set("acme", "notes", "k", b"v").await.unwrap_err();
+        assert!(matches!(error, KvError::NotMigrated { .. }), "{error}");
+        assert!(!error.is_retryable());
+        assert!(error.to_string().contains("agentd serve --database"), "{error}");
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 }

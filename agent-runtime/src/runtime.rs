@@ -26,9 +26,15 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Directory of the compiled-code cache; `None` compiles every package at every load.
     pub code_cache: Option<PathBuf>,
-    /// SQLite file of the durable key-value store behind `kv-get`/`kv-set`; `None` makes those
-    /// calls fail with `capability-error::io`.
+    /// SQLite file of the durable key-value store behind `kv-get`/`kv-set` and the effects
+    /// journal; `None` (with no `kv_database_url` either) makes those calls fail with
+    /// `capability-error::io`.
     pub kv_path: Option<PathBuf>,
+    /// The PostgreSQL database (`postgres://...`) holding the key-value store and the effects
+    /// journal instead of `kv_path`: the database the control plane's nodes share, so a run
+    /// taken over by a node on another host finds its effects journaled (ADR 0016). Setting
+    /// both is refused by [`Runtime::new`].
+    pub kv_database_url: Option<String>,
     /// PEM files of certificate authorities `http-fetch` trusts for `https://` besides the
     /// Mozilla root store compiled in (webpki-roots): an organisation's internal CA. Each file
     /// may hold several certificates.
@@ -43,6 +49,7 @@ impl Default for RuntimeConfig {
             max_instances: 64,
             code_cache: None,
             kv_path: None,
+            kv_database_url: None,
             extra_root_certificates: Vec::new(),
         }
     }
@@ -91,9 +98,16 @@ impl Runtime {
                 })?),
                 None => None,
             };
-        let kv = match &config.kv_path {
-            Some(path) => Some(KvStore::open_lazy(path).map_err(|error| EngineError(error.to_string()))?),
-            None => None,
+        let kv = match (&config.kv_path, &config.kv_database_url) {
+            (Some(path), Some(_)) => {
+                return Err(EngineError(format!(
+                    "the key-value store is configured twice: the file {} and a PostgreSQL database; give one",
+                    path.display()
+                )));
+            }
+            (Some(path), None) => Some(KvStore::open_lazy(path).map_err(|error| EngineError(error.to_string()))?),
+            (None, Some(url)) => Some(KvStore::connect_postgres(url).map_err(|error| EngineError(error.to_string()))?),
+            (None, None) => None,
         };
         // Redirects are not followed: a redirect could lead to an origin that was not granted.
         // No proxy from the environment either: the grant names the origin actually contacted.

@@ -57,6 +57,11 @@ impl Paths {
         self.state_dir.join("state.db")
     }
 
+    /// The skills' key-value store and effects journal when the state is SQLite.
+    pub fn kv_file(&self) -> PathBuf {
+        self.state_dir.join("kv.db")
+    }
+
     pub fn workspace_root(&self) -> PathBuf {
         self.state_dir.join("workspace")
     }
@@ -297,7 +302,10 @@ impl App {
         let runtime = Runtime::new(RuntimeConfig {
             workspace_root: Some(paths.workspace_root()),
             code_cache: Some(paths.state_dir.join("code-cache")),
-            kv_path: Some(paths.state_dir.join("kv.db")),
+            // With a shared database the skills' key-value store and effects journal live there
+            // too, so a node on another host that takes a run over finds them (ADR 0016).
+            kv_path: paths.database.is_none().then(|| paths.kv_file()),
+            kv_database_url: paths.database.clone(),
             ..RuntimeConfig::default()
         })?;
         let packages = match skills {

@@ -168,7 +168,8 @@ enum Command {
         recovery_secs: u64,
     },
     /// Copy a SQLite state into an empty PostgreSQL database (ADR 0016): every table, the
-    /// audit log with its anchor and tree, and the log's keys (to the state directory, where
+    /// audit log with its anchor and tree, the skills' key-value store and effects journal
+    /// (`kv.db` beside the state file), and the log's keys (to the state directory, where
     /// `--database` nodes read them). Both sides are verified; a non-empty target is refused.
     Migrate {
         /// The state to copy, `sqlite:PATH` (read only; its keys are `PATH.audit-key` and
@@ -1066,9 +1067,19 @@ async fn execute(cli: Cli) -> Result<Exit> {
             }
             // Private (0700), as every command makes it: the keys go there.
             app::ensure_state_dir(&paths)?;
-            let report = control_plane::migrate_sqlite_to_postgres(Path::new(source), &to, &paths.state_dir)
-                .await
-                .with_context(|| format!("cannot migrate {source}"))?;
+            // The skills' key-value store and effects journal live beside the state file
+            // (`kv.db`, as every command lays a state directory out); a state whose skills
+            // never wrote one has none.
+            let skill_store = Path::new(source).with_file_name("kv.db");
+            let skill_store = skill_store.is_file().then_some(skill_store);
+            let report = control_plane::migrate_sqlite_to_postgres(
+                Path::new(source),
+                skill_store.as_deref(),
+                &to,
+                &paths.state_dir,
+            )
+            .await
+            .with_context(|| format!("cannot migrate {source}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -48,7 +48,10 @@ pub struct MigrationReport {
 /// Copies the SQLite state at `source` (with its keys `<source>.audit-key` and
 /// `<source>.checkpoint-key`) into the empty PostgreSQL database at `target_url`, whose keys
 /// go to `key_dir` (`postgres.audit-key`, `postgres.checkpoint-key`, as
-/// [`Store::open_postgres`](crate::Store::open_postgres) reads them). The source is only read.
+/// [`Store::open_postgres`](crate::Store::open_postgres) reads them). `skill_store` is the
+/// state's key-value store and effects journal (agent-runtime's `kv.db`), copied into the
+/// target's `kv` and `effects` tables in the same transaction; `None` when the state has none
+/// (its skills never wrote a key or an effect). The sources are only read.
 ///
 /// # Errors
 ///
@@ -59,6 +62,7 @@ pub struct MigrationReport {
 /// failures of either database or key file. The target is unchanged in every case.
 pub async fn migrate_sqlite_to_postgres(
     source: &Path,
+    skill_store: Option<&Path>,
     target_url: &str,
     key_dir: &Path,
 ) -> Result<MigrationReport, MigrateError> {
@@ -68,6 +72,14 @@ pub async fn migrate_sqlite_to_postgres(
     let source_anchor = keys::load_exact::<32>(&source_keys.anchor)?;
     let source_checkpoint = keys::load_exact::<32>(&source_keys.checkpoint)?;
     let mut reading = sqlite.begin_read().await?;
+    let skills = match skill_store {
+        Some(path) => Some(SqliteStorage::open_skill_store_read_only(path).await?),
+        None => None,
+    };
+    let mut skills_reading = match &skills {
+        Some(skills) => Some(skills.begin_read().await?),
+        None => None,
+    };
     let verified = crate::plane::verify_in(
         &mut reading,
         source_anchor.map(AnchorKey::new).as_ref(),
@@ -102,12 +114,12 @@ pub async fn migrate_sqlite_to_postgres(
     let location = crate::storage::Storage::location(&postgres).to_owned();
     let mut writing = postgres.begin_write().await?;
     // Every refusal about the target comes before a key is written.
-    let tables = copy::plan(&mut reading, &mut writing, &location).await?;
+    let plan = copy::plan(&mut reading, skills_reading.as_mut(), &mut writing, &location).await?;
     let target_anchor = install(&source_keys.anchor, &target_keys.anchor, &source_anchor)?;
     if let Some(checkpoint) = &source_checkpoint {
         install(&source_keys.checkpoint, &target_keys.checkpoint, checkpoint)?;
     }
-    let copied = copy::copy_tables(&mut reading, &mut writing, &tables).await?;
+    let copied = copy::copy_tables(&mut reading, skills_reading.as_mut(), &mut writing, &plan).await?;
     let check =
         crate::plane::verify_in(&mut writing, Some(&AnchorKey::new(target_anchor)), &target_keys.anchor).await?;
     match check {

@@ -263,6 +263,9 @@ pub(crate) fn webhook_policy(env: &Env) -> std::path::PathBuf {
 
 /// What the deliveries left behind: the webhook's distinct keys by run, the names it was sent,
 /// the files in the tenant's workspace and the key-value entries.
+/// The key-value rows `deliver-report` writes, one per delivery (same SQL on both backends).
+pub(crate) const DELIVERY_KEYS: &str = "SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'";
+
 pub(crate) struct Effects {
     pub(crate) keys_by_run: BTreeMap<String, BTreeSet<String>>,
     pub(crate) names_sent: BTreeSet<String>,
@@ -272,7 +275,18 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
+    /// The effects of a state on SQLite: the key-value writes are in its `kv.db`.
     pub(crate) fn of(env: &Env, webhook: &Webhook) -> Self {
+        let kv_keys = crate::with_sqlite(&env.state_dir().join("kv.db"), async |pool| {
+            let keys: Vec<(String,)> = sqlx::query_as(DELIVERY_KEYS).fetch_all(pool).await.unwrap();
+            keys
+        });
+        Self::with_kv_keys(env, webhook, kv_keys)
+    }
+
+    /// The effects seen at the webhook and in the workspace, with `kv_keys` the rows
+    /// [`DELIVERY_KEYS`] found in the key-value store.
+    pub(crate) fn with_kv_keys(env: &Env, webhook: &Webhook, kv_keys: Vec<(String,)>) -> Self {
         let requests = webhook.requests();
         let mut keys_by_run: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut names_sent: BTreeSet<String> = BTreeSet::new();
@@ -298,16 +312,10 @@ impl Effects {
                     .collect()
             })
             .unwrap_or_default();
-        let kv_keys: BTreeSet<String> = crate::with_sqlite(&env.state_dir().join("kv.db"), async |pool| {
-            let keys: Vec<(String,)> =
-                sqlx::query_as("SELECT key FROM kv WHERE skill = 'deliver-report' AND key LIKE 'deliveries/%'")
-                    .fetch_all(pool)
-                    .await
-                    .unwrap();
-            keys.into_iter()
-                .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
-                .collect()
-        });
+        let kv_keys: BTreeSet<String> = kv_keys
+            .into_iter()
+            .map(|(key,)| key.trim_start_matches("deliveries/").to_owned())
+            .collect();
         Effects {
             keys_by_run,
             names_sent,

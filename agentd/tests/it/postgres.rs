@@ -159,6 +159,30 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
     let alice = env.token("alice", "agent");
     let done = env.run_json("pii-redact", json!({ "text": "mail jane@example.org" }), &alice);
     assert!(done.status.success(), "{}", crate::stderr(&done));
+    // A skill that wrote to its key-value namespace (`flaky` counts its attempts there):
+    // approved, failed once on purpose, succeeded on the retry.
+    let reviewer = env.token("bob", "reviewer");
+    let flaky = env.run_json("flaky", json!({ "fail_first": 1 }), &alice);
+    assert_eq!(flaky.status.code(), Some(4), "{}", crate::stderr(&flaky));
+    let flaky: serde_json::Value = serde_json::from_str(&crate::stdout(&flaky)).unwrap();
+    let approval = flaky["approval_id"].as_i64().unwrap().to_string();
+    let approved = env.agentd(&["--json", "hitl", "approve", &approval, "--token", &reviewer], None);
+    assert!(approved.status.success(), "{}", crate::stderr(&approved));
+    let (kv_rows, effect_rows) = crate::with_sqlite(&env.state_dir().join("kv.db"), async |pool| {
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT key, value FROM kv WHERE skill = 'flaky'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let effects: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects ORDER BY idempotency_key, seq")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        (rows, effects)
+    });
+    assert_eq!(kv_rows.len(), 1, "{kv_rows:?}");
+    assert_eq!(kv_rows[0].1, 2u32.to_le_bytes(), "two attempts counted");
+    assert_eq!(effect_rows.len(), 1, "{effect_rows:?}");
     env.submit_report(&alice);
     let entries = env.audit_entries();
     let source = format!("sqlite:{}", env.state_dir().join("state.db").display());
@@ -181,8 +205,26 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
     assert!(migrated.status.success(), "{}", crate::stderr(&migrated));
     let report: serde_json::Value = serde_json::from_str(&crate::stdout(&migrated)).unwrap();
     assert_eq!(report["audit_entries"], entries);
+    // The skill store came along, row for row, into the shared database's tables.
+    let tables: Vec<(String, u64)> = serde_json::from_value(report["tables"].clone()).unwrap();
+    assert!(tables.contains(&("kv".to_owned(), 1)), "{tables:?}");
+    assert!(tables.contains(&("effects".to_owned(), 1)), "{tables:?}");
+    let (kv_moved, effects_moved) = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT key, value FROM kv WHERE skill = 'flaky'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let effects: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects ORDER BY idempotency_key, seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        (rows, effects)
+    });
+    assert_eq!((kv_moved, effects_moved), (kv_rows, effect_rows));
     // The copy serves: the same log verifies on PostgreSQL, the waiting request is listed.
-    let reviewer = env.token("bob", "reviewer");
     let verified = env.agentd(
         &[
             "--state-dir",
@@ -212,6 +254,8 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
             "--json",
             "hitl",
             "list",
+            "--status",
+            "pending",
             "--token",
             &reviewer,
         ],
@@ -221,6 +265,32 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
     let listed: Vec<serde_json::Value> = serde_json::from_str(&crate::stdout(&listed)).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["status"], "pending");
+    // A skill run on the PostgreSQL state keeps its keys there: a new run of `flaky`, approved,
+    // counts its attempts in the database's `kv` table beside the copied row, and no `kv.db`
+    // appears in the state directory.
+    let on_postgres = |args: &[&str]| {
+        let mut all = vec!["--state-dir", keys_dir, "--database", database.as_str(), "--json"];
+        all.extend_from_slice(args);
+        env.agentd(&all, None)
+    };
+    let input = env.file("flaky-again.json", &crate::envelope(json!({ "fail_first": 1 })));
+    let waiting = on_postgres(&["run", "flaky", "--input", input.to_str().unwrap(), "--token", &alice]);
+    assert_eq!(waiting.status.code(), Some(4), "{}", crate::stderr(&waiting));
+    let waiting: serde_json::Value = serde_json::from_str(&crate::stdout(&waiting)).unwrap();
+    let approval = waiting["approval_id"].as_i64().unwrap().to_string();
+    let approved = on_postgres(&["hitl", "approve", &approval, "--token", &reviewer]);
+    assert!(approved.status.success(), "{}", crate::stderr(&approved));
+    let counted: Vec<Vec<u8>> = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        let values = sqlx::query_scalar("SELECT value FROM kv WHERE skill = 'flaky' ORDER BY updated_at_ms")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        values
+    });
+    assert_eq!(counted, [2u32.to_le_bytes().to_vec(), 2u32.to_le_bytes().to_vec()]);
+    assert!(!keys.path().join("kv.db").exists(), "the PostgreSQL node wrote a kv.db");
 
     let again = env.agentd(
         &["--state-dir", keys_dir, "migrate", "--from", &source, "--to", &database],
@@ -274,7 +344,8 @@ fn three_nodes_under_sigkill_run_each_run_once_and_keep_one_log() {
     eprintln!("three-node chaos seed {seed}: {runs} runs, {kills} kills");
     let webhook = Webhook::start();
     // The nodes share one state directory, as nodes on one host share a volume: the workspace
-    // the deliveries write, the effects journal (`kv.db`) and the keys.
+    // the deliveries write and the keys. The key-value store and the effects journal are in the
+    // database (ADR 0016), where nodes on different hosts would find them too.
     let env = Env::new();
     let policy = webhook_policy(&env);
     let agent = env.token("alice", "agent");
@@ -454,8 +525,22 @@ fn three_nodes_under_sigkill_run_each_run_once_and_keep_one_log() {
     );
     eprintln!("{takeovers} takeovers, {recovered} steps recovered");
 
-    // Every effect once, on every channel.
-    let effects = Effects::of(&env, &webhook);
+    // Every effect once, on every channel; the key-value writes and their journal are in the
+    // shared database (no node wrote a `kv.db`).
+    assert!(
+        !env.state_dir().join("kv.db").exists(),
+        "a node kept its key-value store in a file"
+    );
+    let kv_keys = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        let keys: Vec<(String,)> = sqlx::query_as(crate::chaos::DELIVERY_KEYS)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        keys
+    });
+    let effects = Effects::with_kv_keys(&env, &webhook, kv_keys);
     eprintln!(
         "webhook saw {} requests for {} runs",
         effects.requests,

@@ -271,7 +271,7 @@ async fn a_sqlite_state_moves_to_postgres_whole_verified_and_as_the_same_log() {
     let (target, _schema) = empty_target(&url).await;
     let keys = tempfile::tempdir().unwrap();
 
-    let report = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+    let report = control_plane::migrate_sqlite_to_postgres(&source.state_file(), None, &target, keys.path())
         .await
         .unwrap();
     assert_eq!(
@@ -335,7 +335,7 @@ async fn a_sqlite_state_moves_to_postgres_whole_verified_and_as_the_same_log() {
     ));
 
     // A second migration into the now non-empty target is refused; the target is unchanged.
-    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), None, &target, keys.path())
         .await
         .unwrap_err();
     assert!(
@@ -360,7 +360,7 @@ async fn a_migration_refuses_a_broken_source_and_a_foreign_key_and_leaves_the_ta
     let keys = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(keys.path()).unwrap();
     control_plane::keys::load_or_create_exact::<32>(&keys.path().join("postgres.audit-key")).unwrap();
-    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), None, &target, keys.path())
         .await
         .unwrap_err();
     assert!(matches!(error, MigrateError::KeyMismatch { .. }), "{error}");
@@ -382,7 +382,7 @@ async fn a_migration_refuses_a_broken_source_and_a_foreign_key_and_leaves_the_ta
     pool.close().await;
     let (target, _schema) = empty_target(&url).await;
     let keys = tempfile::tempdir().unwrap();
-    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), &target, keys.path())
+    let error = control_plane::migrate_sqlite_to_postgres(&source.state_file(), None, &target, keys.path())
         .await
         .unwrap_err();
     assert!(matches!(error, MigrateError::SourceBroken { seq: 2, .. }), "{error}");
@@ -394,7 +394,7 @@ async fn a_migration_refuses_a_broken_source_and_a_foreign_key_and_leaves_the_ta
 
     // Not a state file at all.
     let error =
-        control_plane::migrate_sqlite_to_postgres(std::path::Path::new("/nonexistent.db"), &target, keys.path())
+        control_plane::migrate_sqlite_to_postgres(std::path::Path::new("/nonexistent.db"), None, &target, keys.path())
             .await
             .unwrap_err();
     assert!(matches!(error, MigrateError::Store(StoreError::Open { .. })), "{error}");

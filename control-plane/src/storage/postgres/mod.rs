@@ -48,10 +48,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run event tokens",
         include_str!("../../../migrations/postgres/0002_run_event_tokens.sql"),
     ),
+    (
+        3,
+        "skill store",
+        include_str!("../../../migrations/postgres/0003_skill_store.sql"),
+    ),
 ];
 
 /// The newest migration this build applies.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// An open PostgreSQL state.
 #[derive(Debug)]

@@ -252,6 +252,17 @@ impl SqliteStorage {
     /// Opens the file at `path` read-only, for inspection and verification: nothing is created,
     /// migrated or written, and a file on read-only storage (or a read-only copy) opens too.
     pub(crate) async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Self::open_file_read_only(path, true).await
+    }
+
+    /// Opens another SQLite file read-only as [`open_read_only`](Self::open_read_only) does,
+    /// without asking for a state's schema: the skills' key-value store and effects journal
+    /// (`kv.db`), which `agentd migrate` copies beside the state.
+    pub(crate) async fn open_skill_store_read_only(path: &Path) -> Result<Self, StoreError> {
+        Self::open_file_read_only(path, false).await
+    }
+
+    async fn open_file_read_only(path: &Path, state: bool) -> Result<Self, StoreError> {
         let location = path.display().to_string();
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
@@ -290,7 +301,9 @@ impl SqliteStorage {
             .fetch_one(&pool)
             .await
             .map_err(open_error)?;
-        if found < SCHEMA_VERSION {
+        // The skill store has no state schema to check: its tables are read by name, and their
+        // columns checked against the target's by the copy.
+        if state && found < SCHEMA_VERSION {
             return Err(StoreError::Open {
                 location: path.display().to_string(),
                 cause: Box::new(StoreError::Backend {
@@ -300,7 +313,7 @@ impl SqliteStorage {
                 }),
             });
         }
-        if found > SCHEMA_VERSION {
+        if state && found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
                 location,
                 found,
@@ -356,7 +369,9 @@ impl SqliteUnit {
     }
 
     /// Up to `limit` rows of `table` after rowid `after`, in rowid order, each with its rowid
-    /// and its values in `table`'s column order, read as the column's type.
+    /// and its values in `table`'s column order, read as the column's type. A `WITHOUT ROWID`
+    /// table's rows are numbered in primary-key order instead (`after` then counts the rows
+    /// already read; call it within one read unit).
     ///
     /// # Errors
     ///
@@ -375,17 +390,57 @@ impl SqliteUnit {
                 detail: format!("`{}` is not a table this build copies", table.name),
             });
         }
-        let sql = format!(
-            "SELECT rowid, {} FROM \"{}\" WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            table.column_list(),
-            table.name
-        );
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&mut *self.transaction)
-            .await
-            .map_err(classify)?;
+        // A `WITHOUT ROWID` table (the skills' `kv` and `effects`) is paged in its primary
+        // key's order, its rows numbered from 1 in that order in place of a rowid; one read
+        // transaction keeps the numbering stable from page to page.
+        let without_rowid: bool =
+            sqlx::query_scalar("SELECT COUNT(*) > 0 FROM pragma_table_list WHERE name = ? AND wr = 1")
+                .bind(&table.name)
+                .fetch_one(&mut *self.transaction)
+                .await
+                .map_err(classify)?;
+        let rows = if without_rowid {
+            let key: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk")
+                .bind(&table.name)
+                .fetch_all(&mut *self.transaction)
+                .await
+                .map_err(classify)?;
+            if !key.iter().all(|name| plain_identifier(name)) {
+                return Err(StoreError::Backend {
+                    detail: format!("the primary key of `{}` is not one this build pages", table.name),
+                });
+            }
+            let skipped = after.max(0);
+            let sql = format!(
+                "SELECT ? + ROW_NUMBER() OVER (ORDER BY {key}), {} FROM \"{}\" ORDER BY {key} LIMIT ? OFFSET ?",
+                table.column_list(),
+                table.name,
+                key = key
+                    .iter()
+                    .map(|name| format!("\"{name}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            sqlx::query(&sql)
+                .bind(skipped)
+                .bind(limit)
+                .bind(skipped)
+                .fetch_all(&mut *self.transaction)
+                .await
+                .map_err(classify)?
+        } else {
+            let sql = format!(
+                "SELECT rowid, {} FROM \"{}\" WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                table.column_list(),
+                table.name
+            );
+            sqlx::query(&sql)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *self.transaction)
+                .await
+                .map_err(classify)?
+        };
         rows.iter()
             .map(|row| {
                 let rowid: i64 = row.try_get(0).map_err(classify)?;
