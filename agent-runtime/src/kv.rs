@@ -289,7 +289,20 @@ impl KvStore {
             // any such transaction before the connection is used again.
             .before_acquire(|connection, _| {
                 Box::pin(async move {
-                    sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    // Outside a transaction a simple-protocol query is the first statement of
+                    // its own, and PostgreSQL gives it `now() = statement_timestamp()` (the
+                    // extended protocol starts the transaction at Parse, before the statement's
+                    // timestamp); inside one (or in an aborted one, which refuses the SELECT)
+                    // it is ended. Asking first spares every acquire a "there is no
+                    // transaction in progress" warning in the log.
+                    // (A `&str` without arguments is sent as a simple query.)
+                    let idle = sqlx::Executor::fetch_one(&mut *connection, "SELECT now() = statement_timestamp()")
+                        .await
+                        .and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0))
+                        .unwrap_or(false);
+                    if !idle {
+                        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    }
                     Ok(true)
                 })
             })
@@ -783,6 +796,55 @@ mod tests {
         }
         for node in &nodes {
             if let Backend::Postgres(pool) = &node.backend {
+                pool.close().await;
+            }
+        }
+        drop_schema(&url).await;
+    }
+
+    /// A connection handed back to the pool inside a transaction (a write whose future was
+    /// dropped mid-way, a guest stopped at its deadline) is rolled back before it is used
+    /// again: its uncommitted row is not read, and the next write commits for real.
+    #[tokio::test]
+    async fn a_connection_returned_inside_a_transaction_is_rolled_back_before_reuse() {
+        let Some((url, _keys)) = postgres_schema().await else {
+            return;
+        };
+        let kv = KvStore::connect_postgres(&url).unwrap();
+        kv.set("acme", "notes", "kept", b"1").await.unwrap();
+        let Backend::Postgres(pool) = &kv.backend else {
+            unreachable!()
+        };
+        // Every connection the pool may hand out (at most 4) is left inside a transaction
+        // holding an uncommitted row of its own; without the rollback, whichever of them the
+        // next call gets counts that row.
+        let mut connections = Vec::new();
+        for n in 0..4 {
+            let mut connection = pool.acquire().await.unwrap();
+            sqlx::Executor::execute(
+                &mut *connection,
+                format!("BEGIN; INSERT INTO kv VALUES ('acme', 'notes', 'stale-{n}', '\\x00', 0)").as_str(),
+            )
+            .await
+            .unwrap();
+            connections.push(connection);
+        }
+        drop(connections);
+        assert_eq!(
+            kv.usage("acme", "notes").await.unwrap().1,
+            1,
+            "an uncommitted row was counted"
+        );
+        assert_eq!(kv.get("acme", "notes", "stale-0").await.unwrap(), None);
+        kv.set("acme", "notes", "after", b"2").await.unwrap();
+        let other = KvStore::connect_postgres(&url).unwrap();
+        assert_eq!(
+            other.get("acme", "notes", "after").await.unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
+        assert_eq!(other.usage("acme", "notes").await.unwrap().1, 2);
+        for store in [&kv, &other] {
+            if let Backend::Postgres(pool) = &store.backend {
                 pool.close().await;
             }
         }

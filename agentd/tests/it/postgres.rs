@@ -174,7 +174,7 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
             .await
             .unwrap();
         let effects: Vec<(String, i64, String)> =
-            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects ORDER BY idempotency_key, seq")
+            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects WHERE idempotency_key NOT LIKE 'acme/bulk-%' ORDER BY idempotency_key, seq")
                 .fetch_all(pool)
                 .await
                 .unwrap();
@@ -183,6 +183,24 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
     assert_eq!(kv_rows.len(), 1, "{kv_rows:?}");
     assert_eq!(kv_rows[0].1, 2u32.to_le_bytes(), "two attempts counted");
     assert_eq!(effect_rows.len(), 1, "{effect_rows:?}");
+    // More rows than one page of the copy (500), in tables without a rowid, so that paging in
+    // primary-key order is what moves them.
+    runtime.block_on(async {
+        let skill_store = agent_runtime::kv::KvStore::open_lazy(&env.state_dir().join("kv.db")).unwrap();
+        for n in 0..1_234u32 {
+            let key = format!("acme/bulk-{n}/step-1");
+            let effect = agent_runtime::kv::EffectId {
+                idempotency_key: &key,
+                seq: 0,
+                kind: "kv-set",
+                request_digest: format!("sha256:{n}"),
+            };
+            skill_store
+                .set_journaled("acme", "bulk", &format!("k/{n:05}"), &n.to_le_bytes(), Some(&effect))
+                .await
+                .unwrap();
+        }
+    });
     env.submit_report(&alice);
     let entries = env.audit_entries();
     let source = format!("sqlite:{}", env.state_dir().join("state.db").display());
@@ -207,8 +225,8 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
     assert_eq!(report["audit_entries"], entries);
     // The skill store came along, row for row, into the shared database's tables.
     let tables: Vec<(String, u64)> = serde_json::from_value(report["tables"].clone()).unwrap();
-    assert!(tables.contains(&("kv".to_owned(), 1)), "{tables:?}");
-    assert!(tables.contains(&("effects".to_owned(), 1)), "{tables:?}");
+    assert!(tables.contains(&("kv".to_owned(), 1_235)), "{tables:?}");
+    assert!(tables.contains(&("effects".to_owned(), 1_235)), "{tables:?}");
     let (kv_moved, effects_moved) = runtime.block_on(async {
         let pool = sqlx::PgPool::connect(&database).await.unwrap();
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT key, value FROM kv WHERE skill = 'flaky'")
@@ -216,7 +234,7 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
             .await
             .unwrap();
         let effects: Vec<(String, i64, String)> =
-            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects ORDER BY idempotency_key, seq")
+            sqlx::query_as("SELECT idempotency_key, seq, request_digest FROM effects WHERE idempotency_key NOT LIKE 'acme/bulk-%' ORDER BY idempotency_key, seq")
                 .fetch_all(&pool)
                 .await
                 .unwrap();
@@ -224,6 +242,23 @@ fn agentd_migrate_moves_a_used_sqlite_state_to_postgres_and_refuses_a_second_tim
         (rows, effects)
     });
     assert_eq!((kv_moved, effects_moved), (kv_rows, effect_rows));
+    let bulk: Vec<(String, Vec<u8>)> = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        let rows = sqlx::query_as("SELECT key, value FROM kv WHERE skill = 'bulk' ORDER BY key")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    });
+    let expected: Vec<(String, Vec<u8>)> = (0..1_234u32)
+        .map(|n| (format!("k/{n:05}"), n.to_le_bytes().to_vec()))
+        .collect();
+    assert!(
+        bulk == expected,
+        "the bulk rows differ after the copy ({} rows)",
+        bulk.len()
+    );
     // The copy serves: the same log verifies on PostgreSQL, the waiting request is listed.
     let verified = env.agentd(
         &[

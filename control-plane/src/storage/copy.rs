@@ -230,7 +230,16 @@ async fn copy_from(
         if table.identity.is_some() {
             target.move_identity_past_rows(table).await?;
         }
+        // Both ends are counted: the source in the snapshot the pages were read from, so a
+        // page lost on the way is caught as surely as a row the target did not keep.
+        let held = source.row_count(table).await?;
         let stored = target.row_count(table).await?;
+        if held != count {
+            return Err(StoreError::Corrupt {
+                detail: format!("the source's `{}` holds {held} rows but {count} were read", table.name),
+            }
+            .into());
+        }
         if stored != count {
             return Err(StoreError::Corrupt {
                 detail: format!(

@@ -127,11 +127,23 @@ impl PostgresStorage {
             // A unit whose future was dropped while `BEGIN` was in flight (a request cancelled
             // by its client) can hand its connection back with the server-side transaction
             // still open; the next unit's `BEGIN` would then run inside it. Ending any such
-            // transaction before a connection is handed out costs one round trip (a `ROLLBACK`
-            // outside a transaction is only a warning).
+            // transaction before a connection is handed out costs one round trip.
             .before_acquire(|connection, _| {
                 Box::pin(async move {
-                    sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    // Outside a transaction a simple-protocol query is the first statement of
+                    // its own, and PostgreSQL gives it `now() = statement_timestamp()` (the
+                    // extended protocol starts the transaction at Parse, before the statement's
+                    // timestamp); inside one (or in an aborted one, which refuses the SELECT)
+                    // it is ended. Asking first spares every acquire a "there is no
+                    // transaction in progress" warning in the log.
+                    // (A `&str` without arguments is sent as a simple query.)
+                    let idle = sqlx::Executor::fetch_one(&mut *connection, "SELECT now() = statement_timestamp()")
+                        .await
+                        .and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0))
+                        .unwrap_or(false);
+                    if !idle {
+                        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
+                    }
                     Ok(true)
                 })
             })

@@ -359,6 +359,20 @@ impl SqliteUnit {
             .map_err(classify)
     }
 
+    /// How many rows `table` holds (a name from [`table_names`](Self::table_names)).
+    pub(crate) async fn row_count(&mut self, table: &crate::storage::table::Table) -> Result<u64, StoreError> {
+        if !crate::storage::table::plain_identifier(&table.name) {
+            return Err(StoreError::Backend {
+                detail: format!("`{}` is not a table this build copies", table.name),
+            });
+        }
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{}\"", table.name))
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// The column names of `table`; empty when there is no such table.
     pub(crate) async fn column_names(&mut self, table: &str) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
@@ -412,7 +426,9 @@ impl SqliteUnit {
             }
             let skipped = after.max(0);
             let sql = format!(
-                "SELECT ? + ROW_NUMBER() OVER (ORDER BY {key}), {} FROM \"{}\" ORDER BY {key} LIMIT ? OFFSET ?",
+                // The window is numbered before LIMIT and OFFSET apply: a row's position in
+                // the whole table.
+                "SELECT ROW_NUMBER() OVER (ORDER BY {key}), {} FROM \"{}\" ORDER BY {key} LIMIT ? OFFSET ?",
                 table.column_list(),
                 table.name,
                 key = key
@@ -422,7 +438,6 @@ impl SqliteUnit {
                     .join(", ")
             );
             sqlx::query(&sql)
-                .bind(skipped)
                 .bind(limit)
                 .bind(skipped)
                 .fetch_all(&mut *self.transaction)
