@@ -281,8 +281,11 @@ impl KvStore {
             options.get_port(),
             options.get_database().unwrap_or("")
         );
+        // 8 connections, as the control plane's pool: writes to 16 namespaces at once ran
+        // 1.4x faster with 8 than with 4, and no faster with 16 (BENCHMARKS.md, issue 14),
+        // while every node's connections count against the server's `max_connections`.
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
             // A write whose future was dropped while `BEGIN` was in flight (a guest stopped at
             // its deadline) can hand its connection back inside a server-side transaction; end
