@@ -64,16 +64,25 @@ pub struct Hub {
 
 impl Hub {
     /// Starts routing `feed` (committed run events) and `progress` (guests' `emit`); the task
-    /// ends when either closes.
+    /// ends when either closes. A move of `gaps` (the feed may have missed events: another
+    /// node's, on PostgreSQL, while this node's listener reconnected) makes every stream read
+    /// its run from the store again, as a lagging feed does.
     pub fn start(
         mut feed: broadcast::Receiver<RunEvent>,
+        mut gaps: watch::Receiver<u64>,
         mut progress: broadcast::Receiver<agent_runtime::Progress>,
     ) -> Arc<Hub> {
         let hub = Arc::new(Hub::default());
         let routing = hub.clone();
         tokio::spawn(async move {
+            let mut watching_gaps = true;
             loop {
                 tokio::select! {
+                    changed = gaps.changed(), if watching_gaps => match changed {
+                        Ok(()) => routing.send_all(|| Frame::FeedLagged),
+                        // The store is gone; the feed closes too.
+                        Err(_) => watching_gaps = false,
+                    },
                     received = feed.recv() => match received {
                         Ok(event) => {
                             let run_id = event.run_id.clone();

@@ -197,6 +197,7 @@ pub async fn run(paths: &Paths, options: ServeOptions) -> Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let hub = events::Hub::start(
         app.control_plane.subscribe_run_events(),
+        app.control_plane.subscribe_run_event_gaps(),
         app.runtime.subscribe_progress(),
     );
     let server = Arc::new(Server {

@@ -138,6 +138,15 @@ impl ControlPlane {
         self.store.backend().feed().subscribe()
     }
 
+    /// A count that moves whenever [`subscribe_run_events`](Self::subscribe_run_events) may
+    /// have missed events committed meanwhile: on PostgreSQL, when this node's listener for
+    /// other nodes' events lost its connection (PostgreSQL keeps no notice for a closed
+    /// session); it has listened again by the time the count moves. A live view then reads
+    /// its runs from the store again, as after `RecvError::Lagged`. SQLite's never moves.
+    pub fn subscribe_run_event_gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.backend().feed().gaps()
+    }
+
     /// Closes the store's connections and waits for them: on SQLite the write-ahead log is
     /// folded into the database file, so a read-only copy or mount of the state afterwards
     /// holds every committed transaction. A process that exits right after its last commit

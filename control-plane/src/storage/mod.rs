@@ -128,6 +128,9 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub(crate) struct RunFeed {
     sender: tokio::sync::broadcast::Sender<RunEvent>,
+    /// How many times the feed may have missed committed events (on PostgreSQL: the listener
+    /// for other nodes' events lost its connection, and has listened again since).
+    gaps: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RunFeed {
@@ -149,12 +152,23 @@ impl RunFeed {
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
         self.sender.subscribe()
     }
+
+    /// Says the feed may have missed committed events: listeners read the store again.
+    pub(crate) fn gap(&self) {
+        self.gaps.send_modify(|gaps| *gaps += 1);
+    }
+
+    /// The count of [`gap`](Self::gap)s, for a listener to watch.
+    pub(crate) fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.gaps.subscribe()
+    }
 }
 
 impl Default for RunFeed {
     fn default() -> Self {
         RunFeed {
             sender: tokio::sync::broadcast::channel(Self::CAPACITY).0,
+            gaps: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }

@@ -62,6 +62,51 @@ async fn a_run_event_committed_on_one_node_reaches_the_feed_of_another() {
     assert!(echo.is_err(), "node A heard its own event twice: {echo:?}");
 }
 
+/// PostgreSQL keeps no notice for a closed session: when a node's listener loses its
+/// connection, the events other nodes commit meanwhile never reach its feed. The node listens
+/// again on a new connection and then moves its gap count, which tells live views to read the
+/// store; events committed after that reach the feed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_lost_its_connection_listens_again_and_reports_the_gap() {
+    let Some(url) = postgres() else { return };
+    let first = plane_on(&Backend::Postgres(url.clone()), DEFAULT_POLICY, NOW).await;
+    let second = another_node(&url, &first).await;
+    let mut gaps = second.subscribe_run_event_gaps();
+    let mut heard = second.subscribe_run_events();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*gaps.borrow_and_update(), 0);
+    // Cut every session listening on this schema's channel, as a server restart or a network
+    // fault would.
+    let schema = &first.schema.as_ref().unwrap().1;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND query LIKE '%' || $1 || '%'",
+    )
+    .bind(format!("agentd_run_events_{schema}"))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    assert!(!cut.is_empty(), "no listening session was found to cut");
+    tokio::time::timeout(std::time::Duration::from_secs(10), gaps.changed())
+        .await
+        .expect("the second node never reported the gap")
+        .unwrap();
+    assert!(*gaps.borrow() >= 1);
+    let alice = crate::principal("alice", &[control_plane::Role::Agent]);
+    first
+        .control
+        .create_run("run-after-gap", &alice, crate::runs::steps(), crate::runs::TP, "node-a")
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the second node no longer hears the first after listening again")
+        .unwrap();
+    assert_eq!(event.run_id, "run-after-gap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_append_to_one_audit_log_in_one_order() {
     let Some(url) = postgres() else { return };

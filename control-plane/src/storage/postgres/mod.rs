@@ -472,45 +472,63 @@ impl UnitOfWork for PostgresUnit {
 }
 
 /// Listens on `notices.channel` and publishes on `feed` the run events other stores (other
-/// nodes) committed; ends when the pool closes.
+/// nodes) committed; ends when the pool closes. After a lost connection it listens again on a
+/// new one and then reports a gap on the feed: notices sent while no session listened are
+/// gone (PostgreSQL keeps none for a closed session), so live views read the store again.
 async fn relay_notices(pool: PgPool, notices: Arc<Notices>, feed: RunFeed) {
-    let mut listener = loop {
-        match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(&notices.channel).await {
-                Ok(()) => break listener,
-                Err(error) => tracing::warn!(%error, "cannot listen for other nodes' run events"),
-            },
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(error) => tracing::warn!(%error, "cannot listen for other nodes' run events"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let mut first = true;
     loop {
-        let notice = match listener.try_recv().await {
-            Ok(Some(notice)) => notice,
-            // The connection dropped; the listener reconnects and listens again.
-            Ok(None) => continue,
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
-                tracing::warn!(%error, "lost the other nodes' run events; retrying");
+                tracing::warn!(%error, "cannot listen for other nodes' run events");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let mut lines = notice.payload().lines();
-        if lines.next() == Some(notices.instance.as_str()) {
-            continue; // Published by this store already, after its own commit.
+        if let Err(error) = listener.listen(&notices.channel).await {
+            tracing::warn!(%error, "cannot listen for other nodes' run events");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
-        for line in lines {
-            let Some((run_id, lamport)) = line.split_once(' ') else {
-                continue;
+        if !std::mem::take(&mut first) {
+            tracing::info!("listening for other nodes' run events again; live views read the store");
+            feed.gap();
+        }
+        loop {
+            let notice = match listener.try_recv().await {
+                Ok(Some(notice)) => notice,
+                // The connection dropped (and `PgListener` may have listened again already):
+                // listen on a new one, then report the gap, whatever it missed meanwhile.
+                Ok(None) => break,
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "lost the other nodes' run events; listening again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
             };
-            let Ok(lamport) = lamport.parse::<u64>() else { continue };
-            match read_event(&pool, run_id, lamport).await {
-                Ok(Some(event)) => feed.publish(vec![event]),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, run_id, lamport, "cannot read another node's run event"),
-            }
+            relay(&pool, &notices, &feed, notice.payload()).await;
+        }
+    }
+}
+
+/// Publishes on `feed` the events a notice of another store names.
+async fn relay(pool: &PgPool, notices: &Notices, feed: &RunFeed, payload: &str) {
+    let mut lines = payload.lines();
+    if lines.next() == Some(notices.instance.as_str()) {
+        return; // Published by this store already, after its own commit.
+    }
+    for line in lines {
+        let Some((run_id, lamport)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(lamport) = lamport.parse::<u64>() else { continue };
+        match read_event(pool, run_id, lamport).await {
+            Ok(Some(event)) => feed.publish(vec![event]),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, run_id, lamport, "cannot read another node's run event"),
         }
     }
 }
