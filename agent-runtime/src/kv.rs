@@ -27,7 +27,7 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::OnceCell;
@@ -274,42 +274,9 @@ impl KvStore {
             location: "a PostgreSQL URL".to_owned(),
             source,
         })?;
-        let location = format!(
-            "postgres://{}@{}:{}/{}",
-            options.get_username(),
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("")
-        );
-        // 8 connections, as the control plane's pool: writes to 16 namespaces at once ran
-        // 1.4x faster with 8 than with 4, and no faster with 16 (BENCHMARKS.md, issue 14),
-        // while every node's connections count against the server's `max_connections`.
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            // A write whose future was dropped while `BEGIN` was in flight (a guest stopped at
-            // its deadline) can hand its connection back inside a server-side transaction; end
-            // any such transaction before the connection is used again.
-            .before_acquire(|connection, _| {
-                Box::pin(async move {
-                    // Outside a transaction a simple-protocol query is the first statement of
-                    // its own, and PostgreSQL gives it `now() = statement_timestamp()` (the
-                    // extended protocol starts the transaction at Parse, before the statement's
-                    // timestamp); inside one (or in an aborted one, which refuses the SELECT)
-                    // it is ended. Asking first spares every acquire a "there is no
-                    // transaction in progress" warning in the log.
-                    // (A `&str` without arguments is sent as a simple query.)
-                    let idle = sqlx::Executor::fetch_one(&mut *connection, "SELECT now() = statement_timestamp()")
-                        .await
-                        .and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0))
-                        .unwrap_or(false);
-                    if !idle {
-                        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options);
+        let location = control_plane::postgres_pool::location(&options);
+        // The control plane's pool settings (8 connections; a transaction left open ended).
+        let pool = control_plane::postgres_pool::pool_options().connect_lazy_with(options);
         Ok(KvStore {
             location,
             backend: Backend::Postgres(pool),

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod keys;
 mod migrate;
 mod plane;
+pub mod postgres_pool;
 pub mod records;
 pub mod risk;
 pub mod run;

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::table::{Cell, CellType, Table, plain_identifier};
@@ -110,43 +110,12 @@ impl PostgresStorage {
                 detail: format!("not a PostgreSQL URL: {error}"),
             }),
         })?;
-        let location = format!(
-            "postgres://{}@{}:{}/{}",
-            options.get_username(),
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("")
-        );
+        let location = crate::postgres_pool::location(&options);
         let open_error = |error: sqlx::Error| StoreError::Open {
             location: location.clone(),
             cause: Box::new(classify(error)),
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            // A unit whose future was dropped while `BEGIN` was in flight (a request cancelled
-            // by its client) can hand its connection back with the server-side transaction
-            // still open; the next unit's `BEGIN` would then run inside it. Ending any such
-            // transaction before a connection is handed out costs one round trip.
-            .before_acquire(|connection, _| {
-                Box::pin(async move {
-                    // Outside a transaction a simple-protocol query is the first statement of
-                    // its own, and PostgreSQL gives it `now() = statement_timestamp()` (the
-                    // extended protocol starts the transaction at Parse, before the statement's
-                    // timestamp); inside one (or in an aborted one, which refuses the SELECT)
-                    // it is ended. Asking first spares every acquire a "there is no
-                    // transaction in progress" warning in the log.
-                    // (A `&str` without arguments is sent as a simple query.)
-                    let idle = sqlx::Executor::fetch_one(&mut *connection, "SELECT now() = statement_timestamp()")
-                        .await
-                        .and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0))
-                        .unwrap_or(false);
-                    if !idle {
-                        sqlx::query("ROLLBACK").execute(&mut *connection).await?;
-                    }
-                    Ok(true)
-                })
-            })
+        let pool = crate::postgres_pool::pool_options()
             .connect_with(options)
             .await
             .map_err(open_error)?;
