@@ -124,6 +124,45 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// CPU ticks (user + system) of every PostgreSQL server process now, by pid: the server forks
+/// one process per connection.
+fn postgres_ticks() -> std::collections::HashMap<u32, u64> {
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if stat.contains("(postgres)") {
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            ticks.insert(
+                pid,
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap(),
+            );
+        }
+    }
+    ticks
+}
+
+/// `(busy, all)` ticks of the whole machine since boot (`/proc/stat`; idle and I/O wait are
+/// not busy).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|field| field.parse().unwrap())
+        .collect();
+    let all: u64 = fields.iter().sum();
+    (all - fields[3] - fields[4], all)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -264,9 +303,11 @@ fn main() {
             const CLIENTS: usize = 16;
             let sqlite = http_load(vec![server.1.clone()], CLIENTS).await;
             println!("\nnodes: governed noop runs over HTTP, {CLIENTS} clients spread over the nodes (4 s)");
-            println!("  store          | runs/s  p50 ms  p99 ms | x SQLite | CPU per node (of 2 cores)");
             println!(
-                "  SQLite, 1 node | {:>6.0} {:>7.2} {:>7.2} |     1.00 |",
+                "  store          | runs/s  p50 ms  p99 ms | x SQLite | machine busy | PostgreSQL | CPU per node (of 2 cores)"
+            );
+            println!(
+                "  SQLite, 1 node | {:>6.0} {:>7.2} {:>7.2} |     1.00 |              |            |",
                 sqlite.runs_per_second, sqlite.p50_ms, sqlite.p99_ms
             );
             let schema = format!("agentd_bench_{}", std::process::id());
@@ -286,8 +327,19 @@ fn main() {
                 nodes.push(serve_on(&state, Some(&database)));
                 let ticks = |nodes: &[Server]| nodes.iter().map(|node| cpu_ticks(node.0.id())).collect::<Vec<_>>();
                 let before = ticks(&nodes);
+                let (server_before, machine_before) = (postgres_ticks(), machine_ticks());
                 let level = http_load(nodes.iter().map(|node| node.1.clone()).collect(), CLIENTS).await;
                 let after = ticks(&nodes);
+                let (server_after, machine_after) = (postgres_ticks(), machine_ticks());
+                let seconds = (WARM_UP + MEASURE).as_secs_f64();
+                let server: u64 = server_after
+                    .iter()
+                    .map(|(pid, after)| after - server_before.get(pid).copied().unwrap_or(0).min(*after))
+                    .sum();
+                // Busy share of all cores, as a share of one core (200% = both cores busy).
+                let machine = (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1) as f64
+                    * std::thread::available_parallelism().map_or(1.0, |cores| cores.get() as f64)
+                    * 100.0;
                 let cpu: Vec<String> = before
                     .iter()
                     .zip(&after)
@@ -296,11 +348,13 @@ fn main() {
                     })
                     .collect();
                 println!(
-                    "  PostgreSQL, {count} | {:>6.0} {:>7.2} {:>7.2} | {:>8.2} | {}",
+                    "  PostgreSQL, {count} | {:>6.0} {:>7.2} {:>7.2} | {:>8.2} | {:>11.0}% | {:>9.0}% | {}",
                     level.runs_per_second,
                     level.p50_ms,
                     level.p99_ms,
                     level.runs_per_second / sqlite.runs_per_second,
+                    machine,
+                    server as f64 / 100.0 / seconds * 100.0,
                     cpu.join(" ")
                 );
             }

@@ -9,6 +9,7 @@ use crate::autonomy::{self, AutonomyCertificate, AutonomyLevel, AutonomyLimits, 
 use crate::error::StoreError;
 use crate::governance::{PolicyEngine, PolicyError};
 use crate::identity::{IdentityError, Principal, Role, with_system_identity};
+use crate::storage::LockKey;
 
 /// Why an enforcement change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,13 @@ impl ControlPlane {
         let now = self.now_ms();
         let budget = self.limits().error_budget;
         let mut unit = self.write().await?;
+        // The count and the demotion it may cause are one decision per agent and skill.
+        unit.lock(LockKey::Autonomy {
+            tenant: &agent.tenant,
+            agent: &agent.subject,
+            skill,
+        })
+        .await?;
         unit.insert_step_result(&agent.tenant, &agent.subject, skill, now, result)
             .await?;
         let last_demotion = unit.last_demotion(&agent.tenant, &agent.subject, skill).await?;

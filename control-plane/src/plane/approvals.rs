@@ -13,7 +13,18 @@ use crate::hitl::rules::{self, EXPIRY_JOB, VoteOutcome};
 use crate::hitl::{ApprovalBinding, ApprovalError, ApprovalRequest, ApprovalStatus, NewApproval, ReviewDecisionKind};
 use crate::identity::{Principal, Role, with_system_identity};
 use crate::run::{RunEvent, RunEventDraft, RunStoreError};
-use crate::storage::UnitOfWork;
+use crate::storage::{LockKey, UnitOfWork};
+
+/// Locks approval request `id` for a write unit (ADR 0020): its run first, as the lock order
+/// has it (a unit holding that run already locks nothing more for it), then the request, so
+/// votes, the transition's compare-and-set and the run's end see what was read.
+async fn lock_approval(unit: &mut dyn UnitOfWork, id: i64) -> Result<(), StoreError> {
+    // A request's run never changes, so reading it before the lock is safe.
+    if let Some(request) = unit.approval(id).await? {
+        unit.lock(LockKey::Run(&request.run_id)).await?;
+    }
+    unit.lock(LockKey::Approval(id)).await
+}
 
 impl ControlPlane {
     /// Stores a pending approval request (audited in the same unit of work), before anyone is
@@ -47,6 +58,8 @@ impl ControlPlane {
     ) -> Result<(ApprovalRequest, RunEvent), RunStoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        // The run first, as every unit that writes a run and its approvals (ADR 0020).
+        unit.lock(LockKey::Run(&request.run_id)).await?;
         let stored = self.insert_approval_in(&mut *unit, request, now).await?;
         let event = runs::append_run_event(&mut *unit, event(stored.id), now, self.lease_ttl_ms).await?;
         unit.commit().await?;
@@ -212,6 +225,7 @@ impl ControlPlane {
         now: i64,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let reason = Some(reason).filter(|reason| !reason.is_empty());
+        lock_approval(unit, id).await?;
         let request = unit
             .approval(id)
             .await?
@@ -244,10 +258,13 @@ impl ControlPlane {
     pub async fn close_after_approval(&self, tenant: &str, id: i64) -> Result<bool, StoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        lock_approval(&mut *unit, id).await?;
         let Some(request) = unit.approval(id).await?.filter(|request| request.tenant == tenant) else {
             return Ok(false);
         };
         let Some(payload) = ownership::closing_event(&request) else {
+            // Nothing written: ends the unit so its locks are free at once.
+            unit.commit().await?;
             return Ok(false);
         };
         let closed = ownership::close_waiting_run(
@@ -273,7 +290,11 @@ impl ControlPlane {
     /// [`StoreError`]; no request is expired then.
     pub async fn expire_due(&self) -> Result<Vec<i64>, StoreError> {
         let now = self.now_ms();
-        let mut unit = self.write().await?;
+        if self.read().await?.due_approval_ids(now).await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Many approvals and their runs at once: every other writer waits (rare).
+        let mut unit = self.store.backend().begin(crate::storage::Access::Exclusive).await?;
         let ids = unit.due_approval_ids(now).await?;
         for &id in &ids {
             if let Some(request) = unit.approval(id).await?
@@ -313,6 +334,8 @@ impl ControlPlane {
 
     /// Consumes request `id` inside `unit` under `binding`, audited. An expired request is
     /// refused with [`ApprovalError::Expired`] (nothing written: the caller records the expiry).
+    /// The caller has locked the request's run (or the binding's: a request of another run is
+    /// refused by the binding); this locks the request.
     pub(super) async fn consume_in(
         &self,
         unit: &mut dyn UnitOfWork,
@@ -320,6 +343,7 @@ impl ControlPlane {
         binding: &ApprovalBinding,
         now: i64,
     ) -> Result<(), ApprovalError> {
+        unit.lock(LockKey::Approval(id)).await?;
         let request = unit
             .approval(id)
             .await?
@@ -358,6 +382,7 @@ impl ControlPlane {
         live: ApprovalStatus,
         now: i64,
     ) -> Result<(Box<dyn UnitOfWork>, ApprovalRequest), ApprovalError> {
+        lock_approval(&mut *unit, id).await?;
         let request = unit
             .approval(id)
             .await?

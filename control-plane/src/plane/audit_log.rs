@@ -9,16 +9,42 @@ use crate::error::StoreError;
 use crate::identity::Principal;
 use crate::storage::UnitOfWork;
 
-/// Appends `event` by `principal` to the log inside `unit`: checks the evidence
+/// [`append_now`] when `unit` commits, after its other statements ([`UnitOfWork::at_commit`]):
+/// on a shared database the audit log's lock is then held only for the append and the
+/// commit, and no lock follows it (ADR 0020). Stored with whatever else `unit` commits.
+///
+/// # Errors
+///
+/// The store's error; the append's own errors ([`StoreError::Evidence`]) come from the
+/// unit's commit, which then stores nothing.
+pub(super) async fn append(
+    unit: &mut dyn UnitOfWork,
+    key: Option<&AnchorKey>,
+    event: &AuditEvent,
+    principal: &Principal,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let (key, event, principal) = (key.cloned(), event.clone(), principal.clone());
+    unit.at_commit(Box::new(move |unit| {
+        Box::pin(async move {
+            append_now(unit, key.as_ref(), &event, &principal, now_ms).await?;
+            Ok(())
+        })
+    }))
+    .await
+}
+
+/// Appends `event` by `principal` to the log inside `unit` now: checks the evidence
 /// ([`audit::check_evidence`]: anchor key, anchor MAC and head, tree size), links the new
 /// entry to the head, grows the Merkle tree and moves the anchor to it. Stored with whatever
-/// else `unit` commits.
+/// else `unit` commits. Holds the audit log's lock from here to the commit, so `unit` may
+/// take no other lock afterwards ([`UnitOfWork::lock`]).
 ///
 /// # Errors
 ///
 /// [`StoreError::Evidence`] when the evidence does not check out (nothing is written), or the
 /// store's error.
-pub(super) async fn append(
+pub(super) async fn append_now(
     unit: &mut dyn UnitOfWork,
     key: Option<&AnchorKey>,
     event: &AuditEvent,
@@ -120,7 +146,7 @@ impl ControlPlane {
     ) -> Result<AuditEntry, StoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
-        let entry = append(&mut *unit, self.store.anchor_key(), event, principal, now).await?;
+        let entry = append_now(&mut *unit, self.store.anchor_key(), event, principal, now).await?;
         unit.commit().await?;
         Ok(entry)
     }

@@ -11,7 +11,7 @@ use crate::governance::{self, Decision, Quorum, ReviewDecisionKind, Verdict};
 use crate::hitl::{ApprovalBinding, ApprovalError};
 use crate::identity::{Principal, Role};
 use crate::run::{Lease, RunEventDraft, RunEventPayload, RunStoreError, StepContext};
-use crate::storage::UnitOfWork;
+use crate::storage::{LockKey, UnitOfWork};
 
 /// How a governed step starts, in the verdict's transaction.
 #[derive(Debug, Clone)]
@@ -77,6 +77,10 @@ impl ControlPlane {
         let now = self.now_ms();
         let mut decision = self.policy().decide(principal, requested_skill, skill, now);
         let mut unit = self.write().await?;
+        if start.is_some() {
+            // The run before the approval it may consume (the lock order, ADR 0020).
+            unit.lock(LockKey::Run(&step.run_id)).await?;
+        }
         if let Some(skill) = skill
             && !matches!(decision.verdict, Verdict::Deny { .. })
         {

@@ -11,7 +11,7 @@ use crate::run::{
     self, Lease, RecoveryAction, RequestKey, RunCreation, RunError, RunEventDraft, RunEventPayload, RunRecord,
     RunState, RunStoreError, RunView, StepSpec, lease,
 };
-use crate::storage::UnitOfWork;
+use crate::storage::{LockKey, UnitOfWork};
 
 /// The system identity of recovery passes in the audit log (`system:run-recovery`).
 pub const RECOVERY_JOB: &str = "run-recovery";
@@ -123,7 +123,16 @@ impl ControlPlane {
         let now = self.now_ms();
         let mut unit = self.write().await?;
         if let Some(key) = key {
+            // Two requests racing with one key: the second waits here and then finds the first's.
+            unit.lock(LockKey::RequestKey {
+                tenant: &principal.tenant,
+                key: &key.key,
+            })
+            .await?;
             if let Some((digest, existing)) = unit.run_request(&principal.tenant, &key.key).await? {
+                // Ends the unit now, so its lock is free at once (a dropped unit's rollback
+                // reaches the server only when the pool next tests the connection).
+                unit.commit().await?;
                 return Ok(if digest == key.request_digest {
                     RunCreation::Replayed { run_id: existing }
                 } else {
@@ -157,7 +166,9 @@ impl ControlPlane {
 
     /// Claims run `run_id` for `owner`: granted when nobody holds it, its lease lapsed, or
     /// `owner` holds it already, with the next fencing token. `None` when someone else holds a
-    /// live lease or the run finished. Taking a run from an owner whose lease lapsed is audited
+    /// live lease, the run finished, or another unit is writing the run at this moment (its
+    /// row is locked: `FOR UPDATE SKIP LOCKED` on a shared database, so claiming nodes never
+    /// queue on one run). Taking a run from an owner whose lease lapsed is audited
     /// (`run-control`, taken over).
     ///
     /// # Errors
@@ -166,14 +177,20 @@ impl ControlPlane {
     pub async fn claim_run(&self, run_id: &str, owner: &str) -> Result<Option<Lease>, RunStoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        if !unit.try_lock_run(run_id).await? {
+            return Ok(None);
+        }
         let record = unit
             .run_record(run_id)
             .await?
             .ok_or_else(|| RunError::NotFound(run_id.to_owned()))?;
         let Some(next) = lease::claim(&record, owner, now, self.lease_ttl_ms) else {
+            // Nothing written: ends the unit so the run's row lock is free at once.
+            unit.commit().await?;
             return Ok(None);
         };
         if !unit.replace_run_record(&next, record.fencing_token).await? {
+            unit.commit().await?;
             return Ok(None);
         }
         if let Some(previous) = record.owner.as_deref().filter(|previous| *previous != owner) {
@@ -204,6 +221,7 @@ impl ControlPlane {
     pub async fn renew_lease(&self, lease: &Lease) -> Result<Lease, RunStoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        unit.lock(LockKey::Run(&lease.run_id)).await?;
         let record = unit
             .run_record(&lease.run_id)
             .await?
@@ -231,10 +249,13 @@ impl ControlPlane {
     /// [`RunStoreError::Store`].
     pub async fn release_run(&self, lease: &Lease) -> Result<(), RunStoreError> {
         let mut unit = self.write().await?;
+        unit.lock(LockKey::Run(&lease.run_id)).await?;
         let Some(record) = unit.run_record(&lease.run_id).await? else {
             return Ok(());
         };
         if lease::check_fence(&record, &lease.owner, lease.token).is_err() {
+            // Nothing written: ends the unit so the run's row lock is free at once.
+            unit.commit().await?;
             return Ok(());
         }
         let released = RunRecord {
@@ -257,6 +278,7 @@ impl ControlPlane {
     pub async fn time_out_run(&self, lease: &Lease, traceparent: &str) -> Result<(), RunStoreError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        unit.lock(LockKey::Run(&lease.run_id)).await?;
         let events = unit.run_events(&lease.run_id).await?;
         let view = run::reduce(&events)?;
         let deadline_ms = view.deadline_ms.unwrap_or(now);
@@ -297,6 +319,7 @@ impl ControlPlane {
     pub async fn cancel_run(&self, principal: &Principal, run_id: &str, reason: &str) -> Result<RunView, CancelError> {
         let now = self.now_ms();
         let mut unit = self.write().await?;
+        unit.lock(LockKey::Run(run_id)).await?;
         let events = unit.run_events(run_id).await?;
         let record = unit.run_record(run_id).await?;
         let (Some(record), false) = (record, events.is_empty()) else {
@@ -416,6 +439,8 @@ pub(super) async fn close_waiting_run(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<bool, RunStoreError> {
+    // Locked by the caller before the approval already (the lock order); a no-op then.
+    unit.lock(LockKey::Run(&request.run_id)).await?;
     let Some(record) = unit.run_record(&request.run_id).await? else {
         return Ok(false);
     };

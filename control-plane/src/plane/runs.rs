@@ -10,20 +10,22 @@ use crate::run::{
     self, Lease, RunError, RunEvent, RunEventDraft, RunEventPayload, RunRecord, RunState, RunStoreError, RunView,
     StepContext, lease,
 };
-use crate::storage::UnitOfWork;
+use crate::storage::{LockKey, UnitOfWork};
 use crate::trace::{TraceContext, random_id};
 
 /// Appends a run event inside `unit`, at the next Lamport clock, only if the run still reduces
 /// and the writer holds the run (its node id and fencing token are the run's: the check and
 /// the write are one transaction). The run's record follows: a new run is owned by its creator
 /// (fencing token 1), a write renews the owner's lease, and a run that now waits for a human or
-/// is finished is released.
+/// is finished is released. Locks the run first ([`LockKey::Run`]): a unit that locks the
+/// run's approval too must lock the run before it.
 pub(super) async fn append_run_event(
     unit: &mut dyn UnitOfWork,
     draft: RunEventDraft,
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<RunEvent, RunStoreError> {
+    unit.lock(LockKey::Run(&draft.run_id)).await?;
     let existing = unit.run_events(&draft.run_id).await?;
     let creating = matches!(draft.payload, RunEventPayload::RunCreated { .. });
     let stored = if existing.is_empty() || creating {

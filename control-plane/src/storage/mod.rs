@@ -71,8 +71,13 @@ pub(crate) fn classify_with(error: sqlx::Error, database: impl FnOnce(String, &s
 pub(crate) enum Access {
     /// Reads only: a consistent snapshot, never blocked by writers for long.
     Read,
-    /// Reads and writes, serialised against every other writer.
+    /// Reads and writes, serialised against every other writer that locks what it locks
+    /// ([`UnitOfWork::lock`]).
     Write,
+    /// Reads and writes, serialised against every other writer whatever it locks: for units
+    /// that touch many runs or approvals at once (expiring every due approval), or fill an
+    /// empty state. Rare: every other writer waits.
+    Exclusive,
 }
 
 /// How a write unit's commit is made durable before it returns.
@@ -176,8 +181,164 @@ impl Default for RunFeed {
 /// One transaction over every table.
 #[async_trait]
 pub(crate) trait UnitOfWork: AuditRows + ApprovalRows + RunRows + RecordRows + AutonomyRows + Send {
-    /// Makes everything done in this unit durable, atomically.
+    /// Makes everything done in this unit durable, atomically: first the audit appends handed
+    /// to [`at_commit`](Self::at_commit), then the commit.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Serialises this write unit, until it ends, against every other write unit that locks
+    /// `key` (ADR 0020). A unit locks what it reads to decide before it reads it, so the
+    /// compare-and-set that follows acts on what it read. Locks are taken in [`LockKey`]'s
+    /// order (a run before its approval), at most one of each kind unless the unit is
+    /// [`Access::Exclusive`]; the audit log's lock comes last, at commit. Units of one
+    /// process are serialised whole already (SQLite's write lock): there it only checks the
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] for a lock out of order (a bug: it could deadlock across
+    /// nodes); the store's error when the lock cannot be taken.
+    async fn lock(&mut self, key: LockKey<'_>) -> Result<(), StoreError>;
+
+    /// Locks run `run_id` as [`lock`](Self::lock) does unless another unit holds it now:
+    /// `false` then, without waiting (PostgreSQL `FOR UPDATE SKIP LOCKED`). For claims: a run
+    /// somebody is writing is not free to take over.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock).
+    async fn try_lock_run(&mut self, run_id: &str) -> Result<bool, StoreError>;
+
+    /// Runs `append` (an audit append: it reads the log's head and writes the next entry) at
+    /// commit, after every other statement of the unit, or now where units are serialised
+    /// whole anyway. On a shared database the audit log's lock is then held only from the
+    /// append to the commit, and is the last lock the unit takes.
+    ///
+    /// # Errors
+    ///
+    /// `append`'s error when it runs now; otherwise it comes from [`commit`](Self::commit).
+    async fn at_commit(&mut self, append: CommitHook) -> Result<(), StoreError>;
+}
+
+/// An audit append deferred to commit: [`UnitOfWork::at_commit`].
+pub(crate) type CommitHook = Box<
+    dyn for<'u> FnOnce(
+            &'u mut dyn UnitOfWork,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'u>>
+        + Send,
+>;
+
+/// What a write unit locks before it reads to decide (ADR 0020), in the order a unit must
+/// take them: a unit may lock a kind only before any later kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum LockKey<'a> {
+    /// An idempotency key of a tenant (its binding may not exist yet).
+    RequestKey {
+        /// The tenant.
+        tenant: &'a str,
+        /// The key.
+        key: &'a str,
+    },
+    /// A run: its events and its record (lease, fencing token).
+    Run(&'a str),
+    /// An approval request and its votes.
+    Approval(i64),
+    /// An agent's autonomy for a skill: its step results and demotions.
+    Autonomy {
+        /// The tenant.
+        tenant: &'a str,
+        /// The agent.
+        agent: &'a str,
+        /// The skill.
+        skill: &'a str,
+    },
+}
+
+impl LockKey<'_> {
+    /// The kind's place in the lock order.
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            LockKey::RequestKey { .. } => 0,
+            LockKey::Run(_) => 1,
+            LockKey::Approval(_) => 2,
+            LockKey::Autonomy { .. } => 3,
+        }
+    }
+
+    /// The key as text, for a lock table and messages.
+    pub(crate) fn text(&self) -> String {
+        match self {
+            LockKey::RequestKey { tenant, key } => format!("{tenant}\u{1f}{key}"),
+            LockKey::Run(run_id) => (*run_id).to_owned(),
+            LockKey::Approval(id) => id.to_string(),
+            LockKey::Autonomy { tenant, agent, skill } => format!("{tenant}\u{1f}{agent}\u{1f}{skill}"),
+        }
+    }
+}
+
+/// The locks a write unit holds, checked against the lock order (ADR 0020): a lock of a kind
+/// ranked below one held, a second key of a kind held, or any lock after the audit log's, is
+/// refused, since two units taking such locks in opposite orders could wait on each other.
+#[derive(Debug, Default)]
+pub(crate) struct LockOrder {
+    /// `(rank, key text)` of every lock held, in the order taken.
+    held: Vec<(u8, String)>,
+    /// The audit log's lock is held.
+    audit: bool,
+    /// The unit holds every lock there is ([`Access::Exclusive`]): no order to keep.
+    exclusive: bool,
+}
+
+impl LockOrder {
+    /// For an [`Access::Exclusive`] unit.
+    pub(crate) fn exclusive() -> Self {
+        LockOrder {
+            exclusive: true,
+            ..LockOrder::default()
+        }
+    }
+
+    /// Whether `key` must be locked now: `false` when it is held already (or the unit is
+    /// exclusive).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] naming both locks when `key` breaks the order.
+    pub(crate) fn admit(&mut self, key: &LockKey<'_>) -> Result<bool, StoreError> {
+        if self.exclusive {
+            return Ok(false);
+        }
+        let (rank, text) = (key.rank(), key.text());
+        if self
+            .held
+            .iter()
+            .any(|(held, held_text)| *held == rank && *held_text == text)
+        {
+            return Ok(false);
+        }
+        let out_of_order = if self.audit {
+            Some("the audit log".to_owned())
+        } else {
+            self.held
+                .iter()
+                .find(|(held, _)| *held >= rank)
+                .map(|(_, held_text)| format!("`{held_text}`"))
+        };
+        if let Some(before) = out_of_order {
+            return Err(StoreError::Backend {
+                detail: format!(
+                    "lock order broken: {key:?} was asked for after {before} was locked (ADR 0020); \
+                     units locking in opposite orders could wait on each other"
+                ),
+            });
+        }
+        self.held.push((rank, text));
+        Ok(true)
+    }
+
+    /// Whether the audit log's lock must be taken now (`false` when held, or exclusive).
+    pub(crate) fn admit_audit(&mut self) -> bool {
+        !self.exclusive && !std::mem::replace(&mut self.audit, true)
+    }
 }
 
 /// The audit log and its anchor.
@@ -334,4 +495,50 @@ pub(crate) trait AutonomyRows {
         at_ms: i64,
         reason: &str,
     ) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LockKey, LockOrder};
+
+    #[test]
+    fn locks_are_admitted_only_in_the_lock_order() {
+        let mut order = LockOrder::default();
+        assert!(order.admit(&LockKey::Run("run-1")).unwrap());
+        // The same lock again: held already, nothing to take.
+        assert!(!order.admit(&LockKey::Run("run-1")).unwrap());
+        assert!(order.admit(&LockKey::Approval(7)).unwrap());
+        // A run after an approval, a second run, a second approval: each could meet a unit
+        // that takes the two in the other order.
+        for key in [
+            LockKey::Run("run-2"),
+            LockKey::Approval(8),
+            LockKey::RequestKey {
+                tenant: "acme",
+                key: "k",
+            },
+        ] {
+            let error = order.admit(&key).unwrap_err().to_string();
+            assert!(error.contains("lock order broken"), "{error}");
+        }
+        assert!(
+            order
+                .admit(&LockKey::Autonomy {
+                    tenant: "acme",
+                    agent: "alice",
+                    skill: "s"
+                })
+                .unwrap()
+        );
+        // The audit log's lock comes last: nothing after it.
+        assert!(order.admit_audit());
+        assert!(!order.admit_audit());
+        let error = order.admit(&LockKey::Approval(9)).unwrap_err().to_string();
+        assert!(error.contains("after the audit log"), "{error}");
+        // An exclusive unit holds everything: any order.
+        let mut exclusive = LockOrder::exclusive();
+        assert!(!exclusive.admit(&LockKey::Approval(1)).unwrap());
+        assert!(!exclusive.admit(&LockKey::Run("run-1")).unwrap());
+        assert!(!exclusive.admit_audit());
+    }
 }

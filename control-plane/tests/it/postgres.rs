@@ -147,6 +147,95 @@ async fn three_nodes_append_to_one_audit_log_in_one_order() {
     assert_eq!(heads.len(), 1, "nodes disagree on the head: {heads:?}");
 }
 
+/// Reviewers on three nodes vote on one request with a quorum of three at the same moment.
+/// Each vote reads the votes so far and decides whether it completes the quorum; write units
+/// no longer queue on one lock (ADR 0020), so without the request's row lock each could see
+/// fewer than three votes and the request would stay pending with three approvals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reviewers_on_three_nodes_reach_a_quorum_of_three_exactly_once() {
+    use control_plane::{ApprovalStatus, Quorum, ReviewDecisionKind, Role};
+    let Some(url) = postgres() else { return };
+    let first = plane_on(&Backend::Postgres(url.clone()), DEFAULT_POLICY, NOW).await;
+    let nodes = [
+        Arc::clone(&first.control),
+        another_node(&url, &first).await,
+        another_node(&url, &first).await,
+    ];
+    let mut asked = crate::new_approval();
+    asked.quorum = Quorum {
+        required: 3,
+        deny_threshold: 3,
+    };
+    for round in 0..12 {
+        let request = first.control.request_approval(&asked).await.unwrap();
+        let votes: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(index, control)| {
+                let control = Arc::clone(control);
+                let reviewer = crate::principal(&format!("reviewer-{index}"), &[Role::Reviewer]);
+                tokio::spawn(async move {
+                    control
+                        .review(request.id, &reviewer, ReviewDecisionKind::Approve, None, None)
+                        .await
+                })
+            })
+            .collect();
+        for vote in votes {
+            vote.await.unwrap().unwrap();
+        }
+        let decided = first.control.approval("acme", request.id).await.unwrap().unwrap();
+        assert_eq!(
+            (decided.status, decided.approvals()),
+            (ApprovalStatus::Approved, 3),
+            "round {round}: three approvals, and the quorum was never seen"
+        );
+    }
+    let ChainVerification::Intact { entries, .. } = first.control.verify_audit().await.unwrap() else {
+        panic!("the shared log does not verify")
+    };
+    // Per request: asked, two votes, one deciding vote.
+    assert_eq!(entries, 12 * 4);
+}
+
+/// A claim does not wait for a unit writing the run: it skips the run (`FOR UPDATE SKIP
+/// LOCKED`) as another node's, and takes it once the row is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_skips_a_run_another_node_is_writing() {
+    let Some(url) = postgres() else { return };
+    let plane = plane_on(&Backend::Postgres(url.clone()), DEFAULT_POLICY, NOW).await;
+    let control = &plane.control;
+    let alice = crate::principal("alice", &[control_plane::Role::Agent]);
+    control
+        .create_run("run-1", &alice, crate::runs::steps(), crate::runs::TP, "node-a")
+        .await
+        .unwrap();
+    plane.clock.advance(control.lease_ttl_ms() + 1);
+    // Another node, mid-write on the run.
+    let pool = sqlx::PgPool::connect(&scoped(&url, &plane)).await.unwrap();
+    let mut writing = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM runs WHERE run_id = 'run-1' FOR UPDATE")
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    let skipped = tokio::time::timeout(std::time::Duration::from_secs(5), control.claim_run("run-1", "node-b"))
+        .await
+        .expect("the claim waited for the unit writing the run");
+    assert_eq!(skipped.unwrap(), None);
+    writing.rollback().await.unwrap();
+    let lease = control.claim_run("run-1", "node-b").await.unwrap().unwrap();
+    assert_eq!((lease.owner.as_str(), lease.token), ("node-b", 2));
+    // A run that does not exist is still not found, not "held".
+    let error = control.claim_run("run-9", "node-b").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            control_plane::RunStoreError::Run(control_plane::RunError::NotFound(_))
+        ),
+        "{error:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_database_refuses_to_rewrite_the_audit_log_or_run_events() {
     let Some(url) = postgres() else { return };

@@ -4,13 +4,17 @@
 //! - The schema is applied by sqlx's migrator from `control-plane/migrations/postgres/`
 //!   (compiled in), under sqlx's advisory lock, so nodes starting together apply it once. A
 //!   database holding a migration this build does not know (a newer agentd) is refused.
-//! - A write unit takes one transaction-scoped advisory lock ([`WRITE_LOCK`]) before anything
-//!   else: writers are serialised across every node, as SQLite's `BEGIN IMMEDIATE` serialises
-//!   them in one process, so a status read inside a unit is still the status when its
-//!   compare-and-set runs, and the audit log has a single ordered appender whose Merkle tree
-//!   head moves in the same transaction as the entry. Reads take a `REPEATABLE READ READ ONLY`
+//! - Write units lock what they decide on, not the whole database (ADR 0020): a run's row
+//!   (`SELECT ... FOR UPDATE`) before its events and record are read, an approval's row before
+//!   its votes, an advisory lock for an idempotency key or an agent's autonomy, in one order
+//!   ([`LockKey`]) checked by every unit so no two can wait on each other. A claim skips a run
+//!   another unit is writing (`FOR UPDATE SKIP LOCKED`). The audit log keeps a single ordered
+//!   appender: its advisory lock ([`AUDIT_LOCK`]) is taken at commit, before the head is read,
+//!   and held with the entry, the Merkle tree head and the anchor to the commit; it is the
+//!   last lock of every unit. Every write unit holds [`WRITE_LOCK`] shared; the migration and
+//!   [`Access::Exclusive`] units hold it alone. Reads take a `REPEATABLE READ READ ONLY`
 //!   snapshot and never wait for writers. Dispatch (the guest's work) happens outside units,
-//!   so nodes run guests in parallel; only the short bookkeeping transactions queue.
+//!   so nodes run guests in parallel.
 //! - A commit returns when PostgreSQL made it durable (`synchronous_commit` as the server is
 //!   configured; `on` by default), and its run events are then published on this node's feed.
 //!   The unit also sends `NOTIFY` (delivered only if it commits) naming its events, and every
@@ -33,12 +37,23 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::table::{Cell, CellType, Table, plain_identifier};
-use super::{Access, RunFeed, Storage, UnitOfWork};
+use super::{Access, CommitHook, LockKey, LockOrder, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
 use crate::run::RunEvent;
 
 /// The advisory lock key every write unit holds (`pg_advisory_xact_lock`): "agentd" in ASCII.
+/// Shared by write units, which then lock what they touch ([`UnitOfWork::lock`]); exclusive
+/// for [`Access::Exclusive`] units and the migration, which wait for every other writer.
 pub(crate) const WRITE_LOCK: i64 = 0x6167_656e_7464;
+
+/// The advisory lock of the audit log's single ordered appender ("audit" in ASCII): taken
+/// before the head is read for an append and held until the commit (ADR 0020).
+pub(crate) const AUDIT_LOCK: i64 = 0x61_7564_6974;
+
+/// The first key of the two-key advisory locks of [`LockKey`]s that have no row to lock
+/// ("lk"), the second being `hashtext` of the kind and key. Apart from agent-runtime's
+/// key-value namespaces (`0x6b76`).
+const KEY_LOCK_CLASS: i32 = 0x6c6b;
 
 /// The migrations, oldest first: `(version, description, SQL)`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -87,6 +102,10 @@ pub(crate) struct PostgresUnit {
     /// Counts durable commits; `None` for a read unit.
     commits: Option<Arc<AtomicU64>>,
     notices: Arc<Notices>,
+    /// The locks this unit holds, in order.
+    locks: LockOrder,
+    /// Audit appends to run at commit, under the audit log's lock.
+    at_commit: Vec<CommitHook>,
 }
 
 impl PostgresStorage {
@@ -185,7 +204,7 @@ impl PostgresStorage {
         &self,
         on_creation: impl FnOnce((i64, String)) -> Result<crate::audit::Anchor, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut unit = self.begin(Access::Write).await?;
+        let mut unit = self.begin(Access::Exclusive).await?;
         let fresh =
             unit.anchor().await?.is_none() && unit.log_state().await?.is_none() && unit.audit_head().await?.is_none();
         if fresh {
@@ -204,15 +223,25 @@ impl PostgresStorage {
 }
 
 impl PostgresStorage {
-    /// A write unit as its own type (holding [`WRITE_LOCK`]): what [`Storage::begin`] gives
-    /// for writing, and what the migration writes tables through.
+    /// A write unit as its own type, holding [`WRITE_LOCK`] exclusively (every other writer
+    /// waits): what the migration writes tables through.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when no transaction can be begun or the lock taken.
     pub(crate) async fn begin_write(&self) -> Result<PostgresUnit, StoreError> {
+        self.begin_writing(true).await
+    }
+
+    /// A write unit holding [`WRITE_LOCK`] shared (it locks what it touches), or exclusively.
+    async fn begin_writing(&self, exclusive: bool) -> Result<PostgresUnit, StoreError> {
         let mut transaction = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        let statement = if exclusive {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(statement)
             .bind(WRITE_LOCK)
             .execute(&mut *transaction)
             .await
@@ -223,6 +252,12 @@ impl PostgresStorage {
             feed: self.feed.clone(),
             commits: Some(Arc::clone(&self.commits)),
             notices: Arc::clone(&self.notices),
+            locks: if exclusive {
+                LockOrder::exclusive()
+            } else {
+                LockOrder::default()
+            },
+            at_commit: Vec::new(),
         })
     }
 }
@@ -366,8 +401,10 @@ fn migrator() -> Migrator {
 #[async_trait]
 impl Storage for PostgresStorage {
     async fn begin(&self, access: Access) -> Result<Box<dyn UnitOfWork>, StoreError> {
-        if access == Access::Write {
-            return Ok(Box::new(self.begin_write().await?));
+        match access {
+            Access::Write => return Ok(Box::new(self.begin_writing(false).await?)),
+            Access::Exclusive => return Ok(Box::new(self.begin_writing(true).await?)),
+            Access::Read => {}
         }
         let transaction = self
             .pool
@@ -380,6 +417,8 @@ impl Storage for PostgresStorage {
             feed: self.feed.clone(),
             commits: None,
             notices: Arc::clone(&self.notices),
+            locks: LockOrder::default(),
+            at_commit: Vec::new(),
         }))
     }
 
@@ -410,32 +449,99 @@ impl Storage for PostgresStorage {
 
 #[async_trait]
 impl UnitOfWork for PostgresUnit {
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let PostgresUnit {
-            mut transaction,
-            inserted,
-            feed,
-            commits,
-            notices,
-        } = *self;
-        if !inserted.is_empty() {
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if !self.inserted.is_empty() {
             // `<instance>` then one `<run id> <lamport>` line per event; sent at COMMIT only.
-            let mut payload = notices.instance.clone();
-            for event in &inserted {
+            let mut payload = self.notices.instance.clone();
+            for event in &self.inserted {
                 payload.push_str(&format!("\n{} {}", event.run_id, event.lamport));
             }
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&notices.channel)
+                .bind(&self.notices.channel)
                 .bind(payload)
-                .execute(&mut *transaction)
+                .execute(&mut *self.transaction)
                 .await
                 .map_err(classify)?;
         }
+        // The audit appends last: the log's lock (taken by the first append's read of the
+        // head) is then held only from here to the commit.
+        for append in std::mem::take(&mut self.at_commit) {
+            append(&mut *self).await?;
+        }
+        let PostgresUnit {
+            transaction,
+            inserted,
+            feed,
+            commits,
+            ..
+        } = *self;
         transaction.commit().await.map_err(classify)?;
         if let Some(commits) = commits {
             commits.fetch_add(1, Ordering::Relaxed);
         }
         feed.publish(inserted);
+        Ok(())
+    }
+
+    async fn lock(&mut self, key: LockKey<'_>) -> Result<(), StoreError> {
+        if !self.locks.admit(&key)? {
+            return Ok(());
+        }
+        let query = match key {
+            // Rows that exist: a row lock, which a claim's `SKIP LOCKED` sees.
+            LockKey::Run(run_id) => sqlx::query("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE").bind(run_id),
+            LockKey::Approval(id) => sqlx::query("SELECT 1 FROM approvals WHERE id = $1 FOR UPDATE").bind(id),
+            // A binding or a count that may not have a row yet: an advisory lock on its name.
+            LockKey::RequestKey { .. } | LockKey::Autonomy { .. } => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(KEY_LOCK_CLASS)
+                    .bind(format!("{}\u{1f}{}", key.rank(), key.text()))
+            }
+        };
+        query.execute(&mut *self.transaction).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn try_lock_run(&mut self, run_id: &str) -> Result<bool, StoreError> {
+        let key = LockKey::Run(run_id);
+        if !self.locks.admit(&key)? {
+            return Ok(true);
+        }
+        let locked = sqlx::query("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE SKIP LOCKED")
+            .bind(run_id)
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        if locked.is_some() {
+            return Ok(true);
+        }
+        // No row locked: somebody holds it, or there is no such run (then nobody can hold it,
+        // and the caller finds that out by reading).
+        let exists = sqlx::query("SELECT 1 FROM runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        Ok(exists.is_none())
+    }
+
+    async fn at_commit(&mut self, append: CommitHook) -> Result<(), StoreError> {
+        self.at_commit.push(append);
+        Ok(())
+    }
+}
+
+impl PostgresUnit {
+    /// Takes the audit log's lock unless held: before the head is read for an append.
+    pub(crate) async fn lock_audit(&mut self) -> Result<(), StoreError> {
+        if self.commits.is_none() || !self.locks.admit_audit() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 }

@@ -116,6 +116,8 @@ impl AuditRows for SqliteUnit {
     }
 
     async fn append_context(&mut self) -> Result<AppendContext, StoreError> {
+        // The audit log's lock, as on PostgreSQL: no lock may follow it in this unit.
+        self.locks.admit_audit();
         // One statement instead of three: each statement is a round trip to sqlx's SQLite
         // worker thread, which costs more than the reads themselves.
         let row = sqlx::query(

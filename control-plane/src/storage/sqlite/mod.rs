@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::{Access, RunFeed, Storage, UnitOfWork};
+use super::{Access, CommitHook, LockKey, LockOrder, RunFeed, Storage, UnitOfWork};
 use crate::error::StoreError;
 use crate::run::RunEvent;
 use durable::GroupCommit;
@@ -47,6 +47,9 @@ pub(crate) struct SqliteUnit {
     feed: RunFeed,
     /// The barrier a write unit's commit waits on; `None` for a read unit.
     group: Option<Arc<GroupCommit>>,
+    /// The locks the unit asked for: SQLite serialises write units whole, so they are only
+    /// checked against the lock order, for the backends that take them.
+    locks: LockOrder,
 }
 
 /// What a unit's statements run on.
@@ -83,6 +86,7 @@ impl SqliteUnit {
             inserted: Vec::new(),
             feed,
             group,
+            locks: LockOrder::default(),
         }
     }
 }
@@ -535,11 +539,11 @@ impl Storage for SqliteStorage {
             // Opened read-only: SQLite refuses the first write, naming why.
             None => UnitConnection::Own(self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?),
         };
-        Ok(Box::new(SqliteUnit::new(
-            connection,
-            self.feed.clone(),
-            Some(Arc::clone(&self.group)),
-        )))
+        let mut unit = SqliteUnit::new(connection, self.feed.clone(), Some(Arc::clone(&self.group)));
+        if access == Access::Exclusive {
+            unit.locks = LockOrder::exclusive();
+        }
+        Ok(Box::new(unit))
     }
 
     fn location(&self) -> &str {
@@ -581,6 +585,7 @@ impl UnitOfWork for SqliteUnit {
             inserted,
             feed,
             group,
+            ..
         } = *self;
         match transaction {
             UnitConnection::Own(transaction) => transaction.commit().await.map_err(classify)?,
@@ -591,6 +596,25 @@ impl UnitOfWork for SqliteUnit {
         }
         feed.publish(inserted);
         Ok(())
+    }
+
+    async fn lock(&mut self, key: LockKey<'_>) -> Result<(), StoreError> {
+        self.locks.admit(&key).map(drop)
+    }
+
+    async fn try_lock_run(&mut self, run_id: &str) -> Result<bool, StoreError> {
+        self.locks.admit(&LockKey::Run(run_id))?;
+        Ok(true)
+    }
+
+    /// Runs `append` now: the unit holds the database's one write lock already. On
+    /// PostgreSQL it runs at commit, after every other lock, so here it leaves the lock order
+    /// as it found it.
+    async fn at_commit(&mut self, append: CommitHook) -> Result<(), StoreError> {
+        let audit = self.locks.audit;
+        let appended = append(self).await;
+        self.locks.audit = audit;
+        appended
     }
 }
 
