@@ -235,17 +235,13 @@ impl PostgresStorage {
 
     /// A write unit holding [`WRITE_LOCK`] shared (it locks what it touches), or exclusively.
     async fn begin_writing(&self, exclusive: bool) -> Result<PostgresUnit, StoreError> {
-        let mut transaction = self.pool.begin().await.map_err(classify)?;
+        // One round trip: `BEGIN` and the lock as one simple query.
         let statement = if exclusive {
-            "SELECT pg_advisory_xact_lock($1)"
+            format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
         } else {
-            "SELECT pg_advisory_xact_lock_shared($1)"
+            format!("BEGIN; SELECT pg_advisory_xact_lock_shared({WRITE_LOCK})")
         };
-        sqlx::query(statement)
-            .bind(WRITE_LOCK)
-            .execute(&mut *transaction)
-            .await
-            .map_err(classify)?;
+        let transaction = self.pool.begin_with(statement).await.map_err(classify)?;
         Ok(PostgresUnit {
             transaction,
             inserted: Vec::new(),
