@@ -10,7 +10,8 @@
 //! 3. 1,000 concurrent SSE subscribers to one run: the delay from an event's recording to its
 //!    arrival at every subscriber (p50, p99, max), and the server's memory per idle stream.
 //!
-//! `cargo bench -p agentd --bench serve` (needs the packages of `cargo xtask build-plugins`).
+//! `cargo bench -p agentd --bench serve` (needs the packages of `cargo xtask build-plugins`);
+//! `AGENTD_BENCH_BIN=path/to/agentd` runs that build's server instead of this one's.
 
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its figures")]
 
@@ -95,7 +96,9 @@ fn serve(state: &std::path::Path) -> Server {
 /// `agentd serve` on `state`, its control plane in `database` (PostgreSQL) when given.
 fn serve_on(state: &std::path::Path, database: Option<&str>) -> Server {
     use std::io::BufRead;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agentd"));
+    // `AGENTD_BENCH_BIN` runs another build's server (the same bench against two builds).
+    let binary = std::env::var_os("AGENTD_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_agentd").into());
+    let mut command = Command::new(binary);
     if let Some(database) = database {
         command.args(["--database", database]);
     }
