@@ -12,6 +12,7 @@ pub(crate) trait Columns {
     fn text_or_null(&self, column: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, column: &str) -> Result<i64, StoreError>;
     fn int_or_null(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn bytes_or_null(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Implements [`Columns`] for a sqlx row type, classifying errors with `$classify`.
@@ -28,6 +29,9 @@ macro_rules! impl_columns {
                 sqlx::Row::try_get(self, column).map_err($classify)
             }
             fn int_or_null(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                sqlx::Row::try_get(self, column).map_err($classify)
+            }
+            fn bytes_or_null(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 sqlx::Row::try_get(self, column).map_err($classify)
             }
         }
@@ -49,6 +53,37 @@ pub(crate) const RUN_COLUMNS: &str =
 /// The columns of an audit entry, in every backend's `audit` table.
 pub(crate) const AUDIT_COLUMNS: &str =
     "SELECT seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash FROM audit";
+
+/// What an audit append reads, in one statement both backends accept: the head, the anchor and
+/// the tree state, each column NULL when its row is absent. Decoded by [`append_context`].
+pub(crate) const APPEND_CONTEXT: &str = "SELECT h.seq AS head_seq, h.hash AS head_hash,
+        a.seq AS anchor_seq, a.hash AS anchor_hash, a.mac AS anchor_mac,
+        l.origin AS origin, l.frontier AS frontier
+     FROM (SELECT 1) AS one
+     LEFT JOIN (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) AS h ON 1 = 1
+     LEFT JOIN audit_anchor AS a ON a.id = 1
+     LEFT JOIN audit_log AS l ON l.id = 1";
+
+/// `(head, anchor, tree state)` from the row of [`APPEND_CONTEXT`].
+pub(crate) fn append_context(row: &impl Columns) -> Result<crate::storage::AppendContext, StoreError> {
+    let head = row.int_or_null("head_seq")?.zip(row.text_or_null("head_hash")?);
+    let anchor = match (
+        row.int_or_null("anchor_seq")?,
+        row.text_or_null("anchor_hash")?,
+        row.text_or_null("anchor_mac")?,
+    ) {
+        (Some(seq), Some(hash), Some(mac)) => Some(crate::audit::Anchor { seq, hash, mac }),
+        _ => None,
+    };
+    let state = match (row.text_or_null("origin")?, row.bytes_or_null("frontier")?) {
+        (Some(origin), Some(frontier)) => Some(crate::audit::LogState {
+            origin,
+            frontier: crate::audit::merkle::Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
+        }),
+        _ => None,
+    };
+    Ok((head, anchor, state))
+}
 
 /// An audit entry from a row of [`AUDIT_COLUMNS`].
 pub(crate) fn audit_entry(row: &impl Columns) -> Result<crate::audit::AuditEntry, StoreError> {

@@ -9,17 +9,21 @@ use crate::audit::{Anchor, AuditEntry, LogState};
 use crate::error::StoreError;
 use crate::storage::{AppendContext, AuditRows};
 
-/// What [`AuditRows::append_context`] reads: head seq and hash, anchor seq, hash and MAC, tree
-/// origin and frontier.
-type AppendRow = (
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<Vec<u8>>,
-);
+/// Binds `entry`'s eight columns, in `audit`'s column order, as `$1` to `$8` of `query`.
+fn bind_entry<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    entry: &'q AuditEntry,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(entry.seq)
+        .bind(entry.recorded_at_ms)
+        .bind(&entry.kind)
+        .bind(&entry.tenant)
+        .bind(&entry.principal)
+        .bind(&entry.payload)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+}
 use crate::storage::columns::{self, AUDIT_COLUMNS};
 
 #[async_trait]
@@ -32,18 +36,13 @@ impl AuditRows for PostgresUnit {
     }
 
     async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        bind_entry(
+            sqlx::query(
+                "INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            ),
+            entry,
         )
-        .bind(entry.seq)
-        .bind(entry.recorded_at_ms)
-        .bind(&entry.kind)
-        .bind(&entry.tenant)
-        .bind(&entry.principal)
-        .bind(&entry.payload)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
         .execute(&mut *self.transaction)
         .await
         .map_err(classify)?;
@@ -96,37 +95,18 @@ impl AuditRows for PostgresUnit {
     /// reads head, anchor and tree in one round trip.
     async fn append_context(&mut self) -> Result<AppendContext, StoreError> {
         self.lock_audit().await?;
-        let row: AppendRow = sqlx::query_as(
-            "SELECT (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),
-                    (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1),
-                    a.seq, a.hash, a.mac, l.origin, l.frontier
-             FROM (SELECT 1) AS one
-             LEFT JOIN audit_anchor AS a ON a.id = 1
-             LEFT JOIN audit_log AS l ON l.id = 1",
-        )
-        .fetch_one(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
-        let (head_seq, head_hash, anchor_seq, anchor_hash, mac, origin, frontier) = row;
-        let head = head_seq.zip(head_hash);
-        let anchor = match (anchor_seq, anchor_hash, mac) {
-            (Some(seq), Some(hash), Some(mac)) => Some(Anchor { seq, hash, mac }),
-            _ => None,
-        };
-        let state = match (origin, frontier) {
-            (Some(origin), Some(frontier)) => Some(LogState {
-                origin,
-                frontier: Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
-            }),
-            _ => None,
-        };
-        Ok((head, anchor, state))
+        let row = sqlx::query(columns::APPEND_CONTEXT)
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        columns::append_context(&row)
     }
 
     /// The entry, the tree and the anchor in one statement (one round trip under the lock).
     async fn append_rows(&mut self, entry: &AuditEntry, state: &LogState, anchor: &Anchor) -> Result<(), StoreError> {
-        sqlx::query(
-            "WITH entry AS (
+        bind_entry(
+            sqlx::query(
+                "WITH entry AS (
                  INSERT INTO audit (seq, recorded_at_ms, kind, tenant, principal, payload, prev_hash, hash)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ), tree AS (
@@ -135,15 +115,9 @@ impl AuditRows for PostgresUnit {
              )
              INSERT INTO audit_anchor (id, seq, hash, mac) VALUES (1, $11, $12, $13)
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+            ),
+            entry,
         )
-        .bind(entry.seq)
-        .bind(entry.recorded_at_ms)
-        .bind(&entry.kind)
-        .bind(&entry.tenant)
-        .bind(&entry.principal)
-        .bind(&entry.payload)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
         .bind(&state.origin)
         .bind(state.frontier.to_bytes())
         .bind(anchor.seq)

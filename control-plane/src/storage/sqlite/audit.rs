@@ -120,38 +120,11 @@ impl AuditRows for SqliteUnit {
         self.locks.admit_audit();
         // One statement instead of three: each statement is a round trip to sqlx's SQLite
         // worker thread, which costs more than the reads themselves.
-        let row = sqlx::query(
-            "SELECT h.seq AS head_seq, h.hash AS head_hash,
-                    a.seq AS anchor_seq, a.hash AS anchor_hash, a.mac AS anchor_mac,
-                    l.origin AS origin, l.frontier AS frontier
-             FROM (SELECT 1) AS one
-             LEFT JOIN (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) AS h ON 1
-             LEFT JOIN audit_anchor AS a ON a.id = 1
-             LEFT JOIN audit_log AS l ON l.id = 1",
-        )
-        .fetch_one(&mut *self.transaction)
-        .await
-        .map_err(classify)?;
-        let head_seq: Option<i64> = row.try_get("head_seq").map_err(classify)?;
-        let head_hash: Option<String> = row.try_get("head_hash").map_err(classify)?;
-        let anchor_seq: Option<i64> = row.try_get("anchor_seq").map_err(classify)?;
-        let anchor_hash: Option<String> = row.try_get("anchor_hash").map_err(classify)?;
-        let anchor_mac: Option<String> = row.try_get("anchor_mac").map_err(classify)?;
-        let origin: Option<String> = row.try_get("origin").map_err(classify)?;
-        let frontier: Option<Vec<u8>> = row.try_get("frontier").map_err(classify)?;
-        let head = head_seq.zip(head_hash);
-        let anchor = match (anchor_seq, anchor_hash, anchor_mac) {
-            (Some(seq), Some(hash), Some(mac)) => Some(Anchor { seq, hash, mac }),
-            _ => None,
-        };
-        let state = match (origin, frontier) {
-            (Some(origin), Some(frontier)) => Some(LogState {
-                origin,
-                frontier: Frontier::from_bytes(&frontier).map_err(StoreError::corrupt)?,
-            }),
-            _ => None,
-        };
-        Ok((head, anchor, state))
+        let row = sqlx::query(columns::APPEND_CONTEXT)
+            .fetch_one(&mut *self.transaction)
+            .await
+            .map_err(classify)?;
+        columns::append_context(&row)
     }
 
     async fn append_rows(&mut self, entry: &AuditEntry, state: &LogState, anchor: &Anchor) -> Result<(), StoreError> {
